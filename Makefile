@@ -1,0 +1,76 @@
+# geobook — the two commands a reader needs are `make book` and `make test`.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# The torch build to install first. On the book's CPU machines the CPU wheel of 2.13.0 lies on disk;
+# elsewhere pick yours, e.g. `make book TORCH="torch --index-url https://download.pytorch.org/whl/cpu"`.
+TORCH  ?= torch==2.13.0
+STAMP  := $(VENV)/.geobook-installed
+KERNEL := geobook
+PORT   ?= 8888
+# pip's output without the machine-level "Location ... is ignored" noise; pipefail keeps pip's exit status.
+QUIET  := { grep -v '^WARNING: Location' || true; }
+
+.PHONY: help setup export book site test test-all lab bench clean chromium
+
+help:
+	@echo "make book      set up .venv, export, execute every chapter, render the site into _docs/"
+	@echo "make test      set up when needed, check sync, run every chapter's tests, tests/ and the site check"
+	@echo "make test-all  make test plus the 'slow' and 'cuda' cells"
+	@echo "make lab       JupyterLab on nbs/ with the project's kernel"
+	@echo "make bench     run benchmarks/ side by side with the reference libraries"
+
+$(STAMP): pyproject.toml
+	@echo "==> setting up $(VENV) (torch: $(TORCH))"
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip 2>&1 | $(QUIET)
+	$(BIN)/python -m pip install -q $(TORCH) 2>&1 | $(QUIET)
+	$(BIN)/python -m pip install -q -e '.[dev]' 2>&1 | $(QUIET)
+	$(BIN)/python -c "import torch, numba, nbdev, geobook; print('torch', torch.__version__, '| numba', numba.__version__, '| geobook', geobook.__version__)"
+	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (geobook)" >/dev/null
+	touch $@
+
+setup: $(STAMP)
+
+export: $(STAMP)
+	$(BIN)/nbdev-export
+
+book: $(STAMP)
+	$(BIN)/nbdev-export
+	$(BIN)/python tools/run_book.py
+	$(BIN)/nbdev-clean
+	$(BIN)/python tools/make_readme.py
+	$(BIN)/python tools/build_site.py
+
+site: $(STAMP)
+	$(BIN)/python tools/build_site.py
+
+chromium:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "==> installing Debian's chromium for the browser check"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "The site check needs Chromium: install Debian's 'chromium' package (or set GEOBOOK_CHROMIUM)."; exit 1; fi; }
+
+test: $(STAMP) chromium
+	$(BIN)/python tools/check_sync.py
+	$(BIN)/python tools/build_site.py
+	$(BIN)/python -m pytest tests
+
+test-all: $(STAMP) chromium
+	$(BIN)/python tools/check_sync.py
+	$(BIN)/python tools/build_site.py
+	GEOBOOK_TEST_FLAGS="slow cuda" $(BIN)/python -m pytest tests
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab --notebook-dir=nbs --ip=127.0.0.1 --port=$(PORT) --MultiKernelManager.default_kernel_name=$(KERNEL)
+
+bench: $(STAMP)
+	@for f in benchmarks/bench_*.py; do echo "==> $$f"; $(BIN)/python $$f; done
+
+clean:
+	rm -rf _docs _proc .pytest_cache

@@ -1,0 +1,75 @@
+"""Shared measuring helpers for benchmarks/bench_*.py: medians of several runs, peak memory, machine info, JSON out.
+
+Each benchmark script imports this module, times geobook side by side with its reference library in one run, and
+writes `benchmarks/results/<name>.json`, which the chapters (and the performance page) read: numbers in the book are
+never typed by hand.
+"""
+from __future__ import annotations
+import gc, json, os, platform, statistics, threading, time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / 'results'
+
+def _rss_bytes() -> int:
+    with open('/proc/self/statm') as f: return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+
+class PeakRSS:
+    "Context manager sampling this process's resident memory every `interval` s; `.peak_mb` is the peak above the start."
+    def __init__(self, interval: float = 0.0005): self.interval, self.peak, self._stop = interval, 0, threading.Event()
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss_bytes()); time.sleep(self.interval)
+    def __enter__(self):
+        gc.collect(); self.start = _rss_bytes(); self.peak = self.start
+        self._t = threading.Thread(target=self._run, daemon=True); self._t.start(); return self
+    def __exit__(self, *exc):
+        self._stop.set(); self._t.join(); self.peak = max(self.peak, _rss_bytes())
+    @property
+    def peak_mb(self) -> float: return (self.peak - self.start) / 2**20
+
+def measure(fn, repeats: int = 5, warmup: int = 1, cuda: bool = False) -> dict:
+    """Median wall time of `fn()` over `repeats` runs after `warmup` runs, and peak extra memory of one run.
+
+    With `cuda=True` the GPU is synchronised around each run and peak memory is torch's peak CUDA allocation."""
+    sync = (lambda: __import__('torch').cuda.synchronize()) if cuda else (lambda: None)
+    for _ in range(warmup): fn(); sync()
+    times = []
+    for _ in range(repeats):
+        sync(); t0 = time.perf_counter(); fn(); sync(); times.append(time.perf_counter() - t0)
+    if cuda:
+        import torch
+        torch.cuda.reset_peak_memory_stats(); base = torch.cuda.memory_allocated(); fn(); sync()
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+    else:
+        with PeakRSS() as m: fn()
+        peak = m.peak_mb
+    return {'median_s': statistics.median(times), 'min_s': min(times), 'runs': times, 'peak_mb': peak}
+
+def _version(pkg: str):
+    try: return metadata.version(pkg)
+    except metadata.PackageNotFoundError: return None
+
+def machine_info(packages=('torch', 'numpy', 'numba', 'geobook')) -> dict:
+    cpu = platform.processor()
+    try:
+        for line in open('/proc/cpuinfo'):
+            if line.startswith('model name'): cpu = line.split(':', 1)[1].strip(); break
+    except OSError: pass
+    info = {'cpu': cpu, 'cores': os.cpu_count(), 'python': platform.python_version(), 'platform': platform.platform(),
+            'date': datetime.now(timezone.utc).isoformat(timespec='seconds'),
+            'versions': {p: _version(p) for p in packages}}
+    try:
+        import torch
+        if torch.cuda.is_available(): info['gpu'] = torch.cuda.get_device_name(0)
+    except ImportError: pass
+    return info
+
+def write_results(name: str, rows: list[dict], packages=('torch', 'numpy', 'numba', 'geobook'), **extra) -> Path:
+    "Write `rows` (one dict per measurement) with machine info to benchmarks/results/<name>.json; return the path."
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f'{name}.json'
+    path.write_text(json.dumps({'benchmark': name, 'machine': machine_info(packages), 'rows': rows, **extra}, indent=1) + '\n')
+    print(f'wrote {path}')
+    return path
