@@ -67,7 +67,7 @@ test-all: $(STAMP) chromium
 	GEOBOOK_TEST_FLAGS="slow cuda" $(BIN)/python -m pytest tests
 
 lab: $(STAMP)
-	$(BIN)/jupyter lab --notebook-dir=nbs --ip=127.0.0.1 --port=$(PORT) --MultiKernelManager.default_kernel_name=$(KERNEL)
+	$(BIN)/jupyter lab --notebook-dir=nbs --ip=127.0.0.1 --port=$(PORT) --MultiKernelManager.default_kernel_name=$(KERNEL) $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 bench: $(STAMP)
 	@for f in benchmarks/bench_*.py; do echo "==> $$f"; $(BIN)/python $$f; done

@@ -1,4 +1,5 @@
-"""Every notebook's test cells, one pytest test per notebook, run by nbdev's own runner (`nbdev.test.test_nb`).
+"""Every notebook's test cells, one pytest test per notebook, run by nbdev's own runner (`nbdev.test.test_nb`), which
+also must leave no error output in any cell (nbdev's runner does not raise when a figure fails to render).
 
 Cells flagged `slow` or `cuda` are skipped unless GEOBOOK_TEST_FLAGS names them (`make test-all` does)."""
 import sys, time
@@ -6,15 +7,15 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'tools'))
-from notebooks import chapters, skip_flags
+from notebooks import chapters, run_isolated
 
 NBS = chapters()
 
 @pytest.mark.parametrize('nb', NBS, ids=[p.stem for p in NBS])
 def test_notebook(nb):
-    from nbdev.test import test_nb
-    ok, secs = test_nb(nb, skip_flags=skip_flags(), showerr=True)
+    ok, secs, errors = run_isolated(nb)
     print(f'{nb.name}: {secs:.1f} s')
+    assert not errors, f'{nb.name}: cells left error outputs (e.g. a figure that failed to render): {errors}'
     assert ok, f'{nb.name} failed (traceback above); run it in JupyterLab or `nbdev-test {nb.relative_to(nb.parents[1])}`'
 
 def test_every_chapter_exports_a_module():

@@ -15,9 +15,11 @@ def changed(before: dict, after: dict) -> list[str]:
     return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
 
 def check(cmd: str, folder: str, pattern: str) -> list[str]:
-    before = snapshot(ROOT / folder, pattern)
+    "Run `cmd`; the files of `folder` matching `pattern` (and nbs/llms.txt, which nbdev-export also writes) must not change."
+    snap = lambda: {**snapshot(ROOT / folder, pattern), **snapshot(ROOT / 'nbs', 'llms.txt')}
+    before = snap()
     subprocess.run([str(BIN / cmd)], cwd=ROOT, check=True)
-    diff = changed(before, snapshot(ROOT / folder, pattern))
+    diff = changed(before, snap())
     print(f"{cmd}: {'leaves ' + folder + '/ unchanged' if not diff else 'CHANGED ' + ', '.join(diff)}")
     return diff
 

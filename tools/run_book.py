@@ -7,16 +7,16 @@ chapter's notebook is left untouched.
 import sys, time
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from notebooks import chapters, skip_flags
+from notebooks import chapters, skip_flags, run_isolated
 
 def main() -> int:
-    from nbdev.test import test_nb
     nbs, flags, failed, total = chapters(), skip_flags(), [], time.time()
     print(f"==> executing {len(nbs)} notebooks (skipping cells flagged: {' '.join(flags) or 'none'})", flush=True)
     for i, nb in enumerate(nbs, 1):
         print(f"[{i}/{len(nbs)}] {nb.name:<32}", end=' ', flush=True)
-        ok, secs = test_nb(nb, skip_flags=flags, save=True)
+        ok, secs, errors = run_isolated(nb, save=True)
         print(f"{'ok' if ok else 'FAILED'} in {secs:6.1f} s", flush=True)
+        for e in errors: print(f"    error output: {e}", flush=True)
         if not ok: failed.append(nb.name)
     print(f"==> executed in {time.time() - total:.0f} s" + (f"; FAILED: {', '.join(failed)}" if failed else ''))
     return 1 if failed else 0

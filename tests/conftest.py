@@ -1,0 +1,11 @@
+"""Shared pytest settings: tests marked `slow` or `cuda` run only when GEOBOOK_TEST_FLAGS names them
+(`make test-all` sets GEOBOOK_TEST_FLAGS="slow cuda"), mirroring the nbdev flags of the notebooks' cells."""
+import os
+import pytest
+
+def pytest_collection_modifyitems(config, items):
+    wanted = set(os.environ.get('GEOBOOK_TEST_FLAGS', '').split())
+    for item in items:
+        for flag in ('slow', 'cuda'):
+            if flag in item.keywords and flag not in wanted:
+                item.add_marker(pytest.mark.skip(reason=f"'{flag}' test: run with make test-all (GEOBOOK_TEST_FLAGS={flag})"))
