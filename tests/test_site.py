@@ -162,6 +162,21 @@ def crawl(manifest, server, browser) -> dict[str, dict]:
     return out
 
 
+def broken_links(d: dict, crawl: dict) -> list[str]:
+    "Internal links of crawled page `d` that point to a missing file or a missing anchor."
+    pages_ids = {href: set(v['ids']) for href, v in crawl.items()}
+    bad = []
+    for href in d['links']:
+        url = urlsplit(urljoin(d['url'], href))
+        if url.scheme not in ('http', 'https') or url.netloc != urlsplit(d['url']).netloc: continue
+        target = unquote(url.path).lstrip('/') or 'index.html'
+        if not (DOCS / target).is_file(): bad.append(f'{href} (no file {target})'); continue
+        if url.fragment and target.endswith('.html'):
+            ids = pages_ids.get(target)
+            if ids is None: bad.append(f'{href} (not a page of the book)')
+            elif unquote(url.fragment) not in ids: bad.append(f'{href} (no anchor #{url.fragment})')
+    return bad
+
 def _page(manifest, nb_name):
     entry = next((e for e in manifest if e['source'] == nb_name), None)
     assert entry is not None, f'{nb_name} has no page in {DOCS}: rebuild the site ({BUILD_HINT})'
@@ -171,7 +186,7 @@ def _page(manifest, nb_name):
 # ---------------------------------------------------------------------------------------------------------------------
 # the checks
 def test_every_notebook_has_a_page(manifest):
-    assert [e['source'] for e in manifest] == NOTEBOOKS, f'pages and notebooks differ: {BUILD_HINT}'
+    assert [e['source'] for e in manifest if not e.get('generated')] == NOTEBOOKS, f'pages and notebooks differ: {BUILD_HINT}'
     assert manifest[0]['href'] == 'index.html'
     for e in manifest: assert (DOCS / e['href']).is_file(), e
 
@@ -187,19 +202,7 @@ def test_page(nb_name, manifest, crawl):
     assert not d['failed'], f'{where}: failed requests {d["failed"]}'
     assert d['h1'].strip() == entry['title'], f'{where}: page title {d["h1"]!r}'
 
-    # internal links resolve, anchors included
-    pages_ids = {href: set(v['ids']) for href, v in crawl.items()}
-    bad = []
-    for href in d['links']:
-        url = urlsplit(urljoin(d['url'], href))
-        if url.scheme not in ('http', 'https') or url.netloc != urlsplit(d['url']).netloc: continue
-        target = unquote(url.path).lstrip('/') or 'index.html'
-        if not (DOCS / target).is_file(): bad.append(f'{href} (no file {target})'); continue
-        if url.fragment and target.endswith('.html'):
-            ids = pages_ids.get(target)
-            if ids is None: bad.append(f'{href} (not a page of the book)')
-            elif unquote(url.fragment) not in ids: bad.append(f'{href} (no anchor #{url.fragment})')
-    assert not bad, f'{where}: broken internal links {bad}'
+    assert not broken_links(d, crawl), f'{where}: broken internal links {broken_links(d, crawl)}'
 
     # math typeset, nothing raw left
     if notebook_has_math(nb_name):
@@ -230,3 +233,28 @@ def test_screenshots(crawl):
     for name in ('screenshot_index.png', 'screenshot_chapter.png'):
         p = DOCS / name
         assert p.is_file() and p.stat().st_size > 10_000, p
+
+
+def test_gallery(manifest, crawl):
+    "The gallery lists every saved figure of every chapter, each image loads and links back to its chapter's anchor."
+    entry = next((e for e in manifest if e['href'] == 'gallery.html'), None)
+    assert entry is not None, f'no gallery page: {BUILD_HINT}'
+    d = crawl['gallery.html']
+    assert d['status'] == 200 and not d['errors'] and not d['failed'], d
+    n_figures = sum(notebook_images(nb) for nb in NOTEBOOKS)
+    gallery_imgs = [i for i in d['images'] if 'gallery/' in i['src']]
+    assert len(gallery_imgs) == n_figures, f'gallery shows {len(gallery_imgs)} figures, the notebooks hold {n_figures}'
+    assert all(i['ok'] for i in d['images']), [i['src'] for i in d['images'] if not i['ok']]
+    assert not broken_links(d, crawl), broken_links(d, crawl)
+    assert d['sidebar'] == [e['href'] for e in manifest]
+
+def test_front_page_chapter_map(manifest, crawl):
+    "The front page shows one card per chapter, with its summary and, once the chapter has figures, one of them."
+    d = crawl['index.html']
+    chapters = [e for e in manifest if e['href'] != 'index.html' and not e.get('generated')]
+    cards = [l for l in d['links'] if l in {e['href'] for e in chapters}]
+    for e in chapters: assert e['href'] in cards, f"the front page does not link {e['href']}"
+    with_figs = [e for e in chapters if notebook_images(e['source'])]
+    card_imgs = [i for i in d['images'] if 'gallery/' in i['src']]
+    assert len(card_imgs) == len(with_figs), f'{len(card_imgs)} chapter figures on the front page, expected {len(with_figs)}'
+    assert all(i['ok'] for i in card_imgs)

@@ -201,6 +201,87 @@ def render(page: dict, pages: list[dict], i: int, docs: Path, tmp: Path, book_ti
     return time.time() - t0
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# 4. The figure gallery and the front page's chapter cards, both made from the chapters' saved figures
+FIGURE_DIR = 'gallery'
+
+def _heading_text(md: str) -> str | None:
+    "Text of the last markdown heading in a cell (without `#`s, emphasis or math dollars), if any."
+    hs = re.findall(r'^#{1,4}\s+(.+?)\s*$', md, re.M)
+    return plain(hs[-1]).strip() if hs else None
+
+def collect_figures(pages: list[dict], docs: Path) -> dict[str, list[dict]]:
+    """Every figure (PNG output) of every chapter, in order: written to `_docs/gallery/<page>-<k>.png`, anchored in its
+    chapter by an `<a id="fig-<page>-<k>">` placed just before the cell that draws it; returns {page href: figures}."""
+    import base64
+    out_dir = docs / FIGURE_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figures = {}
+    for page in pages:
+        if page['href'] == 'index.html': continue
+        stem, section, cells, figs = Path(page['href']).stem, page['title'], [], []
+        for c in page['nb']['cells']:
+            if c['cell_type'] == 'markdown': section = _heading_text(src(c)) or section
+            pngs = [o['data']['image/png'] for o in c.get('outputs', []) if 'image/png' in o.get('data', {})]
+            if c['cell_type'] == 'code' and pngs:
+                anchor = f'fig-{stem}-{len(figs) + 1}'
+                cells.append({'cell_type': 'markdown', 'metadata': {}, 'source': f'<a id="{anchor}"></a>'})
+                for png in pngs:
+                    k = len(figs) + 1
+                    name = f'{stem}-{k}.png'
+                    (out_dir / name).write_bytes(base64.b64decode(_text(png)))
+                    figs.append(dict(file=f'{FIGURE_DIR}/{name}', anchor=anchor, section=section, href=page['href'],
+                                     chapter=page['title'], num=page['num']))
+            cells.append(c)
+        page['nb']['cells'] = cells
+        figures[page['href']] = figs
+    return figures
+
+def _card(fig: dict, caption: str) -> str:
+    return (f'<figure class="card"><a href="{fig["href"]}#{fig["anchor"]}"><img src="{fig["file"]}" '
+            f'alt="{html.escape(fig["section"])} ({html.escape(fig["chapter"])})" loading="lazy"></a>'
+            f'<figcaption>{caption}</figcaption></figure>')
+
+def gallery_page(pages: list[dict], figures: dict[str, list[dict]], cache: Path) -> dict:
+    "A generated page listing every figure of the book, each linking back to where its chapter draws it."
+    cells = [{'cell_type': 'markdown', 'metadata': {}, 'source':
+              'Every figure of the book, chapter by chapter. Each one links back to the cell that draws it; every '
+              'figure is regenerated whenever its chapter runs.'}]
+    for page in pages:
+        figs = figures.get(page['href'])
+        if not figs: continue
+        grid = '\n'.join(_card(f, html.escape(f['section'])) for f in figs)
+        cells.append({'cell_type': 'markdown', 'metadata': {}, 'source':
+                      f'## {page["num"]}. {page["title"]}\n\n<div class="gallery">\n{grid}\n</div>'})
+    nb = {'cells': cells, 'metadata': {}, 'nbformat': 4, 'nbformat_minor': 5}
+    return dict(source='gallery', dir=str(cache), href='gallery.html', nb=nb, title='Gallery of figures',
+                description='Every figure of the book, linked to the chapter that draws it.', num='', label='Gallery',
+                generated=True)
+
+def representative(figs: list[dict]) -> dict | None:
+    "A chapter's cover figure: its first figure under an 'Experiments' heading, else its first figure."
+    return next((f for f in figs if 'experiment' in f['section'].lower()), figs[0] if figs else None)
+
+def chapter_cards(pages: list[dict], figures: dict[str, list[dict]]) -> str:
+    """The front page's chapter map: per chapter its title, one-sentence summary (markdown: math is typeset) and
+    representative figure, as pandoc fenced divs."""
+    cards = []
+    for page in pages:
+        if page['href'] == 'index.html' or page.get('generated'): continue
+        fig = representative(figures.get(page['href'], []))
+        img = f'[![a figure of chapter {page["num"]}]({fig["file"]})]({page["href"]})\n\n' if fig else ''
+        cards.append(f'::: {{.card .chapter-card}}\n{img}[**{page["num"]}. {page["title"]}**]({page["href"]})\n\n'
+                     f'{page["description"]}\n\n:::')
+    return '::: {.gallery .chapter-map}\n' + '\n\n'.join(cards) + '\n:::'
+
+def insert_chapter_cards(index: dict, cards: str) -> None:
+    "Put the chapter cards where the front page says `<!-- chapter-figures -->` (or after its first section)."
+    for c in index['nb']['cells']:
+        if c['cell_type'] == 'markdown' and '<!-- chapter-figures -->' in src(c):
+            c['source'] = src(c).replace('<!-- chapter-figures -->', cards); return
+    index['nb']['cells'].insert(1, {'cell_type': 'markdown', 'metadata': {}, 'source': cards})
+
+
 def main() -> int:
     if shutil.which('quarto'): return with_quarto()
     t0 = time.time()
@@ -222,6 +303,9 @@ def main() -> int:
 
     if docs.exists(): shutil.rmtree(docs)
     docs.mkdir(parents=True)
+    figures = collect_figures(pages, docs)
+    if pages and pages[0]['href'] == 'index.html': insert_chapter_cards(pages[0], chapter_cards(pages, figures))
+    pages.append(gallery_page(pages, figures, cache))
     for f in ('book.css',): shutil.copy2(SITE / f, docs / f)
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(max(2, min(8, os.cpu_count() or 2))) as ex:
         futs = [ex.submit(render, p, pages, i, docs, Path(tmp), book_title) for i, p in enumerate(pages)]
@@ -250,7 +334,8 @@ def collect_pages(cache: Path, cfg) -> list[dict]:
 
 def write_manifest(docs: Path, pages: list[dict], cfg) -> None:
     "_docs/pages.json: the pages in order, for tests/test_site.py."
-    manifest = [{k: p[k] for k in ('source', 'href', 'title')} | {'exports': exported_names(cfg, p['source'])}
+    manifest = [{k: p[k] for k in ('source', 'href', 'title')}
+                | ({'generated': True} if p.get('generated') else {'exports': exported_names(cfg, p['source'])})
                 for p in pages]
     (docs / 'pages.json').write_text(json.dumps(manifest, indent=1))
     (docs / '.nojekyll').touch()

@@ -16,6 +16,7 @@ def main():
     out = subprocess.run([pypandoc.get_pandoc_path(), f.name, '-f', 'markdown', '-t', 'gfm', '--wrap=preserve'],
                          check=True, capture_output=True, text=True).stdout
     out = re.sub(r'\]\((\d\d_[\w-]+\.ipynb)\)', r'](nbs/\1)', out)
+    out = re.sub(r'\]\(([\w-]+\.html)\)', r'](https://geobook.github.io/geobook/\1)', out)   # pages only the website has
     header = '<!-- generated from nbs/index.ipynb by tools/make_readme.py: edit the notebook, not this file -->\n\n'
     (ROOT / 'README.md').write_text(header + out)
     print('wrote', ROOT / 'README.md')
