@@ -9,13 +9,19 @@ BIN    := $(VENV)/bin
 # The torch build to install first. On the book's CPU machines the CPU wheel of 2.13.0 lies on disk;
 # elsewhere pick yours, e.g. `make book TORCH="torch --index-url https://download.pytorch.org/whl/cpu"`.
 TORCH  ?= torch==2.13.0
+# The optional extras to install with the project: `dev` (tests, site, JupyterLab, reference libraries) and `ptx`
+# (NVIDIA's compiler wheels, ~450 MB, for the PTX checks of the CUDA kernels); `make EXTRAS=dev` skips the latter.
+EXTRAS ?= dev,ptx
 STAMP  := $(VENV)/.geobook-installed
 KERNEL := geobook
 PORT   ?= 8888
+# OpenMP threads that spin-wait (torch's and numba's pools) fight each other on small machines: the same matrix product
+# measured 0.2 s or 10 s. Passive waiting makes runs and timings stable; override on the command line if you must.
+export OMP_WAIT_POLICY ?= PASSIVE
 # pip's output without the machine-level "Location ... is ignored" noise; pipefail keeps pip's exit status.
 QUIET  := { grep -v '^WARNING: Location' || true; }
 
-.PHONY: help setup export book site test test-all lab bench clean chromium
+.PHONY: help setup export book site test test-all lab bench bench-nt clean chromium
 
 help:
 	@echo "make book      set up .venv, export, execute every chapter, render the site into _docs/"
@@ -29,7 +35,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip 2>&1 | $(QUIET)
 	$(BIN)/python -m pip install -q $(TORCH) 2>&1 | $(QUIET)
-	$(BIN)/python -m pip install -q -e '.[dev]' 2>&1 | $(QUIET)
+	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]' 2>&1 | $(QUIET)
 	$(BIN)/python -c "import torch, numba, nbdev, geobook; print('torch', torch.__version__, '| numba', numba.__version__, '| geobook', geobook.__version__)"
 	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (geobook)" >/dev/null
 	touch $@
@@ -69,8 +75,21 @@ test-all: $(STAMP) chromium
 lab: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir=nbs --ip=127.0.0.1 --port=$(PORT) --MultiKernelManager.default_kernel_name=$(KERNEL) $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
+# Arguments for every benchmark script, e.g. `make bench BENCH_ARGS=--quick` (a couple of minutes each).
+BENCH_ARGS ?=
+NT_VENV ?= .venv-nt
+
 bench: $(STAMP)
-	@for f in benchmarks/bench_*.py; do echo "==> $$f"; $(BIN)/python $$f; done
+	@export GEOBOOK_NT_PYTHON=$$( [ -x $(NT_VENV)/bin/python ] && echo $(CURDIR)/$(NT_VENV)/bin/python ); \
+	[ -n "$$GEOBOOK_NT_PYTHON" ] || echo "(neural-tangents not set up: \`make bench-nt\` once to compare chapter 1 with it)"; \
+	for f in benchmarks/bench_*.py; do echo "==> $$f $(BENCH_ARGS)"; $(BIN)/python $$f $(BENCH_ARGS); done
+	@echo "==> results in benchmarks/results/*.json; nbs/90_performance.ipynb (make book) turns them into the performance page"
+
+# neural-tangents 0.6.5 needs jax 0.4.30, which newer numpy/JAX stacks break: it lives in its own venv, used only by
+# benchmarks/bench_ntk.py (through GEOBOOK_NT_PYTHON) and never by the book or its tests.
+bench-nt:
+	test -x $(NT_VENV)/bin/python || $(PYTHON) -m venv $(NT_VENV)
+	$(NT_VENV)/bin/python -m pip install -q -r benchmarks/requirements-nt.txt 2>&1 | $(QUIET)
 
 clean:
 	rm -rf _docs _proc .pytest_cache

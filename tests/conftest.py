@@ -3,6 +3,9 @@
 import os
 import pytest
 
+# Before torch or numba start their OpenMP pools (see the Makefile): spin-waiting pools steal each other's cores.
+os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+
 def pytest_collection_modifyitems(config, items):
     wanted = set(os.environ.get('GEOBOOK_TEST_FLAGS', '').split())
     for item in items:

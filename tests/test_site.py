@@ -124,6 +124,7 @@ _PAGE_JS = r"""() => {
     toc: document.querySelectorAll('aside.toc a, nav#TOC a').length,
     sections: document.querySelectorAll('main h2').length,
     h1: (document.querySelector('h1') || {}).textContent || '',
+    h1count: document.querySelectorAll('h1').length,
   };
 }"""
 
@@ -201,6 +202,8 @@ def test_page(nb_name, manifest, crawl):
     assert not d['errors'], f'{where}: console errors {d["errors"]}'
     assert not d['failed'], f'{where}: failed requests {d["failed"]}'
     assert d['h1'].strip() == entry['title'], f'{where}: page title {d["h1"]!r}'
+    assert d['h1count'] == 1, (f'{where}: {d["h1count"]} top-level headings; only the title may be one (a markdown '
+                               'line starting with "# " in the body is a stray heading)')
 
     assert not broken_links(d, crawl), f'{where}: broken internal links {broken_links(d, crawl)}'
 

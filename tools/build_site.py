@@ -100,6 +100,12 @@ def rewrite_links(md: str, links: dict[str, str]) -> str:
 
 def _text(v) -> str: return ''.join(v) if isinstance(v, list) else v
 
+def _displayable(o: dict) -> dict:
+    "nbdev-clean leaves results with `execution_count: null`, which pandoc's ipynb reader rejects: show them as displays."
+    if o.get('output_type') == 'execute_result' and o.get('execution_count') is None:
+        return {k: v for k, v in o.items() if k != 'execution_count'} | {'output_type': 'display_data'}
+    return o
+
 def apply_cell_options(nb, links: dict[str, str]) -> None:
     "What Quarto does with cell options, done on the notebook JSON so that pandoc's ipynb reader sees the result."
     cells = []
@@ -110,7 +116,7 @@ def apply_cell_options(nb, links: dict[str, str]) -> None:
         if c['cell_type'] != 'code': cells.append(c); continue
         opts, body = split_options(src(c))
         if opts.get('include') is False: continue
-        outs = [] if opts.get('output') is False else c.get('outputs', [])
+        outs = [] if opts.get('output') is False else [_displayable(o) for o in c.get('outputs', [])]
         echo = opts.get('echo', True) is not False and body.strip() != ''
         asis = opts.get('output') == 'asis'
         md_outs = []
@@ -239,7 +245,7 @@ def collect_figures(pages: list[dict], docs: Path) -> dict[str, list[dict]]:
 
 def _card(fig: dict, caption: str) -> str:
     return (f'<figure class="card"><a href="{fig["href"]}#{fig["anchor"]}"><img src="{fig["file"]}" '
-            f'alt="{html.escape(fig["section"])} ({html.escape(fig["chapter"])})" loading="lazy"></a>'
+            f'alt="{html.escape(fig["section"])} ({html.escape(fig["chapter"])})"></a>'
             f'<figcaption>{caption}</figcaption></figure>')
 
 def gallery_page(pages: list[dict], figures: dict[str, list[dict]], cache: Path) -> dict:

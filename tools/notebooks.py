@@ -51,7 +51,7 @@ def run_isolated(fn: Path, save: bool = False, timeout: float | None = None):
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, timeout=timeout)
     lines = proc.stdout.rstrip().splitlines()
     if lines and lines[-1].startswith('{'):
-        print('\n'.join(lines[:-1]))
+        if lines[:-1]: print('\n'.join(lines[:-1]))
         res = json.loads(lines[-1])
         return res['ok'], res['seconds'], res['errors']
     print(proc.stdout)

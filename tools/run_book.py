@@ -4,12 +4,14 @@ save its outputs, figures included, back into the notebook: the website shows sa
 Run from the repo root with the project's Python (`make book` does). Exits non-zero if a chapter fails; a failed
 chapter's notebook is left untouched.
 """
-import sys, time
+import os, sys, time
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from notebooks import chapters, skip_flags, run_isolated
 
 def main() -> int:
+    # saved outputs are what the website shows: no progress bars in them (core's `progress` honours this)
+    os.environ.setdefault('GEOBOOK_NO_PROGRESS', '1')
     nbs, flags, failed, total = chapters(), skip_flags(), [], time.time()
     print(f"==> executing {len(nbs)} notebooks (skipping cells flagged: {' '.join(flags) or 'none'})", flush=True)
     for i, nb in enumerate(nbs, 1):

@@ -1,0 +1,95 @@
+"""Benchmark chapter 2 (geobook.rg_flow): the kernel / vertex recursions and the Monte Carlo sampler.
+
+Side by side in one run:
+  * recursions: geobook's vectorised Gauss–Hermite / closed-form layer against scipy.integrate.quad (adaptive quadrature,
+    one Gaussian average at a time), per layer and per (C_b, C_W) flow of a phase-diagram grid;
+  * sampler: geobook's metric sampler (z^{l+1} | z^l ~ N(0, Ĝ), no weights) against drawing the weights explicitly with
+    batched torch matmuls (`method='weights'`, the straightforward way), in networks per second at width 16, depth 8,
+    with one torch thread and with torch's default thread count.
+
+    python benchmarks/bench_rg_flow.py --quick   # < 2 minutes; writes benchmarks/results/rg_flow.json
+"""
+from __future__ import annotations
+import argparse, math, os, sys
+os.environ.setdefault('GEOBOOK_NO_PROGRESS', '1')
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import numpy as np
+import torch
+from scipy import integrate
+from _bench import measure, write_results
+from geobook.rg_flow import kernel_flow, four_point_vertex, sample_preactivations
+
+
+def scipy_tanh_flow(C_W, C_b, K0, depth):
+    "Reference: K^{l+1} = C_b + C_W ∫ tanh(√K ξ)² φ(ξ) dξ by scipy's adaptive quadrature, one layer at a time."
+    K, out = K0, [K0]
+    for _ in range(depth - 1):
+        val, _ = integrate.quad(lambda t: math.tanh(math.sqrt(K) * t)**2 * math.exp(-t * t / 2) / math.sqrt(2 * math.pi),
+                                -np.inf, np.inf)
+        K = C_b + C_W * val; out.append(K)
+    return np.array(out)
+
+
+def main(quick: bool):
+    rows = []
+    def report(row):
+        rows.append(row)
+        extra = f" | reference {row['ref_median_s'] * 1e3:9.3f} ms, ratio {row['speedup']:7.1f}x" if 'ref_median_s' in row else ''
+        print(f"{row['name']:<48} {row['median_s'] * 1e3:9.3f} ms{extra}", flush=True)
+
+    # --- recursions, one flow ----------------------------------------------------------------------------------
+    depth = 200
+    g = measure(lambda: kernel_flow('tanh', 1.0, 0.0, 1.0, depth), repeats=5)
+    r = measure(lambda: scipy_tanh_flow(1.0, 0.0, 1.0, depth), repeats=3 if quick else 5)
+    err = float(np.abs(kernel_flow('tanh', 1.0, 0.0, 1.0, depth).numpy() - scipy_tanh_flow(1.0, 0.0, 1.0, depth)).max())
+    report(dict(name='kernel_flow tanh, 1 flow, per layer', median_s=g['median_s'], ref_median_s=r['median_s'],
+                reference='scipy.integrate.quad',
+                speedup=r['median_s'] / g['median_s'], us_per_layer=g['median_s'] / depth * 1e6,
+                ref_us_per_layer=r['median_s'] / depth * 1e6, max_abs_diff=err, depth=depth, peak_mb=g['peak_mb']))
+    g = measure(lambda: kernel_flow('relu', 2.0, 0.0, 1.0, depth), repeats=5)
+    report(dict(name='kernel_flow relu (closed form), 1 flow', median_s=g['median_s'], us_per_layer=g['median_s'] / depth * 1e6,
+                depth=depth, peak_mb=g['peak_mb']))
+    g = measure(lambda: four_point_vertex('tanh', 1.0, 0.0, 1.0, depth), repeats=5)
+    report(dict(name='four_point_vertex tanh, 1 flow', median_s=g['median_s'], us_per_layer=g['median_s'] / depth * 1e6,
+                depth=depth, peak_mb=g['peak_mb']))
+    K2 = torch.tensor([[1.0, 0.6], [0.6, 1.0]], dtype=torch.float64)
+    g = measure(lambda: kernel_flow('tanh', 1.0, 0.0, K2, 50), repeats=5)
+    report(dict(name='kernel_flow tanh, two inputs (2x2), 1 flow', median_s=g['median_s'], us_per_layer=g['median_s'] / 50 * 1e6,
+                depth=50, peak_mb=g['peak_mb']))
+
+    # --- recursions, a phase-diagram grid ------------------------------------------------------------------------
+    n_grid, depth_g = (50, 100) if quick else (100, 300)
+    CB, CW = torch.meshgrid(torch.linspace(0, 0.3, n_grid, dtype=torch.float64),
+                            torch.linspace(0.5, 3, n_grid, dtype=torch.float64), indexing='ij')
+    g = measure(lambda: kernel_flow('tanh', CW, CB, 1.0, depth_g, n_points=48), repeats=3)
+    sub = 10                                   # scipy on a few grid points; its cost is per flow-layer
+    r = measure(lambda: [scipy_tanh_flow(float(CW.flatten()[i]), float(CB.flatten()[i]), 1.0, 20) for i in range(sub)], repeats=3)
+    flows = CB.numel()
+    report(dict(name=f'kernel_flow tanh, {n_grid}x{n_grid} grid', median_s=g['median_s'], reference='scipy.integrate.quad',
+                us_per_flow_layer=g['median_s'] / (flows * depth_g) * 1e6, ref_us_per_flow_layer=r['median_s'] / (sub * 19) * 1e6,
+                ref_median_s=r['median_s'] / (sub * 19) * flows * depth_g, speedup=(r['median_s'] / (sub * 19)) / (g['median_s'] / (flows * depth_g)),
+                us_per_layer=g['median_s'] / depth_g * 1e6, flows=flows, depth=depth_g, peak_mb=g['peak_mb'],
+                note='reference time extrapolated from 10 flows x 19 layers'))
+
+    # --- sampler ----------------------------------------------------------------------------------------------
+    n_nets = 200_000 if quick else 1_000_000
+    ws, x = [16] * 9, torch.ones(16)
+    default_threads = torch.get_num_threads()
+    for threads in sorted({1, default_threads}):
+        torch.set_num_threads(threads)
+        g = measure(lambda: sample_preactivations(ws, 'tanh', 1.0, 0.0, x, n_nets, seed=0, keep='last'), repeats=3)
+        n_ref = n_nets // 10
+        r = measure(lambda: sample_preactivations(ws, 'tanh', 1.0, 0.0, x, n_ref, seed=0, keep='last', method='weights'), repeats=3)
+        nps, ref_nps = n_nets / g['median_s'], n_ref / r['median_s']
+        report(dict(name=f'sampler width 16 depth 8, {threads} thread(s)', median_s=g['median_s'], networks=n_nets,
+                    reference='explicit weights (batched torch matmul)',
+                    networks_per_s=nps, ref_networks_per_s=ref_nps, ref_median_s=n_nets / ref_nps, speedup=nps / ref_nps,
+                    threads=threads, peak_mb=g['peak_mb'], note='reference: explicit weights, timed on networks/10'))
+    torch.set_num_threads(default_threads)
+    write_results('rg_flow', rows, packages=('torch', 'numpy', 'scipy', 'geobook'), quick=quick)
+
+
+if __name__ == '__main__':
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--quick', action='store_true', help='smaller sizes, finishes in under ~2 minutes')
+    main(ap.parse_args().quick)
