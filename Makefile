@@ -18,15 +18,18 @@ PORT   ?= 8888
 # OpenMP threads that spin-wait (torch's and numba's pools) fight each other on small machines: the same matrix product
 # measured 0.2 s or 10 s. Passive waiting makes runs and timings stable; override on the command line if you must.
 export OMP_WAIT_POLICY ?= PASSIVE
+# `make test-all` runs the `cuda` cells and tests only where a GPU answers nvidia-smi; elsewhere only the `slow` ones.
+GPU_FLAG := $(shell nvidia-smi -L >/dev/null 2>&1 && echo cuda)
 # pip's output without the machine-level "Location ... is ignored" noise; pipefail keeps pip's exit status.
 QUIET  := { grep -v '^WARNING: Location' || true; }
 
-.PHONY: help setup export book site test test-all lab bench bench-nt clean chromium
+.PHONY: help setup export book site test test-all test-lab lab bench bench-nt clean chromium
 
 help:
 	@echo "make book      set up .venv, export, execute every chapter, render the site into _docs/"
 	@echo "make test      set up when needed, check sync, run every chapter's tests, tests/ and the site check"
-	@echo "make test-all  make test plus the 'slow' and 'cuda' cells"
+	@echo "make test-all  make test plus the 'slow' cells, every chapter run in JupyterLab, and 'cuda' where a GPU is"
+	@echo "make test-lab  only the JupyterLab run: each chapter through Run All Cells in headless Chromium, twice"
 	@echo "make lab       JupyterLab on nbs/ with the project's kernel"
 	@echo "make bench     run benchmarks/ side by side with the reference libraries"
 
@@ -70,7 +73,10 @@ test: $(STAMP) chromium
 test-all: $(STAMP) chromium
 	$(BIN)/python tools/check_sync.py
 	$(BIN)/python tools/build_site.py
-	GEOBOOK_TEST_FLAGS="slow cuda" $(BIN)/python -m pytest tests
+	GEOBOOK_TEST_FLAGS="slow $(GPU_FLAG)" $(BIN)/python -m pytest tests
+
+test-lab: $(STAMP) chromium
+	GEOBOOK_TEST_FLAGS=slow $(BIN)/python -m pytest tests/test_lab.py
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir=nbs --ip=127.0.0.1 --port=$(PORT) --MultiKernelManager.default_kernel_name=$(KERNEL) $$([ "$$(id -u)" = 0 ] && echo --allow-root)

@@ -1,5 +1,5 @@
 """Shared pytest settings: tests marked `slow` or `cuda` run only when GEOBOOK_TEST_FLAGS names them
-(`make test-all` sets GEOBOOK_TEST_FLAGS="slow cuda"), mirroring the nbdev flags of the notebooks' cells."""
+(`make test-all` sets GEOBOOK_TEST_FLAGS="slow", plus "cuda" where nvidia-smi finds a GPU), mirroring the nbdev flags of the notebooks' cells."""
 import os
 import pytest
 

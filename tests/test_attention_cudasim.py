@@ -9,11 +9,13 @@
    (compute capability 9.0) with numba-cuda's `compile_ptx`, and the PTX must hold no float64 instruction. This needs
    NVIDIA's NVVM wheels: `pip install "numba-cuda[cu13]"` (pulls nvidia-nvvm, nvidia-cuda-nvrtc, nvidia-nvjitlink,
    nvidia-cuda-runtime, nvidia-cuda-cccl, cuda-toolkit); without them the test is skipped and says so.
+3. That PTX is assembled for sm_90 by ptxas (the nvidia-cuda-nvcc wheel, also in the `ptx` extra), whose report must
+   show no register spills and static shared memory within the 48 KiB a block may declare statically.
 
 Tolerances: the kernels accumulate in float32 against a float64 reference; for N ≤ 100, D ≤ 32 and unit-variance
 inputs float32 rounding gives errors ~1e-6, so we allow 2e-5 on outputs/lse and 1e-4 on gradients (as in the chapter).
 """
-import json, os, subprocess, sys, textwrap
+import json, os, re, shutil, subprocess, sys, textwrap
 from pathlib import Path
 import pytest
 
@@ -67,7 +69,8 @@ SIM_SCRIPT = textwrap.dedent(r'''
 ''')
 
 PTX_SCRIPT = textwrap.dedent(r'''
-    import json, re
+    import json, os, re
+    from pathlib import Path
     from numba import float32, int32
     from numba.cuda import compile_ptx
     import numba.cuda.dispatcher as disp
@@ -84,6 +87,7 @@ PTX_SCRIPT = textwrap.dedent(r'''
         ptx, _ = compile_ptx(getattr(A, name), sig, cc=(9, 0))
         f64 = [l.strip() for l in ptx.splitlines() if re.search(r'\.f64\b', l)]
         out[name] = {'bytes': len(ptx), 'f64_lines': f64[:5], 'n_f64': len(f64)}
+        (Path(os.environ['GEOBOOK_PTX_DIR']) / f'{name}.ptx').write_text(ptx)
     print('RESULT' + json.dumps(out))
 ''')
 
@@ -129,15 +133,57 @@ def _nvvm_available():
         return False
 
 
-def test_ptx_has_no_float64():
+@pytest.fixture(scope='module')
+def ptx(tmp_path_factory):
+    "Compile the three CUDA kernels to PTX for cc 9.0; returns (per-kernel facts, folder holding <kernel>.ptx)."
     probe = subprocess.run([sys.executable, '-c', 'from numba.cuda.cudadrv import nvvm; nvvm.NVVM()'],
                            capture_output=True, text=True, env={k: v for k, v in os.environ.items()
                                                                 if k != 'NUMBA_ENABLE_CUDASIM'})
     if probe.returncode != 0:
         pytest.skip('NVVM not found: compile_ptx needs NVIDIA\'s NVVM wheels, `pip install "numba-cuda[cu13]"` '
                     '(nvidia-nvvm, nvidia-cuda-nvrtc, nvidia-nvjitlink, nvidia-cuda-runtime)')
-    p, res = _run(PTX_SCRIPT, {'NUMBA_ENABLE_CUDASIM': '0'}, timeout=600)
+    folder = tmp_path_factory.mktemp('ptx')
+    p, res = _run(PTX_SCRIPT, {'NUMBA_ENABLE_CUDASIM': '0', 'GEOBOOK_PTX_DIR': str(folder)}, timeout=600)
     assert res is not None, f'compile_ptx failed:\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}'
+    return res, folder
+
+
+def test_ptx_has_no_float64(ptx):
+    res, _ = ptx
     for name, r in res.items():
         assert r['bytes'] > 1000, (name, r)
         assert r['n_f64'] == 0, f'{name} has float64 instructions: {r["f64_lines"]}'
+
+
+def _find_ptxas():
+    """The ptxas of NVIDIA's nvcc wheel (nvidia/cu13/bin or nvidia/cuda_nvcc/bin), which matches the NVVM that wrote the
+    PTX; else one on PATH (an older toolkit there may reject a newer PTX .version, and the test then fails saying so)."""
+    try:
+        import nvidia
+        for base in map(Path, nvidia.__path__):
+            for cand in [*sorted(base.glob('cu*/bin/ptxas')), base / 'cuda_nvcc' / 'bin' / 'ptxas']:
+                if cand.is_file(): return str(cand)
+    except ImportError: pass
+    return shutil.which('ptxas')
+
+
+PTXAS_RE = dict(stack=r'(\d+) bytes stack frame', spill_st=r'(\d+) bytes spill stores', spill_ld=r'(\d+) bytes spill loads',
+                regs=r'Used (\d+) registers', smem=r'(\d+) bytes smem')
+
+
+@pytest.mark.parametrize('kernel', ['_fwd_cuda_py', '_bwd_dkdv_cuda_py', '_bwd_dq_cuda_py'])
+def test_ptxas_no_spills_and_shared_memory_fits(ptx, kernel):
+    """ptxas -v for sm_90: no spill stores or loads, at most 255 registers per thread, static shared memory at most
+    48 KiB (the limit on a block's static __shared__ declarations on every architecture)."""
+    exe = _find_ptxas()
+    if exe is None:
+        pytest.skip('ptxas not found: `pip install "nvidia-cuda-nvcc>=13,<14"` (in the `ptx` extra) or put it on PATH')
+    _, folder = ptx
+    p = subprocess.run([exe, '-arch=sm_90', '-v', str(folder / f'{kernel}.ptx'), '-o', str(folder / f'{kernel}.cubin')],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, f'ptxas failed on {kernel}:\n{p.stderr[-3000:]}'
+    facts = {k: int(m.group(1)) for k, rx in PTXAS_RE.items() if (m := re.search(rx, p.stderr + p.stdout))}
+    assert {'spill_st', 'spill_ld', 'regs', 'smem'} <= facts.keys(), f'unexpected ptxas report:\n{p.stderr}'
+    assert facts['spill_st'] == 0 and facts['spill_ld'] == 0, f'{kernel} spills registers: {facts}'
+    assert facts['regs'] <= 255, facts
+    assert facts['smem'] <= 48 * 1024, f'{kernel} declares {facts["smem"]} bytes of static shared memory: {facts}'

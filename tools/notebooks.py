@@ -12,7 +12,7 @@ def chapters() -> list[Path]:
     return sorted(nbs, key=lambda p: (p.name != 'index.ipynb', p.name))
 
 def skip_flags() -> list[str]:
-    "Flags to skip: all of `slow cuda` except those listed in GEOBOOK_TEST_FLAGS (make test-all sets it to both)."
+    "Flags to skip: all of `slow cuda` except those listed in GEOBOOK_TEST_FLAGS (make test-all: `slow`, and `cuda` where a GPU is)."
     wanted = set(os.environ.get('GEOBOOK_TEST_FLAGS', '').split())
     return [f for f in ALL_FLAGS if f not in wanted]
 
