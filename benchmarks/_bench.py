@@ -31,6 +31,8 @@ def _reset_hwm() -> bool:
         return _hwm_bytes() is not None
     except OSError: return False
 
+# The same measurement as geobook.core.PeakMemory, kept here on purpose: bench_ntk runs this module inside the
+# neural-tangents venv (.venv-nt), where neither geobook nor torch is installed.
 class PeakRSS:
     """Context manager for the peak resident memory of this process above its level at entry; `.peak_mb`.
 

@@ -419,10 +419,20 @@ def _na_bwd_cpu(q, k, v, do, lse, delta, scale, X, Y, kx, ky, dx, dy, cx, cy, dq
                             dq[bh, i, d] += ds * k[bh, j, d]
                             dk[bh, j, d] += ds * q[bh, i, d]
 
-# %% ../nbs/05_fused_attention.ipynb #0c67f643
+# %% ../nbs/05_fused_attention.ipynb #aef877ab
 TQ, TK, TKB, TQB, DMAX = 64, 32, 64, 32, 128     # threads per query block, keys per smem tile, ... , max head dim
 _window_dev = cuda.jit(device=True)(_window_py)
 _in_window_dev = cuda.jit(device=True)(_in_window_py)
+
+@cuda.jit(device=True)
+def _load_rows(a, b, bh, r0, nr, a_s, b_s, tid, nthreads):
+    "Cooperative copy of rows r0..r0+nr of a[bh] and b[bh] into shared a_s, b_s: thread tid takes every nthreads-th entry."
+    D = a.shape[2]
+    for idx in range(tid, nr * D, nthreads):
+        r = idx // D
+        c = idx - r * D
+        a_s[r, c] = a[bh, r0 + r, c]
+        b_s[r, c] = b[bh, r0 + r, c]
 
 @cuda.jit(device=True)
 def _allowed(i, j, mp):
@@ -460,11 +470,7 @@ def _fwd_cuda_py(q, k, v, o, lse, scale, mp, kv_lo, kv_hi):
     for k0 in range(lo, hi, TK):
         nc = min(TK, hi - k0)
         cuda.syncthreads()
-        for idx in range(tid, nc * D, TQ):
-            r = idx // D
-            c = idx - r * D
-            ks[r, c] = k[bh, k0 + r, c]
-            vs[r, c] = v[bh, k0 + r, c]
+        _load_rows(k, v, bh, k0, nc, ks, vs, tid, TQ)
         cuda.syncthreads()
         if valid:
             for j in range(nc):
@@ -495,7 +501,7 @@ def _fwd_cuda_py(q, k, v, o, lse, scale, mp, kv_lo, kv_hi):
 
 _fwd_cuda = cuda.jit(_fwd_cuda_py)
 
-# %% ../nbs/05_fused_attention.ipynb #56641a13
+# %% ../nbs/05_fused_attention.ipynb #cb50210c
 def _bwd_dkdv_cuda_py(q, k, v, do, lse, delta, dk, dv, scale, mp, q_lo, q_hi):
     kt = cuda.blockIdx.x
     bh = cuda.blockIdx.y
@@ -522,11 +528,7 @@ def _bwd_dkdv_cuda_py(q, k, v, do, lse, delta, dk, dv, scale, mp, q_lo, q_hi):
     for q0 in range(lo, hi, TQB):
         nr = min(TQB, hi - q0)
         cuda.syncthreads()
-        for idx in range(tid, nr * D, TKB):
-            r = idx // D
-            c = idx - r * D
-            qs[r, c] = q[bh, q0 + r, c]
-            dos[r, c] = do[bh, q0 + r, c]
+        _load_rows(q, do, bh, q0, nr, qs, dos, tid, TKB)
         for r in range(tid, nr, TKB):
             ls[r] = lse[bh, q0 + r]
             dls[r] = delta[bh, q0 + r]
@@ -573,11 +575,7 @@ def _bwd_dq_cuda_py(q, k, v, do, lse, delta, dq, scale, mp, kv_lo, kv_hi):
     for k0 in range(lo, hi, TK):
         nc = min(TK, hi - k0)
         cuda.syncthreads()
-        for idx in range(tid, nc * D, TQ):
-            r = idx // D
-            c = idx - r * D
-            ks[r, c] = k[bh, k0 + r, c]
-            vs[r, c] = v[bh, k0 + r, c]
+        _load_rows(k, v, bh, k0, nc, ks, vs, tid, TQ)
         cuda.syncthreads()
         if valid:
             for j in range(nc):

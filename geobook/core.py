@@ -16,8 +16,8 @@ from tqdm.auto import tqdm as _tqdm
 
 # %% auto #0
 __all__ = ['BOOK_COLORS', 'BOOK_STYLE', 'all_finite', 'as_tensor', 'check_positive', 'check_int', 'check_choice',
-           'seed_everything', 'as_generator', 'default_device', 'progress', 'use_book_style', 'book_figure',
-           'hermite_rule', 'gaussian_expectation_1d', 'gaussian_cholesky_2x2', 'gaussian_expectation']
+           'seed_everything', 'as_generator', 'default_device', 'progress', 'PeakMemory', 'use_book_style',
+           'book_figure', 'hermite_rule', 'gaussian_expectation_1d', 'gaussian_cholesky_2x2', 'gaussian_expectation']
 
 # %% ../nbs/00_core.ipynb #d76f1ee6
 def all_finite(t: torch.Tensor, chunk: int = 1 << 16) -> bool:
@@ -96,6 +96,47 @@ def progress(iterable=None, total: int | None = None, desc: str | None = None, d
     import os
     if disable is None: disable = bool(os.environ.get('GEOBOOK_NO_PROGRESS'))
     return _tqdm(iterable, total=total, desc=desc, disable=disable, leave=kwargs.pop('leave', False), **kwargs)
+
+# %% ../nbs/00_core.ipynb #5dc38ce9
+def _proc_status_kb(field: str):
+    "A field of /proc/self/status in kB (VmRSS, VmHWM), or None off Linux."
+    try:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith(field + ':'): return int(line.split()[1])
+    except OSError: return None
+
+class PeakMemory:
+    """`with PeakMemory() as m: ...` then `m.mb`: peak resident memory (MB) of this process above its level at entry.
+
+    Exact on Linux (the kernel's high-water mark VmHWM, reset at entry), also inside GIL-holding compiled code;
+    elsewhere the resident size sampled every `interval` s. `m.method` is 'VmHWM', 'sampled' or 'unavailable'."""
+    def __init__(self, interval: float = 0.0005): self.interval, self.mb, self.method = interval, float('nan'), None
+
+    def __enter__(self):
+        import gc, threading
+        gc.collect()
+        self._start = _proc_status_kb('VmRSS')
+        if self._start is None: self.method = 'unavailable'; return self
+        try:
+            with open('/proc/self/clear_refs', 'w') as f: f.write('5')
+            self.method = 'VmHWM'
+        except OSError:
+            self.method, self._peak, self._stop = 'sampled', self._start, threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True); self._thread.start()
+        return self
+
+    def _sample(self):
+        import time
+        while not self._stop.is_set():
+            self._peak = max(self._peak, _proc_status_kb('VmRSS')); time.sleep(self.interval)
+
+    def __exit__(self, *exc):
+        if self.method == 'VmHWM': peak = _proc_status_kb('VmHWM')
+        elif self.method == 'sampled':
+            self._stop.set(); self._thread.join(); peak = self._peak
+        else: return
+        self.mb = (max(peak, _proc_status_kb('VmRSS')) - self._start) / 1024
 
 # %% ../nbs/00_core.ipynb #94438ec2
 BOOK_COLORS = ['#0072B2', '#D55E00', '#009E73', '#CC79A7', '#E69F00', '#56B4E9', '#F0E442', '#000000']
