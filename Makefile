@@ -12,7 +12,14 @@ TORCH  ?= torch==2.13.0
 # The optional extras to install with the project: `dev` (tests, site, JupyterLab, reference libraries) and `ptx`
 # (NVIDIA's compiler wheels, ~450 MB, for the PTX checks of the CUDA kernels); `make EXTRAS=dev` skips the latter.
 EXTRAS ?= dev,ptx
-STAMP  := $(VENV)/.geobook-installed
+# The set-up stamp is keyed on what decides the install: pyproject.toml's content (not its mtime: `nbdev-export`
+# rewrites the file unchanged), the torch build and the extras. Change any of them and the next target reinstalls.
+DEPS_KEY := $(shell { cat pyproject.toml; echo '$(TORCH) $(EXTRAS) $(MUP)'; } | sha256sum | cut -c1-16)
+STAMP  := $(VENV)/.geobook-installed-$(DEPS_KEY)
+# mup (chapter 6's reference implementation of μP) declares torchvision and seaborn but imports neither; installing
+# them would replace the CPU torch with a multi-GB CUDA build, so it goes in without its declared dependencies
+# (what it does import, pandas and pyyaml, is in the dev extra).
+MUP    ?= mup==1.0.0
 KERNEL := geobook
 PORT   ?= 8888
 # OpenMP threads that spin-wait (torch's and numba's pools) fight each other on small machines: the same matrix product
@@ -33,14 +40,16 @@ help:
 	@echo "make lab       JupyterLab on nbs/ with the project's kernel"
 	@echo "make bench     run benchmarks/ side by side with the reference libraries"
 
-$(STAMP): pyproject.toml
-	@echo "==> setting up $(VENV) (torch: $(TORCH))"
+$(STAMP):
+	@echo "==> setting up $(VENV) (torch: $(TORCH); extras: $(EXTRAS))"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip 2>&1 | $(QUIET)
 	$(BIN)/python -m pip install -q $(TORCH) 2>&1 | $(QUIET)
 	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]' 2>&1 | $(QUIET)
+	$(BIN)/python -m pip install -q --no-deps '$(MUP)' 2>&1 | $(QUIET)
 	$(BIN)/python -c "import torch, numba, nbdev, geobook; print('torch', torch.__version__, '| numba', numba.__version__, '| geobook', geobook.__version__)"
 	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (geobook)" >/dev/null
+	rm -f $(VENV)/.geobook-installed*
 	touch $@
 
 setup: $(STAMP)

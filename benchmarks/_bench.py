@@ -11,6 +11,7 @@ from importlib import metadata
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / 'results'
+_LOAD_AT_START = os.getloadavg() if hasattr(os, 'getloadavg') else None   # the machine's load when the script began
 
 def _rss_bytes() -> int:
     with open('/proc/self/statm') as f: return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
@@ -80,12 +81,23 @@ def _version(pkg: str):
     except metadata.PackageNotFoundError: return None
 
 def machine_info(packages=('torch', 'numpy', 'numba', 'geobook')) -> dict:
-    cpu = platform.processor()
+    """The machine a result was measured on: CPU model and the SIMD flags that matter for these kernels, the cores this
+    process may use, the load averages (1, 5, 15 min) when the script started and now, versions, date."""
+    cpu, flags = platform.processor(), []
     try:
         for line in open('/proc/cpuinfo'):
-            if line.startswith('model name'): cpu = line.split(':', 1)[1].strip(); break
+            if line.startswith('model name'): cpu = line.split(':', 1)[1].strip()
+            if line.startswith('flags'):
+                have = set(line.split(':', 1)[1].split())
+                flags = sorted(f for f in have if f.startswith(('avx', 'fma', 'sse4', 'amx', 'f16c')))
+                break
     except OSError: pass
-    info = {'cpu': cpu, 'cores': os.cpu_count(), 'python': platform.python_version(), 'platform': platform.platform(),
+    load_now = os.getloadavg() if hasattr(os, 'getloadavg') else None
+    info = {'cpu': cpu, 'cpu_flags': flags, 'cores': os.cpu_count(),
+            'usable_cores': len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count(),
+            'load_at_start': [round(x, 2) for x in _LOAD_AT_START] if _LOAD_AT_START else None,
+            'load_at_end': [round(x, 2) for x in load_now] if load_now else None,
+            'python': platform.python_version(), 'platform': platform.platform(),
             'date': datetime.now(timezone.utc).isoformat(timespec='seconds'),
             'versions': {p: _version(p) for p in packages}}
     try:

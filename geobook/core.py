@@ -1,4 +1,4 @@
-"""What every chapter shares: Gaussian expectations by Gauss–Hermite quadrature, seeding, devices, input checks, progress bars and the book's plotting style.
+"""What every chapter shares: Gaussian expectations by Gauss–Hermite quadrature, seeding, devices, input checks, and progress bars. (The figure style and other notebook-only helpers live in `geobook.book`.)
 
 Docs: https://geobook.github.io/geobook/core.html.md"""
 
@@ -6,18 +6,16 @@ Docs: https://geobook.github.io/geobook/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #5def3bab
 from __future__ import annotations
-import math, random, functools
+import math, random, functools, warnings
 from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
-import matplotlib as mpl
-import matplotlib.pyplot as plt
 from tqdm.auto import tqdm as _tqdm
 
 # %% auto #0
-__all__ = ['BOOK_COLORS', 'BOOK_STYLE', 'all_finite', 'as_tensor', 'check_positive', 'check_int', 'check_choice',
-           'seed_everything', 'as_generator', 'default_device', 'progress', 'PeakMemory', 'use_book_style',
-           'book_figure', 'hermite_rule', 'gaussian_expectation_1d', 'gaussian_cholesky_2x2', 'gaussian_expectation']
+__all__ = ['all_finite', 'as_tensor', 'check_positive', 'check_int', 'check_choice', 'seed_everything', 'as_generator',
+           'default_device', 'progress', 'hermite_rule', 'QuadratureWarning', 'gaussian_expectation_1d',
+           'gaussian_cholesky_2x2', 'gaussian_expectation']
 
 # %% ../nbs/00_core.ipynb #d76f1ee6
 def all_finite(t: torch.Tensor, chunk: int = 1 << 16) -> bool:
@@ -97,67 +95,6 @@ def progress(iterable=None, total: int | None = None, desc: str | None = None, d
     if disable is None: disable = bool(os.environ.get('GEOBOOK_NO_PROGRESS'))
     return _tqdm(iterable, total=total, desc=desc, disable=disable, leave=kwargs.pop('leave', False), **kwargs)
 
-# %% ../nbs/00_core.ipynb #5dc38ce9
-def _proc_status_kb(field: str):
-    "A field of /proc/self/status in kB (VmRSS, VmHWM), or None off Linux."
-    try:
-        with open('/proc/self/status') as f:
-            for line in f:
-                if line.startswith(field + ':'): return int(line.split()[1])
-    except OSError: return None
-
-class PeakMemory:
-    """`with PeakMemory() as m: ...` then `m.mb`: peak resident memory (MB) of this process above its level at entry.
-
-    Exact on Linux (the kernel's high-water mark VmHWM, reset at entry), also inside GIL-holding compiled code;
-    elsewhere the resident size sampled every `interval` s. `m.method` is 'VmHWM', 'sampled' or 'unavailable'."""
-    def __init__(self, interval: float = 0.0005): self.interval, self.mb, self.method = interval, float('nan'), None
-
-    def __enter__(self):
-        import gc, threading
-        gc.collect()
-        self._start = _proc_status_kb('VmRSS')
-        if self._start is None: self.method = 'unavailable'; return self
-        try:
-            with open('/proc/self/clear_refs', 'w') as f: f.write('5')
-            self.method = 'VmHWM'
-        except OSError:
-            self.method, self._peak, self._stop = 'sampled', self._start, threading.Event()
-            self._thread = threading.Thread(target=self._sample, daemon=True); self._thread.start()
-        return self
-
-    def _sample(self):
-        import time
-        while not self._stop.is_set():
-            self._peak = max(self._peak, _proc_status_kb('VmRSS')); time.sleep(self.interval)
-
-    def __exit__(self, *exc):
-        if self.method == 'VmHWM': peak = _proc_status_kb('VmHWM')
-        elif self.method == 'sampled':
-            self._stop.set(); self._thread.join(); peak = self._peak
-        else: return
-        self.mb = (max(peak, _proc_status_kb('VmRSS')) - self._start) / 1024
-
-# %% ../nbs/00_core.ipynb #94438ec2
-BOOK_COLORS = ['#0072B2', '#D55E00', '#009E73', '#CC79A7', '#E69F00', '#56B4E9', '#F0E442', '#000000']
-
-BOOK_STYLE = {
-    'figure.figsize': (6.4, 4.0), 'figure.dpi': 100, 'savefig.dpi': 150, 'savefig.bbox': 'tight',
-    'axes.grid': True, 'grid.alpha': 0.3, 'axes.spines.top': False, 'axes.spines.right': False,
-    'axes.prop_cycle': mpl.cycler(color=BOOK_COLORS), 'axes.titlesize': 12, 'axes.labelsize': 11,
-    'legend.frameon': False, 'lines.linewidth': 1.8, 'font.size': 10, 'image.cmap': 'viridis',
-}
-
-def use_book_style():
-    "Apply the book's matplotlib style globally (every chapter calls this once)."
-    mpl.rcParams.update(BOOK_STYLE)
-
-def book_figure(nrows: int = 1, ncols: int = 1, width: float = 6.4, height: float | None = None, **kwargs):
-    "`plt.subplots` in the book's style, sized `width` inches wide (height from the grid when not given)."
-    use_book_style()
-    if height is None: height = 3.6 * nrows if ncols > 1 else 4.0 * nrows
-    return plt.subplots(nrows, ncols, figsize=(width, height), constrained_layout=True, **kwargs)
-
 # %% ../nbs/00_core.ipynb #8b6a7a88
 @functools.lru_cache(maxsize=64)
 def _hermite_rule(n_points: int, dtype: torch.dtype, device: torch.device):
@@ -173,13 +110,45 @@ def hermite_rule(n_points: int, dtype=torch.float64, device='cpu') -> tuple[torc
     return _hermite_rule(n_points, dtype, torch.device(device))
 
 # %% ../nbs/00_core.ipynb #3d77a79d
-def gaussian_expectation_1d(f: Callable[[torch.Tensor], torch.Tensor], k, n_points: int = 64) -> torch.Tensor:
-    "𝔼[f(z)] for z ~ N(0, k), k a scalar or a tensor of variances of any shape; returns a tensor of k's shape."
+class QuadratureWarning(UserWarning):
+    "Gauss–Hermite refinement stopped at `max_points` before n and 2n nodes agreed to the requested tolerance."
+
+def _default_rtol(dtype: torch.dtype) -> float:
+    "1e-10 in float64; a few dozen ulps in lower precision, where 1e-10 is out of reach."
+    return 1e-10 if dtype == torch.float64 else 32 * torch.finfo(dtype).eps
+
+def _refine(rule, n_points, rtol, atol, max_points, dtype, what):
+    """`rule(n)` at `n_points` nodes if given; else double n from 16 until n and 2n agree to `rtol`·|value| + `atol`
+    everywhere, warning (`QuadratureWarning`) when `max_points` is reached first. Returns the 2n estimate."""
+    if n_points is not None: return rule(check_int(n_points, 'n_points', minimum=1))
+    rtol = _default_rtol(dtype) if rtol is None else check_positive(rtol, 'rtol')
+    atol = check_positive(atol, 'atol', strict=False)
+    max_points = check_int(max_points, 'max_points', minimum=32)
+    n, prev = 16, rule(16)
+    while 2 * n <= max_points:
+        n *= 2; cur = rule(n)
+        gap = (cur - prev).abs()
+        if bool((gap <= rtol * cur.abs() + atol).all()): return cur
+        prev = cur
+    rel = (gap / cur.abs().clamp_min(torch.finfo(cur.dtype).tiny)).max().item()
+    warnings.warn(f"{what}: {n // 2} and {n} Gauss–Hermite nodes still differ by {rel:.1e} (relative), more than "
+                  f"rtol={rtol:.1e}; is the integrand kinked or steep on the Gaussian's scale? Use a closed form, or "
+                  f"pass a larger `max_points` or an explicit `n_points`.", QuadratureWarning, stacklevel=3)
+    return prev
+
+def gaussian_expectation_1d(f: Callable[[torch.Tensor], torch.Tensor], k, n_points: int | None = None,
+                            rtol: float | None = None, atol: float = 0.0, max_points: int = 4096) -> torch.Tensor:
+    """𝔼[f(z)] for z ~ N(0, k), k a scalar or a tensor of variances of any shape; returns a tensor of k's shape.
+
+    `n_points=None` refines: n = 16, 32, … nodes until n and 2n agree to `rtol` (1e-10 in float64) relative plus
+    `atol`, up to `max_points`; an integer uses exactly that rule."""
     k = as_tensor(k, 'k')
     if bool((k < 0).any()): raise ValueError("`k` must be a variance (>= 0)")
-    xi, w = hermite_rule(n_points, k.dtype, k.device)
-    z = k.clamp_min(0).sqrt()[..., None] * xi                 # (..., n)
-    return (_apply(f, z) * w).sum(-1)
+    def rule(n):
+        xi, w = hermite_rule(n, k.dtype, k.device)
+        z = k.clamp_min(0).sqrt()[..., None] * xi                 # (..., n)
+        return (_apply(f, z) * w).sum(-1)
+    return _refine(rule, n_points, rtol, atol, max_points, k.dtype, 'gaussian_expectation_1d')
 
 def _apply(f, *args):
     "Call the integrand, turning failures and shape mismatches into clear errors."
@@ -209,11 +178,24 @@ def _check_cov2(K) -> torch.Tensor:
     return K
 
 # %% ../nbs/00_core.ipynb #d07dffb0
-def gaussian_expectation(f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], K, n_points: int = 64) -> torch.Tensor:
-    "𝔼[f(u, v)] for (u, v) ~ N(0, K), K a 2×2 covariance or a batch (..., 2, 2); tensor-product Gauss–Hermite rule."
+def gaussian_expectation(f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], K, n_points: int | None = None,
+                         rtol: float | None = None, atol: float = 0.0, max_points: int = 512,
+                         chunk: int = 1 << 22) -> torch.Tensor:
+    """𝔼[f(u, v)] for (u, v) ~ N(0, K), K a 2×2 covariance or a batch (..., 2, 2); tensor-product Gauss–Hermite rule.
+
+    `n_points=None` refines per axis (16, 32, …, `max_points`) until n and 2n agree to `rtol` relative plus `atol`, as
+    `gaussian_expectation_1d` does; the batch is evaluated `chunk` integrand values at a time, so memory stays bounded."""
     K = _check_cov2(K)
-    xi, w = hermite_rule(n_points, K.dtype, K.device)
-    l11, l21, l22 = (l[..., None, None] for l in gaussian_cholesky_2x2(K))
-    u = (l11 * xi[:, None]).expand(*l11.shape[:-2], n_points, n_points)   # (..., n, n): u depends on ξ_i only
-    v = l21 * xi[:, None] + l22 * xi[None, :]                               # v = L21 ξ_i + L22 ξ_j
-    return (_apply(f, u, v) * (w[:, None] * w[None, :])).sum((-2, -1))
+    chunk = check_int(chunk, 'chunk', minimum=1)
+    L = [l.reshape(-1) for l in gaussian_cholesky_2x2(K)]                  # (B,) each
+    def rule(n):
+        xi, w = hermite_rule(n, K.dtype, K.device)
+        w2, step = w[:, None] * w[None, :], max(1, chunk // (n * n))
+        out = []
+        for s in range(0, max(L[0].numel(), 1), step):
+            l11, l21, l22 = (l[s:s + step, None, None] for l in L)
+            u = (l11 * xi[:, None]).expand(-1, n, n)                        # (b, n, n): u depends on ξ_i only
+            v = l21 * xi[:, None] + l22 * xi[None, :]                       # v = L21 ξ_i + L22 ξ_j
+            out.append((_apply(f, u, v) * w2).sum((-2, -1)))
+        return torch.cat(out)[:L[0].numel()].reshape(K.shape[:-2])
+    return _refine(rule, n_points, rtol, atol, max_points, K.dtype, 'gaussian_expectation')

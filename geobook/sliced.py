@@ -12,8 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 from torch import nn
-from .core import (as_tensor, check_positive, check_int, check_choice, as_generator, progress,
-                          book_figure, BOOK_COLORS)
+from .core import (as_tensor, check_positive, check_int, check_choice, as_generator, progress)
 
 # %% auto #0
 __all__ = ['SAMPLERS', 'PRIORS', 'wasserstein_1d', 'sample_projections', 'sliced_costs', 'sliced_wasserstein',
