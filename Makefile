@@ -59,7 +59,7 @@ export: $(STAMP)
 
 book: $(STAMP)
 	$(BIN)/nbdev-export
-	$(BIN)/python tools/run_book.py
+	GEOBOOK_TEST_FLAGS="slow" $(BIN)/python tools/run_book.py
 	$(BIN)/nbdev-clean
 	$(BIN)/python tools/make_readme.py
 	$(BIN)/python tools/build_site.py

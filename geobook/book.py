@@ -23,6 +23,8 @@ def run_long() -> bool:
 
 def long_cell(run: bool) -> bool:
     "Whether a `slow` cell runs: `run` (the chapter's `RUN_LONG`); when off, print one line saying how to turn it on."
+    if not isinstance(run, (bool, int)) or isinstance(run, str):
+        raise TypeError(f"`run` must be True or False (the chapter's RUN_LONG), got {run!r}")
     if not run: print('(long cell skipped: set RUN_LONG = True at the top of the chapter, or GEOBOOK_RUN_LONG=1, to run it)')
     return bool(run)
 
@@ -42,6 +44,14 @@ def use_book_style():
 
 def book_figure(nrows: int = 1, ncols: int = 1, width: float = 6.4, height: float | None = None, **kwargs):
     "`plt.subplots` in the book's style, sized `width` inches wide (height from the grid when not given)."
+    from geobook.core import check_int, check_positive
+    nrows, ncols = check_int(nrows, 'nrows', minimum=1), check_int(ncols, 'ncols', minimum=1)
+    if nrows * ncols > 100: raise ValueError(f"`nrows` × `ncols` must be at most 100 panels, got {nrows} × {ncols}")
+    width = check_positive(width, 'width')
+    if width > 30: raise ValueError(f"`width` is in inches and at most 30, got {width}")
+    if height is not None:
+        height = check_positive(height, 'height')
+        if height > 60: raise ValueError(f"`height` is in inches and at most 60, got {height}")
     use_book_style()
     if height is None: height = 3.6 * nrows if ncols > 1 else 4.0 * nrows
     return plt.subplots(nrows, ncols, figsize=(width, height), constrained_layout=True, **kwargs)
@@ -60,7 +70,9 @@ class PeakMemory:
 
     Exact on Linux (the kernel's high-water mark VmHWM, reset at entry), also inside GIL-holding compiled code;
     elsewhere the resident size sampled every `interval` s. `m.method` is 'VmHWM', 'sampled' or 'unavailable'."""
-    def __init__(self, interval: float = 0.0005): self.interval, self.mb, self.method = interval, float('nan'), None
+    def __init__(self, interval: float = 0.0005):
+        from geobook.core import check_positive
+        self.interval, self.mb, self.method = check_positive(interval, 'interval'), float('nan'), None
 
     def __enter__(self):
         import gc, threading
@@ -90,7 +102,7 @@ class PeakMemory:
 # %% ../nbs/91_book.ipynb #e875d952
 def benchmark_path(name: str) -> Path:
     "Where `benchmarks/bench_<name>.py` writes its results: `benchmarks/results/<name>.json` of the source checkout."
-    if not name or not all(ch.isalnum() or ch in '_-' for ch in name):
+    if not isinstance(name, str) or not name or not all(ch.isalnum() or ch in '_-' for ch in name):
         raise ValueError(f"`name` must be a benchmark name such as 'sliced', got {name!r}")
     import geobook
     return Path(geobook.__file__).resolve().parents[1] / 'benchmarks' / 'results' / f'{name}.json'

@@ -13,13 +13,17 @@ import torch
 from tqdm.auto import tqdm as _tqdm
 
 # %% auto #0
-__all__ = ['all_finite', 'as_tensor', 'check_positive', 'check_int', 'check_choice', 'seed_everything', 'as_generator',
-           'default_device', 'progress', 'hermite_rule', 'QuadratureWarning', 'gaussian_expectation_1d',
+__all__ = ['MAX_HERMITE_POINTS', 'all_finite', 'as_tensor', 'check_positive', 'check_int', 'check_choice', 'seed_everything',
+           'as_generator', 'default_device', 'progress', 'hermite_rule', 'QuadratureWarning', 'gaussian_expectation_1d',
            'gaussian_cholesky_2x2', 'gaussian_expectation']
 
 # %% ../nbs/00_core.ipynb #d76f1ee6
 def all_finite(t: torch.Tensor, chunk: int = 1 << 16) -> bool:
     "Whether every entry of tensor `t` is finite, with O(`chunk`) extra memory: a finite sum proves it, else check chunks."
+    if not isinstance(t, torch.Tensor): raise TypeError(f"`t` must be a torch tensor, got {type(t).__name__}")
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"`chunk` must be an integer >= 1, got {chunk!r}")
+    if t.is_complex(): return bool(torch.isfinite(torch.view_as_real(t)).all())
     if not t.is_floating_point() or t.numel() == 0: return True
     if bool(torch.isfinite(t.sum())): return True
     return all(bool(torch.isfinite(c).all()) for c in t.reshape(-1).split(chunk))
@@ -28,6 +32,7 @@ def all_finite(t: torch.Tensor, chunk: int = 1 << 16) -> bool:
 def as_tensor(x, name: str, *, ndim: int | Sequence[int] | None = None, dtype: torch.dtype | None = None,
               device=None, finite: bool = True, shape: str = "") -> torch.Tensor:
     "Convert `x` (tensor, ndarray, list or number) to a floating torch tensor, checking its rank and finiteness."
+    if not isinstance(name, str) or not name: raise TypeError(f"`name` must be the argument's name (a non-empty str), got {name!r}")
     if isinstance(x, torch.Tensor): t = x
     elif isinstance(x, (np.ndarray, list, tuple, int, float, np.number)):
         try: t = torch.as_tensor(np.asarray(x))
@@ -85,17 +90,28 @@ def as_generator(seed: int | torch.Generator | None = None, device=None) -> torc
 
 def default_device(device=None) -> torch.device:
     "`device` as a `torch.device`; when `None`, CUDA if a GPU is present, else the CPU."
-    if device is not None: return torch.device(device)
+    if device is not None:
+        try: return torch.device(device)
+        except (RuntimeError, TypeError) as e: raise ValueError(f"`device` must name a torch device such as 'cpu' or 'cuda', got {device!r}") from None
     return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
 
 # %% ../nbs/00_core.ipynb #5a586336
-def progress(iterable=None, total: int | None = None, desc: str | None = None, disable: bool | None = None, **kwargs):
-    "A tqdm progress bar over `iterable`; `disable=None` hides it when `GEOBOOK_NO_PROGRESS` is set."
+def progress(iterable=None, total: int | None = None, desc: str | None = None, show_progress: bool | None = None,
+             **kwargs):
+    """A tqdm progress bar over `iterable`. `show_progress`: True shows it, False hides it, None (the default) shows it
+    unless the environment sets `GEOBOOK_NO_PROGRESS` (as `make book` does for the saved outputs)."""
     import os
-    if disable is None: disable = bool(os.environ.get('GEOBOOK_NO_PROGRESS'))
-    return _tqdm(iterable, total=total, desc=desc, disable=disable, leave=kwargs.pop('leave', False), **kwargs)
+    if 'disable' in kwargs:                       # tqdm's spelling, accepted from older callers
+        d = kwargs.pop('disable'); show_progress = show_progress if d is None else not d
+    if show_progress is not None and not isinstance(show_progress, (bool, np.bool_)):
+        raise TypeError(f"`show_progress` must be True, False or None, got {show_progress!r}")
+    if total is not None: total = check_int(total, 'total', minimum=0)
+    show = (not os.environ.get('GEOBOOK_NO_PROGRESS')) if show_progress is None else bool(show_progress)
+    return _tqdm(iterable, total=total, desc=desc, disable=not show, leave=kwargs.pop('leave', False), **kwargs)
 
 # %% ../nbs/00_core.ipynb #8b6a7a88
+MAX_HERMITE_POINTS = 4096
+
 @functools.lru_cache(maxsize=64)
 def _hermite_rule(n_points: int, dtype: torch.dtype, device: torch.device):
     J = np.diag(np.sqrt(np.arange(1.0, n_points)), 1)
@@ -105,8 +121,12 @@ def _hermite_rule(n_points: int, dtype: torch.dtype, device: torch.device):
     return (torch.as_tensor(x, dtype=dtype, device=device), torch.as_tensor(w, dtype=dtype, device=device))
 
 def hermite_rule(n_points: int, dtype=torch.float64, device='cpu') -> tuple[torch.Tensor, torch.Tensor]:
-    "Nodes ξ and weights w (summing to 1) of the `n_points` Gauss–Hermite rule for 𝔼[g(ξ)], ξ ~ N(0, 1)."
+    """Nodes ξ and weights w (summing to 1) of the `n_points` Gauss–Hermite rule for 𝔼[g(ξ)], ξ ~ N(0, 1).
+
+    `n_points` ≤ 4096: the Golub–Welsch eigenproblem costs O(n³) (about a second at 4096)."""
     n_points = check_int(n_points, 'n_points', minimum=1)
+    if n_points > MAX_HERMITE_POINTS:
+        raise ValueError(f"`n_points` must be at most {MAX_HERMITE_POINTS} (the rule costs O(n³)), got {n_points}")
     return _hermite_rule(n_points, dtype, torch.device(device))
 
 # %% ../nbs/00_core.ipynb #3d77a79d
@@ -120,10 +140,12 @@ def _default_rtol(dtype: torch.dtype) -> float:
 def _refine(rule, n_points, rtol, atol, max_points, dtype, what):
     """`rule(n)` at `n_points` nodes if given; else double n from 16 until n and 2n agree to `rtol`·|value| + `atol`
     everywhere, warning (`QuadratureWarning`) when `max_points` is reached first. Returns the 2n estimate."""
-    if n_points is not None: return rule(check_int(n_points, 'n_points', minimum=1))
     rtol = _default_rtol(dtype) if rtol is None else check_positive(rtol, 'rtol')
     atol = check_positive(atol, 'atol', strict=False)
     max_points = check_int(max_points, 'max_points', minimum=32)
+    if max_points > MAX_HERMITE_POINTS:
+        raise ValueError(f"`max_points` must be at most {MAX_HERMITE_POINTS}, got {max_points}")
+    if n_points is not None: return rule(check_int(n_points, 'n_points', minimum=1))
     n, prev = 16, rule(16)
     while 2 * n <= max_points:
         n *= 2; cur = rule(n)
@@ -137,7 +159,7 @@ def _refine(rule, n_points, rtol, atol, max_points, dtype, what):
     return prev
 
 def gaussian_expectation_1d(f: Callable[[torch.Tensor], torch.Tensor], k, n_points: int | None = None,
-                            rtol: float | None = None, atol: float = 0.0, max_points: int = 4096) -> torch.Tensor:
+                            rtol: float | None = None, atol: float = 0.0, max_points: int = 1024) -> torch.Tensor:
     """𝔼[f(z)] for z ~ N(0, k), k a scalar or a tensor of variances of any shape; returns a tensor of k's shape.
 
     `n_points=None` refines: n = 16, 32, … nodes until n and 2n agree to `rtol` (1e-10 in float64) relative plus
@@ -160,6 +182,7 @@ def _apply(f, *args):
 # %% ../nbs/00_core.ipynb #b5fd37ac
 def gaussian_cholesky_2x2(K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     "Entries (L₁₁, L₂₁, L₂₂) of the lower Cholesky factor of each 2×2 covariance K (..., 2, 2), degenerate K allowed."
+    K = _check_cov2(K)
     k11, k12, k22 = K[..., 0, 0], K[..., 0, 1], K[..., 1, 1]
     l11 = k11.clamp_min(0).sqrt()
     safe = l11 > 0
