@@ -48,7 +48,7 @@ $(STAMP):
 	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]' 2>&1 | $(QUIET)
 	$(BIN)/python -m pip install -q --no-deps '$(MUP)' 2>&1 | $(QUIET)
 	$(BIN)/python -c "import torch, numba, nbdev, geobook; print('torch', torch.__version__, '| numba', numba.__version__, '| geobook', geobook.__version__)"
-	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (geobook)" >/dev/null
+	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "geobook" >/dev/null
 	rm -f $(VENV)/.geobook-installed*
 	touch $@
 

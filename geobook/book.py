@@ -12,8 +12,8 @@ import matplotlib as mpl
 import matplotlib.pyplot as plt
 
 # %% auto #0
-__all__ = ['BOOK_COLORS', 'BOOK_STYLE', 'run_long', 'long_cell', 'use_book_style', 'book_figure', 'PeakMemory', 'benchmark_path',
-           'load_benchmark']
+__all__ = ['BOOK_COLORS', 'BOOK_STYLE', 'run_long', 'long_cell', 'cuda_cell', 'use_book_style', 'book_figure', 'PeakMemory',
+           'benchmark_path', 'load_benchmark']
 
 # %% ../nbs/91_book.ipynb #7d4b2b37
 def run_long() -> bool:
@@ -27,6 +27,14 @@ def long_cell(run: bool) -> bool:
         raise TypeError(f"`run` must be True or False (the chapter's RUN_LONG), got {run!r}")
     if not run: print('(long cell skipped: set RUN_LONG = True at the top of the chapter, or GEOBOOK_RUN_LONG=1, to run it)')
     return bool(run)
+
+# %% ../nbs/91_book.ipynb #e185d0fb
+def cuda_cell() -> bool:
+    "Whether a `cuda` cell runs: True when torch sees a CUDA GPU; otherwise print one line saying the cell was skipped."
+    import torch
+    if torch.cuda.is_available(): return True
+    print('(GPU cell skipped: it needs an NVIDIA GPU with CUDA, and torch sees none here)')
+    return False
 
 # %% ../nbs/91_book.ipynb #a6d14432
 BOOK_COLORS = ['#0072B2', '#D55E00', '#009E73', '#CC79A7', '#E69F00', '#56B4E9', '#F0E442', '#000000']

@@ -176,6 +176,7 @@ EXEMPT = {
     'core.QuadratureWarning': 'a warning class',
     'book.run_long': 'takes no arguments',
     'book.use_book_style': 'takes no arguments',
+    'book.cuda_cell': 'takes no arguments',
 }
 
 
