@@ -1,5 +1,34 @@
 """A literate, tested textbook of the geometry and theory of deep learning: NTK, RG flow, MCR², sliced Wasserstein and fused attention kernels.
 
+## Use the package
+
+```python
+import torch
+from geobook.core import gaussian_expectation
+K = torch.tensor([[1.0, 0.5], [0.5, 1.0]], dtype=torch.float64)
+gaussian_expectation(lambda u, v: torch.relu(u) * torch.relu(v), K)   # E[relu(u) relu(v)], (u, v) ~ N(0, K)
+```
+
+Functions take torch tensors (NumPy arrays are converted) and return tensors on the inputs' device and dtype; shapes
+are stated in each docstring with the symbol from the chapter; functions that sample take a `seed`.
+
+The package has one module per chapter, and the library imports only torch, NumPy, Numba and tqdm:
+
+- `geobook.core`: Gaussian expectations by Gauss–Hermite quadrature, seeds and generators, devices, input checks,
+  progress bars.
+- `geobook.ntk`: the NNGP and NTK of fully-connected networks (closed forms and quadrature), empirical NTKs, a
+  network with exactly these kernels, kernel regression along the gradient flow.
+- `geobook.rg_flow`: the layer-to-layer kernel flow, criticality and universality classes, the four-point vertex at
+  finite width.
+- `geobook.coding_rate`: the coding rate, MCR² and its loss, manifold linearizing and clustering (MLC), clustering
+  metrics.
+- `geobook.sliced`: one-dimensional optimal transport by sorting; sliced, max-sliced, generalized, distributional and
+  augmented sliced Wasserstein distances; the sliced-Wasserstein autoencoder.
+- `geobook.attention`: fused FlashAttention-2 forward and backward passes and neighborhood attention in Numba, for the
+  CPU and (with the `cuda` extra) the GPU.
+- `geobook.book`: what only the chapters use: the figure style, the long-cell switch, peak-memory measurement and the
+  benchmark results (it needs the `book` extra; the library never imports it).
+
 Modules:
 
 - `geobook.sliced`: Optimal transport between point clouds made cheap by slicing: sort one-dimensional projections instead of solving a linear program, and make the sort fast, bounded in memory and differentiable."""

@@ -1,30 +1,38 @@
 """Every chapter run the way a student runs it: JupyterLab in headless Chromium, Run > Run All Cells, twice.
 
-A JupyterLab server is started on a free loopback port with a random token, on a temporary copy of nbs/ from which
-the cells flagged `slow` or `cuda` are removed (the CPU-sized default path). For each chapter the test opens the
-notebook (alone, in a fresh workspace), runs all cells through the menu, waits for the run to end, saves, and checks that
-no cell has an error output and that the chapter's figures appear; then it clears the outputs, restarts the kernel, runs
-all again and checks the numbers (text outputs and figures) are the same. It also checks that no chapter leaves files
-behind, in its folder or in the repository. A screenshot of one executed chapter is saved as _docs/screenshot_lab.png.
+A JupyterLab server is started as `make lab` starts it (the project's kernel `geobook` as the default) on a free
+loopback port with a random token, on a temporary copy of nbs/ holding the notebooks exactly as committed: no cell
+removed, no output cleared, and none of the switches the test suite sets (GEOBOOK_TEST_FLAGS, GEOBOOK_RUN_LONG,
+GEOBOOK_NO_PROGRESS) in the kernel's environment — so each chapter's `RUN_LONG = run_long()` is off, as for a student,
+and its long cells skip themselves. For each chapter the test opens the notebook (alone, in a fresh workspace), runs
+all cells through the menu, waits for the run to end, saves, and checks that the notebook ran on the `geobook` kernel
+(the kernelspec's interpreter, this project's environment), that no cell has an error output, that no cell wrote to
+stderr (a warning, the pink box a student sees), that every `slow` cell obeyed RUN_LONG, and that the chapter's
+figures appear; then it clears the outputs, restarts the kernel, runs all again and checks the numbers (text outputs
+and figures) are the same. It also checks that no chapter leaves files behind, in its folder or in the repository.
+Screenshots (one executed chapter, and any failure) go to a temporary folder that the test prints.
 
 What the test reads, it reads where it is reliable: the notebook's kernel and its state from the server's REST API, the
 kernel's process from /proc (a crashed kernel that Jupyter's restarter replaced has a new process), the outputs from the
 saved file (waiting for the save to land), the prompts from a notebook rendered whole (windowingMode 'none'). A kernel
 that dies or restarts during a run, or a dialog JupyterLab puts up, fails the test at once with the server log's tail
-(the kernel's own stderr included) and _docs/screenshot_lab_failure.png.
+(the kernel's own stderr included) and a screenshot.
 
-This takes several minutes, so it is marked `slow` and runs in `make test-all`.
+This takes several minutes, so it is marked `slow` and runs in `make test-all` (alone: `make test-lab`).
 """
 import hashlib, json, os, re, secrets, shutil, socket, subprocess, sys, time, urllib.request
 from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'tools'))
-from notebooks import ROOT, chapters
+from notebooks import ROOT, cell_flags, chapters, read_nb, stderr_outputs
 
 pytestmark = pytest.mark.slow
 CHAPTERS = [p for p in chapters() if p.name != 'index.ipynb']
-FLAG_RE = re.compile(r'^\s*#\|\s*(slow|cuda)\b', re.M)
+KERNEL = 'geobook'              # the kernel `make lab` installs and the notebooks name
+SKIPPED_LONG = 'long cell skipped'   # what a `slow` cell prints when RUN_LONG is off (geobook.book.long_cell)
+# what the test suite sets and a student's JupyterLab does not have
+SUITE_ONLY_ENV = ('GEOBOOK_TEST_FLAGS', 'GEOBOOK_RUN_LONG', 'GEOBOOK_NO_PROGRESS')
 TIME_RE = re.compile(r'\d+(\.\d+)?\s*(s|ms|µs|us|sec|seconds|it/s|s/it)\b')
 
 def chromium_path() -> str:
@@ -35,13 +43,9 @@ def chromium_path() -> str:
 def free_port() -> int:
     with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
-def default_path_copy(src: Path, dst: Path):
-    "Copy notebook `src` to `dst` without its `slow`/`cuda` cells and without outputs."
-    nb = json.loads(src.read_text())
-    nb['cells'] = [c for c in nb['cells'] if not (c['cell_type'] == 'code' and FLAG_RE.search(''.join(c['source'])))]
-    for c in nb['cells']:
-        if c['cell_type'] == 'code': c['outputs'], c['execution_count'] = [], None
-    dst.write_text(json.dumps(nb))
+def student_copy(src: Path, dst: Path):
+    "Copy notebook `src` to `dst` byte for byte: what a student opens is the committed notebook."
+    shutil.copyfile(src, dst)
 
 def git_untracked() -> dict:
     "Files git reports as new or modified in the repository, each with its modification time."
@@ -64,21 +68,33 @@ SETTINGS = {'@jupyterlab/notebook-extension/tracker': {'windowingMode': 'none'},
 RESTART_RE = re.compile(r'KernelRestarter|kernel \S+ restarted|restarted failed|died, removing', re.I)
 
 @pytest.fixture(scope='module')
-def lab(tmp_path_factory):
+def shots(tmp_path_factory) -> Path:
+    "Where screenshots go: a temporary folder (or GEOBOOK_SCREENSHOTS), never the repository."
+    d = Path(os.environ['GEOBOOK_SCREENSHOTS']) if os.environ.get('GEOBOOK_SCREENSHOTS') else \
+        tmp_path_factory.mktemp('lab-screenshots')
+    d.mkdir(parents=True, exist_ok=True)
+    print(f'\nscreenshots of JupyterLab: {d}')
+    return d
+
+@pytest.fixture(scope='module')
+def lab(tmp_path_factory, shots):
     root = tmp_path_factory.mktemp('lab')
     work, state = root / 'nbs', root / 'state'
     work.mkdir(); state.mkdir()
-    for nb in CHAPTERS: default_path_copy(nb, work / nb.name)
-    # chapters read the benchmark results at ../benchmarks/results, as in the repository
+    for nb in CHAPTERS: student_copy(nb, work / nb.name)
+    # as in the repository, next to nbs/ (the chapters read results through geobook.book.load_benchmark, which finds
+    # them beside the package; the copy keeps the layout the same for anything that looks relative to the notebook)
     shutil.copytree(ROOT / 'benchmarks' / 'results', root / 'benchmarks' / 'results')
     for name, values in SETTINGS.items():
         f = state / 'settings' / f'{name}.jupyterlab-settings'
         f.parent.mkdir(parents=True, exist_ok=True); f.write_text(json.dumps(values))
     port, token = free_port(), secrets.token_hex(16)
-    env = {**os.environ, 'JUPYTERLAB_SETTINGS_DIR': str(state / 'settings'), 'JUPYTERLAB_WORKSPACES_DIR': str(state / 'ws'),
-           'JUPYTER_RUNTIME_DIR': str(state / 'runtime'), 'GEOBOOK_NO_PROGRESS': '1'}
+    env = {k: v for k, v in os.environ.items() if k not in SUITE_ONLY_ENV}
+    env.update({'JUPYTERLAB_SETTINGS_DIR': str(state / 'settings'), 'JUPYTERLAB_WORKSPACES_DIR': str(state / 'ws'),
+                'JUPYTER_RUNTIME_DIR': str(state / 'runtime')})
     cmd = [sys.executable, '-m', 'jupyter', 'lab', '--no-browser', '--ServerApp.ip=127.0.0.1', f'--ServerApp.port={port}',
            f'--IdentityProvider.token={token}', f'--ServerApp.root_dir={work}', '--LabApp.news_url=',
+           f'--MultiKernelManager.default_kernel_name={KERNEL}',      # as `make lab`
            '--ServerApp.port_retries=0'] + (['--allow-root'] if os.geteuid() == 0 else [])
     log = state / 'lab.log'   # the server's log, with its kernels' stdout and stderr (a crashing kernel's last words)
     proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=open(log, 'w'), stderr=subprocess.STDOUT)
@@ -96,7 +112,7 @@ def lab(tmp_path_factory):
         browser = pw.chromium.launch(executable_path=chromium_path(), args=[
             '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
             '--disable-sync', '--no-first-run', '--disable-quic'])
-        yield dict(base=base, token=token, work=work, browser=browser, log=log)
+        yield dict(base=base, token=token, work=work, browser=browser, log=log, shots=shots)
         browser.close()
     proc.terminate(); proc.wait(timeout=30)
 
@@ -132,10 +148,11 @@ class Watch:
         assert self.pid, f"{name}: no process for kernel {self.kernel}"
 
     def fail(self, what: str, settle_s: float = 0):
-        self.page.screenshot(path=str(ROOT / '_docs' / 'screenshot_lab_failure.png'))
+        shot = self.lab['shots'] / f'failure_{Path(self.name).stem}.png'
+        self.page.screenshot(path=str(shot))
         time.sleep(settle_s)    # the server's restarter polls every 3 s: let it log, with the dead kernel's last words
         tail = '\n'.join(log_since(self.lab, self.log_from).splitlines()[-40:])
-        raise AssertionError(f"{self.name}: {what}\n(screenshot: _docs/screenshot_lab_failure.png; server log "
+        raise AssertionError(f"{self.name}: {what}\n(screenshot: {shot}; server log "
                              f"{self.lab['log']} since the run began, last lines:)\n{tail}")
 
     def check(self, during: str):
@@ -254,9 +271,12 @@ def restart_and_run_all(watch: Watch, nb_path, timeout_s=float(os.environ.get("G
 
 MEASURED = 'vary between runs'   # cells that measure this machine (time, memory) say so in a comment: not compared
 
+WIDGET = 'application/vnd.jupyter.widget-view+json'   # a progress bar (ipywidgets): its model id differs per run
+
 def fingerprint(nb_path: Path) -> list:
     """The numbers a reader sees: stdout and results (timings masked) and a hash of each figure, as (cell index, output)
-    pairs, except in cells marked as measurements of the machine (a comment containing 'vary between runs')."""
+    pairs, except in cells marked as measurements of the machine (a comment containing 'vary between runs') and
+    progress-bar widgets."""
     out = []
     for i, c in enumerate(json.loads(nb_path.read_text())['cells']):
         if MEASURED in ''.join(c.get('source', '')): continue
@@ -264,6 +284,7 @@ def fingerprint(nb_path: Path) -> list:
             if o['output_type'] == 'stream' and o['name'] == 'stdout': out.append((i, TIME_RE.sub('<t>', ''.join(o['text']))))
             elif o['output_type'] in ('execute_result', 'display_data'):
                 d = o['data']
+                if WIDGET in d: continue
                 if 'image/png' in d: out.append((i, 'png:' + hashlib.sha256(''.join(d['image/png']).encode()).hexdigest()))
                 elif 'text/plain' in d: out.append((i, TIME_RE.sub('<t>', ''.join(d['text/plain']))))
     return out
@@ -275,6 +296,39 @@ def differences(first: list, second: list) -> str:
     return '; '.join(f'cell {i}: {short([o for j, o in first if j == i])} then {short([o for j, o in second if j == i])}'
                      for i in cells if [o for j, o in first if j == i] != [o for j, o in second if j == i])
 
+def check_kernel(watch: Watch, nb_path: Path):
+    """The notebook runs on the `geobook` kernel it names, whose interpreter is this project's environment (the one
+    that has geobook), not some other `python3`."""
+    named = (read_nb(nb_path)['metadata'].get('kernelspec') or {}).get('name')
+    assert named == KERNEL, f'{watch.name}: the notebook names kernel {named!r}, `make lab` installs {KERNEL!r}'
+    session = next(s for s in api(watch.lab, '/api/sessions') if s['path'] == watch.name)
+    assert session['kernel']['name'] == KERNEL, f"{watch.name}: ran on kernel {session['kernel']['name']!r}"
+    spec = api(watch.lab, '/api/kernelspecs')['kernelspecs'][KERNEL]['spec']
+    exe = Path(spec['argv'][0])
+    assert exe.parent == Path(sys.executable).parent, \
+        f'{watch.name}: the {KERNEL!r} kernel runs {exe}, not this project\'s environment ({Path(sys.executable).parent})'
+    cmd = (Path('/proc') / str(watch.pid) / 'cmdline').read_bytes().split(b'\0')
+    assert cmd[0].decode() == str(exe), f'{watch.name}: the kernel process runs {cmd[0]!r}, its kernelspec says {exe}'
+
+def check_run(watch: Watch, nb_path: Path, page, during: str):
+    "What a student would see after a run: no error, nothing on stderr, every cell run, long cells skipped."
+    name = watch.name
+    nb = json.loads(nb_path.read_text())
+    errors = [(i, o.get('ename'), o.get('evalue')) for i, c in enumerate(nb['cells']) for o in c.get('outputs', [])
+              if o['output_type'] == 'error']
+    assert not errors, f'{name} ({during}): cells raised errors {errors}'
+    assert page.locator('[data-mime-type="application/vnd.jupyter.error"]').count() == 0
+    stderr = stderr_outputs(nb)
+    assert not stderr, f'{name} ({during}): cells wrote to stderr (a pink box in JupyterLab): {stderr}'
+    assert page.locator('[data-mime-type="application/vnd.jupyter.stderr"]').count() == 0, f'{name}: stderr on the page'
+    unexecuted = [i for i, c in enumerate(nb['cells']) if c['cell_type'] == 'code' and ''.join(c['source']).strip()
+                  and c.get('execution_count') is None]
+    assert not unexecuted, f'{name} ({during}): cells {unexecuted} did not run'
+    ran_long = [i for i, c in enumerate(nb['cells']) if 'slow' in cell_flags(c) and not any(
+        SKIPPED_LONG in ''.join(o.get('text', '')) for o in c.get('outputs', []) if o['output_type'] == 'stream')]
+    assert not ran_long, (f'{name} ({during}): `slow` cells {ran_long} did not skip themselves with RUN_LONG off (their '
+                          'body belongs under `if long_cell(RUN_LONG):`)')
+
 @pytest.mark.parametrize('chapter', CHAPTERS, ids=[p.stem for p in CHAPTERS])
 def test_chapter_in_jupyterlab(lab, chapter):
     before = git_untracked()
@@ -284,23 +338,23 @@ def test_chapter_in_jupyterlab(lab, chapter):
     try:
         open_notebook(lab, page, chapter.name)
         watch = Watch(lab, page, chapter.name)
+        check_kernel(watch, nb_path)
         run_all(watch, nb_path)
-        nb = json.loads(nb_path.read_text())
-        errors = [(i, o.get('ename'), o.get('evalue')) for i, c in enumerate(nb['cells']) for o in c.get('outputs', [])
-                  if o['output_type'] == 'error']
-        assert not errors, f'{chapter.name}: cells raised errors {errors}'
-        assert page.locator('[data-mime-type="application/vnd.jupyter.error"]').count() == 0
-        unexecuted = [i for i, c in enumerate(nb['cells']) if c['cell_type'] == 'code' and ''.join(c['source']).strip()
-                      and c.get('execution_count') is None]
-        assert not unexecuted, f'{chapter.name}: cells {unexecuted} did not run'
+        check_run(watch, nb_path, page, 'Run All Cells')
         check_counts(watch, nb_path, 'Run All Cells')
+        nb = json.loads(nb_path.read_text())
         n_png = sum('image/png' in o.get('data', {}) for c in nb['cells'] for o in c.get('outputs', []))
-        assert n_png > 0 and page.locator('.jp-RenderedImage img').count() > 0, f'{chapter.name}: no figure appeared'
+        # the figures of the committed notebook's default cells (not its `slow` ones, which a student skips) reappear
+        want = sum('image/png' in o.get('data', {}) for c in read_nb(chapter)['cells'] if 'slow' not in cell_flags(c)
+                   for o in c.get('outputs', []))
+        assert n_png >= want, f'{chapter.name}: {n_png} figures after Run All, the committed notebook has {want}'
+        if want: assert page.locator('.jp-RenderedImage img').count() > 0, f'{chapter.name}: no figure on the page'
         if chapter.name.startswith('00_'):     # for a person to look at: executed cells around the first figure
             page.locator('.jp-RenderedImage img').first.scroll_into_view_if_needed()
-            page.screenshot(path=str(ROOT / '_docs' / 'screenshot_lab.png'), full_page=False)
+            page.screenshot(path=str(lab['shots'] / 'lab.png'), full_page=False)
         first = fingerprint(nb_path)
         restart_and_run_all(watch, nb_path)
+        check_run(watch, nb_path, page, 'Restart Kernel and Run All Cells')
         check_counts(watch, nb_path, 'Restart Kernel and Run All Cells')
         second = fingerprint(nb_path)
         assert second == first, (f'{chapter.name}: a second run gave different numbers or figures in '

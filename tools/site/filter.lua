@@ -3,7 +3,7 @@
 --  * cells carrying `code-fold` metadata (set from `#| code-fold: true`) become <details> blocks
 --  * code cells whose source was hidden (`#| echo: false`) lose their empty code block
 --  * notebook bookkeeping attributes (execution_count, cell metadata) are dropped from the HTML
---  * wide tables scroll horizontally instead of widening the text column
+--  * wide tables and display equations scroll horizontally inside the text column (book.css draws the scroll cue)
 
 local function is_code_cell(div)
   return div.classes:includes('cell') and div.classes:includes('code')
@@ -78,5 +78,31 @@ function Math(m)
     text = text:gsub('{%s*\\' .. old .. '({[^{}]*})}', '{\\' .. new .. '%1}')
   end
   m.text = text
+  if m.mathtype == 'DisplayMath' then return pandoc.Span({m}, pandoc.Attr('', {'display-math'})) end
+  -- a long inline formula: on a phone it may be wider than the screen, and MathML does not break lines (book.css
+  -- lets it scroll there)
+  if #text >= 20 then return pandoc.Span({m}, pandoc.Attr('', {'math-long'})) end
   return m
+end
+
+-- pandoc's ipynb reader makes each markdown cell's heading identifiers on its own, so two cells with the same heading
+-- get the same id: number the repeats (`-1`, `-2`, ...) as pandoc does within one document. API headings keep the ids
+-- build_site.py gave them (nbdev's links point there).
+function Pandoc(doc)
+  local used = {}
+  doc.blocks:walk({Header = function(h)
+    if h.classes:includes('api-name') and h.identifier ~= '' then used[h.identifier] = true end
+  end})
+  doc.blocks = doc.blocks:walk({Header = function(h)
+    if h.classes:includes('api-name') or h.identifier == '' then return nil end
+    local id = h.identifier
+    if used[id] then
+      local k = 1
+      while used[id .. '-' .. k] do k = k + 1 end
+      h.identifier = id .. '-' .. k
+    end
+    used[h.identifier] = true
+    return h
+  end})
+  return doc
 end
