@@ -6,7 +6,7 @@ Docs: https://geobook.github.io/geobook/coding_rate.html.md"""
 
 # %% ../nbs/03_coding_rate.ipynb #f6a73a7e
 from __future__ import annotations
-import math
+import copy, math
 import numpy as np
 import torch
 from torch import nn
@@ -14,162 +14,287 @@ from .core import as_tensor, check_positive, check_int, as_generator, progress
 
 # %% auto #0
 __all__ = ['coding_rate', 'coding_rate_reduction', 'MCR2Loss', 'sinkhorn', 'kmeans', 'spectral_clustering', 'clustering_accuracy',
-           'nmi', 'MLC', 'sample_manifolds']
+           'nmi', 'eigengap_ratio', 'MLC', 'ReduNet', 'sample_manifolds']
 
 # %% ../nbs/03_coding_rate.ipynb #93e08242
-def _logdet_spd(M: torch.Tensor, Z: torch.Tensor) -> torch.Tensor:
-    """log det M for symmetric positive-definite M = I + αG (..., m, m): 2 Σ log diag L, with M = L Lᵀ.
+_HALF = (torch.float16, torch.bfloat16)
+_BLOCK = 1 << 16          # elements in one temporary block (256 kB in float32): bounds every chunked loop below
+
+def _working(t: torch.Tensor) -> torch.Tensor:
+    "float16/bfloat16 -> float32 for the linear algebra (torch has no half-precision Cholesky); other dtypes unchanged."
+    return t.float() if t.dtype in _HALF else t
+
+def _scale(d: int, eps: float) -> float:
+    "d/ε², refusing an ε so small that ε² underflows or d/ε² overflows."
+    s = d / (eps * eps) if eps * eps > 0 else math.inf
+    if not math.isfinite(s): raise ValueError(f"`eps` = {eps!r} is too small: d/ε² is not a finite number")
+    return s
+
+def _check_Z(Z) -> tuple[torch.Tensor, torch.dtype]:
+    "Features (n, d) as a tensor in a dtype torch can factor, and the dtype to return results in."
+    Z = as_tensor(Z, 'Z', ndim=2, shape='(n, d): samples in rows', finite=False)   # finiteness: see _logdet_eye_plus
+    if Z.shape[0] == 0 or Z.shape[1] == 0:
+        raise ValueError(f"`Z` needs at least one sample and one feature, got shape {tuple(Z.shape)}")
+    return _working(Z), Z.dtype
+
+def _logdet_eye_plus(G: torch.Tensor, scale, Z: torch.Tensor, eps: float) -> torch.Tensor:
+    """log det(I + c·G) for symmetric PSD G (..., m, m) and c = `scale` (a number or one per matrix): 2 Σ log diag L,
+    with I + cG = L Lᵀ (Cholesky). A failure names its cause: non-finite `Z`, a Gram matrix that overflows the dtype,
+    or a scale c so large (ε tiny) that I + cG is not positive definite to the dtype's precision.
 
     Z's finiteness is checked here, on the small Gram matrix: a NaN or inf in Z always reaches a diagonal entry of G
     (it contains z_ia²), and this costs O(m²) instead of a pass over all n·d entries of Z."""
+    if isinstance(scale, torch.Tensor): scale = scale[..., None, None]
+    M = torch.eye(G.shape[-1], dtype=G.dtype, device=G.device) + scale * G
     if not bool(torch.isfinite(M).all()):
         if not bool(torch.isfinite(Z).all()): raise ValueError("`Z` contains non-finite values (NaN or inf)")
-        raise ValueError("`Z`: the Gram matrix overflowed (features too large for their dtype); rescale the features")
+        if not bool(torch.isfinite(G).all()):
+            raise ValueError(f"`Z`: its Gram matrix overflows {Z.dtype} (entries up to {Z.abs().max().item():.3g}); "
+                             "rescale the features")
+        raise ValueError(f"`eps` = {eps:g} is too small for {Z.dtype}: d/(nε²) times the Gram matrix overflows; "
+                         "use a larger `eps` or float64")
     L, info = torch.linalg.cholesky_ex(M)
     if bool((info > 0).any()):
-        raise ValueError("`Z`: I + αG is not numerically positive definite (features too large for their dtype?)")
+        raise ValueError(f"I + αG is not positive definite to {Z.dtype} precision (α·max G = "
+                         f"{(scale * G).abs().max().item():.3g}): `eps` = {eps:g} is too small or `Z` too large for "
+                         "this dtype; use float64 or a larger `eps`")
     return 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
-
-def _check_Z(Z) -> torch.Tensor:
-    Z = as_tensor(Z, 'Z', ndim=2, shape='(n, d): samples in rows', finite=False)   # finiteness: see _logdet_spd
-    if Z.shape[0] == 0 or Z.shape[1] == 0:
-        raise ValueError(f"`Z` needs at least one sample and one feature, got shape {tuple(Z.shape)}")
-    return Z
-
-def _eye_plus(G: torch.Tensor, alpha) -> torch.Tensor:
-    "I + α G for G (..., m, m), α a number or a tensor of the batch shape."
-    if isinstance(alpha, torch.Tensor): alpha = alpha[..., None, None]
-    return torch.eye(G.shape[-1], dtype=G.dtype, device=G.device) + alpha * G
 
 # %% ../nbs/03_coding_rate.ipynb #ecdc9563
 def coding_rate(Z, eps: float = 0.5) -> torch.Tensor:
-    """R(Z, ε) = ½ logdet(I_d + d/(nε²) ZᵀZ) for features Z: (n, d), samples in rows; a 0-dim tensor.
+    """R(Z, ε) = ½ logdet(I_d + d/(nε²) ZᵀZ) for features Z: (n, d), samples in rows; a 0-dim tensor in Z's dtype.
 
-    Computed through the smaller Gram matrix (ZᵀZ if d <= n, else ZZᵀ: Sylvester's identity) and a Cholesky
-    log-determinant; differentiable in Z."""
-    Z = _check_Z(Z); eps = check_positive(eps, 'eps')
+    Computed through the smaller Gram matrix (ZᵀZ if d ≤ n, else ZZᵀ: Sylvester's identity) and a Cholesky
+    log-determinant; differentiable in Z. float16/bfloat16 features are factored in float32. Note: the original MCR²
+    code's `eps` is our ε² (its coding rate has d/(n·eps)); pass ε = √eps to reproduce it."""
+    Z, dtype = _check_Z(Z); eps = check_positive(eps, 'eps')
     n, d = Z.shape
     G = Z.mT @ Z if d <= n else Z @ Z.mT          # (d, d) or (n, n): the same non-zero spectrum
-    return 0.5 * _logdet_spd(_eye_plus(G, d / (n * eps**2)), Z)
+    return (0.5 * _logdet_eye_plus(G, _scale(d, eps) / n, Z, eps)).to(dtype)
 
 # %% ../nbs/03_coding_rate.ipynb #3f7a38a3
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+def _as_membership(membership, n: int):
+    "Integer labels (n,) as a long tensor, or a float membership Π (k, n) as a tensor; anything else is refused."
+    m = membership
+    if isinstance(m, (list, tuple)): m = np.asarray(m)
+    if isinstance(m, np.ndarray):
+        if m.dtype.kind not in 'biuf': raise TypeError(f"`membership` must be integer labels or floats, got dtype {m.dtype}")
+        if m.dtype.kind == 'u' and m.size and int(m.max()) >= n:    # before any cast: uint64 values may not fit int64
+            raise ValueError(f"`membership`: label {int(m.max())} needs more classes than the n = {n} samples can fill")
+        m = torch.from_numpy(np.ascontiguousarray(m.astype(np.int64) if m.dtype.kind == 'u' else m))
+    if not isinstance(m, torch.Tensor):
+        raise TypeError(f"`membership` must be labels (n,) or a (k, n) array, got {type(membership).__name__}")
+    if m.dtype == torch.bool or m.is_complex(): raise TypeError(f"`membership` must be integer labels or floats, got {m.dtype}")
+    if m.is_floating_point() and m.ndim == 1:
+        raise ValueError("a 1-d `membership` must hold integer labels; a soft membership has shape (k, n)")
+    return m
 
-def _as_labels(labels, n: int, n_classes: int | None):
-    "Integer labels (n,) -> (labels, counts (k,), k), refusing wrong lengths, negative labels and empty classes."
+def _as_labels(labels: torch.Tensor, n: int, n_classes: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Integer labels (n,) -> (labels, class sizes (k,)). Labels must be 0, …, k-1 with no class empty, so k ≤ n: this is
+    checked on the largest label *before* `bincount` allocates k counters (a label of 10⁹ must not allocate gigabytes)."""
     if labels.ndim != 1: raise ValueError(f"integer `membership` must be labels of shape (n,), got shape {tuple(labels.shape)}")
     if labels.shape[0] != n: raise ValueError(f"`membership` has {labels.shape[0]} labels but `Z` has n = {n} rows")
     labels = labels.long()
-    if bool((labels < 0).any()): raise ValueError("`membership` labels must be >= 0")
-    k = int(labels.max()) + 1 if n_classes is None else check_int(n_classes, 'n_classes', minimum=1)
-    if int(labels.max()) >= k: raise ValueError(f"`membership` has labels >= n_classes = {k}")
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0: raise ValueError(f"`membership` labels must be >= 0, got {lo}")
+    if n_classes is None:
+        if hi >= n: raise ValueError(f"`membership`: label {hi} implies {hi + 1} classes, more than the n = {n} samples "
+                                     "can fill; labels must be 0, …, k-1 with every class present")
+        k = hi + 1
+    else:
+        k = check_int(n_classes, 'n_classes', minimum=1)
+        if k > n: raise ValueError(f"`n_classes` = {k} exceeds the number of samples n = {n}: some class would be empty")
+        if hi >= k: raise ValueError(f"`membership` has label {hi} >= n_classes = {k}")
     counts = torch.bincount(labels, minlength=k)
     empty = (counts == 0).nonzero().flatten().tolist()
-    if empty: raise ValueError(f"`membership`: classes {empty} are empty (no samples); relabel or drop them")
-    return labels, counts, k
+    if empty: raise ValueError(f"`membership`: classes {empty[:10]}{'…' if len(empty) > 10 else ''} are empty "
+                               "(no samples); relabel or drop them")
+    return labels, counts
 
-def _as_soft(Pi, Z: torch.Tensor) -> torch.Tensor:
-    "Soft membership (k, n) on Z's dtype/device; columns must be distributions and no class empty."
+def _as_soft(Pi: torch.Tensor, Z: torch.Tensor, n_classes: int | None) -> torch.Tensor:
+    "Soft membership Π (k, n) on Z's dtype/device: non-negative, finite, columns summing to 1, no class empty."
     n = Z.shape[0]
     Pi = as_tensor(Pi, 'membership', ndim=2, dtype=Z.dtype, device=Z.device, shape='(k, n): one column per sample')
-    if Pi.shape[1] != n: raise ValueError(f"`membership` must have shape (k, n) with n = {n}, got {tuple(Pi.shape)}")
+    if Pi.shape[1] != n or Pi.shape[0] == 0:
+        raise ValueError(f"`membership` must have shape (k, n) with k >= 1 and n = {n}, got {tuple(Pi.shape)}")
+    if n_classes is not None and check_int(n_classes, 'n_classes', minimum=1) != Pi.shape[0]:
+        raise ValueError(f"`n_classes` = {n_classes} but the soft `membership` has k = {Pi.shape[0]} rows")
     if bool((Pi < 0).any()): raise ValueError("`membership` must be non-negative")
     tol = 1e-8 if Pi.dtype == torch.float64 else 1e-4
     if bool(((Pi.sum(0) - 1).abs() > tol).any()):
         raise ValueError("`membership` columns must sum to 1 (each sample's memberships form a distribution over classes)")
     empty = (Pi.sum(1) <= 0).nonzero().flatten().tolist()
-    if empty: raise ValueError(f"`membership`: classes {empty} are empty (zero total membership)")
+    if empty: raise ValueError(f"`membership`: classes {empty[:10]} are empty (zero total membership)")
     return Pi
 
 # %% ../nbs/03_coding_rate.ipynb #fa64826c
 def _compress_hard(Z: torch.Tensor, labels: torch.Tensor, counts: torch.Tensor, eps: float) -> torch.Tensor:
-    "R_c for integer labels: classes scattered into a zero-padded (k, m, d) tensor, one batched Gram + Cholesky."
-    (n, d), k, dev = Z.shape, counts.shape[0], Z.device
+    """R_c for integer labels. Samples are grouped by class and the classes by size; classes of one size n_j are
+    stacked into a (k', n_j, d) block (no padding), a block holding one class or at most `_BLOCK` elements, and each
+    block's Gram matrices (the smaller of Z_jᵀZ_j and Z_jZ_jᵀ) are factored in one batched Cholesky. Without autograd
+    a block is gathered only when used, so memory stays at one block; with autograd Z is permuted once (the class
+    copies would be kept for the backward pass anyway)."""
+    (n, d), dev = Z.shape, Z.device
     labels, counts = labels.to(dev), counts.to(dev)
-    order = torch.argsort(labels, stable=True)
-    starts = torch.cumsum(counts, 0) - counts
-    slot = torch.empty_like(labels)
-    slot[order] = torch.arange(n, device=dev) - starts[labels[order]]       # position of each sample inside its class
-    m = int(counts.max())
-    Zp = Z.new_zeros(k * m, d).index_copy(0, labels * m + slot, Z).view(k, m, d)   # (k, m, d), differentiable
-    G = Zp.mT @ Zp if d <= m else Zp @ Zp.mT                                 # (k, d, d) or (k, m, m)
-    nj = counts.to(Z.dtype)
-    return (nj / (2 * n) * _logdet_spd(_eye_plus(G, d / (nj * eps**2)), Z)).sum()
+    by_size = torch.argsort(counts, stable=True)                            # classes, smallest first
+    rank = torch.empty_like(by_size); rank[by_size] = torch.arange(by_size.numel(), device=dev)
+    order = torch.argsort(rank[labels], stable=True)                        # samples: by class, classes by size
+    sizes, reps = torch.unique_consecutive(counts[by_size], return_counts=True)
+    blocks = [(s, min(r - first, max(1, _BLOCK // (s * d))))               # (class size, classes in the block)
+              for s, r in zip(sizes.tolist(), reps.tolist()) for first in range(0, r, max(1, _BLOCK // (s * d)))]
+    if torch.is_grad_enabled() and Z.requires_grad:                         # one gather, blocks as views (one backward)
+        parts = Z[order].split([s * kb for s, kb in blocks])
+    else:                                                                   # gather each block when it is used
+        parts = (Z[rows] for rows in order.split([s * kb for s, kb in blocks]))
+    Rc, c = Z.new_zeros(()), _scale(d, eps)
+    for (s, kb), B in zip(blocks, parts):
+        B = B.view(kb, s, d)
+        G = B.mT @ B if d <= s else B @ B.mT                                 # (kb, d, d) or (kb, s, s)
+        Rc = Rc + s / (2 * n) * _logdet_eye_plus(G, c / s, Z, eps).sum()
+    return Rc
 
-def _compress_soft(Z: torch.Tensor, Pi: torch.Tensor, eps: float, chunk_elems: int = 1 << 22) -> torch.Tensor:
-    "R_c for a soft membership Π (k, n): (k, d, d) Gram matrices summed over chunks of samples, or (k, n, n) if n < d."
-    (n, d), k = Z.shape, Pi.shape[0]
+def _soft_grams(Y: torch.Tensor, Pi: torch.Tensor) -> torch.Tensor:
+    """Gram matrices Yᵀ diag(Π_j) Y (k, m, m) for Y (n, m), summed over blocks of samples. With many classes (m ≤ k, as in
+    MLC where k = n) one GEMM of Π with the blocks' outer products y yᵀ; with few classes, Π_j-weighted products."""
+    (n, m), k = Y.shape, Pi.shape[0]
+    if m <= k:
+        step = max(1, _BLOCK // (m * m))
+        G = sum(Pi[:, s:s + step] @ (Y[s:s + step, :, None] * Y[s:s + step, None, :]).reshape(-1, m * m)
+                for s in range(0, n, step))
+        return G.view(k, m, m)
+    step = max(1, _BLOCK // (k * m))
+    return sum((Pi[:, s:s + step, None] * Y[s:s + step]).mT @ Y[s:s + step] for s in range(0, n, step))
+
+def _compress_soft(Z: torch.Tensor, Pi: torch.Tensor, eps: float) -> torch.Tensor:
+    """R_c for a soft membership Π (k, n). When n < d the features are first written in an orthonormal basis Q (d, n)
+    of their row space, Y = ZQ (n, n) (QR of Zᵀ, Q held constant): Zᵀ diag(Π_j) Z = Q Yᵀ diag(Π_j) Y Qᵀ has the same
+    non-zero spectrum, the value and the first derivatives are exact (see text), and no square root of Π is needed."""
+    n, d = Z.shape
+    Y = Z if d <= n else Z @ torch.linalg.qr(Z.detach().mT).Q               # (n, min(n, d))
     nj = Pi.sum(1)
-    if d <= n:
-        step = max(1, chunk_elems // (k * d))
-        G = sum((Pi[:, s:s + step, None] * Z[s:s + step]).mT @ Z[s:s + step] for s in range(0, n, step))
-    else:
-        r = Pi.sqrt()
-        G = r[:, :, None] * (Z @ Z.mT) * r[:, None, :]                      # Π_j^{1/2} Z Zᵀ Π_j^{1/2}
-    return (nj / (2 * n) * _logdet_spd(_eye_plus(G, d / (nj * eps**2)), Z)).sum()
+    G = _soft_grams(Y, Pi) / nj[:, None, None]                              # class covariances (k, m, m)
+    return (nj / (2 * n) * _logdet_eye_plus(G, _scale(d, eps), Z, eps)).sum()
 
 # %% ../nbs/03_coding_rate.ipynb #76dcdb27
 def coding_rate_reduction(Z, membership, eps: float = 0.5, n_classes: int | None = None):
     """(ΔR, R, R_c) for features Z: (n, d), samples in rows, and a membership: integer labels (n,) or a soft
-    membership Π (k, n) whose columns sum to 1. ΔR = R(Z, ε) - R_c(Z, Π, ε) >= 0; all classes in one batched logdet.
+    membership Π (k, n) whose columns sum to 1. ΔR = R(Z, ε) - R_c(Z, Π, ε) ≥ 0; 0-dim tensors in Z's dtype.
 
-    `n_classes` (labels only) declares k when some classes might be missing, which is then an error, not a silent drop."""
-    Z = _check_Z(Z); eps = check_positive(eps, 'eps')
-    m = membership
-    if isinstance(m, (list, tuple)): m = np.asarray(m)
-    if isinstance(m, np.ndarray):
-        if m.dtype.kind not in 'biuf': raise TypeError(f"`membership` must be integer labels or floats, got dtype {m.dtype}")
-        m = torch.from_numpy(m)
-    if not isinstance(m, torch.Tensor): raise TypeError(f"`membership` must be labels (n,) or a (k, n) array, got {type(membership).__name__}")
-    if m.dtype == torch.bool or m.is_complex(): raise TypeError(f"`membership` must be integer labels or floats, got {m.dtype}")
-    if m.dtype in _FLOAT_DTYPES:
-        if m.ndim == 1: raise ValueError("a 1-d `membership` must hold integer labels; a soft membership has shape (k, n)")
-        Pi, labels = _as_soft(m, Z), None
-    else:
-        labels, counts, _ = _as_labels(m, Z.shape[0], n_classes)
+    `n_classes` declares k (labels: some class may then be reported empty instead of silently dropped; soft: must
+    equal Π's k). Labels must be 0, …, k-1 with every class present. Integer labels are grouped by class size, each
+    group in batched Cholesky factorisations; a soft Π uses (k, d, d) Gram matrices accumulated over blocks of samples.
+    As for `coding_rate`, the original MCR² code's `eps` is ε²."""
+    Z, dtype = _check_Z(Z); eps = check_positive(eps, 'eps')
+    m = _as_membership(membership, Z.shape[0])
     R = coding_rate(Z, eps)                      # first: it also reports a non-finite Z
-    Rc = _compress_soft(Z, Pi, eps) if labels is None else _compress_hard(Z, labels, counts, eps)
-    return R - Rc, R, Rc
+    if m.is_floating_point(): Rc = _compress_soft(Z, _as_soft(m, Z, n_classes), eps)
+    else: Rc = _compress_hard(Z, *_as_labels(m, Z.shape[0], n_classes), eps)
+    return (R - Rc).to(dtype), R.to(dtype), Rc.to(dtype)
 
 # %% ../nbs/03_coding_rate.ipynb #8db4a861
 class MCR2Loss(nn.Module):
-    "Loss -(R(Z, ε) - γ R_c(Z, Π, ε)) for features Z: (n, d), samples in rows, and labels (n,) or membership Π (k, n)."
+    """Loss -(R(Z, ε) - γ R_c(Z, Π, ε)) for features Z: (n, d), samples in rows, and labels (n,) or membership Π (k, n).
+
+    γ weighs the compression term (γ = 1: the loss is -ΔR). The original MCR² code's `eps` is our ε², and its `gam1`
+    multiplies the argument of R's log-determinant and `gam2` the term R, where this γ multiplies R_c."""
     def __init__(self, eps: float = 0.5, gamma: float = 1.0):
         super().__init__()
         self.eps = check_positive(eps, 'eps'); self.gamma = check_positive(gamma, 'gamma')
     def forward(self, Z, membership) -> torch.Tensor:
+        "The loss (0-dim tensor); `self.last` keeps R, R_c and ΔR of this call, detached."
         _, R, Rc = coding_rate_reduction(Z, membership, self.eps)
         self.last = {'R': R.detach(), 'R_c': Rc.detach(), 'delta_R': (R - Rc).detach()}
         return -(R - self.gamma * Rc)
     def extra_repr(self): return f"eps={self.eps}, gamma={self.gamma}"
 
 # %% ../nbs/03_coding_rate.ipynb #0544256b
-def sinkhorn(S, n_iters: int = 50, eta: float = 0.1) -> torch.Tensor:
-    """Doubly stochastic Γ = diag(e^f) exp(S/η) diag(e^g) for similarities S: (..., n, n); rows and columns sum to 1.
+def _has_perfect_matching(P: np.ndarray) -> bool:
+    """Whether the bipartite graph with adjacency P (n, n) (rows to columns) has a perfect matching: augmenting paths
+    found by breadth-first search (Kuhn's algorithm), O(n³) at worst. By Birkhoff's theorem a doubly stochastic matrix
+    with support inside P exists exactly when it does."""
+    n = P.shape[0]
+    row_of, col_of = np.full(n, -1), np.full(n, -1)          # matching: column -> row, row -> column
+    for root in range(n):
+        parent = np.full(n, -1)                               # column -> the row that reached it
+        seen = np.zeros(n, dtype=bool)
+        frontier, free = [root], -1
+        while frontier and free < 0:
+            nxt = []
+            for r in frontier:
+                cols = np.flatnonzero(P[r] & ~seen)
+                seen[cols] = True; parent[cols] = r
+                unmatched = cols[row_of[cols] < 0]
+                if unmatched.size: free = int(unmatched[0]); break
+                nxt.extend(row_of[cols].tolist())
+            frontier = nxt
+        if free < 0: return False                             # Hall's condition fails for the rows reached from root
+        while free >= 0:                                      # flip the path root -> ... -> free
+            r = parent[free]; nxt_col = col_of[r]
+            row_of[free], col_of[r] = r, free
+            free = nxt_col
+    return True
 
-    Log-domain iterations f ← -logsumexp(S/η + g), g ← -logsumexp(S/η + f): stable for any |S|/η. Columns sum to 1
-    exactly after the last step; rows converge linearly in `n_iters`. Entries of S may be -inf (forbidden pairs)."""
-    S = as_tensor(S, 'S', finite=False)
-    if S.ndim < 2 or S.shape[-1] != S.shape[-2] or S.shape[-1] == 0:
-        raise ValueError(f"`S` must be a square matrix (..., n, n), got shape {tuple(S.shape)}")
-    if bool(torch.isnan(S).any() | (S == float('inf')).any()): raise ValueError("`S` contains NaN or +inf")
-    if bool((S == float('-inf')).all(-1).any() | (S == float('-inf')).all(-2).any()):
-        raise ValueError("`S` has a row or column that is entirely -inf: no doubly stochastic matrix exists")
-    n_iters = check_int(n_iters, 'n_iters', minimum=1); eta = check_positive(eta, 'eta')
-    logK = S / eta
-    g = torch.zeros(S.shape[:-1], dtype=S.dtype, device=S.device)
+def _sinkhorn_log(logK: torch.Tensor, n_iters: int) -> torch.Tensor:
+    "Log-domain Sinkhorn: f ← -logsumexp(logK + g), g ← -logsumexp(logK + f); stable for any range of logK."
+    g = torch.zeros(logK.shape[:-1], dtype=logK.dtype, device=logK.device)
     for _ in range(n_iters):
         f = -torch.logsumexp(logK + g[..., None, :], dim=-1)
         g = -torch.logsumexp(logK + f[..., :, None], dim=-2)
     return torch.exp(logK + f[..., :, None] + g[..., None, :])
 
+def _sinkhorn_exp(logK: torch.Tensor, n_iters: int) -> torch.Tensor:
+    """The same iteration on a = e^f, b = e^g: a ← 1/(K b), b ← 1/(Kᵀ a) with K = exp(logK - max): two matrix-vector
+    products per step instead of two log-sum-exps. Used when the finite entries of logK span at most 30, so that K's
+    entries are ≥ e⁻³⁰ and a, b stay far inside the float32 range."""
+    K = torch.exp(logK - logK.amax((-2, -1), keepdim=True))
+    b = torch.ones(logK.shape[:-1], dtype=logK.dtype, device=logK.device)
+    for _ in range(n_iters):
+        a = 1 / (K @ b[..., :, None])[..., 0]
+        b = 1 / (K.mT @ a[..., :, None])[..., 0]
+    return a[..., :, None] * K * b[..., None, :]
+
+def sinkhorn(S, n_iters: int = 50, eta: float = 0.1) -> torch.Tensor:
+    """Doubly stochastic Γ = diag(e^f) exp(S/η) diag(e^g) for similarities S: (..., n, n); rows and columns sum to 1.
+
+    Sinkhorn's iteration f ← -logsumexp(S/η + g), g ← -logsumexp(S/η + f), run in the log domain when the finite
+    entries of S/η span more than 30 (stable for any range) and as matrix-vector products on e^f, e^g otherwise (the
+    same numbers, faster). Columns sum to 1 exactly after the last step; rows converge linearly in `n_iters`. Entries of
+    S may be -inf (forbidden pairs); a pattern of forbidden pairs that no doubly stochastic matrix fits (no perfect
+    matching among the allowed pairs) raises ValueError. float16/bfloat16 are computed in float32 and returned as given."""
+    S = as_tensor(S, 'S', finite=False)
+    if S.ndim < 2 or S.shape[-1] != S.shape[-2] or S.shape[-1] == 0:
+        raise ValueError(f"`S` must be a square matrix (..., n, n), got shape {tuple(S.shape)}")
+    if bool(torch.isnan(S).any() | (S == float('inf')).any()): raise ValueError("`S` contains NaN or +inf")
+    allowed = S > float('-inf')
+    if bool((~allowed.any(-1)).any() | (~allowed.any(-2)).any()):
+        raise ValueError("`S` has a row or column that is entirely -inf: no doubly stochastic matrix exists")
+    n_iters = check_int(n_iters, 'n_iters', minimum=1); eta = check_positive(eta, 'eta')
+    if n_iters > 10**6: raise ValueError(f"`n_iters` = {n_iters} is more than 10⁶ iterations")
+    dtype, S = S.dtype, _working(S)
+    logK = S / eta
+    if not bool(torch.isfinite(logK.masked_fill(~allowed, 0)).all()):
+        raise ValueError(f"`S`/η overflows {S.dtype} (η = {eta:g} is too small for entries up to {S.abs().max().item():.3g})")
+    lk = logK.detach(); top = lk.amax((-2, -1)); low = lk.masked_fill(~allowed, float("inf")).amin((-2, -1))
+    G = _sinkhorn_exp(logK, n_iters) if float((top - low).max()) <= 30 else _sinkhorn_log(logK, n_iters)
+    off = (G.detach().sum(-1) - 1).abs().sum(-1).reshape(-1)     # Σ_i |row sum - 1|, one per matrix
+    if bool((off > 0.5).any()):   # an impossible pattern leaves a total row deficit >= 1 (Hall): tell it from slow convergence
+        for b in (off > 0.5).nonzero().flatten().tolist():
+            if not _has_perfect_matching(allowed.reshape(-1, *S.shape[-2:])[b].cpu().numpy()):
+                raise ValueError("`S`: its finite (allowed) entries contain no perfect matching, so no doubly stochastic "
+                                 "matrix has this pattern of -inf entries")
+    return G.to(dtype)
+
 # %% ../nbs/03_coding_rate.ipynb #b5e42053
-def kmeans(X, k: int, n_init: int = 10, n_iters: int = 100, seed: int | torch.Generator | None = 0) -> torch.Tensor:
-    "Cluster labels (n,) of X: (n, d) by Lloyd's k-means with k-means++ seeding, best of `n_init` restarts."
-    X = as_tensor(X, 'X', ndim=2, shape='(n, d)')
+def kmeans(X, k: int, n_init: int = 10, n_iters: int = 100, seed: int | torch.Generator | None = None) -> torch.Tensor:
+    """Cluster labels (n,) of X: (n, d) by Lloyd's k-means with k-means++ seeding, best of `n_init` restarts.
+
+    `seed`: None (fresh entropy), an int or a torch.Generator (reproducible). float16/bfloat16 run in float32."""
+    X = _working(as_tensor(X, 'X', ndim=2, shape='(n, d)'))
     n = X.shape[0]
     k = check_int(k, 'k', minimum=1); n_init = check_int(n_init, 'n_init', minimum=1)
     n_iters = check_int(n_iters, 'n_iters', minimum=1)
+    if n_init > 10**4 or n_iters > 10**6: raise ValueError(f"`n_init` = {n_init} (at most 10⁴) or `n_iters` = {n_iters} (at most 10⁶) is too large")
+    if n == 0 or X.shape[1] == 0: raise ValueError(f"`X` must have at least one sample and one feature, got {tuple(X.shape)}")
     if k > n: raise ValueError(f"`k` = {k} exceeds the number of samples n = {n}")
     gen = as_generator(seed)
     best, best_sse = None, math.inf
@@ -190,10 +315,13 @@ def kmeans(X, k: int, n_init: int = 10, n_iters: int = 100, seed: int | torch.Ge
         if sse < best_sse: best, best_sse = lab, sse
     return best
 
-def spectral_clustering(A, k: int, seed: int | torch.Generator | None = 0) -> torch.Tensor:
-    "Cluster labels (n,) from a non-negative affinity A: (n, n) (symmetrised), by Ng–Jordan–Weiss spectral clustering."
+def spectral_clustering(A, k: int, seed: int | torch.Generator | None = None) -> torch.Tensor:
+    """Cluster labels (n,) from a non-negative affinity A: (n, n) (symmetrised), by Ng–Jordan–Weiss spectral
+    clustering: k-means on the row-normalised top-k eigenvectors of D^{-1/2} A D^{-1/2}. `seed` as in `kmeans`."""
     A = as_tensor(A, 'A', ndim=2, shape='(n, n)')
-    if A.shape[0] != A.shape[1]: raise ValueError(f"`A` must be square, got {tuple(A.shape)}")
+    if A.shape[0] != A.shape[1] or A.shape[0] == 0: raise ValueError(f"`A` must be a non-empty square matrix, got {tuple(A.shape)}")
+    k = check_int(k, 'k', minimum=1)
+    if k > A.shape[0]: raise ValueError(f"`k` = {k} exceeds the number of samples n = {A.shape[0]}")
     if bool((A < 0).any()): raise ValueError("`A` must be non-negative")
     A = 0.5 * (A + A.mT).double()
     dinv = A.sum(1).clamp_min(1e-300).rsqrt()
@@ -202,123 +330,304 @@ def spectral_clustering(A, k: int, seed: int | torch.Generator | None = 0) -> to
     return kmeans(U, k, seed=seed)
 
 # %% ../nbs/03_coding_rate.ipynb #a5cf3216
+_MAX_TABLE = 1 << 24           # cells of a dense contingency table (128 MB in float64)
+
 def _as_int_labels(y, name: str) -> np.ndarray:
+    "Any 1-d labelling (ints, strings, finite floats) -> codes 0, …, K-1."
     y = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
     if y.ndim != 1 or y.size == 0: raise ValueError(f"`{name}` must be a non-empty 1-d array of labels, got shape {y.shape}")
+    if y.dtype.kind == 'f' and not np.isfinite(y).all(): raise ValueError(f"`{name}` contains NaN or inf labels")
+    if y.dtype.kind in 'cOV': raise TypeError(f"`{name}` must hold integer, string or float labels, got dtype {y.dtype}")
     return np.unique(y, return_inverse=True)[1].ravel()
 
-def _contingency(y_true, y_pred) -> np.ndarray:
+def _pair_counts(y_true, y_pred):
+    "Codes of both labelings and the non-zero cells of their contingency table: (t, p, cells (i, j), counts)."
     t, p = _as_int_labels(y_true, 'y_true'), _as_int_labels(y_pred, 'y_pred')
     if t.shape != p.shape: raise ValueError(f"`y_true` and `y_pred` must have the same length, got {t.size} and {p.size}")
-    M = np.zeros((t.max() + 1, p.max() + 1)); np.add.at(M, (t, p), 1)
-    return M
+    cells, counts = np.unique(t.astype(np.int64) * (p.max() + 1) + p, return_counts=True)
+    return t, p, (cells // (p.max() + 1), cells % (p.max() + 1)), counts
 
 def clustering_accuracy(y_true, y_pred) -> float:
-    "Fraction of samples correctly labelled after the best one-to-one matching of clusters to classes (Hungarian)."
-    from scipy.optimize import linear_sum_assignment
-    M = _contingency(y_true, y_pred)
+    """Fraction of samples correctly labelled after the best one-to-one matching of clusters to classes (the Hungarian
+    algorithm on the contingency table, SciPy's `linear_sum_assignment`: `pip install 'geobook[book]'`)."""
+    try: from scipy.optimize import linear_sum_assignment
+    except ImportError: raise ImportError("clustering_accuracy needs SciPy's Hungarian solver: pip install 'geobook[book]'") from None
+    t, p, (i, j), counts = _pair_counts(y_true, y_pred)
+    kt, kp = t.max() + 1, p.max() + 1
+    if kt * kp > _MAX_TABLE:
+        raise ValueError(f"`y_pred` has {kp} distinct labels and `y_true` {kt}: their contingency table would have "
+                         f"{kt * kp:.3g} cells (more than {_MAX_TABLE}); clustering accuracy is meant for few clusters")
+    M = np.zeros((kt, kp)); M[i, j] = counts
     r, c = linear_sum_assignment(M, maximize=True)
-    return float(M[r, c].sum() / M.sum())
+    return float(M[r, c].sum() / t.size)
 
 def nmi(y_true, y_pred) -> float:
-    "Normalised mutual information I(T; P) / ((H(T) + H(P)) / 2) of two labelings (arithmetic normalisation), in [0, 1]."
-    P = _contingency(y_true, y_pred); P = P / P.sum()
-    a, b = P.sum(1), P.sum(0)
-    nz = P > 0
-    mi = float((P[nz] * np.log(P[nz] / np.outer(a, b)[nz])).sum())
+    """Normalised mutual information I(T; P) / ((H(T) + H(P)) / 2) of two labelings (arithmetic normalisation), in [0, 1];
+    computed from the non-zero cells of the contingency table only (no k_T × k_P table is formed)."""
+    t, p, (i, j), counts = _pair_counts(y_true, y_pred)
+    P = counts / t.size
+    a, b = np.bincount(t) / t.size, np.bincount(p) / t.size
+    mi = float((P * np.log(P / (a[i] * b[j]))).sum())
     H = lambda q: float(-(q[q > 0] * np.log(q[q > 0])).sum())
     ha, hb = H(a), H(b)
     if ha + hb == 0: return 1.0                              # both labelings constant: identical partitions
-    return max(mi, 0.0) / ((ha + hb) / 2)
+    return min(max(mi, 0.0) / ((ha + hb) / 2), 1.0)
+
+# %% ../nbs/03_coding_rate.ipynb #1008f5ff
+def eigengap_ratio(Gamma, k: int) -> float:
+    """ρ_k = μ_{k+1} / μ_k for a (doubly stochastic) membership Γ: (n, n), where μ_1 ≤ μ_2 ≤ … are the eigenvalues of
+    the Laplacian L = I - (Γ + Γᵀ)/2, computed in float64. Large when Γ has k weakly linked, internally connected
+    blocks; near 1 when it has more or fewer. Needs 2 ≤ k < n; μ_k is floored at 10⁻¹² (a perfectly split Γ)."""
+    G = as_tensor(Gamma, 'Gamma', ndim=2, shape='(n, n)').double()
+    n = G.shape[0]
+    if G.shape[1] != n: raise ValueError(f"`Gamma` must be square (n, n), got {tuple(G.shape)}")
+    k = check_int(k, 'k', minimum=2)
+    if k >= n: raise ValueError(f"`k` = {k} must be smaller than n = {n}")
+    if bool((G < 0).any()): raise ValueError("`Gamma` must be non-negative")
+    mu = torch.linalg.eigvalsh(torch.eye(n, dtype=G.dtype, device=G.device) - (G + G.mT) / 2)
+    return float(mu[k] / mu[k - 1].clamp_min(1e-12))
 
 # %% ../nbs/03_coding_rate.ipynb #bd431f6d
 class MLC(nn.Module):
     """Unsupervised manifold linearizing and clustering (Ding et al. 2023) for data X: (n, d_in).
 
-    Feature head Z (n, d_feat) and cluster head C (n, d_feat) on the unit sphere; membership Γ = sinkhorn(CCᵀ, η)
-    (n, n) with a masked diagonal; objective R(Z, ε) - γ R_c(Z, Γ, ε), maximised full-batch (or on mini-batches)."""
+    A backbone with a feature head Z and a cluster head C, both (n, d_feat) on the unit sphere; membership
+    Γ = sinkhorn(CCᵀ with the diagonal masked, η) (n, n); objective R(Z, ε) - γ R_c(Z, Γ, ε), maximised by Adam
+    full-batch (or on mini-batches of `batch_size`). `select='eigengap'` (the default) evaluates ρ = `eigengap_ratio`
+    of Γ on a fixed reference subset of the training data (≤ `eval_size` samples) every `eval_every` steps, keeps the
+    parameters with the largest ρ, and stops after `patience` evaluations without improvement; `select=None` trains
+    for exactly `n_steps`. `seed`: None (fresh entropy), an int or a torch.Generator (initialisation, batches, k-means)."""
     def __init__(self, d_in: int, d_feat: int, n_clusters: int, eps: float = 0.5, d_hidden: int = 64, eta: float = 0.1,
-                 gamma: float = 1.0, n_sinkhorn: int = 20, n_steps: int = 60, lr: float = 1e-3,
-                 batch_size: int | None = None, seed: int = 0):
+                 gamma: float = 1.0, n_sinkhorn: int = 20, n_steps: int = 300, lr: float = 1e-3,
+                 batch_size: int | None = None, select: str | None = 'eigengap', eval_every: int = 10,
+                 patience: int = 10, eval_size: int = 512, seed: int | torch.Generator | None = None):
         super().__init__()
         self.d_in = check_int(d_in, 'd_in', minimum=1); d_feat = check_int(d_feat, 'd_feat', minimum=1)
         self.n_clusters = check_int(n_clusters, 'n_clusters', minimum=1)
         self.eps, self.eta, self.gamma = check_positive(eps, 'eps'), check_positive(eta, 'eta'), check_positive(gamma, 'gamma')
         self.n_sinkhorn, self.n_steps = check_int(n_sinkhorn, 'n_sinkhorn', minimum=1), check_int(n_steps, 'n_steps', minimum=0)
-        self.lr, self.seed = check_positive(lr, 'lr'), check_int(seed, 'seed', minimum=0)
+        self.lr = check_positive(lr, 'lr')
         self.batch_size = None if batch_size is None else check_int(batch_size, 'batch_size', minimum=2)
+        if select not in ('eigengap', None): raise ValueError(f"`select` must be 'eigengap' or None, got {select!r}")
+        self.select = select
+        self.eval_every, self.patience = check_int(eval_every, 'eval_every', minimum=1), check_int(patience, 'patience', minimum=1)
+        self.eval_size = check_int(eval_size, 'eval_size', minimum=2)
+        if select and self.n_clusters >= 2 and self.eval_size <= self.n_clusters:
+            raise ValueError(f"`eval_size` = {eval_size} must exceed n_clusters = {n_clusters} for the eigengap selection")
         d_hidden = check_int(d_hidden, 'd_hidden', minimum=1)
+        if d_in * d_hidden + d_hidden**2 + 2 * d_hidden * d_feat > 1 << 28:
+            raise ValueError(f"`d_in` = {d_in}, `d_hidden` = {d_hidden}, `d_feat` = {d_feat}: more than 2²⁸ parameters")
+        if self.n_steps > 10**7: raise ValueError(f"`n_steps` = {n_steps} is more than 10⁷")
+        self._gen = as_generator(seed)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
+            torch.manual_seed(int(torch.randint(2**62, (1,), generator=self._gen)))
             self.backbone = nn.Sequential(nn.Linear(d_in, d_hidden), nn.LayerNorm(d_hidden), nn.GELU(),
                                           nn.Linear(d_hidden, d_hidden), nn.LayerNorm(d_hidden), nn.GELU())
             self.feature_head = nn.Linear(d_hidden, d_feat)
             self.cluster_head = nn.Linear(d_hidden, d_feat)
         self.cluster_head.load_state_dict(self.feature_head.state_dict())   # one-shot init: C = Z at the start
-        self.history = []
+        self.history, self.selection, self.best_step = [], [], None
 
     def _X(self, X) -> torch.Tensor:
         p = next(self.parameters())
         X = as_tensor(X, 'X', ndim=2, dtype=p.dtype, device=p.device, shape=f'(n, d_in = {self.d_in})')
         if X.shape[1] != self.d_in: raise ValueError(f"`X` must have d_in = {self.d_in} columns, got shape {tuple(X.shape)}")
+        if X.shape[0] == 0: raise ValueError("`X` has no samples")
         return X
 
-    def heads(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        "Unit-norm features Z (n, d_feat) and cluster embeddings C (n, d_feat)."
-        h = self.backbone(X)
+    def forward(self, X) -> tuple[torch.Tensor, torch.Tensor]:
+        "Unit-norm features Z (n, d_feat) and cluster embeddings C (n, d_feat) of X (n, d_in): tensor or numpy array."
+        h = self.backbone(self._X(X))
+        if not bool(torch.isfinite(h).all()):
+            raise ValueError(f"`X`: the network's activations overflow {h.dtype} (|X| up to "
+                             f"{torch.as_tensor(X).abs().max().item():.3g}); standardise the data")
         return nn.functional.normalize(self.feature_head(h), dim=1), nn.functional.normalize(self.cluster_head(h), dim=1)
 
     def membership(self, C: torch.Tensor) -> torch.Tensor:
-        "Doubly stochastic Γ (n, n) from cluster embeddings C (n, d_feat), self-similarity masked."
+        "Doubly stochastic Γ (n, n) from cluster embeddings C (n, d_feat), self-similarity masked (n ≥ 2)."
+        if C.shape[0] < 2: raise ValueError("the membership needs at least 2 samples")
         S = (C @ C.mT).masked_fill(torch.eye(C.shape[0], dtype=torch.bool, device=C.device), float('-inf'))
         return sinkhorn(S, self.n_sinkhorn, self.eta)
 
-    def objective(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        "(R - γ R_c, R, R_c) on the batch X."
-        Z, C = self.heads(X)
+    def objective(self, X) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        "(R - γ R_c, R, R_c) on the batch X (n, d_in)."
+        Z, C = self(X)
         _, R, Rc = coding_rate_reduction(Z, self.membership(C), self.eps)
         return R - self.gamma * Rc, R, Rc
 
-    def fit(self, X, disable_progress: bool | None = None) -> 'MLC':
-        "Train both heads on X (n, d_in) for `n_steps` Adam steps; returns self. `history` holds (objective, R, R_c)."
-        X = self._X(X)
-        if X.shape[0] < 2: raise ValueError("`X` needs at least 2 samples")
-        gen = as_generator(self.seed)
+    @torch.no_grad()
+    def eigengap(self, X) -> float:
+        "ρ = `eigengap_ratio`(Γ, n_clusters) of the membership of X (n, d_in), n > n_clusters ≥ 2: the selection score."
+        return eigengap_ratio(self.membership(self(X)[1]), self.n_clusters)
+
+    def fit(self, X, show_progress: bool | None = None, callback=None) -> 'MLC':
+        """Train on X (n, d_in), n > n_clusters; returns self. `history`: (objective, R, R_c) per step; `selection`:
+        (step, ρ) per evaluation; `best_step`: the step whose parameters were kept; `labels_`: clusters of X.
+        `callback(step, model)`, if given, is called at every evaluation (in eval mode, without gradients)."""
+        X = self._X(X); n, k = X.shape[0], self.n_clusters
+        if callback is not None and not callable(callback): raise TypeError("`callback` must be callable (step, model)")
+        if n <= max(k, 1): raise ValueError(f"`X` has n = {n} samples; MLC needs more than n_clusters = {k} (and at least 2)")
+        ref = torch.arange(n) if n <= self.eval_size else torch.randperm(n, generator=self._gen)[:self.eval_size].sort().values
+        X_ref = X[ref.to(X.device)]
+        select = self.select if k >= 2 else None
         opt = torch.optim.Adam(self.parameters(), lr=self.lr)
+        self.history, self.selection = [], []
+        best, stale, self.best_step = -math.inf, 0, self.n_steps
+
+        def evaluate(step):
+            nonlocal best, stale, best_state
+            self.eval(); rho = self.eigengap(X_ref)
+            if callback is not None:
+                with torch.no_grad(): callback(step, self)
+            self.train()
+            self.selection.append((step, rho))
+            if rho > best: best, stale, best_state, self.best_step = rho, 0, copy.deepcopy(self.state_dict()), step
+            else: stale += 1
+
+        best_state = None
+        if select: evaluate(0)
         self.train()
-        for _ in progress(range(self.n_steps), desc='MLC', disable=disable_progress):
-            Xb = X if self.batch_size is None or self.batch_size >= X.shape[0] else \
-                 X[torch.randperm(X.shape[0], generator=gen)[:self.batch_size].to(X.device)]
+        for t in progress(range(1, self.n_steps + 1), desc='MLC', show_progress=show_progress):
+            Xb = X if self.batch_size is None or self.batch_size >= n else \
+                 X[torch.randperm(n, generator=self._gen)[:self.batch_size].to(X.device)]
             obj, R, Rc = self.objective(Xb)
+            if not bool(torch.isfinite(obj)):
+                raise ValueError(f"MLC.fit: the objective is not finite at step {t} (`lr` = {self.lr:g} too large?)")
             opt.zero_grad(); (-obj).backward(); opt.step()
             self.history.append((obj.item(), R.item(), Rc.item()))
-        return self.eval()
+            if select and (t % self.eval_every == 0 or t == self.n_steps):
+                evaluate(t)
+                if stale >= self.patience: break
+        if select: self.load_state_dict(best_state)
+        self.eval()
+        with torch.no_grad():
+            C_ref = self(X_ref)[1]
+            lab_ref = spectral_clustering(self.membership(C_ref), k, seed=self._gen).to(X.device) if k > 1 else \
+                      torch.zeros(len(ref), dtype=torch.long, device=X.device)
+        self.register_buffer('_C_ref', C_ref, persistent=False); self.register_buffer('_labels_ref', lab_ref, persistent=False)
+        self.labels_ = self.predict(X)
+        self.labels_[ref.to(X.device)] = lab_ref
+        return self
+
+    def fit_predict(self, X, show_progress: bool | None = None) -> torch.Tensor:
+        "`fit(X)` and return the cluster labels (n,) of X: spectral clustering of Γ on the reference subset, `predict` elsewhere."
+        return self.fit(X, show_progress).labels_
 
     @torch.no_grad()
     def transform(self, X) -> torch.Tensor:
-        "Learned features Z (n, d_feat) of X (n, d_in)."
-        return self.heads(self._X(X))[0]
+        "Learned features Z (n, d_feat) of X (n, d_in), without gradients."
+        return self(X)[0]
 
     @torch.no_grad()
     def predict(self, X) -> torch.Tensor:
-        "Cluster labels (n,) of X (n, d_in): spectral clustering of the membership Γ."
-        X = self._X(X)
-        if X.shape[0] < self.n_clusters: raise ValueError(f"`X` has fewer samples than n_clusters = {self.n_clusters}")
-        return spectral_clustering(self.membership(self.heads(X)[1]), self.n_clusters, seed=self.seed).to(X.device)
+        """Cluster labels (n,) of (new) samples X (n, d_in): a sample joins the cluster that holds most of its membership
+        row against the training reference set, softmax_l(c·c_l / η) summed over each cluster's members."""
+        if not hasattr(self, '_C_ref'): raise ValueError("MLC.predict: call `fit` first")
+        C = self(X)[1]
+        onehot = nn.functional.one_hot(self._labels_ref, self.n_clusters).to(C.dtype)
+        return torch.cat([(torch.softmax(Cb @ self._C_ref.mT / self.eta, dim=1) @ onehot).argmax(1)
+                          for Cb in C.split(max(1, _BLOCK // len(self._C_ref)))])
+
+# %% ../nbs/03_coding_rate.ipynb #a1a616df
+def _redunet_operators(Z: torch.Tensor, Pi: torch.Tensor, eps: float):
+    """Layer operators of ReduNet at features Z (n, d) and membership Π (k, n): E = α(I + αZᵀZ)⁻¹ (d, d),
+    C_j = α_j(I + α_j Zᵀdiag(Π_j)Z)⁻¹ (k, d, d) and γ_j = n_j/n, with α = d/(nε²), α_j = d/(n_jε²)."""
+    (n, d), I = Z.shape, torch.eye(Z.shape[1], dtype=Z.dtype, device=Z.device)
+    nj = Pi.sum(1)
+    a, aj = d / (n * eps**2), d / (nj * eps**2)
+    E = a * torch.linalg.inv(I + a * Z.mT @ Z)
+    C = aj[:, None, None] * torch.linalg.inv(I + aj[:, None, None] * ((Pi[:, :, None] * Z).mT @ Z))
+    return E, C, nj / n
+
+class ReduNet(nn.Module):
+    """ReduNet (Chan, Yu, You, Qi, Wright & Ma 2022): a network whose layers unroll gradient ascent on ΔR(Z, Π, ε).
+
+    `fit(Z, labels)` builds the layers from training features Z: (n, d) (rows on the unit sphere) and their labels:
+    layer ℓ stores the expansion operator E_ℓ (d, d) and the compressions C_ℓ^j (k, d, d) computed at the current
+    features, then moves every sample by z ← P_𝕊(z + η(E z - Σ_j γ_j π_j C_j z)), which is z + η ∂ΔR/∂z with the
+    true memberships π_j. `forward(Z)` runs new samples through the stored layers with the estimated membership
+    π̂_j(z) = softmax_j(-λ ‖C_j z‖). No parameter is trained by backpropagation."""
+    def __init__(self, n_layers: int = 20, eta: float = 0.5, eps: float = 0.5, lam: float = 100.0):
+        super().__init__()
+        self.n_layers = check_int(n_layers, 'n_layers', minimum=1)
+        if self.n_layers > 10_000: raise ValueError(f"`n_layers` = {n_layers} is more than 10000")
+        self.eta, self.eps, self.lam = check_positive(eta, 'eta'), check_positive(eps, 'eps'), check_positive(lam, 'lam')
+
+    @staticmethod
+    def _step(Z, E, C, gam, Pi, eta):
+        "One layer: P_𝕊(Z + η(ZE - Σ_j γ_j diag(Π_j) Z C_j)) for Z (n, d), Π (k, n)."
+        compress = torch.einsum('kn,nd,kde->ne', gam[:, None] * Pi, Z, C)
+        return nn.functional.normalize(Z + eta * (Z @ E - compress), dim=1)
+
+    def fit(self, Z, labels, n_classes: int | None = None) -> 'ReduNet':
+        """Build the layers from features Z (n, d) (normalised to the unit sphere) and integer labels (n,); returns self.
+        `history[ℓ]` = ΔR of the training features entering layer ℓ (the last entry: after the last layer)."""
+        Z, dtype = _check_Z(Z)
+        if not bool(torch.isfinite(Z).all()): raise ValueError("`Z` contains non-finite values (NaN or inf)")
+        if bool((Z.norm(dim=1) == 0).any()): raise ValueError("`Z` has a zero row, which has no direction on the sphere")
+        m = _as_membership(labels, Z.shape[0])
+        if m.is_floating_point(): raise TypeError("`labels` must be integer class labels (n,)")
+        labels, counts = _as_labels(m, Z.shape[0], n_classes)
+        k = counts.numel()
+        if k * Z.shape[1] ** 2 > 1 << 26: raise ValueError(f"k·d² = {k * Z.shape[1] ** 2} operator entries per layer is too many")
+        Pi = nn.functional.one_hot(labels.to(Z.device), k).T.to(Z.dtype)
+        Z = nn.functional.normalize(Z, dim=1)
+        Es, Cs, self.history = [], [], []
+        for _ in range(self.n_layers):
+            E, C, gam = _redunet_operators(Z, Pi, self.eps)
+            self.history.append(coding_rate_reduction(Z, labels, self.eps)[0].item())
+            Z = self._step(Z, E, C, gam, Pi, self.eta)
+            Es.append(E); Cs.append(C)
+        self.history.append(coding_rate_reduction(Z, labels, self.eps)[0].item())
+        self.register_buffer('E', torch.stack(Es)); self.register_buffer('C', torch.stack(Cs))
+        self.register_buffer('gamma', gam)
+        self.n_classes, self.train_features = k, Z.to(dtype)
+        return self
+
+    def membership(self, Z: torch.Tensor, layer: int) -> torch.Tensor:
+        "Estimated membership Π̂ (k, n) of features Z (n, d) at `layer`: softmax over classes of -λ‖C_j z‖."
+        return torch.softmax(-self.lam * torch.einsum('kde,ne->knd', self.C[layer], Z).norm(dim=2), dim=0)
+
+    @torch.no_grad()
+    def forward(self, Z) -> torch.Tensor:
+        "Features (n, d) after all layers for (new) samples Z (n, d), with the estimated membership at each layer."
+        if not hasattr(self, 'C'): raise ValueError("ReduNet: call `fit` first")
+        Z, dtype = _check_Z(Z)
+        if Z.shape[1] != self.C.shape[-1]: raise ValueError(f"`Z` must have d = {self.C.shape[-1]} columns, got {tuple(Z.shape)}")
+        if not bool(torch.isfinite(Z).all()): raise ValueError("`Z` contains non-finite values (NaN or inf)")
+        Z = nn.functional.normalize(Z.to(self.C.dtype), dim=1)
+        for l in range(self.n_layers):
+            Z = self._step(Z, self.E[l], self.C[l], self.gamma, self.membership(Z, l), self.eta)
+        return Z.to(dtype)
+
+    @torch.no_grad()
+    def predict(self, Z) -> torch.Tensor:
+        "Class labels (n,) of samples Z (n, d): argmax of the estimated membership after the last layer."
+        if not hasattr(self, 'C'): raise ValueError("ReduNet: call `fit` first")
+        return self.membership(self(Z).to(self.C.dtype), self.n_layers - 1).argmax(0)
 
 # %% ../nbs/03_coding_rate.ipynb #891edb08
 _SHAPES = {'line': 1, 'plane': 2, 'circle': 2, 'knot': 4}
+_MAX_SAMPLES = 1 << 26                 # entries of X: 512 MB in float64
 
-def sample_manifolds(n_per_class: int, kinds, ambient_dim: int, noise: float = 0.02, seed=0):
-    "Samples X (n, D) and labels y (n,) from a union of shapes ('line', 'plane', 'circle', 'knot') randomly rotated into R^D."
+def sample_manifolds(n_per_class: int, kinds, ambient_dim: int, noise: float = 0.02,
+                     seed: int | torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Samples X (n, D) and labels y (n,) from a union of shapes ('line', 'plane', 'circle', 'knot'), each placed in R^D
+    by its own random orthonormal frame, plus N(0, noise²) per coordinate. `seed`: None (fresh entropy), an int or a
+    torch.Generator. X comes in the default dtype."""
     n_per_class = check_int(n_per_class, 'n_per_class', minimum=1); D = check_int(ambient_dim, 'ambient_dim', minimum=1)
     noise = check_positive(noise, 'noise', strict=False)
-    if isinstance(kinds, str) or len(kinds) == 0: raise ValueError("`kinds` must be a non-empty list of shape names")
+    if isinstance(kinds, str) or not hasattr(kinds, '__len__') or len(kinds) == 0:
+        raise ValueError("`kinds` must be a non-empty list of shape names")
+    for kind in kinds:
+        if not isinstance(kind, str) or kind not in _SHAPES: raise ValueError(f"`kinds` entries must be one of {list(_SHAPES)}, got {kind!r}")
+        if _SHAPES[kind] > D: raise ValueError(f"`ambient_dim` = {D} is too small for a {kind} (needs {_SHAPES[kind]})")
+    if n_per_class * len(kinds) * D > _MAX_SAMPLES:
+        raise ValueError(f"`n_per_class` × len(kinds) × `ambient_dim` = {n_per_class * len(kinds) * D:.3g} entries "
+                         f"exceeds {_MAX_SAMPLES}")
     gen = as_generator(seed)
     Xs, ys = [], []
     for j, kind in enumerate(kinds):
-        if kind not in _SHAPES: raise ValueError(f"`kinds` entries must be one of {list(_SHAPES)}, got {kind!r}")
-        if _SHAPES[kind] > D: raise ValueError(f"`ambient_dim` = {D} is too small for a {kind} (needs {_SHAPES[kind]})")
         t = torch.rand(n_per_class, generator=gen, dtype=torch.float64) * 2 * math.pi
         coords = {'line': lambda: torch.randn(n_per_class, 1, generator=gen, dtype=torch.float64),
                   'plane': lambda: torch.randn(n_per_class, 2, generator=gen, dtype=torch.float64),
