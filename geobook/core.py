@@ -112,21 +112,64 @@ def progress(iterable=None, total: int | None = None, desc: str | None = None, s
 # %% ../nbs/00_core.ipynb #8b6a7a88
 MAX_HERMITE_POINTS = 4096
 
+def _sturm_below(x: np.ndarray, n: int) -> np.ndarray:
+    "How many eigenvalues of the Jacobi matrix J (zero diagonal, J[k, k+1] = √k) lie below each x: negative pivots of J - xI."
+    q, count = -x, (x > 0).astype(np.int64)
+    for k in range(1, n):
+        q = -x - k / np.where(q == 0, 1e-300, q)       # q_{k+1} = -x - k / q_k
+        count += q < 0
+    return count
+
+def _ratios(x: np.ndarray, n: int):
+    "Yield r_k = ψ_k(x)/ψ_{k-1}(x), k = 1..n, for the orthonormal Hermite polynomials ψ_k = He_k/√k!."
+    r = x
+    yield r
+    for k in range(1, n):
+        r = (x - math.sqrt(k) / np.where(r == 0, 1e-300, r)) / math.sqrt(k + 1)
+        yield r
+
+def _log_psi_sq(x: np.ndarray, k: int) -> np.ndarray:
+    "log ψ_k(x)² = Σ_j log r_j², with ψ_k(0)² = Γ((k+1)/2)/(√π Γ(k/2+1)) at x = 0 for even k."
+    lg = np.zeros_like(x)
+    if k == 0: return lg                             # ψ_0 = 1
+    for r in _ratios(x, k): lg += 2 * np.log(np.maximum(np.abs(r), 1e-300))
+    if k % 2 == 0: lg[x == 0] = math.lgamma((k + 1) / 2) - 0.5 * math.log(math.pi) - math.lgamma(k / 2 + 1)
+    return lg
+
+def _hermite_nodes_weights(n: int) -> tuple[np.ndarray, np.ndarray]:
+    "The n-point probabilists' Gauss–Hermite rule in O(n²): Sturm bisection, Newton on ψ_n, Christoffel weights."
+    m, B = (n + 1) // 2, 2 * math.sqrt(n) + 1        # the m nodes ≥ 0 are eigenvalues number n-m, …, n-1
+    idx = np.arange(n - m, n)
+    lo, hi = np.zeros(m), np.full(m, B)
+    if n % 2: hi[0] = 0.0                            # odd n: 0 is a node
+    while np.max(hi - lo) > 1e-7 * B:                # each node alone in its bracket
+        mid = 0.5 * (lo + hi)
+        below = _sturm_below(mid, n) > idx
+        hi, lo = np.where(below, mid, hi), np.where(below, lo, mid)
+    x = 0.5 * (lo + hi)
+    for _ in range(8):                               # Newton: ψ_n/ψ_n' = r_n/√n
+        *_, r = _ratios(x, n)
+        step = r / math.sqrt(n)
+        if n % 2: step[0] = 0.0
+        x = x - step
+        if np.all(np.abs(step) <= 4e-16 * np.maximum(1.0, np.abs(x))): break
+    w = np.exp(-math.log(n) - _log_psi_sq(x, n - 1))  # w = 1/(n ψ_{n-1}(x)²)
+    mirror = slice(None, 0, -1) if n % 2 else slice(None, None, -1)   # odd n: the node at 0 only once
+    x, w = np.concatenate([-x[mirror], x]), np.concatenate([w[mirror], w])
+    return x, w / w.sum()
+
 @functools.lru_cache(maxsize=64)
 def _hermite_rule(n_points: int, dtype: torch.dtype, device: torch.device):
-    J = np.diag(np.sqrt(np.arange(1.0, n_points)), 1)
-    x, V = np.linalg.eigh(J + J.T)                  # Golub–Welsch: nodes = eigenvalues of the Jacobi matrix
-    x = (x - x[::-1]) / 2                           # symmetrise the rounding: the rule is exactly symmetric
-    w = V[0] ** 2; w = (w + w[::-1]) / (2 * w.sum())
+    x, w = _hermite_nodes_weights(n_points)
     return (torch.as_tensor(x, dtype=dtype, device=device), torch.as_tensor(w, dtype=dtype, device=device))
 
 def hermite_rule(n_points: int, dtype=torch.float64, device='cpu') -> tuple[torch.Tensor, torch.Tensor]:
     """Nodes ξ and weights w (summing to 1) of the `n_points` Gauss–Hermite rule for 𝔼[g(ξ)], ξ ~ N(0, 1).
 
-    `n_points` ≤ 4096: the Golub–Welsch eigenproblem costs O(n³) (about a second at 4096)."""
+    `n_points` ≤ 4096 (about a second at 1024 nodes, a few at 4096; cached)."""
     n_points = check_int(n_points, 'n_points', minimum=1)
     if n_points > MAX_HERMITE_POINTS:
-        raise ValueError(f"`n_points` must be at most {MAX_HERMITE_POINTS} (the rule costs O(n³)), got {n_points}")
+        raise ValueError(f"`n_points` must be at most {MAX_HERMITE_POINTS}, got {n_points}")
     return _hermite_rule(n_points, dtype, torch.device(device))
 
 # %% ../nbs/00_core.ipynb #3d77a79d
