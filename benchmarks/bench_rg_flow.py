@@ -1,8 +1,12 @@
 """Benchmark chapter 2 (geobook.rg_flow): the kernel / vertex recursions and the Monte Carlo sampler.
 
 Side by side in one run:
-  * recursions: geobook's vectorised Gauss–Hermite / closed-form layer against scipy.integrate.quad (adaptive quadrature,
-    one Gaussian average at a time), per layer and per (C_b, C_W) flow of a phase-diagram grid;
+  * recursions: geobook's vectorised Gauss–Hermite (refined n vs 2n by default) / closed-form layer against
+    scipy.integrate.quad (adaptive quadrature, one Gaussian average at a time), per layer and per (C_b, C_W) flow of a
+    phase-diagram grid;
+  * criticality of GELU and swish (refined quadrature, bisection) against scipy.optimize.brentq on scipy.integrate.quad
+    averages, with the largest relative difference of (K*, C_b, C_W);
+  * the correlation length (one point refined; a 16 x 41 grid with a fixed 64-node rule) and the two-input vertex;
   * sampler: geobook's metric sampler (z^{l+1} | z^l ~ N(0, Ĝ), no weights) against drawing the weights explicitly with
     batched torch matmuls (`method='weights'`, the straightforward way), in networks per second at width 16, depth 8,
     with one torch thread and with torch's default thread count.
@@ -15,9 +19,11 @@ os.environ.setdefault('GEOBOOK_NO_PROGRESS', '1')
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np
 import torch
-from scipy import integrate
+from scipy import integrate, optimize
+from scipy.special import expit, ndtr
 from _bench import measure, write_results
-from geobook.rg_flow import kernel_flow, four_point_vertex, sample_preactivations
+from geobook.rg_flow import (kernel_flow, four_point_vertex, sample_preactivations, criticality, correlation_length,
+                             input_kernel)
 
 
 def scipy_tanh_flow(C_W, C_b, K0, depth):
@@ -28,6 +34,28 @@ def scipy_tanh_flow(C_W, C_b, K0, depth):
                                 -np.inf, np.inf)
         K = C_b + C_W * val; out.append(K)
     return np.array(out)
+
+
+def gauss_quad(f, K):
+    "⟨f⟩_K by scipy.integrate.quad in standardised units, split at 0."
+    s = math.sqrt(K)
+    return sum(integrate.quad(lambda t: f(s * t) * math.exp(-t * t / 2) / math.sqrt(2 * math.pi), a, b,
+                              epsabs=1e-15, epsrel=1e-13, limit=200)[0] for a, b in ((-np.inf, 0), (0, np.inf)))
+
+
+_PHI = lambda z: math.exp(-z * z / 2) / math.sqrt(2 * math.pi)
+SCIPY_ACTS = {   # σ, σ', σ''
+    'gelu': (lambda z: z * ndtr(z), lambda z: ndtr(z) + z * _PHI(z), lambda z: _PHI(z) * (2 - z * z)),
+    'swish': (lambda z: z * expit(z), lambda z: expit(z) * (1 + z * (1 - expit(z))),
+              lambda z: expit(z) * (1 - expit(z)) * (2 + z * (1 - 2 * expit(z))))}
+
+
+def scipy_criticality(key):
+    "Reference: K* from brentq on ⟨σσ''⟩_K = 0 with quad averages; then C_W = 1/⟨σ'²⟩, C_b = K* − C_W⟨σ²⟩."
+    s, ds, d2s = SCIPY_ACTS[key]
+    K = optimize.brentq(lambda K: gauss_quad(lambda z: s(z) * d2s(z), K), 1.0, 30.0, xtol=1e-13, rtol=1e-14)
+    C_W = 1 / gauss_quad(lambda z: ds(z)**2, K)
+    return K, K - C_W * gauss_quad(lambda z: s(z)**2, K), C_W
 
 
 def main(quick: bool):
@@ -61,7 +89,7 @@ def main(quick: bool):
     n_grid, depth_g = (50, 100) if quick else (100, 300)
     CB, CW = torch.meshgrid(torch.linspace(0, 0.3, n_grid, dtype=torch.float64),
                             torch.linspace(0.5, 3, n_grid, dtype=torch.float64), indexing='ij')
-    g = measure(lambda: kernel_flow('tanh', CW, CB, 1.0, depth_g, n_points=48), repeats=3)
+    g = measure(lambda: kernel_flow('tanh', CW, CB, 1.0, depth_g, n_points=64), repeats=3)
     sub = 10                                   # scipy on a few grid points; its cost is per flow-layer
     r = measure(lambda: [scipy_tanh_flow(float(CW.flatten()[i]), float(CB.flatten()[i]), 1.0, 20) for i in range(sub)], repeats=3)
     flows = CB.numel()
@@ -70,6 +98,30 @@ def main(quick: bool):
                 ref_median_s=r['median_s'] / (sub * 19) * flows * depth_g, speedup=(r['median_s'] / (sub * 19)) / (g['median_s'] / (flows * depth_g)),
                 us_per_layer=g['median_s'] / depth_g * 1e6, flows=flows, depth=depth_g, peak_mb=g['peak_mb'],
                 note='reference time extrapolated from 10 flows x 19 layers'))
+
+    # --- criticality, correlation length, two-input vertex ------------------------------------------------------
+    import warnings
+    warnings.filterwarnings('ignore', category=integrate.IntegrationWarning)
+    for key in ('gelu', 'swish'):
+        g = measure(lambda: criticality(key), repeats=3)
+        r = measure(lambda: scipy_criticality(key), repeats=3)
+        c, ref = criticality(key), scipy_criticality(key)
+        diff = max(abs(a / b - 1) for a, b in zip((c.K_star, c.C_b, c.C_W), ref))
+        report(dict(name=f'criticality {key}', median_s=g['median_s'], ref_median_s=r['median_s'],
+                    reference='scipy.optimize.brentq on scipy.integrate.quad', speedup=r['median_s'] / g['median_s'],
+                    max_rel_diff=diff, peak_mb=g['peak_mb']))
+    g = measure(lambda: correlation_length('tanh', 3.0, 0.05), repeats=3)
+    report(dict(name='correlation_length tanh, one chaotic point', median_s=g['median_s'], peak_mb=g['peak_mb']))
+    CBx, CWx = torch.meshgrid(torch.linspace(0.01, 0.3, 16, dtype=torch.float64),
+                              torch.linspace(0.5, 3.0, 41, dtype=torch.float64), indexing='ij')
+    g = measure(lambda: correlation_length('tanh', CWx, CBx, n_points=64), repeats=2 if quick else 3)
+    report(dict(name='correlation_length tanh, 16x41 grid (64 nodes)', median_s=g['median_s'], points=CBx.numel(),
+                peak_mb=g['peak_mb']))
+    X2 = torch.tensor([[1.0, 0.0, 0.0], [0.6, 0.8, 0.0]], dtype=torch.float64) * math.sqrt(3)
+    K2 = input_kernel(X2, 1.0, 0.0)
+    g = measure(lambda: four_point_vertex('tanh', 1.0, 0.0, K2, 6), repeats=3)
+    report(dict(name='four_point_vertex tanh, two inputs, depth 6', median_s=g['median_s'], us_per_layer=g['median_s'] / 5 * 1e6,
+                depth=6, peak_mb=g['peak_mb']))
 
     # --- sampler ----------------------------------------------------------------------------------------------
     n_nets = 200_000 if quick else 1_000_000

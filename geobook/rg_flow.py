@@ -1,4 +1,4 @@
-"""How the distribution of preactivations flows from layer to layer at initialisation: Gaussian with a recursively computed kernel at infinite width, nearly Gaussian at finite width with a four-point vertex that grows with depth over width, and tamed by tuning $(C_b, C_W)$ to criticality.
+"""How preactivation statistics flow from layer to layer at initialisation: Gaussian with a recursively computed kernel at infinite width, nearly Gaussian at finite width with a four-point vertex that grows with depth over width, and tamed by tuning (C_b, C_W) to criticality.
 
 Docs: https://geobook.github.io/geobook/rg_flow.html.md"""
 
@@ -12,15 +12,23 @@ from typing import Callable
 import numpy as np
 import torch
 from .core import (as_tensor, check_positive, check_int, check_choice, as_generator, progress,
-                          gaussian_expectation_1d, gaussian_expectation, gaussian_cholesky_2x2)
+                          gaussian_expectation_1d, gaussian_expectation, gaussian_cholesky_2x2, MAX_HERMITE_POINTS)
 
 # %% auto #0
 __all__ = ['NAMED_ACTIVATIONS', 'Activation', 'scale_invariant', 'leaky_relu', 'as_activation', 'input_kernel', 'kernel_flow',
            'correlation_flow', 'chi_parallel', 'chi_perp', 'Universality', 'universality_class', 'Criticality',
-           'criticality', 'four_point_vertex', 'excess_kurtosis', 'metric_shift', 'scale_invariant_moments',
-           'sample_preactivations']
+           'criticality', 'four_point_vertex', 'excess_kurtosis', 'metric_shift', 'correlation_length',
+           'scale_invariant_moments', 'sample_preactivations']
 
 # %% ../nbs/02_rg_flow.ipynb #ddac9007
+def _real(v, name: str) -> float:
+    "`v` as a finite float (bools and strings rejected), else a TypeError/ValueError naming `name`."
+    if isinstance(v, (bool, str, bytes)) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise TypeError(f"`{name}` must be a real number, got {v!r}")
+    v = float(v)
+    if not math.isfinite(v): raise ValueError(f"`{name}` must be finite, got {v!r}")
+    return v
+
 @dataclass(frozen=True, eq=False)
 class Activation:
     "An activation σ with the closed forms known for it; missing ones fall back to Gauss–Hermite quadrature."
@@ -32,7 +40,19 @@ class Activation:
     dsq: Callable | None = None            # K ↦ d⟨σ²⟩_K/dK
     dprime2: Callable | None = None        # K ↦ ⟨σ'²⟩_K
     pair: Callable | None = None           # (K₁₁, K₁₂, K₂₂) ↦ ⟨σ(z₁)σ(z₂)⟩_K
-    taylor: tuple | None = None            # (σ₀, σ₁, σ₂, σ₃): σ and its first three derivatives at 0
+    taylor: tuple | None = None            # (σ₀, σ₁, σ₂, σ₃): σ and its first three derivatives at 0 (smooth σ)
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name: raise TypeError(f"`name` must be a non-empty str, got {self.name!r}")
+        if not callable(self.fn): raise TypeError(f"`fn` must be callable (σ on torch tensors), got {self.fn!r}")
+        for field in ('sq', 'quartic', 'dsq', 'dprime2', 'pair'):
+            v = getattr(self, field)
+            if v is not None and not callable(v): raise TypeError(f"`{field}` must be callable or None, got {v!r}")
+        for field, n in (('slopes', 2), ('taylor', 4)):
+            v = getattr(self, field)
+            if v is None: continue
+            if not isinstance(v, (tuple, list)) or len(v) != n:
+                raise TypeError(f"`{field}` must be a tuple of {n} real numbers or None, got {v!r}")
+            object.__setattr__(self, field, tuple(_real(x, field) for x in v))
     def __call__(self, z): return self.fn(z)
     def __repr__(self): return f"Activation({self.name!r})"
 
@@ -46,7 +66,9 @@ def _arccos_pair(k11, k12, k22):
 
 def scale_invariant(a_plus: float = 1.0, a_minus: float = 0.0, name: str | None = None) -> Activation:
     "σ(z) = a₊z for z >= 0, a₋z for z < 0 (ReLU (1, 0), leaky ReLU (1, a), linear (1, 1)), with closed forms (A₂ = (a₊²+a₋²)/2)."
-    a, b = float(a_plus), float(a_minus)
+    a, b = _real(a_plus, 'a_plus'), _real(a_minus, 'a_minus')
+    if name is not None and (not isinstance(name, str) or not name):
+        raise TypeError(f"`name` must be a non-empty str or None, got {name!r}")
     A2, A4 = (a * a + b * b) / 2, (a**4 + b**4) / 2
     return Activation(
         name or f"scale_invariant({a:g}, {b:g})", lambda z: torch.where(z >= 0, a * z, b * z), slopes=(a, b),
@@ -55,12 +77,40 @@ def scale_invariant(a_plus: float = 1.0, a_minus: float = 0.0, name: str | None 
         pair=lambda k11, k12, k22: a * b * k12 + (a - b)**2 * _arccos_pair(k11, k12, k22))
 
 def leaky_relu(slope: float = 0.01) -> Activation:
-    "Leaky ReLU max(z, a z) for 0 <= a <= 1: the scale-invariant activation with slopes (1, a)."
-    return scale_invariant(1.0, float(slope), name=f"leaky_relu({float(slope):g})")
+    "Leaky ReLU max(z, a z) for a slope 0 <= a <= 1: the scale-invariant activation with slopes (1, a)."
+    a = _real(slope, 'slope')
+    if not 0 <= a <= 1: raise ValueError(f"`slope` must be in [0, 1] (max(z, a z) is leaky ReLU only there), got {slope!r}")
+    return scale_invariant(1.0, a, name=f"leaky_relu({a:g})")
 
 # %% ../nbs/02_rg_flow.ipynb #789e344e
 def _erf_pair(k11, k12, k22):
     return 2 / math.pi * torch.arcsin((2 * k12 / ((1 + 2 * k11).sqrt() * (1 + 2 * k22).sqrt())).clamp(-1, 1))
+
+def _tilt(c, K):
+    "Σⱼ cⱼ 𝔼[e^{jz} 1(z<0)] for z ~ N(0, K): 𝔼[e^{jz}1(z<0)] = ½ erfcx(j√(K/2)), by its power series where it cancels."
+    x = (K / 2).sqrt()
+    jmax = len(c) - 1
+    small = jmax * x < 1
+    direct = sum(cj * 0.5 * torch.special.erfcx(j * x) for j, cj in enumerate(c))
+    if not bool(small.any()): return direct
+    n = torch.arange(41, dtype=K.dtype, device=K.device)     # erfcx(t) = Σₙ (−t)ⁿ/Γ(n/2 + 1); Σⱼ cⱼjⁿ cancels the first terms
+    coef = torch.tensor([0.5 * sum(cj * j**k for j, cj in enumerate(c)) / math.gamma(k / 2 + 1) for k in range(41)],
+                        dtype=K.dtype, device=K.device)
+    xs = torch.where(small, x, torch.zeros_like(x))
+    series = ((-xs[..., None]) ** n * coef).sum(-1)
+    return torch.where(small, series, direct)
+
+def _elu(alpha: float, lam: float, name: str) -> Activation:
+    "λ·ELU_α: σ(z) = λz (z > 0), λα(eᶻ − 1) (z <= 0), with the closed forms of its one-input averages."
+    h = lambda a, K: 0.5 * torch.special.erfcx(a * (K / 2).sqrt())          # 𝔼[e^{az}1(z<0)]
+    return Activation(
+        name, (lambda z: torch.nn.functional.selu(z)) if name == 'selu' else (lambda z: torch.nn.functional.elu(z, alpha)),
+        sq=lambda K: lam**2 * (K / 2 + alpha**2 * _tilt((1, -2, 1), K)),
+        quartic=lambda K: lam**4 * (1.5 * K**2 + alpha**4 * _tilt((1, -4, 6, -4, 1), K)),
+        dsq=lambda K: lam**2 * (0.5 + alpha**2 * (2 * h(2, K) - h(1, K))),
+        dprime2=lambda K: lam**2 * (0.5 + alpha**2 * h(2, K)))
+
+_SELU_ALPHA, _SELU_LAMBDA = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
 
 NAMED_ACTIVATIONS = {
     'relu': lambda: scale_invariant(1, 0, 'relu'),
@@ -80,10 +130,14 @@ NAMED_ACTIVATIONS = {
     'swish': lambda: Activation('swish', torch.nn.functional.silu, taylor=(0.0, 0.5, 0.5, 0.0)),
     'sigmoid': lambda: Activation('sigmoid', torch.sigmoid, taylor=(0.5, 0.25, 0.0, -0.125)),
     'softplus': lambda: Activation('softplus', torch.nn.functional.softplus, taylor=(math.log(2), 0.5, 0.25, 0.0)),
+    'elu': lambda: _elu(1.0, 1.0, 'elu'),
+    'selu': lambda: _elu(_SELU_ALPHA, _SELU_LAMBDA, 'selu'),
 }
 
 def as_activation(activation) -> Activation:
-    "An `Activation` from a name in `NAMED_ACTIVATIONS`, an `Activation`, or an elementwise callable on torch tensors."
+    """An `Activation` from a name in `NAMED_ACTIVATIONS`, an `Activation`, or an elementwise callable on torch tensors.
+
+    A callable found to be scale-invariant (σ(λz) = λσ(z) for λ > 0 on a grid) gets that class's closed forms."""
     if isinstance(activation, Activation): return activation
     if isinstance(activation, str):
         return NAMED_ACTIVATIONS[check_choice(activation, 'activation', list(NAMED_ACTIVATIONS))]()
@@ -97,8 +151,25 @@ def as_activation(activation) -> Activation:
     if not isinstance(out, torch.Tensor) or out.shape != z.shape:
         raise TypeError(f"`activation` must map a torch tensor elementwise to a tensor of the same shape, got "
                         f"{type(out).__name__} of shape {tuple(getattr(out, 'shape', ()))} for shape {tuple(z.shape)}")
+    if not out.is_floating_point(): raise TypeError(f"`activation` must return floating-point values, got dtype {out.dtype}")
     if not bool(torch.isfinite(out).all()): raise ValueError("`activation` returned non-finite values on [-3, 3]")
-    return Activation(getattr(activation, '__name__', 'callable'), activation)
+    name = getattr(activation, '__name__', None) or 'callable'
+    slopes = _homogeneous_slopes(activation)
+    if slopes is not None:
+        closed = scale_invariant(*slopes, name=name)
+        return Activation(name, activation, slopes=closed.slopes, sq=closed.sq, quartic=closed.quartic,
+                          dsq=closed.dsq, dprime2=closed.dprime2, pair=closed.pair)
+    return Activation(name, activation)
+
+def _homogeneous_slopes(fn, tol: float = 1e-9):
+    "(a₊, a₋) if σ(λz) = λσ(z) for λ > 0 on a grid (the scale-invariant class), else None."
+    z = torch.linspace(-4, 4, 81, dtype=torch.float64)
+    try:
+        s = fn(z)
+        for lam in (0.37, 2.5, 11.0):
+            if not torch.allclose(fn(lam * z), lam * s, rtol=tol, atol=tol * lam): return None
+        return float(fn(torch.ones(1, dtype=torch.float64))), -float(fn(-torch.ones(1, dtype=torch.float64)))
+    except Exception: return None
 
 def _derivative(fn):
     "σ' elementwise by autograd, or by a central difference where σ is not differentiable in torch."
@@ -106,7 +177,9 @@ def _derivative(fn):
         try:
             with torch.enable_grad():
                 x = z.detach().clone().requires_grad_(True)
-                g, = torch.autograd.grad(fn(x).sum(), x)
+                y = fn(x)
+                if not y.requires_grad: raise TypeError('σ is not differentiable in torch')
+                g, = torch.autograd.grad(y.sum(), x)
             return g
         except Exception:
             h = 1e-5 * (1 + z.abs())
@@ -114,43 +187,243 @@ def _derivative(fn):
     return d
 
 # %% ../nbs/02_rg_flow.ipynb #7c5a8b77
-def _mean_sq(act, K, n_points=64):
+def _check_resolved(K, n_max):
+    """Warn (QuadratureWarning) when an n_max-node Gauss–Hermite rule cannot put a node within |z| < 1 at variance K: its
+    smallest node is ≈ √K·π/(2√n), so beyond K ≈ 4n/π² the rule no longer sees σ's non-linear region near 0 and n, 2n
+    can agree on a wrong value (tanh'(z)² is 0 at every node when K = 10⁸)."""
+    from geobook.core import QuadratureWarning
+    K_max = float(K.max()) if K.numel() else 0.0
+    if K_max > 4 * n_max / math.pi**2:
+        warnings.warn(f"variance K = {K_max:.3g} is beyond the reach of a {n_max}-node Gauss–Hermite rule (no node within "
+                      f"|z| < 1 for K > {4 * n_max / math.pi**2:.0f}): averages of σ without a closed form may be off by "
+                      "O(1/√K); use a closed form or smaller C_W, C_b, K0", QuadratureWarning, stacklevel=4)
+
+def _e1(f, K, n_points, atol=0.0):
+    "⟨f⟩_K, one variable: core's Gauss–Hermite rule, refined n → 2n to 1e-10 relative (float64) when `n_points` is None."
+    _check_resolved(K, n_points or MAX_HERMITE_POINTS)
+    return gaussian_expectation_1d(f, K, n_points, atol=atol, max_points=MAX_HERMITE_POINTS)
+
+def _sq_scale(act, K, power=2):
+    "max ⟨|σ|^power⟩_K over the batch from a 16-node rule (or a closed form): only the size of terms, for absolute tolerances."
+    if power == 2 and act.sq is not None: return float(act.sq(K).abs().max())
+    if power == 4 and act.quartic is not None: return float(act.quartic(K).abs().max())
+    return float(gaussian_expectation_1d(lambda z: act.fn(z).abs()**power, K, 16).max())
+
+def _mean_sq(act, K, n_points=None):
     "⟨σ²⟩_K for variances K (any shape)."
     if act.sq is not None: return act.sq(K)
-    return gaussian_expectation_1d(lambda z: act.fn(z)**2, K, n_points)
+    return _e1(lambda z: act.fn(z)**2, K, n_points)
 
-def _mean_quartic(act, K, n_points=64):
+def _mean_quartic(act, K, n_points=None):
     "⟨σ⁴⟩_K."
     if act.quartic is not None: return act.quartic(K)
-    return gaussian_expectation_1d(lambda z: act.fn(z)**4, K, n_points)
+    return _e1(lambda z: act.fn(z)**4, K, n_points)
 
-def _dmean_sq(act, K, n_points=64):
-    "d⟨σ²⟩_K/dK = ⟨σ²(z² − K)⟩_K/(2K²), eq. (4) without C_W."
+def _dmean_sq(act, K, n_points=None):
+    "d⟨σ²⟩_K/dK = ⟨σ²(z²/K − 1)⟩_K/(2K), eq. (4) without C_W."
     if act.dsq is not None: return act.dsq(K)
     Ks = K.clamp_min(torch.finfo(K.dtype).tiny)[..., None]
-    return gaussian_expectation_1d(lambda z: act.fn(z)**2 * (z**2 / Ks - 1), K, n_points) / (2 * Ks[..., 0])
+    scale = _sq_scale(act, K)                                          # the terms' size: an absolute tolerance for cancellation
+    return _e1(lambda z: act.fn(z)**2 * (z**2 / Ks - 1), K, n_points, atol=1e-13 * scale) / (2 * Ks[..., 0])
 
-def _d2mean_sq(act, K, n_points=64):
-    "g''(K) = d²⟨σ²⟩_K/dK² = ⟨σ²(z⁴ − 6Kz² + 3K²)⟩_K/(4K⁴), eq. (11)."
+def _autograd_d(fn, K):
+    "d fn(K)/dK elementwise, by autograd through a closed form."
+    with torch.enable_grad():
+        x = K.detach().clone().requires_grad_(True)
+        g, = torch.autograd.grad(fn(x).sum(), x)
+    return g
+
+def _d2mean_sq(act, K, n_points=None):
+    "g''(K) = d²⟨σ²⟩_K/dK² = ⟨σ²(z⁴/K² − 6z²/K + 3)⟩_K/(4K²), eq. (11); closed forms by autograd."
     if act.slopes is not None: return torch.zeros_like(K)
+    if act.dsq is not None: return _autograd_d(act.dsq, K)
     Ks = K.clamp_min(torch.finfo(K.dtype).tiny)[..., None]
-    return gaussian_expectation_1d(lambda z: act.fn(z)**2 * ((z**2 / Ks)**2 - 6 * z**2 / Ks + 3), K, n_points) / (4 * Ks[..., 0]**2)
+    scale = _sq_scale(act, K)
+    return _e1(lambda z: act.fn(z)**2 * ((z**2 / Ks)**2 - 6 * z**2 / Ks + 3), K, n_points,
+               atol=1e-13 * scale) / (4 * Ks[..., 0]**2)
 
-def _mean_dprime2(act, K, n_points=64):
+def _mean_dprime2(act, K, n_points=None):
     "⟨σ'²⟩_K."
     if act.dprime2 is not None: return act.dprime2(K)
     d = _derivative(act.fn)
-    return gaussian_expectation_1d(lambda z: d(z)**2, K, n_points)
+    return _e1(lambda z: d(z)**2, K, n_points)
 
-def _mean_pair(act, K, n_points=64):
+# %% ../nbs/02_rg_flow.ipynb #2e3f4051
+def _e2(f, K, n_points, atol=0.0):
+    "⟨f(z₁, z₂)⟩_K for 2×2 covariances (..., 2, 2): core's tensor-product rule, refined per axis when `n_points` is None."
+    _check_resolved(torch.diagonal(K, dim1=-2, dim2=-1), n_points or 512)
+    return gaussian_expectation(f, K, n_points, atol=atol)
+
+def _pair_atol(act, K, n_points, power=2):
+    """Absolute tolerance for two-input averages of degree `power` (2 or 4) that can vanish (odd σ, orthogonal inputs):
+    1e-10 × the smallest Cauchy–Schwarz scale √(⟨σ₁ᵖ⟩⟨σ₂ᵖ⟩) in the batch (a relative test never converges on a zero)."""
+    if n_points is not None: return 0.0
+    m = lambda k: gaussian_expectation_1d(lambda z: act.fn(z).abs()**power, k, 16)   # 16 nodes: only a scale is needed
+    return 1e-10 * float((m(K[..., 0, 0]) * m(K[..., 1, 1])).sqrt().min())
+
+def _mean_pair(act, K, n_points=None):
     "⟨σ(z₁)σ(z₂)⟩_K for 2×2 covariances K (..., 2, 2) -> (...)."
     if act.pair is not None: return act.pair(K[..., 0, 0], K[..., 0, 1], K[..., 1, 1])
-    return gaussian_expectation(lambda u, v: act.fn(u) * act.fn(v), K, n_points)
+    return _e2(lambda u, v: act.fn(u) * act.fn(v), K, n_points, _pair_atol(act, K, n_points))
+
+def _polar_moment(slopes, K, p, q, n_gl=16):
+    """⟨σ(z₁)ᵖσ(z₂)^q⟩_K exactly for scale-invariant σ: with z = Lζ, ζ = r(cos φ, sin φ), homogeneity gives
+    𝔼[r^{p+q}]·(1/2π)∫σ(u₁(φ))ᵖσ(u₂(φ))^q dφ, 𝔼[rᵐ] = 2^{m/2}Γ(1 + m/2); the φ-integrand is a trigonometric polynomial
+    between the four angles where u₁ or u₂ vanishes, so Gauss–Legendre on each piece is exact to rounding."""
+    a, b = slopes
+    sig = lambda t: torch.where(t >= 0, a * t, b * t)
+    l11, l21, l22 = gaussian_cholesky_2x2(K)
+    phi0 = torch.atan2(-l21, l22) % (2 * math.pi)                          # u₂ = l₂₁cos φ + l₂₂sin φ = 0
+    brk = torch.stack([torch.zeros_like(phi0), torch.full_like(phi0, math.pi / 2), torch.full_like(phi0, 1.5 * math.pi),
+                       phi0, (phi0 + math.pi) % (2 * math.pi), torch.full_like(phi0, 2 * math.pi)], -1).sort(-1).values
+    x, w = np.polynomial.legendre.leggauss(n_gl)
+    x, w = torch.as_tensor(x, dtype=K.dtype), torch.as_tensor(w, dtype=K.dtype)
+    lo, hi = brk[..., :-1, None], brk[..., 1:, None]                         # (..., 5, 1) pieces
+    phi = (lo + hi) / 2 + (hi - lo) / 2 * x                                 # (..., 5, n_gl)
+    u1 = l11[..., None, None] * torch.cos(phi)
+    u2 = l21[..., None, None] * torch.cos(phi) + l22[..., None, None] * torch.sin(phi)
+    integral = ((hi - lo) / 2 * w * sig(u1)**p * sig(u2)**q).sum((-2, -1))
+    m = p + q
+    return 2**(m / 2) * math.gamma(1 + m / 2) * integral / (2 * math.pi)
+
+def _pair_moment(act, K, p, q, n_points=None):
+    "⟨σ(z₁)ᵖσ(z₂)^q⟩_K: exact for scale-invariant σ (`_polar_moment`), else 2-D quadrature."
+    if q == 0: return _mean_sq(act, K[..., 0, 0], n_points) if p == 2 else _mean_quartic(act, K[..., 0, 0], n_points) if p == 4 else None
+    if p == 0: return _pair_moment(act, K.flip(-1).flip(-2), q, 0, n_points)
+    if act.slopes is not None: return _polar_moment(act.slopes, K, p, q)
+    return _e2(lambda u, v: act.fn(u)**p * act.fn(v)**q, K, n_points, _pair_atol(act, K, n_points, p + q))
+
+def _pair_geometry(K):
+    "(K₁₁, K₁₂, K₂₂, s = √det K, θ = arccos ρ) of 2×2 covariances."
+    k11, k12, k22 = K[..., 0, 0], K[..., 0, 1], K[..., 1, 1]
+    s = (k11 * k22 - k12**2).clamp_min(0).sqrt()
+    th = torch.arccos((k12 / (k11 * k22).sqrt()).clamp(-1, 1))
+    return k11, k12, k22, s, th
+
+def _closed_pair_derivs(act, K):
+    "Gradient (..., 3) and Hessian (..., 3, 3) of a closed-form ⟨σ(z₁)σ(z₂)⟩ over (K₁₁, K₁₂, K₂₂), by autograd."
+    with torch.enable_grad():
+        k = [K[..., 0, 0], K[..., 0, 1], K[..., 1, 1]]
+        k = [t.detach().clone().requires_grad_(True) for t in k]
+        g = torch.autograd.grad(act.pair(*k).sum(), k, create_graph=True)
+        H = [torch.stack(torch.autograd.grad(gi.sum(), k, retain_graph=True, allow_unused=True, materialize_grads=True), -1)
+             for gi in g]
+    return torch.stack([gi.detach() for gi in g], -1), torch.stack(H, -2).detach()
+
+def _mean_dpair(act, K, n_points=None):
+    "⟨σ'(z₁)σ'(z₂)⟩_K = ∂⟨σ(z₁)σ(z₂)⟩_K/∂K₁₂ (Price's theorem), (..., 2, 2) -> (...)."
+    if act.slopes is not None or act.pair is not None: return _pair_grad(act, K, n_points)[..., 1]
+    d = _derivative(act.fn)
+    return _e2(lambda u, v: d(u) * d(v), K, n_points)
+
+def _pair_grad_generic(act, K, n_points):
+    d = _derivative(act.fn)
+    B = _mean_dpair(act, K, n_points)                                         # ⟨σ'σ'⟩ = ∂/∂K₁₂
+    k11, k12, k22 = K[..., 0, 0], K[..., 0, 1], K[..., 1, 1]
+    A1 = _e2(lambda u, v: d(u) * u * act.fn(v), K, n_points)                  # ⟨σ'(z₁)z₁σ(z₂)⟩
+    A2 = _e2(lambda u, v: act.fn(u) * d(v) * v, K, n_points)
+    return torch.stack([(A1 - k12 * B) / (2 * k11), B, (A2 - k12 * B) / (2 * k22)], -1)
+
+def _pair_grad(act, K, n_points=None):
+    """∇⟨σ(z₁)σ(z₂)⟩_K over (K₁₁, K₁₂, K₂₂), (..., 3). Scale-invariant: ∂J/∂K₁₁ = s/(4πK₁₁), ∂J/∂K₁₂ = (π − θ)/2π;
+    closed forms by autograd; otherwise ∂/∂K₁₂ = ⟨σ'σ'⟩ and ∂/∂K₁₁ = (⟨σ'(z₁)z₁σ(z₂)⟩ − K₁₂⟨σ'σ'⟩)/(2K₁₁)."""
+    if act.slopes is not None:
+        a, b = act.slopes
+        k11, k12, k22, s, th = _pair_geometry(K)
+        c = (a - b)**2
+        return torch.stack([c * s / (4 * math.pi * k11), a * b + c * (math.pi - th) / (2 * math.pi), c * s / (4 * math.pi * k22)], -1)
+    if act.pair is not None: return _closed_pair_derivs(act, K)[0]
+    return _pair_grad_generic(act, K, n_points)
+
+# %% ../nbs/02_rg_flow.ipynb #3f405162
+def _e2_whitened(f, K, n_points=None, max_points=512, rtol=1e-10):
+    """⟨f(z₁, z₂, w₁, w₂)⟩_K with w = K⁻¹z; f(u, v, w₁, w₂, rows) returns (b, n, n, m) values for the covariances `rows`.
+    Tensor-product Gauss–Hermite rule with z = Lξ, w = L⁻ᵀξ (LLᵀ = K), refined n → 2n per axis (as core's rule) until the
+    components agree to `rtol` times their largest, when `n_points` is None."""
+    from geobook.core import hermite_rule, QuadratureWarning
+    _check_resolved(torch.diagonal(K, dim1=-2, dim2=-1), n_points or max_points)
+    l11, l21, l22 = (t.reshape(-1, 1, 1) for t in gaussian_cholesky_2x2(K))
+    def rule(n):
+        xi, w = hermite_rule(n, K.dtype, K.device)
+        x1, x2, w2d = xi[:, None], xi[None, :], (w[:, None] * w[None, :])[..., None]
+        out, step = [], max(1, 2**20 // (n * n))                             # bounded memory: 2²⁰ nodes per chunk
+        for s in range(0, l11.shape[0], step):
+            a11, a21, a22 = l11[s:s + step], l21[s:s + step], l22[s:s + step]
+            u, v = a11 * x1, a21 * x1 + a22 * x2
+            w2_ = x2 / a22; w1_ = (x1 - a21 * w2_) / a11
+            out.append((f(u, v, w1_.expand_as(v), w2_.expand_as(v), slice(s, s + step)) * w2d).sum((1, 2)))
+        return torch.cat(out)
+    if n_points is not None: out = rule(check_int(n_points, 'n_points', minimum=1))
+    else:
+        n, prev = 16, rule(16)
+        while True:
+            n *= 2; out = rule(n)
+            scale = out.abs().amax(-1, keepdim=True)                         # components share one scale (they cancel)
+            if bool(((out - prev).abs() <= rtol * scale).all()): break
+            if 2 * n > max_points:
+                warnings.warn(f"two-input Hessian: {n // 2} and {n} Gauss–Hermite nodes still differ by more than rtol="
+                              f"{rtol:.0e}; a kinked σ converges slowly: use a closed form", QuadratureWarning, stacklevel=3)
+                break
+            prev = out
+    return out.reshape(*K.shape[:-2], out.shape[-1])
+
+def _pair_hess(act, K, n_points=None):
+    """Hessian of ⟨σ(z₁)σ(z₂)⟩_K over (K₁₁, K₁₂, K₂₂), (..., 3, 3): closed forms for scale-invariant σ and by autograd for
+    erf/sin; otherwise derivative-free, ∂²⟨f⟩/∂K_a∂K_b = ⟨f (A_aA_b − wᵀΔ_aPΔ_bw + ½tr PΔ_aPΔ_b)⟩ with P = K⁻¹, w = Pz,
+    A_a = ½wᵀΔ_aw − ½tr PΔ_a, Δ₁₁ = E₁₁, Δ₁₂ = E₁₂ + E₂₁, Δ₂₂ = E₂₂ (valid for any σ; needs |ρ| < 1)."""
+    if act.slopes is not None:
+        a, b = act.slopes
+        k11, k12, k22, s, th = _pair_geometry(K)
+        c = (a - b)**2 / (8 * math.pi * s)                                   # Price: ∂²J/∂K₁₂² = ⟨δ(z₁)δ(z₂)⟩ = 1/(2πs)
+        h11 = c * (2 * k12**2 - k11 * k22) / k11**2
+        h22 = c * (2 * k12**2 - k11 * k22) / k22**2
+        h1x, h2x, hxx, h12 = -2 * c * k12 / k11, -2 * c * k12 / k22, 4 * c, c
+        return torch.stack([torch.stack([h11, h1x, h12], -1), torch.stack([h1x, hxx, h2x], -1),
+                            torch.stack([h12, h2x, h22], -1)], -2)
+    if act.pair is not None: return _closed_pair_derivs(act, K)[1]
+    k11, k12, k22 = K[..., 0, 0], K[..., 0, 1], K[..., 1, 1]
+    det = k11 * k22 - k12**2
+    if bool((det <= 1e-12 * k11 * k22).any()): raise ValueError("`K0` must be two distinct inputs (|ρ| < 1) for the two-input vertex")
+    P = torch.stack([k22 / det, -k12 / det, k11 / det], -1).reshape(-1, 1, 1, 3)       # P₁₁, P₁₂, P₂₂ per covariance
+    def f(u, v, w1, w2, rows):
+        p11, p12, p22 = P[rows, ..., 0], P[rows, ..., 1], P[rows, ..., 2]
+        ss = act.fn(u) * act.fn(v)
+        A = [(w1 * w1 - p11) / 2, w1 * w2 - p12, (w2 * w2 - p22) / 2]
+        Bm = {(0, 0): p11 * w1 * w1, (0, 1): p11 * w1 * w2 + p12 * w1 * w1, (0, 2): p12 * w1 * w2,
+              (1, 1): 2 * p12 * w1 * w2 + p22 * w1 * w1 + p11 * w2 * w2, (1, 2): p22 * w1 * w2 + p12 * w2 * w2,
+              (2, 2): p22 * w2 * w2}
+        C = {(0, 0): p11**2 / 2, (0, 1): p11 * p12, (0, 2): p12**2 / 2, (1, 1): p12**2 + p11 * p22,
+             (1, 2): p22 * p12, (2, 2): p22**2 / 2}
+        return torch.stack([ss * (A[i] * A[j] - Bm[i, j] + C[i, j]) for (i, j) in sorted(C)], -1)
+    h = _e2_whitened(f, K, n_points)                                          # (..., 6): 00, 01, 02, 11, 12, 22
+    idx = [[0, 1, 2], [1, 3, 4], [2, 4, 5]]
+    return torch.stack([torch.stack([h[..., j] for j in r], -1) for r in idx], -2)
 
 # %% ../nbs/02_rg_flow.ipynb #65ce2348
+_MAX_DEPTH = 1_000_000            # layers a flow may run
+_MAX_ELEMENTS = 2**27             # entries a flow's output may hold (1 GiB in float64)
+
+def _check_n_points(n_points):
+    "None (refine) or a rule size 1..MAX_HERMITE_POINTS."
+    if n_points is None: return None
+    n = check_int(n_points, 'n_points', minimum=1)
+    if n > MAX_HERMITE_POINTS: raise ValueError(f"`n_points` must be at most {MAX_HERMITE_POINTS}, got {n}")
+    return n
+
+def _check_depth(depth, numel=1):
+    "`depth` as an int in 1..1e6 whose output (depth × `numel` entries) fits the allocation bound."
+    depth = check_int(depth, 'depth', minimum=1)
+    if depth > _MAX_DEPTH: raise ValueError(f"`depth` must be at most {_MAX_DEPTH}, got {depth}")
+    if depth * numel > _MAX_ELEMENTS:
+        raise ValueError(f"`depth` × batch = {depth} × {numel} entries exceeds the bound {_MAX_ELEMENTS}: use fewer layers "
+                         "or a smaller batch")
+    return depth
+
 def _param(v, name, strict, ref=None):
-    "A hyperparameter (number or tensor) as a tensor like `ref`, checked > 0 (`strict`) or >= 0."
+    "A hyperparameter (number or tensor) as a tensor like `ref`, checked finite and > 0 (`strict`) or >= 0."
+    if isinstance(v, (bool, str)): raise TypeError(f"`{name}` must be a number or a tensor, got {v!r}")
     t = as_tensor(v, name, dtype=None if ref is None else ref.dtype, device=None if ref is None else ref.device)
+    if t.numel() == 0: raise ValueError(f"`{name}` must not be empty")
     if bool(((t <= 0) if strict else (t < 0)).any()):
         bad = 'a non-positive entry' if strict else 'a negative entry'
         raise ValueError(f"`{name}` must be {'> 0' if strict else '>= 0'}, got {t.item() if t.numel() == 1 else bad}")
@@ -158,7 +431,9 @@ def _param(v, name, strict, ref=None):
 
 def _kernel_input(K0):
     "K0 as a float tensor: variances (any shape) or 2×2 covariances (..., 2, 2), checked positive (semi-)definite."
+    if isinstance(K0, (bool, str)): raise TypeError(f"`K0` must be a number or a tensor, got {K0!r}")
     K0 = as_tensor(K0, 'K0')
+    if K0.numel() == 0: raise ValueError("`K0` must not be empty")
     pairs = K0.ndim >= 2 and K0.shape[-2:] == (2, 2)
     if pairs:
         d = torch.diagonal(K0, dim1=-2, dim2=-1)
@@ -170,8 +445,11 @@ def _kernel_input(K0):
     return K0, pairs
 
 class _Overflow:
-    "Kernels that overflowed become +inf for good; one RuntimeWarning names the first such layer."
-    def __init__(self, pairs, what='kernel'): self.pairs, self.bad, self.layer, self.what = pairs, None, None, what
+    """Guard for flows that leave the floating-point range. mode 'raise': an OverflowError naming the first layer where a
+    kernel (or vertex) became non-finite. mode 'inf': those entries become +inf for good (their later averages are taken at
+    a harmless stand-in and discarded), with one RuntimeWarning naming the layer."""
+    def __init__(self, pairs, what='kernel', mode='raise'):
+        self.pairs, self.bad, self.layer, self.what, self.mode = pairs, None, None, what, mode
     def safe(self, K):
         "K with overflowed entries replaced by a harmless stand-in (1, or the identity), so averages stay finite."
         if self.bad is None: return K
@@ -181,10 +459,13 @@ class _Overflow:
         if self.pairs: bad = bad.any(-1, keepdim=True).any(-2, keepdim=True).expand_as(K)
         if self.bad is not None: bad = bad | self.bad
         if bool(bad.any()):
+            msg = (f"{self.what} overflowed (beyond the float range) at layer {layer}: an off-critical initialisation "
+                   "grows exponentially with depth")
+            if self.mode == 'raise':
+                raise OverflowError(msg + "; use fewer layers, a critical (C_b, C_W), or kernel_flow(..., on_overflow='inf')")
             if self.layer is None:
                 self.layer = layer
-                warnings.warn(f"{self.what} overflowed to inf at layer {layer} (off-critical initialisation: it grows "
-                              "exponentially with depth)", RuntimeWarning, stacklevel=3)
+                warnings.warn(msg + "; those entries are inf from there on", RuntimeWarning, stacklevel=3)
             K = torch.where(bad, torch.full_like(K, math.inf), K)
             self.bad = bad
         return K
@@ -196,38 +477,52 @@ def _next_kernel(act, C_W, C_b, K, pairs, n_points):
     k12 = _mean_pair(act, K, n_points)
     return C_b + C_W * torch.stack([torch.stack([k11, k12], -1), torch.stack([k12, k22], -1)], -2)
 
-def _flow_setup(activation, C_W, C_b, K0, depth):
+def _flow_setup(activation, C_W, C_b, K0, depth, n_points=None):
     act = as_activation(activation)
-    depth = check_int(depth, 'depth', minimum=1)
     K, pairs = _kernel_input(K0)
     C_W = _param(C_W, 'C_W', True, K); C_b = _param(C_b, 'C_b', False, K)
     if pairs: C_W, C_b = C_W[..., None, None], C_b[..., None, None]
-    K = torch.broadcast_to(K, torch.broadcast_shapes(K.shape, C_W.shape, C_b.shape)).clone()
-    return act, C_W, C_b, K, pairs, depth
+    try: shape = torch.broadcast_shapes(K.shape, C_W.shape, C_b.shape)
+    except RuntimeError: raise ValueError(f"`C_W` {tuple(C_W.shape)}, `C_b` {tuple(C_b.shape)} and `K0` {tuple(K.shape)} "
+                                          "must broadcast against each other") from None
+    depth = _check_depth(depth, math.prod(shape))
+    _check_n_points(n_points)
+    return act, C_W, C_b, torch.broadcast_to(K, shape).clone(), pairs, depth
 
 def input_kernel(x, C_W: float, C_b: float) -> torch.Tensor:
     "First-layer kernel K⁽¹⁾ = C_b + C_W x·xᵀ/n₀ for one input x (n₀,) -> () or inputs x (m, n₀) -> (m, m)."
     x = as_tensor(x, 'x', ndim=(1, 2), shape='(n_0,) or (m, n_0)')
+    if x.numel() == 0: raise ValueError(f"`x` must not be empty, got shape {tuple(x.shape)}")
     C_W = check_positive(C_W, 'C_W'); C_b = check_positive(C_b, 'C_b', strict=False)
     return C_b + C_W * (x @ x.T if x.ndim == 2 else x @ x) / x.shape[-1]
 
-def kernel_flow(activation, C_W, C_b, K0, depth: int, n_points: int = 64) -> torch.Tensor:
+def kernel_flow(activation, C_W, C_b, K0, depth: int, n_points: int | None = None, on_overflow: str = 'raise') -> torch.Tensor:
     """Kernel K⁽ˡ⁾ at layers l = 1..depth from K⁽¹⁾ = `K0` by K⁽ˡ⁺¹⁾ = C_b + C_W⟨σσ⟩_{K⁽ˡ⁾}, eq. (3).
 
     `K0`: variances (scalar or any shape) for one input, or covariances (..., 2, 2) for two; `C_W` (> 0), `C_b` (>= 0)
-    broadcast against its batch shape. Returns (depth, *batch) or (depth, *batch, 2, 2); overflow -> inf + warning."""
-    act, C_W, C_b, K, pairs, depth = _flow_setup(activation, C_W, C_b, K0, depth)
-    out, guard = [K], _Overflow(pairs)
+    broadcast against its batch shape. Returns (depth, *batch) or (depth, *batch, 2, 2). Gaussian averages: closed forms,
+    else Gauss–Hermite refined until n and 2n nodes agree to 1e-10 relative (`n_points`: a fixed rule instead).
+    `on_overflow`: 'raise' (OverflowError naming the layer) or 'inf' (inf from there on, with one RuntimeWarning)."""
+    check_choice(on_overflow, 'on_overflow', ['raise', 'inf'])
+    act, C_W, C_b, K, pairs, depth = _flow_setup(activation, C_W, C_b, K0, depth, n_points)
+    out, guard = [K], _Overflow(pairs, mode=on_overflow)
     for l in range(2, depth + 1):
         K = guard(_next_kernel(act, C_W, C_b, guard.safe(K), pairs, n_points), l)
         out.append(K)
     return torch.stack(out)
 
-def correlation_flow(activation, C_W, C_b, K0, depth: int, n_points: int = 64) -> torch.Tensor:
-    "Correlation ρ⁽ˡ⁾ = K₁₂/√(K₁₁K₂₂) of two inputs at layers 1..depth; `K0` (..., 2, 2). Returns (depth, *batch)."
+def correlation_flow(activation, C_W, C_b, K0, depth: int, n_points: int | None = None) -> torch.Tensor:
+    """Correlation ρ⁽ˡ⁾ = K₁₂/√(K₁₁K₂₂) of two inputs at layers 1..depth; `K0` (..., 2, 2). Returns (depth, *batch).
+
+    Raises OverflowError if the kernel overflows and FloatingPointError if a variance underflows to 0 (ρ undefined)."""
     if not _kernel_input(K0)[1]:
         raise ValueError(f"`K0` must be 2×2 covariances (..., 2, 2) for a correlation flow, got shape {tuple(as_tensor(K0, 'K0').shape)}")
     K = kernel_flow(activation, C_W, C_b, K0, depth, n_points)
+    zero = (K[..., 0, 0] == 0) | (K[..., 1, 1] == 0)
+    if bool(zero.any()):
+        l = int(zero.reshape(len(zero), -1).any(-1).nonzero()[0]) + 1
+        raise FloatingPointError(f"a variance underflowed to 0 at layer {l} (the kernel decays exponentially), so the "
+                                 "correlation is undefined from there on: use fewer layers")
     return K[..., 0, 1] / (K[..., 0, 0].sqrt() * K[..., 1, 1].sqrt())
 
 # %% ../nbs/02_rg_flow.ipynb #5ee0a463
@@ -235,117 +530,185 @@ def _as_variance(K):
     K = _param(K, 'K', True)
     return K if K.dtype in (torch.float32, torch.float64) else K.double()
 
-def chi_parallel(activation, C_W, K, n_points: int = 64) -> torch.Tensor:
+def chi_parallel(activation, C_W, K, n_points: int | None = None) -> torch.Tensor:
     "χ_∥(K) = C_W d⟨σ²⟩_K/dK = (C_W/2K²)⟨σ²(z²−K)⟩_K = ∂K⁽ˡ⁺¹⁾/∂K⁽ˡ⁾, eq. (4); K (> 0) any shape, C_W broadcasts."
     act, K = as_activation(activation), _as_variance(K)
-    return _param(C_W, 'C_W', True, K) * _dmean_sq(act, K, n_points)
+    C_W = _param(C_W, 'C_W', True, K); _check_n_points(n_points)
+    return C_W * _dmean_sq(act, K, n_points)
 
-def chi_perp(activation, C_W, K, n_points: int = 64) -> torch.Tensor:
+def chi_perp(activation, C_W, K, n_points: int | None = None) -> torch.Tensor:
     "χ_⊥(K) = C_W⟨σ'(z)²⟩_K, eq. (5): growth factor of a small separation of two inputs; K (> 0) any shape."
     act, K = as_activation(activation), _as_variance(K)
-    return _param(C_W, 'C_W', True, K) * _mean_dprime2(act, K, n_points)
+    C_W = _param(C_W, 'C_W', True, K); _check_n_points(n_points)
+    return C_W * _mean_dprime2(act, K, n_points)
 
 # %% ../nbs/02_rg_flow.ipynb #fcbe8955
-def _taylor(fn, h: float = 1e-3) -> tuple:
-    "(σ(0), σ'(0), σ''(0), σ'''(0)) by nested autograd in float64, else by central differences with step h."
+def _one_sided(fn, side: int, eps: float = 1e-200, h: float = 1e-2) -> tuple:
+    """(σ(0), σ', σ'', σ''') at 0 from the right (`side` = 1) or the left (−1): nested float64 autograd at ±`eps`, or where
+    σ is not differentiable in torch, the exact degree-8 polynomial through σ(0), σ(±h), …, σ(±8h) (error O(h⁶) in σ''')."""
     try:
         with torch.enable_grad():
-            x = torch.zeros(1, dtype=torch.float64, requires_grad=True)
-            y = fn(x); ds = [float(y.detach())]
-            if not y.requires_grad: raise TypeError('σ is not differentiable in torch')   # -> central differences
+            x = torch.full((1,), side * eps, dtype=torch.float64, requires_grad=True)
+            y = fn(x); ds = [float(fn(torch.zeros(1, dtype=torch.float64))[0])]
+            if not y.requires_grad: raise TypeError('σ is not differentiable in torch')
             for _ in range(3):
                 if not y.requires_grad: ds.append(0.0); y = torch.zeros_like(y); continue
                 y, = torch.autograd.grad(y.sum(), x, create_graph=True)
                 ds.append(float(y.detach()))
         if all(math.isfinite(d) for d in ds): return tuple(ds)
     except Exception: pass
-    f = lambda t: float(fn(torch.tensor([t], dtype=torch.float64))[0])
-    f0, p1, m1, p2, m2 = f(0), f(h), f(-h), f(2 * h), f(-2 * h)
-    return (f0, (p1 - m1) / (2 * h), (p1 - 2 * f0 + m1) / h**2, (p2 - 2 * p1 + 2 * m1 - m2) / (2 * h**3))
-
-def _homogeneous_slopes(fn, tol: float = 1e-9):
-    "(a₊, a₋) if σ(λz) = λσ(z) for λ > 0 on a grid (the scale-invariant class), else None."
-    z = torch.linspace(-4, 4, 81, dtype=torch.float64)
-    s = fn(z)
-    for lam in (0.37, 2.5, 11.0):
-        if not torch.allclose(fn(lam * z), lam * s, rtol=tol, atol=tol * lam): return None
-    return float(fn(torch.ones(1, dtype=torch.float64))), -float(fn(-torch.ones(1, dtype=torch.float64)))
+    t = side * h * np.arange(9.0)
+    f = fn(torch.tensor(t, dtype=torch.float64)).double().numpy()
+    c = np.linalg.solve(np.vander(t, 9, increasing=True), f)
+    return (float(f[0]), float(c[1]), float(2 * c[2]), float(6 * c[3]))
 
 @dataclass
 class Universality:
-    "Universality class: 'scale-invariant', 'K*=0', 'half-stable' (σ(0) = 0 but a₁ >= 0: K* = 0 repels) or 'none'."
+    """Universality class of σ. `kind`: 'scale-invariant' (σ(λz) = λσ(z), λ > 0), 'K*=0' (σ(0) = 0 and K = 0 attracts the
+    critical flow), 'K*>0' (σ(0) = 0 but K = 0 repels: a critical point, if any, has K* > 0), 'none' (σ(0) ≠ 0 or
+    σ'(0±) = 0: K = 0 is no critical fixed point). `decided_by`: which term of K⁽ˡ⁺¹⁾ = K + bK^{3/2} + a₁K² + … decided."""
     kind: str
-    taylor: tuple | None = None     # (σ₀, σ₁, σ₂, σ₃)
+    taylor: tuple | None = None     # (σ₀, σ₁, σ₂, σ₃) at 0 when σ is smooth there
     slopes: tuple | None = None     # (a₊, a₋), scale-invariant class
-    A_2: float | None = None        # (a₊² + a₋²)/2
-    a_1: float | None = None        # K⁽ˡ⁺¹⁾ = K + a₁K² + O(K³) at C_b = 0, C_W = 1/σ₁², eq. (7)
+    A_2: float | None = None        # (σ'(0⁺)² + σ'(0⁻)²)/2: C_W = 1/A₂ at criticality
+    a_1: float | None = None        # coefficient of K² at C_b = 0, C_W = 1/A₂, eq. (7)
+    b: float | None = None          # coefficient of K^{3/2} (nonzero only for σ kinked at 0)
+    one_sided: tuple | None = None  # ((σ₀, σ'₊, σ''₊, σ'''₊), (σ₀, σ'₋, σ''₋, σ'''₋)): derivatives from the right and the left
+    decided_by: str = ''            # 'homogeneity', 'σ(0)', "σ'(0)", 'b', 'a_1' or 'flow'
+    def __post_init__(self):
+        check_choice(self.kind, 'kind', ['scale-invariant', 'K*=0', 'K*>0', 'none', 'undecided'])
+        for f in ('A_2', 'a_1', 'b'):
+            if getattr(self, f) is not None: _real(getattr(self, f), f)
 
-def universality_class(activation) -> Universality:
-    "Classify σ by homogeneity, else by its Taylor data at 0: a₁ = σ₃/σ₁ + ¾(σ₂/σ₁)², eq. (7)."
-    act = as_activation(activation)
+def universality_class(activation, n_points: int | None = None) -> Universality:
+    """Classify σ: homogeneity first; else from one-sided derivatives at 0. With A₂ = (σ'₊² + σ'₋²)/2 and C_W = 1/A₂,
+    C_b = 0, eq. (12): K⁽ˡ⁺¹⁾ = K + bK^{3/2} + a₁K² + O(K^{5/2}), b = √(2/π)(σ'₊σ''₊ − σ'₋σ''₋)/A₂,
+    a₁ = (3/2)[(σ''₊² + σ''₋²)/4 + (σ'₊σ'''₊ + σ'₋σ'''₋)/3]/A₂ (eq. 7 when smooth: a₁ = σ₃/σ₁ + ¾(σ₂/σ₁)²).
+    The first nonzero of b, a₁ decides (negative: K* = 0 attracts); if both vanish, the critical flow from K = 1 decides
+    (200 layers, monotone and by more than 1e-3; else 'undecided')."""
+    act = as_activation(activation); _check_n_points(n_points)
     slopes = act.slopes or _homogeneous_slopes(act.fn)
     if slopes is not None:
         a, b = slopes
-        return Universality('scale-invariant', slopes=(a, b), A_2=(a * a + b * b) / 2)
-    t = act.taylor or _taylor(act.fn)
-    s0, s1, s2, s3 = t
-    if abs(s0) > 1e-10 or abs(s1) < 1e-10: return Universality('none', taylor=t)
-    a1 = s3 / s1 + 0.75 * (s2 / s1)**2
-    return Universality('K*=0' if a1 < 0 else 'half-stable', taylor=t, a_1=a1)
+        return Universality('scale-invariant', slopes=(a, b), A_2=(a * a + b * b) / 2, decided_by='homogeneity')
+    R, L = (tuple(act.taylor),) * 2 if act.taylor else (_one_sided(act.fn, 1), _one_sided(act.fn, -1))
+    kinked = any(abs(r - l) > 1e-7 * (1 + abs(r)) for r, l in zip(R, L))
+    taylor = None if kinked else tuple((r + l) / 2 for r, l in zip(R, L))
+    if not kinked: R = L = taylor
+    u = dict(taylor=taylor, one_sided=(R, L))
+    if abs(R[0]) > 1e-10: return Universality('none', decided_by='σ(0)', **u)
+    A2 = (R[1]**2 + L[1]**2) / 2
+    if A2 < 1e-20: return Universality('none', A_2=A2, decided_by="σ'(0)", **u)
+    b = math.sqrt(2 / math.pi) * (R[1] * R[2] - L[1] * L[2]) / A2 if kinked else 0.0
+    a1 = 1.5 * ((R[2]**2 + L[2]**2) / 4 + (R[1] * R[3] + L[1] * L[3]) / 3) / A2
+    u.update(A_2=A2, a_1=a1, b=b)
+    if abs(b) > 1e-7: return Universality('K*=0' if b < 0 else 'K*>0', decided_by='b', **u)
+    if abs(a1) > 1e-7: return Universality('K*=0' if a1 < 0 else 'K*>0', decided_by='a_1', **u)
+    K = torch.ones((), dtype=torch.float64); Ks = [1.0]
+    for _ in range(200):                                   # fixed 1024-node rule: only the trend matters
+        K = _mean_sq(act, K, n_points or 1024) / A2; Ks.append(float(K))
+    d = np.diff(Ks)
+    kind = 'K*=0' if (d < 0).all() and Ks[-1] < 1 - 1e-3 else 'K*>0' if (d > 0).all() and Ks[-1] > 1 + 1e-3 else 'undecided'
+    return Universality(kind, decided_by='flow', **u)
 
 # %% ../nbs/02_rg_flow.ipynb #3419744e
 @dataclass
 class Criticality:
-    "Critical initialisation: χ_∥(K*) = χ_⊥(K*) = 1 at the fixed point K*, or `exists=False` with the reason in `message`."
+    """Critical initialisation: χ_∥(K*) = χ_⊥(K*) = 1 at the fixed point K*, or `exists=False` with the reason in `message`.
+    `stability` says how the critical flow behaves near K*; `curvature` is f''(K*) = C_W d²⟨σ²⟩/dK² of the kernel map
+    f(K) = C_b + C_W⟨σ²⟩_K at a K* > 0: f(K* + δ) = K* + δ + f''δ²/2 + O(δ³), eq. (13), half-stable."""
     exists: bool
     C_b: float | None
     C_W: float | None
     K_star: float | None            # None for the scale-invariant class: every K is a fixed point
     universality: Universality
     message: str = ''
+    stability: str = ''
+    curvature: float | None = None
+    def __post_init__(self):
+        if not isinstance(self.exists, bool): raise TypeError(f"`exists` must be a bool, got {self.exists!r}")
+        if not isinstance(self.universality, Universality):
+            raise TypeError(f"`universality` must be a Universality, got {type(self.universality).__name__}")
+        for f in ('C_b', 'C_W', 'K_star', 'curvature'):
+            if getattr(self, f) is not None: _real(getattr(self, f), f)
 
-def _bisect(g, lo, hi, iters=80):
-    "Root of g on [lo, hi] (a sign change), bisecting in log K."
-    glo = g(lo)
+def _root(g, lo, hi, glo=None, ghi=None, iters=100):
+    "Root of g on [lo, hi] (a sign change) by the Illinois variant of regula falsi, to 1e-14 relative in K."
+    glo = g(lo) if glo is None else glo; ghi = g(hi) if ghi is None else ghi
+    side = 0
     for _ in range(iters):
-        mid = math.sqrt(lo * hi); gm = g(mid)
-        if (gm > 0) == (glo > 0): lo, glo = mid, gm
-        else: hi = mid
-    return math.sqrt(lo * hi)
+        x = (lo * ghi - hi * glo) / (ghi - glo)
+        gx = g(x)
+        if gx == 0: return x
+        if (gx > 0) == (ghi > 0):
+            hi, ghi = x, gx
+            if side == 1: glo /= 2
+            side = 1
+        else:
+            lo, glo = x, gx
+            if side == -1: ghi /= 2
+            side = -1
+        if hi - lo <= 1e-14 * hi: break
+    return (lo + hi) / 2
 
-def criticality(activation, K_range=(1e-4, 1e3), n_grid: int = 141, n_points: int = 64) -> Criticality:
-    """(C_b, C_W) with χ_∥(K*) = χ_⊥(K*) = 1. Scale-invariant σ: (0, 1/A₂). K* = 0 class: (0, 1/σ₁²).
+def _check_K_range(K_range):
+    if isinstance(K_range, (str, bytes)) or not hasattr(K_range, '__len__') or len(K_range) != 2:
+        raise TypeError(f"`K_range` must be a pair (K_min, K_max), got {K_range!r}")
+    lo, hi = (check_positive(k, 'K_range') for k in K_range)
+    if not lo < hi <= 1e6: raise ValueError(f"`K_range` must satisfy 0 < K_min < K_max <= 1e6, got {K_range!r}")
+    return lo, hi
 
-    Otherwise K* > 0 solves ⟨σσ''⟩_{K*} = 0 (eq. 6), searched on a log grid over `K_range`; C_W = 1/⟨σ'²⟩_{K*},
-    C_b = K* − C_W⟨σ²⟩_{K*} >= 0. When nothing qualifies, `exists` is False and `message` says why."""
-    act = as_activation(activation); u = universality_class(act)
+def criticality(activation, K_range=(1e-4, 1e2), n_grid: int = 141, n_points: int | None = None) -> Criticality:
+    """(C_b, C_W) with χ_∥(K*) = χ_⊥(K*) = 1. Scale-invariant σ: (0, 1/A₂), every K a fixed point. K* = 0 class:
+    (0, 1/A₂), A₂ = (σ'(0⁺)² + σ'(0⁻)²)/2, K* = 0 attracting as a power law.
+
+    Otherwise K* > 0 solves ⟨σσ''⟩_{K*} = 0 (eq. 6), scanned for sign changes on a log grid of `n_grid` points over
+    `K_range` (512-node rule) and solved by regula falsi (Illinois) with refined averages; C_W = 1/⟨σ'²⟩_{K*},
+    C_b = K* − C_W⟨σ²⟩_{K*} >= 0. Gaussian averages refined to 1e-10 relative (`n_points`: a fixed rule instead), so
+    K*, C_b, C_W come out to about 1e-9. When nothing qualifies, `exists` is False and
+    `message` says why."""
+    act = as_activation(activation); _check_n_points(n_points)
+    lo, hi = _check_K_range(K_range)
+    n_grid = check_int(n_grid, 'n_grid', minimum=2)
+    if n_grid > 100_000: raise ValueError(f"`n_grid` must be at most 100000, got {n_grid}")
+    u = universality_class(act, n_points)
     if u.kind == 'scale-invariant':
         if u.A_2 == 0: return Criticality(False, None, None, None, u, 'no critical point: σ vanishes identically')
-        return Criticality(True, 0.0, 1 / u.A_2, None, u, 'scale-invariant: every K is a fixed point at C_b = 0, C_W = 1/A_2')
+        return Criticality(True, 0.0, 1 / u.A_2, None, u, 'scale-invariant: every K is a fixed point at C_b = 0, C_W = 1/A_2',
+                           'marginal: every K is a fixed point (χ_∥ = χ_⊥ = 1 at all K)')
     if u.kind == 'K*=0':
-        return Criticality(True, 0.0, 1 / u.taylor[1]**2, 0.0, u,
-                           f'K*=0 class: K^l ~ 1/(-a_1 l) = 1/({-u.a_1:.4g} l) at criticality')
-    lo, hi = (check_positive(k, 'K_range') for k in K_range)
-    T = lambda K: torch.tensor([K], dtype=torch.float64)
-    g = lambda K: float(_dmean_sq(act, T(K), n_points) - _mean_dprime2(act, T(K), n_points))   # ⟨σσ''⟩_K
-    Ks = np.geomspace(lo, hi, check_int(n_grid, 'n_grid', minimum=2)); gs = [g(K) for K in Ks]
-    for i in range(len(Ks) - 1):
+        law = (f'K ≈ 4/(b²ℓ²) = {4 / u.b**2:.4g}/ℓ² (b = {u.b:.4g})' if u.decided_by == 'b' else
+               f'K ≈ 1/(−a₁ℓ) = 1/({-u.a_1:.4g} ℓ)' if u.decided_by == 'a_1' else
+               'b = a₁ = 0, so a higher order sets the rate (decided by the flow)')
+        return Criticality(True, 0.0, 1 / u.A_2, 0.0, u, f'K*=0 class ({u.decided_by} decides)', f'attracts K > 0: {law}')
+    T = lambda K: torch.as_tensor(K, dtype=torch.float64)
+    Ks = np.geomspace(lo, hi, n_grid)
+    n_scan = n_points or 512                              # the scan needs signs only: a fixed rule, no refinement
+    gs = (_dmean_sq(act, T(Ks), n_scan) - _mean_dprime2(act, T(Ks), n_scan)).numpy()           # ⟨σσ''⟩_K on the grid
+    g = lambda K: float(_dmean_sq(act, T([K]), n_points) - _mean_dprime2(act, T([K]), n_points))
+    for i in range(n_grid - 1):
         if gs[i] == 0 or (gs[i] > 0) != (gs[i + 1] > 0):
-            Kst = Ks[i] if gs[i] == 0 else _bisect(g, Ks[i], Ks[i + 1])
-            C_W = float(1 / _mean_dprime2(act, T(Kst), n_points)); C_b = Kst - C_W * float(_mean_sq(act, T(Kst), n_points))
+            Kst = float(Ks[i]) if gs[i] == 0 else _root(g, float(Ks[i]), float(Ks[i + 1]))
+            C_W = float(1 / _mean_dprime2(act, T([Kst]), n_points)); C_b = Kst - C_W * float(_mean_sq(act, T([Kst]), n_points))
             if C_b >= 0:
-                return Criticality(True, C_b, C_W, Kst, u, f"K* = {Kst:.6g} > 0 with <σσ''>_K* = 0")
-    why = ("σ(0) != 0, so K* = 0 is no fixed point" if u.taylor and abs(u.taylor[0]) > 1e-10 else
-           f"K* = 0 repels (a_1 = {u.a_1:.4g} >= 0)" if u.kind == 'half-stable' else "σ'(0) = 0")
+                f2 = C_W * float(_d2mean_sq(act, T([Kst]), n_points))
+                side = ('attracts from above, repels from below' if f2 < 0 else 'attracts from below, repels from above')
+                return Criticality(True, C_b, C_W, Kst, u, f"K* = {Kst:.6g} > 0 with <σσ''>_K* = 0",
+                                   f"half-stable: {side} (f''(K*) = {f2:.3g}; |K − K*| ≈ 2/(|f''|ℓ) on the attracting side)", f2)
+    why = {'σ(0)': "σ(0) != 0, so K* = 0 is no fixed point", "σ'(0)": "σ'(0) = 0",
+           'undecided': 'the flow near K = 0 is undecided'}.get(u.decided_by if u.kind == 'none' else u.kind,
+                                                                 f"K* = 0 repels ({u.decided_by} decides)")
     return Criticality(False, None, None, None, u,
                        f"no critical point: {why}, and <σσ''>_K has no zero with C_b >= 0 for K in [{lo:g}, {hi:g}]")
 
 # %% ../nbs/02_rg_flow.ipynb #678a2317
-def _widths(widths, depth=None):
+def _widths(widths, depth=None, max_width=10**6):
     if isinstance(widths, (str, bytes)) or not hasattr(widths, '__len__'):
         raise TypeError(f"`widths` must be a sequence of layer widths [n_0, ..., n_L], got {widths!r}")
     ws = [check_int(n, 'widths', minimum=1) for n in widths]
     if len(ws) < 2: raise ValueError(f"`widths` must list at least [n_0, n_1], got {ws}")
+    if len(ws) > _MAX_DEPTH + 1: raise ValueError(f"`widths` must list at most {_MAX_DEPTH + 1} layers, got {len(ws)}")
+    if max(ws) > max_width: raise ValueError(f"`widths` must be at most {max_width}, got {max(ws)}")
     if depth is not None and len(ws) != depth + 1:
         raise ValueError(f"`widths` must have depth + 1 = {depth + 1} entries [n_0, ..., n_L], got {len(ws)}")
     return ws
@@ -356,65 +719,216 @@ def _ratios(widths, depth):
     ws = _widths(widths, depth)
     return [1.0] + [ws[l] / ws[l - 1] for l in range(1, depth)]
 
-def four_point_vertex(activation, C_W, C_b, K0, depth: int, widths=None, n_points: int = 64) -> torch.Tensor:
-    """Four-point vertex V⁽ˡ⁾, l = 1..depth, at leading order in 1/n, eq. (9): 𝔼[ΔĜ⁽ˡ⁾ΔĜ⁽ˡ⁾] = V⁽ˡ⁾/n_{l−1}, V⁽¹⁾ = 0,
-    V⁽ˡ⁺¹⁾ = C_W²(⟨σ⁴⟩_K − ⟨σ²⟩_K²) + (n_l/n_{l−1})χ_∥(K)²V⁽ˡ⁾ at K = K⁽ˡ⁾.
+_PAIRS = ((0, 0), (0, 1), (1, 1))          # the metric's independent entries (11, 12, 22), in this order
 
-    `K0` = K⁽¹⁾, variances of any shape (one input); `widths` [n_0..n_depth] or None (equal). Returns (depth, *batch)."""
-    act, C_W, C_b, K, pairs, depth = _flow_setup(activation, C_W, C_b, K0, depth)
-    if pairs: raise ValueError("`K0` must be a variance (one input) for four_point_vertex, not a 2×2 covariance")
+def _sym3(K):
+    "(..., 2, 2) -> (..., 3): (K₁₁, K₁₂, K₂₂)."
+    return torch.stack([K[..., i, j] for i, j in _PAIRS], -1)
+
+def _pair_M(act, C_W, K, n_points):
+    "Susceptibility matrix M (..., 3, 3), M_ab = C_W ∂g_a/∂K_b, g = (⟨σ₁²⟩, ⟨σ₁σ₂⟩, ⟨σ₂²⟩), at a two-input kernel K (..., 2, 2)."
+    g12 = _pair_grad(act, K, n_points)
+    z = torch.zeros_like(g12[..., 0])
+    return C_W * torch.stack([torch.stack([_dmean_sq(act, K[..., 0, 0], n_points), z, z], -1), g12,
+                              torch.stack([z, z, _dmean_sq(act, K[..., 1, 1], n_points)], -1)], -2)
+
+def _pair_S(act, K, n_points):
+    "One-neuron covariance S_ab = ⟨(σσ)_a(σσ)_b⟩_K − ⟨(σσ)_a⟩_K⟨(σσ)_b⟩_K over (11, 12, 22), (..., 3, 3)."
+    m = {(p, 4 - p): _pair_moment(act, K, p, 4 - p, n_points) for p in range(5)}
+    g = torch.stack([_mean_sq(act, K[..., 0, 0], n_points), _mean_pair(act, K, n_points), _mean_sq(act, K[..., 1, 1], n_points)], -1)
+    quart = [[m[4, 0], m[3, 1], m[2, 2]], [m[3, 1], m[2, 2], m[1, 3]], [m[2, 2], m[1, 3], m[0, 4]]]
+    return torch.stack([torch.stack(r, -1) for r in quart], -2) - g[..., :, None] * g[..., None, :]
+
+def four_point_vertex(activation, C_W, C_b, K0, depth: int, widths=None, n_points: int | None = None) -> torch.Tensor:
+    """Four-point vertex V⁽ˡ⁾, l = 1..depth, at leading order in 1/n, eq. (9): Cov(Ĝ⁽ˡ⁾_a, Ĝ⁽ˡ⁾_b) = V⁽ˡ⁾_ab/n_{l−1}, V⁽¹⁾ = 0.
+
+    One input (`K0` variances, any shape): V⁽ˡ⁺¹⁾ = C_W²(⟨σ⁴⟩_K − ⟨σ²⟩_K²) + (n_l/n_{l−1})χ_∥(K)²V⁽ˡ⁾ at K = K⁽ˡ⁾; returns
+    (depth, *batch). Two inputs (`K0` (..., 2, 2)), eq. (14): a, b over the metric entries (11, 12, 22),
+    V⁽ˡ⁺¹⁾ = C_W²S + (n_l/n_{l−1}) M V⁽ˡ⁾ Mᵀ with M_ab = C_W∂⟨(σσ)_a⟩/∂K_b, S the one-neuron covariance of (σσ)_a;
+    returns (depth, *batch, 3, 3). `widths` [n_0..n_depth] or None (equal). Raises OverflowError if the flow overflows."""
+    act, C_W, C_b, K, pairs, depth = _flow_setup(activation, C_W, C_b, K0, depth, n_points)
     r = _ratios(widths, depth)
-    V = torch.zeros_like(K); out, gK, gV = [V], _Overflow(False), _Overflow(False, 'vertex')
+    gK, gV = _Overflow(pairs), _Overflow(False, 'vertex')
+    if not pairs:
+        V = torch.zeros_like(K); out = [V]
+        for l in range(1, depth):
+            s2, s4, chi = _mean_sq(act, K, n_points), _mean_quartic(act, K, n_points), C_W * _dmean_sq(act, K, n_points)
+            V = gV(C_W**2 * (s4 - s2**2) + r[l] * chi**2 * V, l + 1)
+            K = gK(C_b + C_W * s2, l + 1)
+            out.append(V)
+        return torch.stack(out)
+    V = K.new_zeros(*K.shape[:-2], 3, 3); out = [V]
     for l in range(1, depth):
-        Ks = gK.safe(K)
-        s2, s4, chi = _mean_sq(act, Ks, n_points), _mean_quartic(act, Ks, n_points), C_W * _dmean_sq(act, Ks, n_points)
-        V = gV(C_W**2 * (s4 - s2**2) + r[l] * chi**2 * gV.safe(V), l + 1)
-        K = gK(C_b + C_W * s2, l + 1)
-        out.append(torch.where(torch.isinf(K), math.inf, V))
+        M = _pair_M(act, C_W, K, n_points)
+        V = gV(C_W**2 * _pair_S(act, K, n_points) + r[l] * M @ V @ M.transpose(-1, -2), l + 1)
+        K = gK(_next_kernel(act, C_W, C_b, K, True, n_points), l + 1)
+        out.append(V)
     return torch.stack(out)
 
-def excess_kurtosis(activation, C_W, C_b, K0, widths, n_points: int = 64) -> torch.Tensor:
-    "Leading-order excess kurtosis κ⁽ˡ⁾ = 3V⁽ˡ⁾/(n_{l−1}(K⁽ˡ⁾)²) at layers 1..L, eq. (2); `widths` = [n_0..n_L]. (L, *batch)."
+def excess_kurtosis(activation, C_W, C_b, K0, widths, n_points: int | None = None) -> torch.Tensor:
+    "Leading-order excess kurtosis κ⁽ˡ⁾ = 3V⁽ˡ⁾/(n_{l−1}(K⁽ˡ⁾)²) at layers 1..L of one input, eq. (2); `widths` = [n_0..n_L]. (L, *batch)."
     ws = _widths(widths); L = len(ws) - 1
+    if _kernel_input(K0)[1]: raise ValueError("`K0` must be a variance (one input) for excess_kurtosis, not a 2×2 covariance")
     K = kernel_flow(activation, C_W, C_b, K0, L, n_points)
     V = four_point_vertex(activation, C_W, C_b, K0, L, ws, n_points)
     n_prev = torch.tensor(ws[:-1], dtype=K.dtype, device=K.device).reshape(-1, *[1] * (K.ndim - 1))
     return 3 * V / (n_prev * K**2)
 
-def metric_shift(activation, C_W, C_b, K0, depth: int, widths=None, n_points: int = 64) -> torch.Tensor:
-    """1/n shift K₁⁽ˡ⁾ of the mean metric, eq. (11): 𝔼Ĝ⁽ˡ⁾ = K⁽ˡ⁾ + K₁⁽ˡ⁾/n_{l−1} + O(1/n²), l = 1..depth; (depth, *batch).
-    K₁⁽ˡ⁺¹⁾ = (n_l/n_{l−1})(χ_∥K₁⁽ˡ⁾ + (C_W/2)g''(K)V⁽ˡ⁾) at K = K⁽ˡ⁾, g(K) = ⟨σ²⟩_K."""
-    act, C_W, C_b, K, pairs, depth = _flow_setup(activation, C_W, C_b, K0, depth)
-    if pairs: raise ValueError("`K0` must be a variance (one input) for metric_shift")
+def metric_shift(activation, C_W, C_b, K0, depth: int, widths=None, n_points: int | None = None) -> torch.Tensor:
+    """1/n shift K₁⁽ˡ⁾ of the mean metric, eq. (11): 𝔼Ĝ⁽ˡ⁾ = K⁽ˡ⁾ + K₁⁽ˡ⁾/n_{l−1} + O(1/n²), l = 1..depth, K₁⁽¹⁾ = 0.
+
+    One input: K₁⁽ˡ⁺¹⁾ = (n_l/n_{l−1})(χ_∥K₁⁽ˡ⁾ + (C_W/2)g''(K)V⁽ˡ⁾) at K = K⁽ˡ⁾, g(K) = ⟨σ²⟩_K; returns (depth, *batch).
+    Two inputs (`K0` (..., 2, 2)), eq. (15): K₁⁽ˡ⁺¹⁾_a = (n_l/n_{l−1})(Σ_b M_ab K₁⁽ˡ⁾_b + (C_W/2) Σ_bc ∂²g_a/∂K_b∂K_c V⁽ˡ⁾_bc);
+    returns (depth, *batch, 2, 2). Raises OverflowError if the flow overflows."""
+    Ks = kernel_flow(activation, C_W, C_b, K0, depth, n_points)
+    Vs = four_point_vertex(activation, C_W, C_b, K0, depth, widths, n_points)
+    act, C_W, C_b, K, pairs, depth = _flow_setup(activation, C_W, C_b, K0, depth, n_points)
     r = _ratios(widths, depth)
-    Ks, Vs = kernel_flow(act, C_W, C_b, K, depth, n_points), four_point_vertex(act, C_W, C_b, K, depth, widths, n_points)
-    S = torch.zeros_like(K); out = [S]
+    if pairs and bool((Ks[..., 0, 1]**2 >= (1 - 1e-12) * Ks[..., 0, 0] * Ks[..., 1, 1]).any()):
+        raise ValueError("`K0` must be two distinct inputs: |ρ| < 1 at every layer (the Hessian of ⟨σ(z₁)σ(z₂)⟩ is "
+                         "singular at |ρ| = 1)")
+    guard = _Overflow(False, 'metric shift')
+    if not pairs:
+        S = torch.zeros_like(K); out = [S]
+        for l in range(1, depth):
+            S = guard(r[l] * (C_W * _dmean_sq(act, Ks[l - 1], n_points) * S
+                              + C_W / 2 * _d2mean_sq(act, Ks[l - 1], n_points) * Vs[l - 1]), l + 1)
+            out.append(S)
+        return torch.stack(out)
+    S = K.new_zeros(*K.shape[:-2], 3); out = [S]
     for l in range(1, depth):
-        S = r[l] * (C_W * _dmean_sq(act, Ks[l - 1], n_points) * S + C_W / 2 * _d2mean_sq(act, Ks[l - 1], n_points) * Vs[l - 1])
+        Kl, Vl = Ks[l - 1], Vs[l - 1]
+        M = _pair_M(act, C_W, Kl, n_points)
+        H12 = _pair_hess(act, Kl, n_points)
+        curv = torch.stack([_d2mean_sq(act, Kl[..., 0, 0], n_points) * Vl[..., 0, 0], (H12 * Vl).sum((-2, -1)),
+                            _d2mean_sq(act, Kl[..., 1, 1], n_points) * Vl[..., 2, 2]], -1)
+        S = guard(r[l] * ((M @ S[..., None])[..., 0] + C_W[..., 0] / 2 * curv), l + 1)
         out.append(S)
-    return torch.stack(out)
+    S = torch.stack(out)
+    return torch.stack([torch.stack([S[..., 0], S[..., 1]], -1), torch.stack([S[..., 1], S[..., 2]], -1)], -2)
+
+# %% ../nbs/02_rg_flow.ipynb #5162b3c4
+def _fixed_point(act, C_W, C_b, K0, n_points, iters=200):
+    """K* = C_b + C_W⟨σ²⟩_{K*} reached from K0, for a batch: Newton steps while the map's slope χ_∥ is below one (a stable
+    approach), plain iteration otherwise. Returns (K*, status): 0 converged, 1 K → 0 (C_b = 0), 2 diverges, 3 not converged."""
+    K = torch.full_like(C_W, K0); status = torch.full(K.shape, 3, dtype=torch.int64)
+    live = torch.ones(K.shape, dtype=torch.bool)
+    for _ in range(iters):
+        Kl = K.clamp_min(1e-300)
+        F = C_b + C_W * _mean_sq(act, Kl, n_points) - Kl
+        J = C_W * _dmean_sq(act, Kl, n_points) - 1
+        newton = (J < -1e-6) & (Kl - F / J > 0)
+        K_new = torch.where(newton, Kl - F / J.where(newton, -torch.ones_like(J)), Kl + F)
+        done = (F.abs() <= 1e-13 * (Kl + C_b)) & live
+        status[done] = 0
+        tiny = live & (C_b == 0) & (K_new < 1e-200)
+        status[tiny] = 1
+        big = live & (~torch.isfinite(K_new) | (K_new > 1e200))
+        status[big] = 2
+        live = live & ~done & ~tiny & ~big
+        K = torch.where(live, K_new, torch.where(tiny, torch.zeros_like(K), K))
+        if not bool(live.any()): break
+    return K, status
+
+def _chaotic_c(act, C_W, C_b, Ks, n_points, iters=60):
+    """The stable off-diagonal fixed point c* = K₁₂ < K* of c ↦ C_b + C_W⟨σ(z₁)σ(z₂)⟩ at variances K* (chaotic phase):
+    Newton on h(c) = C_b + C_W⟨σσ⟩ − c (h' = C_W⟨σ'σ'⟩ − 1, Price), safeguarded by bisection of the bracket
+    (−K*, K*(1 − 1e-9)), where h > 0 left of c* and h < 0 right of it. Returns (c*, χ_c = C_W⟨σ'σ'⟩ at c*)."""
+    def K_of(c): return torch.stack([torch.stack([Ks, c], -1), torch.stack([c, Ks], -1)], -2)
+    lo, hi = -Ks * (1 - 1e-9), Ks * (1 - 1e-9)
+    at_one = (C_b + C_W * _mean_pair(act, K_of(hi), n_points) - hi) >= 0   # c* within 1e-9 of K*: ρ* = 1 to that precision
+    c = torch.where(at_one, hi, torch.zeros_like(Ks))
+    for _ in range(iters):
+        K = K_of(c)
+        h = C_b + C_W * _mean_pair(act, K, n_points) - c
+        chi = C_W * _mean_dpair(act, K, n_points)
+        lo, hi = torch.where(h > 0, c, lo), torch.where(h > 0, hi, c)
+        step = h / (chi - 1).where(chi < 1, -torch.ones_like(chi))
+        cn = c - step
+        cn = torch.where((chi < 1) & (cn > lo) & (cn < hi), cn, (lo + hi) / 2)
+        cn = torch.where(at_one, c, cn)
+        done = ((cn - c).abs() <= 1e-12 * Ks).all()
+        c = cn
+        if bool(done): break
+    return c, C_W * _mean_dpair(act, K_of(c), n_points)
+
+def correlation_length(activation, C_W, C_b, *, K0: float = 1.0, n_points: int | None = None):
+    """Correlation length ξ: off criticality the correlation of two inputs approaches its fixed point as
+    ρ⁽ˡ⁾ − ρ* ∝ e^{−ℓ/ξ}, ξ = −1/log χ_c, with χ_c = ∂ρ⁽ˡ⁺¹⁾/∂ρ⁽ˡ⁾ = C_W⟨σ'(z₁)σ'(z₂)⟩ at the fixed point
+    (K*, ρ*), eq. (16) (Schoenholz et al. 2017). Ordered phase (χ_⊥(K*) < 1): ρ* = 1 and χ_c = χ_⊥(K*); chaotic (χ_⊥(K*) > 1): the
+    stable ρ* < 1. K* is the fixed point the one-input flow reaches from `K0`.
+
+    Returns inf where ρ approaches no fixed point exponentially: on the order-to-chaos line (χ_c = 1 to 1e-9); for the
+    scale-invariant class at C_b = 0 (its correlation map has slope 1 at ρ = 1 for every C_W: a power law); where the
+    kernel decays to K* = 0 (C_b = 0, ordered: the correlation map tends to the identity, so ρ freezes at a value that
+    depends on the inputs); and where the kernel diverges or no fixed point is reached in 200 Newton/flow steps.
+    `C_W` (> 0) and `C_b` (>= 0) are numbers (a float is returned) or tensors that broadcast (a tensor, at most 10⁶
+    points). Two-input averages of saturating σ at K* ≳ 4 need hundreds of nodes per axis: pass `n_points` for speed."""
+    act = as_activation(activation); _check_n_points(n_points)
+    K0 = check_positive(K0, 'K0')
+    scalar = all(not isinstance(v, (torch.Tensor, np.ndarray)) for v in (C_W, C_b))
+    C_W = _param(C_W, 'C_W', True, torch.zeros((), dtype=torch.float64))
+    C_b = _param(C_b, 'C_b', False, C_W)
+    try: shape = torch.broadcast_shapes(C_W.shape, C_b.shape)
+    except RuntimeError: raise ValueError(f"`C_W` {tuple(C_W.shape)} and `C_b` {tuple(C_b.shape)} must broadcast") from None
+    if math.prod(shape) > 10**6: raise ValueError(f"`C_W` and `C_b` broadcast to {math.prod(shape)} points: at most 10⁶")
+    C_W, C_b = (t.broadcast_to(shape).clone() for t in (C_W, C_b))
+    u = universality_class(act, n_points)
+    xi = torch.full(shape, math.inf, dtype=torch.float64)
+    Ks, status = _fixed_point(act, C_W, C_b, K0, n_points)
+    ok = (status <= 1)
+    if u.kind == 'scale-invariant': ok = ok & (C_b > 0)
+    chi = torch.full(shape, math.nan, dtype=torch.float64)
+    pos = ok & (status == 0)                               # K* = 0 (status 1): the ρ map is the identity there: ξ = ∞
+    if bool(pos.any()):
+        chi_perp_ = C_W[pos] * _mean_dprime2(act, Ks[pos].clamp_min(1e-300), n_points)
+        chaotic = chi_perp_ > 1 + 1e-9
+        chi_pos = chi_perp_.clone()
+        if bool(chaotic.any()):
+            Kc, cw, cb = Ks[pos][chaotic], C_W[pos][chaotic], C_b[pos][chaotic]
+            chi_pos[chaotic] = _chaotic_c(act, cw, cb, Kc, n_points)[1]
+        chi[pos] = chi_pos
+    fin = pos & (chi < 1 - 1e-9)
+    xi[fin] = -1 / torch.log(chi[fin])
+    return float(xi) if scalar else xi
 
 # %% ../nbs/02_rg_flow.ipynb #42b3ee1a
 def scale_invariant_moments(widths, order: int = 2, activation='relu') -> torch.Tensor:
-    """Exact 𝔼[z^{2p}]/𝔼[z²]^p, p = `order`, of one preactivation at layers 1..L of a bias-free scale-invariant network
-    (any C_W, any input), `widths` = [n_0..n_L], eq. (10): (2p−1)!! ∏_{k<l} 𝔼[(Σ_{j≤n_k} y_j)^p]/(n_k μ₁)^p,
+    """Exact 𝔼[z^{2p}]/𝔼[z²]^p, p = `order` (1..20), of one preactivation at layers 1..L of a bias-free scale-invariant
+    network (any C_W, any input), `widths` = [n_0..n_L], eq. (10): (2p−1)!! ∏_{k<l} 𝔼[(Σ_{j≤n_k} y_j)^p]/(n_k μ₁)^p,
     y = σ(ξ)², μ_q = 𝔼y^q = (a₊^{2q} + a₋^{2q})(2q−1)!!/2. For p = 2 it is 3∏(1 + c/n_k), c = μ₂/μ₁² − 1. Returns (L,)."""
-    ws = _widths(widths); p = check_int(order, 'order', minimum=1)
+    ws = _widths(widths, max_width=10**12); p = check_int(order, 'order', minimum=1)
+    if p > 20: raise ValueError(f"`order` must be at most 20, got {p}")
     u = universality_class(activation)
     if u.kind != 'scale-invariant': raise ValueError(f"`activation` must be scale-invariant (ReLU-like), got class {u.kind!r}")
     a, b = u.slopes
     dfact = lambda q: math.prod(range(2 * q - 1, 0, -2))
     mu = [1.0] + [(a**(2 * q) + b**(2 * q)) * dfact(q) / 2 for q in range(1, p + 1)]
+    if mu[1] == 0: raise ValueError("`activation` must not vanish identically")
+    y = [m / mu[1]**q for q, m in enumerate(mu)]                         # moments of y/μ₁ (mean 1)
+    def mean_moments(n):
+        "𝔼[(S_n/n)^q], q = 0..p, for S_n a sum of n i.i.d. copies of y/μ₁: binary powering of the binomial combination."
+        def combine(A, na, B, nb):
+            wa, wb = na / (na + nb), nb / (na + nb)
+            return [sum(math.comb(q, k) * wa**k * wb**(q - k) * A[k] * B[q - k] for k in range(q + 1)) for q in range(p + 1)]
+        res, nres, base, nbase = None, 0, y, 1
+        while n:
+            if n & 1: res, nres = (base, nbase) if res is None else (combine(res, nres, base, nbase), nres + nbase)
+            n >>= 1
+            if n: base, nbase = combine(base, nbase, base, nbase), 2 * nbase
+        return res
     out, R = [], 1.0
     for l in range(len(ws) - 1):
         out.append(dfact(p) * R)
-        m = [1.0] + [0.0] * p                                     # moments of S_j = y_1 + ... + y_j, from j = 0
-        for _ in range(ws[l + 1]):
-            m = [sum(math.comb(q, k) * m[k] * mu[q - k] for k in range(q + 1)) for q in range(p + 1)]
-        R *= m[p] / (ws[l + 1] * mu[1])**p
-    return torch.tensor(out, dtype=torch.float64)
+        R *= mean_moments(ws[l + 1])[p]
+    res = torch.tensor(out, dtype=torch.float64)
+    if not bool(torch.isfinite(res).all()):
+        raise OverflowError("scale_invariant_moments: the moments overflow float64; use a lower `order` or fewer layers")
+    return res
 
 # %% ../nbs/02_rg_flow.ipynb #af886e5b
+_MAX_SAMPLE_ELEMENTS = 2**28        # entries the sampler may return (1 GiB in float32)
+
 def _chol_metric(G):
     "Lower Cholesky factors of 2×2 metrics G (..., 2, 2), degenerate allowed (core's explicit factor)."
     l11, l21, l22 = gaussian_cholesky_2x2(G)
@@ -428,30 +942,44 @@ def sample_preactivations(widths, activation, C_W: float, C_b: float, x, n_sampl
 
     z⁽¹⁾ = b + Wx, z⁽ˡ⁺¹⁾ = b + Wσ(z⁽ˡ⁾), b ~ N(0, C_b), W_ij ~ N(0, C_W/n_l); `widths` = [n_0, ..., n_L]; `x` (n_0,) or
     (m, n_0). `method`: 'metric' (m <= 2) draws z⁽ˡ⁺¹⁾ | z⁽ˡ⁾ ~ N(0, Ĝ⁽ˡ⁺¹⁾) exactly, without weights; 'weights' draws W;
-    'auto' = 'metric' when m <= 2. Returns a list over layers of (n_samples, n_l), or (n_samples, m, n_l) for m inputs;
-    `keep='last'` returns only the last layer's tensor."""
+    'auto' = 'metric' when m <= 2. `seed`: None (fresh entropy), an int or a torch.Generator (reproducible). Returns a
+    list over layers of (n_samples, n_l), or (n_samples, m, n_l) for m inputs; `keep='last'` returns only the last
+    layer's tensor. Raises OverflowError if the preactivations overflow `dtype`."""
     ws = _widths(widths); act = as_activation(activation)
     C_W = check_positive(C_W, 'C_W'); C_b = check_positive(C_b, 'C_b', strict=False)
     n_samples = check_int(n_samples, 'n_samples', minimum=1)
     check_choice(keep, 'keep', ['all', 'last']); check_choice(method, 'method', ['auto', 'metric', 'weights'])
-    dev = torch.device(device) if device is not None else (x.device if isinstance(x, torch.Tensor) else torch.device('cpu'))
+    if dtype not in (torch.float32, torch.float64): raise TypeError(f"`dtype` must be torch.float32 or torch.float64, got {dtype!r}")
+    if show_progress is not None and not isinstance(show_progress, bool):
+        raise TypeError(f"`show_progress` must be None, True or False, got {show_progress!r}")
+    try: dev = torch.device(device) if device is not None else (x.device if isinstance(x, torch.Tensor) else torch.device('cpu'))
+    except (RuntimeError, TypeError):
+        raise ValueError(f"`device` must name a torch device such as 'cpu' or 'cuda', got {device!r}") from None
     X = as_tensor(x, 'x', ndim=(1, 2), dtype=dtype, device=dev, shape='(n_0,) or (m, n_0)')
+    if X.numel() == 0: raise ValueError(f"`x` must not be empty, got shape {tuple(X.shape)}")
     single = X.ndim == 1; X = X[None] if single else X
     if X.shape[-1] != ws[0]: raise ValueError(f"`x` must have n_0 = widths[0] = {ws[0]} features, got {X.shape[-1]}")
     m = X.shape[0]
     if method == 'auto': method = 'metric' if m <= 2 else 'weights'
     if method == 'metric' and m > 2: raise ValueError(f"`method`='metric' needs m <= 2 inputs, got m = {m}; use 'weights'")
-    gen = as_generator(seed, dev)
     L = len(ws) - 1
+    layers = list(range(1, L + 1)) if keep == 'all' else [L]
+    total = n_samples * m * sum(ws[l] for l in layers)
+    if total > _MAX_SAMPLE_ELEMENTS:
+        raise ValueError(f"`n_samples` × m × widths = {total} entries exceeds the bound {_MAX_SAMPLE_ELEMENTS}: draw fewer "
+                         "networks per call (and combine), or keep='last'")
     per_net = sum(ws[1:]) * m + (sum(a * b for a, b in zip(ws[:-1], ws[1:])) if method == 'weights' else 0)
     B = check_int(chunk_size if chunk_size is not None else max(1, min(n_samples, 2**20 // per_net)), 'chunk_size', minimum=1)
-    layers = list(range(1, L + 1)) if keep == 'all' else [L]
+    B = min(B, n_samples)
+    if B * per_net > _MAX_SAMPLE_ELEMENTS:
+        raise ValueError(f"`chunk_size` × entries per network = {B} × {per_net} exceeds the bound {_MAX_SAMPLE_ELEMENTS}")
+    gen = as_generator(seed, dev)
     out = {l: torch.empty(n_samples, ws[l], m, dtype=dtype, device=dev) for l in layers}
     G1 = C_b + C_W * (X @ X.T) / ws[0]                             # first-layer metric, the same for all networks
     starts = range(0, n_samples, B)
-    disable = (True if len(starts) < 2 else None) if show_progress is None else not show_progress
+    show = (False if len(starts) < 2 else None) if show_progress is None else show_progress
     rnd = lambda *shape: torch.randn(*shape, generator=gen, dtype=dtype, device=dev)
-    for s in progress(starts, total=len(starts), desc='networks', disable=disable):
+    for s in progress(starts, total=len(starts), desc='networks', show_progress=show):
         b = min(B, n_samples - s)
         if method == 'weights':                                    # (b, n_l, m) layout
             z = rnd(b, ws[1], ws[0]) @ X.T * math.sqrt(C_W / ws[0]) + math.sqrt(C_b) * rnd(b, ws[1], 1)
@@ -469,7 +997,7 @@ def sample_preactivations(widths, activation, C_W: float, C_b: float, x, n_sampl
                 G = C_b + (C_W / ws[l]) * (a.transpose(1, 2) @ a)                                 # (b, 2, 2)
                 z = rnd(b, ws[l + 1], 2) @ _chol_metric(G).transpose(1, 2)
     bad = [l for l in layers if not bool(torch.isfinite(out[l]).all())]
-    if bad: warnings.warn(f"preactivations overflowed (inf/NaN) from layer {bad[0]} on: an off-critical initialisation "
-                          f"grows exponentially with depth; use dtype=torch.float64 or a critical (C_b, C_W)", RuntimeWarning, stacklevel=2)
+    if bad: raise OverflowError(f"preactivations overflowed {dtype} (inf/NaN) from layer {bad[0]} on: an off-critical "
+                                "initialisation grows exponentially with depth; use dtype=torch.float64 or a critical (C_b, C_W)")
     res = [out[l][..., 0] if single else out[l].transpose(1, 2) for l in layers]
     return res[0] if keep == 'last' else res
