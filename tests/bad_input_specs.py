@@ -10,7 +10,7 @@ import importlib, inspect, math
 from dataclasses import dataclass, field
 from typing import Callable
 
-MODULES = ['core', 'book']
+MODULES = ['core', 'book', 'rg_flow', 'coding_rate']
 
 # ---------------------------------------------------------------------------------------------------------------------
 # bad values by kind
@@ -60,6 +60,11 @@ def variants(kind: str, valid):
         yield from (('string', 'abc'), ('number', 3))
     elif kind == 'bool':
         yield from (('string', 'yes'),)
+    elif kind == 'activation':
+        yield from (('unknown', 'no-such-activation'), ('number', 3), ('not_elementwise', lambda z: z.sum()))
+    elif kind == 'widths':          # a list of layer widths, each an int >= 1
+        yield from (('empty', []), ('zero', [4, 0, 4]), ('negative', [4, -1, 4]), ('fractional', [4, 2.5, 4]),
+                    ('huge', [4, 10**12, 4]), ('string', 'abc'))
     elif kind == 'name':
         yield from (('empty', ''), ('number', 3), ('path', '../x'))
     else:
@@ -162,9 +167,124 @@ def _book_specs():
         Spec('book.load_benchmark', lambda: dict(name='sliced'), {'name': 'name'}),
     ]
 
+def _labels(n=12, k=3):
+    import torch
+    return torch.arange(n) % k
+
+def _unit_rows(n=12, d=5, seed=0):
+    Z = _t(n, d, seed=seed)
+    return Z / Z.norm(dim=1, keepdim=True)
+
+def _coding_rate_specs():
+    import torch
+    from geobook import coding_rate as cr
+    S = lambda: _t(6, 6, seed=1)
+    A = lambda: (lambda M: M @ M.T)(_t(10, 3, seed=2).abs())
+    X2 = lambda: torch.cat([_t(10, 2, seed=3), _t(10, 2, seed=4) + 6])
+    Gam = lambda: cr.sinkhorn(_t(12, 12, seed=5))
+    mlc = lambda: cr.MLC(4, 3, 2, d_hidden=8, n_steps=3, n_sinkhorn=3, eval_every=1, eval_size=12, seed=0)
+    Xm = lambda: _t(12, 4, seed=6).float()
+    def fitted_mlc():
+        m = mlc(); m.fit(Xm(), show_progress=False); return m
+    def fitted_redunet():
+        return cr.ReduNet(n_layers=2).fit(_unit_rows(), _labels())
+    return [
+        Spec('coding_rate.coding_rate', lambda: dict(Z=_t(12, 5), eps=0.5), {'Z': 'tensor', 'eps': 'positive'}),
+        Spec('coding_rate.coding_rate_reduction', lambda: dict(Z=_t(12, 5), membership=_labels(), eps=0.5, n_classes=3),
+             {'Z': 'tensor', 'membership': 'labels', 'eps': 'positive', 'n_classes': 'size'}),
+        Spec('coding_rate.MCR2Loss', lambda: dict(eps=0.5, gamma=1.0), {'eps': 'positive', 'gamma': 'positive'}),
+        Spec('coding_rate.MCR2Loss.forward', lambda: dict(Z=_t(12, 5), membership=_labels()),
+             {'Z': 'tensor', 'membership': 'labels'}, call=lambda **kw: cr.MCR2Loss()(**kw)),
+        Spec('coding_rate.sinkhorn', lambda: dict(S=S(), n_iters=10, eta=0.1),
+             {'S': 'tensor', 'n_iters': 'size', 'eta': 'positive'}, accept={'S': {'extra_dim'}}),
+        Spec('coding_rate.kmeans', lambda: dict(X=X2(), k=2, n_init=2, n_iters=10, seed=0),
+             {'X': 'tensor', 'k': 'size', 'n_init': 'size', 'n_iters': 'size', 'seed': 'seed'}),
+        Spec('coding_rate.spectral_clustering', lambda: dict(A=A(), k=2, seed=0),
+             {'A': 'tensor', 'k': 'size', 'seed': 'seed'}),
+        Spec('coding_rate.clustering_accuracy', lambda: dict(y_true=_labels(), y_pred=_labels()),
+             {'y_true': 'labels', 'y_pred': 'labels'},
+             accept={'y_true': {'huge_label', 'negative_label'}, 'y_pred': {'huge_label', 'negative_label'}}),
+        Spec('coding_rate.nmi', lambda: dict(y_true=_labels(), y_pred=_labels()),
+             {'y_true': 'labels', 'y_pred': 'labels'},
+             accept={'y_true': {'huge_label', 'negative_label'}, 'y_pred': {'huge_label', 'negative_label'}}),
+        Spec('coding_rate.eigengap_ratio', lambda: dict(Gamma=Gam(), k=3), {'Gamma': 'tensor', 'k': 'size'}),
+        Spec('coding_rate.MLC', lambda: dict(d_in=4, d_feat=3, n_clusters=2, d_hidden=8, n_steps=3, seed=0),
+             {'d_in': 'size', 'd_feat': 'size', 'n_clusters': 'size', 'eps': 'positive', 'd_hidden': 'size',
+              'eta': 'positive', 'gamma': 'positive', 'n_sinkhorn': 'size', 'n_steps': 'size', 'lr': 'positive',
+              'batch_size': 'size', 'select': 'choice', 'eval_every': 'size', 'patience': 'size', 'eval_size': 'size',
+              'seed': 'seed'},
+             # sizes clipped to the data (batch, evaluation subset) or counts of evaluations: no allocation
+             accept={'batch_size': {'huge'}, 'eval_every': {'huge'}, 'patience': {'huge'}, 'eval_size': {'huge'}}),
+        Spec('coding_rate.MLC.fit', lambda: dict(X=Xm()), {'X': 'tensor', 'show_progress': 'bool'},
+             call=lambda **kw: mlc().fit(**kw)),
+        Spec('coding_rate.MLC.fit_predict', lambda: dict(X=Xm()), {'X': 'tensor'}, call=lambda **kw: mlc().fit_predict(**kw)),
+        Spec('coding_rate.MLC.forward', lambda: dict(X=Xm()), {'X': 'tensor'}, call=lambda **kw: fitted_mlc()(**kw),
+             accept={'X': {'empty'}}),
+        Spec('coding_rate.MLC.predict', lambda: dict(X=Xm()), {'X': 'tensor'}, call=lambda **kw: fitted_mlc().predict(**kw),
+             accept={'X': {'empty'}}),
+        Spec('coding_rate.MLC.transform', lambda: dict(X=Xm()), {'X': 'tensor'}, call=lambda **kw: fitted_mlc().transform(**kw),
+             accept={'X': {'empty'}}),
+        Spec('coding_rate.MLC.eigengap', lambda: dict(X=Xm()), {'X': 'tensor'}, call=lambda **kw: fitted_mlc().eigengap(**kw)),
+        Spec('coding_rate.ReduNet', lambda: dict(n_layers=2, eta=0.5, eps=0.5, lam=100.0),
+             {'n_layers': 'size', 'eta': 'positive', 'eps': 'positive', 'lam': 'positive'}),
+        Spec('coding_rate.ReduNet.fit', lambda: dict(Z=_unit_rows(), labels=_labels(), n_classes=3),
+             {'Z': 'tensor', 'labels': 'labels', 'n_classes': 'size'}, call=lambda **kw: cr.ReduNet(n_layers=2).fit(**kw)),
+        Spec('coding_rate.ReduNet.forward', lambda: dict(Z=_unit_rows(seed=7)), {'Z': 'tensor'},
+             call=lambda **kw: fitted_redunet()(**kw), accept={'Z': {'empty'}}),
+        Spec('coding_rate.ReduNet.predict', lambda: dict(Z=_unit_rows(seed=7)), {'Z': 'tensor'},
+             call=lambda **kw: fitted_redunet().predict(**kw), accept={'Z': {'empty'}}),
+        Spec('coding_rate.sample_manifolds', lambda: dict(n_per_class=5, kinds=['line', 'circle'], ambient_dim=3, seed=0),
+             {'n_per_class': 'size', 'kinds': 'choice', 'ambient_dim': 'size', 'noise': 'nonneg', 'seed': 'seed'}),
+    ]
+
+def _rg_flow_specs():
+    import torch
+    from geobook import rg_flow as rg
+    flow = dict(activation='tanh', C_W=1.5, C_b=0.1, K0=1.0, depth=5)
+    flow_kinds = {'activation': 'activation', 'C_W': 'positive', 'C_b': 'nonneg', 'K0': 'positive', 'depth': 'size',
+                  'n_points': 'size'}
+    return [
+        Spec('rg_flow.Activation', lambda: dict(name='cube', fn=lambda z: z**3), {'name': 'name', 'fn': 'callable'},
+             accept={'name': {'path'}}),
+        Spec('rg_flow.scale_invariant', lambda: dict(a_plus=1.0, a_minus=0.2), {'a_plus': 'real', 'a_minus': 'real'}),
+        Spec('rg_flow.leaky_relu', lambda: dict(slope=0.1), {'slope': 'unit'}),
+        Spec('rg_flow.as_activation', lambda: dict(activation='tanh'), {'activation': 'activation'}),
+        Spec('rg_flow.input_kernel', lambda: dict(x=_t(3, 4), C_W=1.0, C_b=0.1),
+             {'x': 'tensor', 'C_W': 'positive', 'C_b': 'nonneg'}, accept={'x': {'missing_dim'}}),   # (n₀,): one input
+        Spec('rg_flow.kernel_flow', lambda: dict(flow), flow_kinds | {'on_overflow': 'choice'}),
+        Spec('rg_flow.correlation_flow', lambda: dict(flow, K0=torch.tensor([[1.0, 0.3], [0.3, 1.0]], dtype=torch.float64)),
+             flow_kinds | {'K0': 'tensor'}, accept={'K0': {'extra_dim'}}),                       # a batch of 2×2
+        Spec('rg_flow.chi_parallel', lambda: dict(activation='tanh', C_W=1.5, K=1.0),
+             {'activation': 'activation', 'C_W': 'positive', 'K': 'positive', 'n_points': 'size'}),
+        Spec('rg_flow.chi_perp', lambda: dict(activation='tanh', C_W=1.5, K=1.0),
+             {'activation': 'activation', 'C_W': 'positive', 'K': 'positive', 'n_points': 'size'}),
+        Spec('rg_flow.Universality', lambda: dict(kind='K*=0'), {'kind': 'choice'}),
+        Spec('rg_flow.universality_class', lambda: dict(activation='tanh'), {'activation': 'activation', 'n_points': 'size'}),
+        Spec('rg_flow.Criticality', lambda: dict(exists=True, C_b=0.0, C_W=1.0, K_star=0.0,
+                                                 universality=rg.universality_class('tanh')),
+             {'C_W': 'positive', 'C_b': 'nonneg', 'K_star': 'nonneg'}),
+        Spec('rg_flow.criticality', lambda: dict(activation='tanh', n_grid=41),
+             {'activation': 'activation', 'n_grid': 'size', 'n_points': 'size'}),
+        Spec('rg_flow.four_point_vertex', lambda: dict(flow, widths=[4, 8, 8, 8, 8, 8]), flow_kinds | {'widths': 'widths'}),
+        Spec('rg_flow.excess_kurtosis', lambda: dict(activation='tanh', C_W=1.5, C_b=0.1, K0=1.0, widths=[4, 8, 8, 8]),
+             {'activation': 'activation', 'C_W': 'positive', 'C_b': 'nonneg', 'K0': 'positive', 'widths': 'widths'}),
+        Spec('rg_flow.metric_shift', lambda: dict(flow, K0=torch.tensor([[1.0, 0.3], [0.3, 1.0]], dtype=torch.float64)),
+             flow_kinds | {'K0': 'tensor'}, accept={'K0': {'extra_dim', 'missing_dim'}}),       # batch; variances
+        Spec('rg_flow.correlation_length', lambda: dict(activation='tanh', C_W=1.5, C_b=0.1),
+             {'activation': 'activation', 'C_W': 'positive', 'C_b': 'nonneg', 'K0': 'positive', 'n_points': 'size'}),
+        Spec('rg_flow.scale_invariant_moments', lambda: dict(widths=[4, 8, 8], order=2),
+             {'widths': 'widths', 'order': 'size', 'activation': 'activation'}, accept={'widths': {'huge'}}),  # closed form
+        Spec('rg_flow.sample_preactivations',
+             lambda: dict(widths=[3, 8, 8], activation='tanh', C_W=1.5, C_b=0.1, x=_t(3), n_samples=20, seed=0),
+             {'widths': 'widths', 'activation': 'activation', 'C_W': 'positive', 'C_b': 'nonneg', 'x': 'tensor',
+              'n_samples': 'size', 'seed': 'seed', 'keep': 'choice', 'method': 'choice', 'chunk_size': 'size',
+              'show_progress': 'bool'},
+             accept={'x': {'extra_dim'}, 'chunk_size': {'huge'}}),       # (1, n₀): one input as a batch; a memory bound
+    ]
+
 class _Lazy(dict):
     "Specs are built on first use (in the child process), module by module."
-    builders = {'core': _core_specs, 'book': _book_specs}
+    builders = {'core': _core_specs, 'book': _book_specs, 'coding_rate': _coding_rate_specs, 'rg_flow': _rg_flow_specs}
     def get(self, module, default=None):
         if module not in self and module in self.builders: self[module] = self.builders[module]()
         return super().get(module, default)
@@ -177,6 +297,7 @@ EXEMPT = {
     'book.run_long': 'takes no arguments',
     'book.use_book_style': 'takes no arguments',
     'book.cuda_cell': 'takes no arguments',
+    'rg_flow.NAMED_ACTIVATIONS': 'a dict of Activation objects',
 }
 
 
