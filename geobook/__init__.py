@@ -24,13 +24,11 @@ The package has one module per chapter, and the library imports only torch, NumP
   metrics.
 - `geobook.sliced`: one-dimensional optimal transport by sorting; sliced, max-sliced, generalized, distributional and
   augmented sliced Wasserstein distances; the sliced-Wasserstein autoencoder.
+- `geobook.feature_learning`: abc-parameterisations of MLPs (standard, NTK, mean-field, μP) with per-layer learning
+  rates for plain SGD and Adam, the coordinate check, feature and kernel movement, learning-rate sweeps for μTransfer.
 - `geobook.attention`: fused FlashAttention-2 forward and backward passes and neighborhood attention in Numba, for the
   CPU and (with the `cuda` extra) the GPU.
 - `geobook.book`: what only the chapters use: the figure style, the long-cell switch, peak-memory measurement and the
-  benchmark results (it needs the `book` extra; the library never imports it).
-
-Modules:
-
-- `geobook.sliced`: Optimal transport between point clouds made cheap by slicing: sort one-dimensional projections instead of solving a linear program, and make the sort fast, bounded in memory and differentiable."""
+  benchmark results (it needs the `book` extra; the library never imports it)."""
 
 __version__ = "0.1.0"
