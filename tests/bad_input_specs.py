@@ -10,7 +10,7 @@ import importlib, inspect, math
 from dataclasses import dataclass, field
 from typing import Callable
 
-MODULES = ['core', 'book', 'rg_flow', 'coding_rate']
+MODULES = ['core', 'book', 'rg_flow', 'coding_rate', 'feature_learning']
 
 # ---------------------------------------------------------------------------------------------------------------------
 # bad values by kind
@@ -65,6 +65,14 @@ def variants(kind: str, valid):
     elif kind == 'widths':          # a list of layer widths, each an int >= 1
         yield from (('empty', []), ('zero', [4, 0, 4]), ('negative', [4, -1, 4]), ('fractional', [4, 2.5, 4]),
                     ('huge', [4, 10**12, 4]), ('string', 'abc'))
+    elif kind == 'sizes':           # a list of ints >= 1 (e.g. widths to sweep)
+        yield from (('empty', []), ('zero', [8, 0]), ('negative', [8, -1]), ('fractional', [8, 2.5]),
+                    ('huge', [8, 10**12]), ('string', 'abc'))
+    elif kind == 'floats':          # a list of positive floats (e.g. learning rates)
+        yield from (('empty', []), ('zero', [0.1, 0.0]), ('negative', [0.1, -1.0]), ('nan', [0.1, math.nan]),
+                    ('string', 'abc'))
+    elif kind == 'module':
+        yield from (('string', 'abc'), ('number', 3))
     elif kind == 'name':
         yield from (('empty', ''), ('number', 3), ('path', '../x'))
     else:
@@ -282,9 +290,45 @@ def _rg_flow_specs():
              accept={'x': {'extra_dim'}, 'chunk_size': {'huge'}}),       # (1, n₀): one input as a batch; a memory bound
     ]
 
+def _feature_learning_specs():
+    import torch
+    from geobook import feature_learning as fl
+    X = lambda: _t(16, 4, seed=8)
+    Xy = lambda: (X(), _t(16, 1, seed=9))
+    net = lambda seed=0: fl.abc_mlp(4, 16, 2, seed=seed)
+    mk = lambda n, seed: fl.abc_mlp(4, n, 2, seed=seed)
+    return [
+        Spec('feature_learning.abc_exponents', lambda: dict(parameterization='mup', depth=2, optimizer='sgd'),
+             {'parameterization': 'choice', 'depth': 'size', 'optimizer': 'choice'}),
+        Spec('feature_learning.ABCMLP', lambda: dict(d_in=4, width=16, depth=2, seed=0),
+             {'d_in': 'size', 'width': 'size', 'depth': 'size', 'd_out': 'size', 'parameterization': 'choice',
+              'activation': 'activation', 'C_W': 'positive', 'seed': 'seed'}),
+        Spec('feature_learning.abc_mlp', lambda: dict(d_in=4, width=16, depth=2, seed=0),
+             {'d_in': 'size', 'width': 'size', 'depth': 'size', 'd_out': 'size', 'parameterization': 'choice',
+              'activation': 'activation', 'C_W': 'positive', 'seed': 'seed'}),
+        Spec('feature_learning.ABCMLP.forward', lambda: dict(x=X()), {'x': 'tensor'}, call=lambda **kw: net()(**kw)),
+        Spec('feature_learning.ABCMLP.preactivations', lambda: dict(x=X()), {'x': 'tensor'},
+             call=lambda **kw: net().preactivations(**kw)),
+        Spec('feature_learning.ABCMLP.param_groups', lambda: dict(lr=0.1, optimizer='adam'),
+             {'lr': 'positive', 'optimizer': 'choice'}, call=lambda **kw: net().param_groups(**kw)),
+        Spec('feature_learning.coord_check', lambda: dict(make_model=mk, widths=[8, 16], data=Xy(), steps=2, lr=0.1, seed=0),
+             {'make_model': 'callable', 'widths': 'sizes', 'steps': 'size', 'lr': 'positive', 'seed': 'seed',
+              'optimizer': 'choice', 'loss': 'choice', 'show_progress': 'bool'},
+             names={'widths': 'width'}),      # a huge width is refused by the model factory, which names `width`
+        Spec('feature_learning.feature_change', lambda: dict(model_before=net(0), model_after=net(1), x=X()),
+             {'model_before': 'module', 'model_after': 'module', 'x': 'tensor'}),
+        Spec('feature_learning.kernel_change', lambda: dict(model_before=net(0), model_after=net(1), x=X()),
+             {'model_before': 'module', 'model_after': 'module', 'x': 'tensor'}),
+        Spec('feature_learning.lr_sweep',
+             lambda: dict(X=X(), y=torch.arange(16) % 3, widths=[8, 16], lrs=[0.05, 0.1], steps=3, batch_size=8, seed=0),
+             {'X': 'tensor', 'y': 'labels', 'widths': 'sizes', 'lrs': 'floats', 'depth': 'size', 'parameterization': 'choice',
+              'steps': 'size', 'batch_size': 'size', 'optimizer': 'choice', 'loss': 'choice', 'activation': 'activation',
+              'seed': 'seed', 'show_progress': 'bool'}),
+    ]
+
 class _Lazy(dict):
     "Specs are built on first use (in the child process), module by module."
-    builders = {'core': _core_specs, 'book': _book_specs, 'coding_rate': _coding_rate_specs, 'rg_flow': _rg_flow_specs}
+    builders = {'core': _core_specs, 'book': _book_specs, 'coding_rate': _coding_rate_specs, 'rg_flow': _rg_flow_specs, 'feature_learning': _feature_learning_specs}
     def get(self, module, default=None):
         if module not in self and module in self.builders: self[module] = self.builders[module]()
         return super().get(module, default)
@@ -298,6 +342,7 @@ EXEMPT = {
     'book.use_book_style': 'takes no arguments',
     'book.cuda_cell': 'takes no arguments',
     'rg_flow.NAMED_ACTIVATIONS': 'a dict of Activation objects',
+    'feature_learning.PARAMETERIZATIONS': 'a dict of exponents',
 }
 
 
