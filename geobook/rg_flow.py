@@ -631,6 +631,9 @@ class Criticality:
             raise TypeError(f"`universality` must be a Universality, got {type(self.universality).__name__}")
         for f in ('C_b', 'C_W', 'K_star', 'curvature'):
             if getattr(self, f) is not None: _real(getattr(self, f), f)
+        if self.C_W is not None and not self.C_W > 0: raise ValueError(f"`C_W` must be > 0, got {self.C_W}")
+        for f in ('C_b', 'K_star'):
+            if getattr(self, f) is not None and not getattr(self, f) >= 0: raise ValueError(f"`{f}` must be ≥ 0, got {getattr(self, f)}")
 
 def _root(g, lo, hi, glo=None, ghi=None, iters=100):
     "Root of g on [lo, hi] (a sign change) by the Illinois variant of regula falsi, to 1e-14 relative in K."
