@@ -121,7 +121,7 @@ def _sturm_below(x: np.ndarray, n: int) -> np.ndarray:
     return count
 
 def _ratios(x: np.ndarray, n: int):
-    "Yield r_k = ψ_k(x)/ψ_{k-1}(x), k = 1..n, for the orthonormal Hermite polynomials ψ_k = He_k/√k!."
+    "Yield r_k = ψ_k(x)/ψₖ₋₁(x), k = 1..n, for the orthonormal Hermite polynomials ψ_k = He_k/√k!."
     r = x
     yield r
     for k in range(1, n):

@@ -87,7 +87,7 @@ def _erf_pair(k11, k12, k22):
     return 2 / math.pi * torch.arcsin((2 * k12 / ((1 + 2 * k11).sqrt() * (1 + 2 * k22).sqrt())).clamp(-1, 1))
 
 def _tilt(c, K):
-    "Σⱼ cⱼ 𝔼[e^{jz} 1(z<0)] for z ~ N(0, K): 𝔼[e^{jz}1(z<0)] = ½ erfcx(j√(K/2)), by its power series where it cancels."
+    "Σⱼ cⱼ 𝔼[e^(jz) 1(z<0)] for z ~ N(0, K): 𝔼[e^(jz)1(z<0)] = ½ erfcx(j√(K/2)), by its power series where it cancels."
     x = (K / 2).sqrt()
     jmax = len(c) - 1
     small = jmax * x < 1
@@ -268,7 +268,7 @@ def _mean_pair(act, K, n_points=None):
 
 def _polar_moment(slopes, K, p, q, n_gl=16):
     """⟨σ(z₁)ᵖσ(z₂)^q⟩_K exactly for scale-invariant σ: with z = Lζ, ζ = r(cos φ, sin φ), homogeneity gives
-    𝔼[r^{p+q}]·(1/2π)∫σ(u₁(φ))ᵖσ(u₂(φ))^q dφ, 𝔼[rᵐ] = 2^{m/2}Γ(1 + m/2); the φ-integrand is a trigonometric polynomial
+    𝔼[r^(p+q)]·(1/2π)∫σ(u₁(φ))ᵖσ(u₂(φ))^q dφ, 𝔼[rᵐ] = 2ᵐᐟ²Γ(1 + m/2); the φ-integrand is a trigonometric polynomial
     between the four angles where u₁ or u₂ vanishes, so Gauss–Legendre on each piece is exact to rounding."""
     a, b = slopes
     sig = lambda t: torch.where(t >= 0, a * t, b * t)
@@ -497,7 +497,7 @@ def input_kernel(x, C_W: float, C_b: float) -> torch.Tensor:
     return C_b + C_W * (x @ x.T if x.ndim == 2 else x @ x) / x.shape[-1]
 
 def kernel_flow(activation, C_W, C_b, K0, depth: int, n_points: int | None = None, on_overflow: str = 'raise') -> torch.Tensor:
-    """Kernel K⁽ˡ⁾ at layers l = 1..depth from K⁽¹⁾ = `K0` by K⁽ˡ⁺¹⁾ = C_b + C_W⟨σσ⟩_{K⁽ˡ⁾}, eq. (3).
+    """Kernel K⁽ˡ⁾ at layers l = 1..depth from K⁽¹⁾ = `K0` by K⁽ˡ⁺¹⁾ = C_b + C_W⟨σσ⟩_(K⁽ˡ⁾), eq. (3).
 
     `K0`: variances (scalar or any shape) for one input, or covariances (..., 2, 2) for two; `C_W` (> 0), `C_b` (>= 0)
     broadcast against its batch shape. Returns (depth, *batch) or (depth, *batch, 2, 2). Gaussian averages: closed forms,
@@ -566,7 +566,7 @@ def _one_sided(fn, side: int, eps: float = 1e-200, h: float = 1e-2) -> tuple:
 class Universality:
     """Universality class of σ. `kind`: 'scale-invariant' (σ(λz) = λσ(z), λ > 0), 'K*=0' (σ(0) = 0 and K = 0 attracts the
     critical flow), 'K*>0' (σ(0) = 0 but K = 0 repels: a critical point, if any, has K* > 0), 'none' (σ(0) ≠ 0 or
-    σ'(0±) = 0: K = 0 is no critical fixed point). `decided_by`: which term of K⁽ˡ⁺¹⁾ = K + bK^{3/2} + a₁K² + … decided."""
+    σ'(0±) = 0: K = 0 is no critical fixed point). `decided_by`: which term of K⁽ˡ⁺¹⁾ = K + bK³ᐟ² + a₁K² + … decided."""
     kind: str
     taylor: tuple | None = None     # (σ₀, σ₁, σ₂, σ₃) at 0 when σ is smooth there
     slopes: tuple | None = None     # (a₊, a₋), scale-invariant class
@@ -582,7 +582,7 @@ class Universality:
 
 def universality_class(activation, n_points: int | None = None) -> Universality:
     """Classify σ: homogeneity first; else from one-sided derivatives at 0. With A₂ = (σ'₊² + σ'₋²)/2 and C_W = 1/A₂,
-    C_b = 0, eq. (12): K⁽ˡ⁺¹⁾ = K + bK^{3/2} + a₁K² + O(K^{5/2}), b = √(2/π)(σ'₊σ''₊ − σ'₋σ''₋)/A₂,
+    C_b = 0, eq. (12): K⁽ˡ⁺¹⁾ = K + bK³ᐟ² + a₁K² + O(K⁵ᐟ²), b = √(2/π)(σ'₊σ''₊ − σ'₋σ''₋)/A₂,
     a₁ = (3/2)[(σ''₊² + σ''₋²)/4 + (σ'₊σ'''₊ + σ'₋σ'''₋)/3]/A₂ (eq. 7 when smooth: a₁ = σ₃/σ₁ + ¾(σ₂/σ₁)²).
     The first nonzero of b, a₁ decides (negative: K* = 0 attracts); if both vanish, the critical flow from K = 1 decides
     (200 layers, monotone and by more than 1e-3; else 'undecided')."""
@@ -665,9 +665,9 @@ def criticality(activation, K_range=(1e-4, 1e2), n_grid: int = 141, n_points: in
     """(C_b, C_W) with χ_∥(K*) = χ_⊥(K*) = 1. Scale-invariant σ: (0, 1/A₂), every K a fixed point. K* = 0 class:
     (0, 1/A₂), A₂ = (σ'(0⁺)² + σ'(0⁻)²)/2, K* = 0 attracting as a power law.
 
-    Otherwise K* > 0 solves ⟨σσ''⟩_{K*} = 0 (eq. 6), scanned for sign changes on a log grid of `n_grid` points over
-    `K_range` (512-node rule) and solved by regula falsi (Illinois) with refined averages; C_W = 1/⟨σ'²⟩_{K*},
-    C_b = K* − C_W⟨σ²⟩_{K*} >= 0. Gaussian averages refined to 1e-10 relative (`n_points`: a fixed rule instead), so
+    Otherwise K* > 0 solves ⟨σσ''⟩_(K*) = 0 (eq. 6), scanned for sign changes on a log grid of `n_grid` points over
+    `K_range` (512-node rule) and solved by regula falsi (Illinois) with refined averages; C_W = 1/⟨σ'²⟩_(K*),
+    C_b = K* − C_W⟨σ²⟩_(K*) >= 0. Gaussian averages refined to 1e-10 relative (`n_points`: a fixed rule instead), so
     K*, C_b, C_W come out to about 1e-9. When nothing qualifies, `exists` is False and
     `message` says why."""
     act = as_activation(activation); _check_n_points(n_points)
@@ -717,7 +717,7 @@ def _widths(widths, depth=None, max_width=10**6):
     return ws
 
 def _ratios(widths, depth):
-    "r[l] = n_l/n_{l−1} for l = 1..depth−1 (index l), equal widths when `widths` is None."
+    "r[l] = n_l/nₗ₋₁ for l = 1..depth−1 (index l), equal widths when `widths` is None."
     if widths is None: return [1.0] * depth
     ws = _widths(widths, depth)
     return [1.0] + [ws[l] / ws[l - 1] for l in range(1, depth)]
@@ -743,11 +743,11 @@ def _pair_S(act, K, n_points):
     return torch.stack([torch.stack(r, -1) for r in quart], -2) - g[..., :, None] * g[..., None, :]
 
 def four_point_vertex(activation, C_W, C_b, K0, depth: int, widths=None, n_points: int | None = None) -> torch.Tensor:
-    """Four-point vertex V⁽ˡ⁾, l = 1..depth, at leading order in 1/n, eq. (9): Cov(Ĝ⁽ˡ⁾_a, Ĝ⁽ˡ⁾_b) = V⁽ˡ⁾_ab/n_{l−1}, V⁽¹⁾ = 0.
+    """Four-point vertex V⁽ˡ⁾, l = 1..depth, at leading order in 1/n, eq. (9): Cov(Ĝ⁽ˡ⁾_a, Ĝ⁽ˡ⁾_b) = V⁽ˡ⁾_ab/nₗ₋₁, V⁽¹⁾ = 0.
 
-    One input (`K0` variances, any shape): V⁽ˡ⁺¹⁾ = C_W²(⟨σ⁴⟩_K − ⟨σ²⟩_K²) + (n_l/n_{l−1})χ_∥(K)²V⁽ˡ⁾ at K = K⁽ˡ⁾; returns
+    One input (`K0` variances, any shape): V⁽ˡ⁺¹⁾ = C_W²(⟨σ⁴⟩_K − ⟨σ²⟩_K²) + (n_l/nₗ₋₁)χ_∥(K)²V⁽ˡ⁾ at K = K⁽ˡ⁾; returns
     (depth, *batch). Two inputs (`K0` (..., 2, 2)), eq. (14): a, b over the metric entries (11, 12, 22),
-    V⁽ˡ⁺¹⁾ = C_W²S + (n_l/n_{l−1}) M V⁽ˡ⁾ Mᵀ with M_ab = C_W∂⟨(σσ)_a⟩/∂K_b, S the one-neuron covariance of (σσ)_a;
+    V⁽ˡ⁺¹⁾ = C_W²S + (n_l/nₗ₋₁) M V⁽ˡ⁾ Mᵀ with M_ab = C_W∂⟨(σσ)_a⟩/∂K_b, S the one-neuron covariance of (σσ)_a;
     returns (depth, *batch, 3, 3). `widths` [n_0..n_depth] or None (equal). Raises OverflowError if the flow overflows."""
     act, C_W, C_b, K, pairs, depth = _flow_setup(activation, C_W, C_b, K0, depth, n_points)
     r = _ratios(widths, depth)
@@ -769,7 +769,7 @@ def four_point_vertex(activation, C_W, C_b, K0, depth: int, widths=None, n_point
     return torch.stack(out)
 
 def excess_kurtosis(activation, C_W, C_b, K0, widths, n_points: int | None = None) -> torch.Tensor:
-    "Leading-order excess kurtosis κ⁽ˡ⁾ = 3V⁽ˡ⁾/(n_{l−1}(K⁽ˡ⁾)²) at layers 1..L of one input, eq. (2); `widths` = [n_0..n_L]. (L, *batch)."
+    "Leading-order excess kurtosis κ⁽ˡ⁾ = 3V⁽ˡ⁾/(nₗ₋₁(K⁽ˡ⁾)²) at layers 1..L of one input, eq. (2); `widths` = [n_0..n_L]. (L, *batch)."
     ws = _widths(widths); L = len(ws) - 1
     if _kernel_input(K0)[1]: raise ValueError("`K0` must be a variance (one input) for excess_kurtosis, not a 2×2 covariance")
     K = kernel_flow(activation, C_W, C_b, K0, L, n_points)
@@ -778,10 +778,10 @@ def excess_kurtosis(activation, C_W, C_b, K0, widths, n_points: int | None = Non
     return 3 * V / (n_prev * K**2)
 
 def metric_shift(activation, C_W, C_b, K0, depth: int, widths=None, n_points: int | None = None) -> torch.Tensor:
-    """1/n shift K₁⁽ˡ⁾ of the mean metric, eq. (11): 𝔼Ĝ⁽ˡ⁾ = K⁽ˡ⁾ + K₁⁽ˡ⁾/n_{l−1} + O(1/n²), l = 1..depth, K₁⁽¹⁾ = 0.
+    """1/n shift K₁⁽ˡ⁾ of the mean metric, eq. (11): 𝔼Ĝ⁽ˡ⁾ = K⁽ˡ⁾ + K₁⁽ˡ⁾/nₗ₋₁ + O(1/n²), l = 1..depth, K₁⁽¹⁾ = 0.
 
-    One input: K₁⁽ˡ⁺¹⁾ = (n_l/n_{l−1})(χ_∥K₁⁽ˡ⁾ + (C_W/2)g''(K)V⁽ˡ⁾) at K = K⁽ˡ⁾, g(K) = ⟨σ²⟩_K; returns (depth, *batch).
-    Two inputs (`K0` (..., 2, 2)), eq. (15): K₁⁽ˡ⁺¹⁾_a = (n_l/n_{l−1})(Σ_b M_ab K₁⁽ˡ⁾_b + (C_W/2) Σ_bc ∂²g_a/∂K_b∂K_c V⁽ˡ⁾_bc);
+    One input: K₁⁽ˡ⁺¹⁾ = (n_l/nₗ₋₁)(χ_∥K₁⁽ˡ⁾ + (C_W/2)g''(K)V⁽ˡ⁾) at K = K⁽ˡ⁾, g(K) = ⟨σ²⟩_K; returns (depth, *batch).
+    Two inputs (`K0` (..., 2, 2)), eq. (15): K₁⁽ˡ⁺¹⁾_a = (n_l/nₗ₋₁)(Σ_b M_ab K₁⁽ˡ⁾_b + (C_W/2) Σ_bc ∂²g_a/∂K_b∂K_c V⁽ˡ⁾_bc);
     returns (depth, *batch, 2, 2). Raises OverflowError if the flow overflows."""
     Ks = kernel_flow(activation, C_W, C_b, K0, depth, n_points)
     Vs = four_point_vertex(activation, C_W, C_b, K0, depth, widths, n_points)
@@ -812,7 +812,7 @@ def metric_shift(activation, C_W, C_b, K0, depth: int, widths=None, n_points: in
 
 # %% ../nbs/02_rg_flow.ipynb #5162b3c4
 def _fixed_point(act, C_W, C_b, K0, n_points, iters=200):
-    """K* = C_b + C_W⟨σ²⟩_{K*} reached from K0, for a batch: Newton steps while the map's slope χ_∥ is below one (a stable
+    """K* = C_b + C_W⟨σ²⟩_(K*) reached from K0, for a batch: Newton steps while the map's slope χ_∥ is below one (a stable
     approach), plain iteration otherwise. Returns (K*, status): 0 converged, 1 K → 0 (C_b = 0), 2 diverges, 3 not converged."""
     K = torch.full_like(C_W, K0); status = torch.full(K.shape, 3, dtype=torch.int64)
     live = torch.ones(K.shape, dtype=torch.bool)
@@ -857,7 +857,7 @@ def _chaotic_c(act, C_W, C_b, Ks, n_points, iters=60):
 
 def correlation_length(activation, C_W, C_b, *, K0: float = 1.0, n_points: int | None = None):
     """Correlation length ξ: off criticality the correlation of two inputs approaches its fixed point as
-    ρ⁽ˡ⁾ − ρ* ∝ e^{−ℓ/ξ}, ξ = −1/log χ_c, with χ_c = ∂ρ⁽ˡ⁺¹⁾/∂ρ⁽ˡ⁾ = C_W⟨σ'(z₁)σ'(z₂)⟩ at the fixed point
+    ρ⁽ˡ⁾ − ρ* ∝ e^(−ℓ/ξ), ξ = −1/log χ_c, with χ_c = ∂ρ⁽ˡ⁺¹⁾/∂ρ⁽ˡ⁾ = C_W⟨σ'(z₁)σ'(z₂)⟩ at the fixed point
     (K*, ρ*), eq. (16) (Schoenholz et al. 2017). Ordered phase (χ_⊥(K*) < 1): ρ* = 1 and χ_c = χ_⊥(K*); chaotic (χ_⊥(K*) > 1): the
     stable ρ* < 1. K* is the fixed point the one-input flow reaches from `K0`.
 
@@ -897,9 +897,9 @@ def correlation_length(activation, C_W, C_b, *, K0: float = 1.0, n_points: int |
 
 # %% ../nbs/02_rg_flow.ipynb #42b3ee1a
 def scale_invariant_moments(widths, order: int = 2, activation='relu') -> torch.Tensor:
-    """Exact 𝔼[z^{2p}]/𝔼[z²]^p, p = `order` (1..20), of one preactivation at layers 1..L of a bias-free scale-invariant
-    network (any C_W, any input), `widths` = [n_0..n_L], eq. (10): (2p−1)!! ∏_{k<l} 𝔼[(Σ_{j≤n_k} y_j)^p]/(n_k μ₁)^p,
-    y = σ(ξ)², μ_q = 𝔼y^q = (a₊^{2q} + a₋^{2q})(2q−1)!!/2. For p = 2 it is 3∏(1 + c/n_k), c = μ₂/μ₁² − 1. Returns (L,)."""
+    """Exact 𝔼[z²ᵖ]/𝔼[z²]^p, p = `order` (1..20), of one preactivation at layers 1..L of a bias-free scale-invariant
+    network (any C_W, any input), `widths` = [n_0..n_L], eq. (10): (2p−1)!! ∏_(k<l) 𝔼[(Σ_(j≤n_k) y_j)^p]/(n_k μ₁)^p,
+    y = σ(ξ)², μ_q = 𝔼y^q = (a₊^(2q) + a₋^(2q))(2q−1)!!/2. For p = 2 it is 3∏(1 + c/n_k), c = μ₂/μ₁² − 1. Returns (L,)."""
     ws = _widths(widths, max_width=10**12); p = check_int(order, 'order', minimum=1)
     if p > 20: raise ValueError(f"`order` must be at most 20, got {p}")
     u = universality_class(activation)
