@@ -19,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / 'tools'))
-from notebooks import NBS, chapters, png_outputs, png_size, read_nb
+from notebooks import NBS, cell_flags, chapters, is_exported, png_outputs, png_size, python_body, read_nb
 
 MAX_TOTAL_BYTES = 4_000_000          # all notebooks together
 MAX_FIGURE_BYTES = 300_000           # one embedded PNG (decoded)
@@ -105,3 +105,33 @@ def test_module_docs_links_point_at_pages_the_site_builds():
         for url in re.findall(r'^Docs:\s*(\S+)\s*$', module_docstring(py), re.M):
             if url.rsplit('/', 1)[-1] not in pages: bad[py.name] = url
     assert not bad, f'Docs: links to pages no notebook makes (the site makes {sorted(pages)}): {bad}'
+
+
+def test_long_and_gpu_cells_guard_themselves():
+    """A student's Run All skips long and GPU work: every `slow` cell's body runs under `if long_cell(RUN_LONG):` and
+    every `cuda` cell's under `if cuda_cell():` (nbdev-test drops flagged cells; JupyterLab runs them all)."""
+    bad = []
+    for p in NOTEBOOKS:
+        for i, c in enumerate(read_nb(p)['cells']):
+            if c['cell_type'] != 'code': continue
+            flags, src = cell_flags(c), ''.join(c['source'])
+            if 'slow' in flags and 'long_cell(RUN_LONG)' not in src: bad.append(f'{p.name} cell {i}: slow without long_cell')
+            if 'cuda' in flags and 'cuda_cell()' not in src: bad.append(f'{p.name} cell {i}: cuda without cuda_cell')
+    assert not bad, bad
+
+
+
+def test_cells_that_import_only_import():
+    """nbdev executes every cell that contains an import while it renders the site (to make show_doc work), without
+    the cells before it: a non-exported cell with an import must hold nothing else, or the site build breaks on a
+    NameError (exported cells are exempt: they run in order)."""
+    bad = []
+    for p in NOTEBOOKS:
+        for i, c in enumerate(read_nb(p)['cells']):
+            if c['cell_type'] != 'code' or is_exported(c): continue
+            try: tree = ast.parse(python_body(''.join(c['source'])))
+            except SyntaxError: continue
+            if any(isinstance(n, (ast.Import, ast.ImportFrom)) for n in ast.walk(tree)) and \
+               any(not isinstance(n, (ast.Import, ast.ImportFrom)) for n in tree.body):
+                bad.append(f'{p.name} cell {i}')
+    assert not bad, f'cells that mix imports with other code: {bad}'
