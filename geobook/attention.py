@@ -1,4 +1,4 @@
-r"""Softmax attention is limited by memory traffic, not arithmetic: an online softmax lets one pass over the keys replace the $N\times N$ score matrix, and we write the fused forward and backward kernels ourselves—for the CPU with Numba and for the GPU with Numba CUDA—together with fused neighborhood attention.
+"""Softmax attention is limited by memory traffic, not arithmetic: an online softmax lets one pass over the keys replace the N×N score matrix, and we write the fused forward and backward kernels ourselves—for the CPU with Numba and for the GPU with Numba CUDA—together with fused neighborhood attention.
 
 Docs: https://geobook.github.io/geobook/fused_attention.html.md"""
 
@@ -6,90 +6,116 @@ Docs: https://geobook.github.io/geobook/fused_attention.html.md"""
 
 # %% ../nbs/05_fused_attention.ipynb #f2a4bbb1
 from __future__ import annotations
-import math
+import math, os
+from functools import lru_cache
+from typing import NamedTuple
 from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 import numba
 from numba import njit, cuda, float32
 from .core import as_tensor, check_int, check_positive, check_choice
 
 # %% auto #0
-__all__ = ['LOG2E', 'NEG', 'BQ_CPU', 'BK_CPU', 'TQ', 'TK', 'TKB', 'TQB', 'DMAX', 'attention_reference', 'flash_attention',
-           'neighborhood_attention', 'neighborhood_attention_reference']
+__all__ = ['attention_reference', 'flash_attention', 'neighborhood_attention', 'neighborhood_attention_reference']
 
 # %% ../nbs/05_fused_attention.ipynb #eb3769a4
-def _check_qkv(q, k, v, ndim=4, shape='(B, H, N, D)'):
-    q = as_tensor(q, 'q', ndim=ndim, shape=shape)
-    k = as_tensor(k, 'k', ndim=ndim, shape=shape, device=q.device)
-    v = as_tensor(v, 'v', ndim=ndim, shape=shape, device=q.device)
-    if k.shape != v.shape:
-        raise ValueError(f'`k` and `v` must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}')
-    if q.shape[:ndim - 2] != k.shape[:ndim - 2] or q.shape[-1] != k.shape[-1]:
-        raise ValueError(f'`q` {tuple(q.shape)} and `k` {tuple(k.shape)} must agree in batch, heads and D')
-    if not 1 <= q.shape[-1] <= 128:
-        raise ValueError(f'head dimension D must be in 1..128, got {q.shape[-1]}')
-    if q.shape[-2] < 1 or k.shape[-2] < 1:
-        raise ValueError('`q` and `k` need at least one position')
-    return q, k, v
+def _check_flag(value, name):
+    if not isinstance(value, (bool, np.bool_)): raise TypeError(f'`{name}` must be True or False, got {value!r}')
+    return bool(value)
+
+def _check_attention_inputs(q, k, v):
+    """q (…, N_q, D), k (…, N_k, D), v (…, N_k, D_v) with broadcastable batch dimensions `…` (SDPA's contract), one
+    dtype and one device; returns them and the broadcast batch shape."""
+    q, k, v = as_tensor(q, 'q'), as_tensor(k, 'k'), as_tensor(v, 'v')
+    for n, t in (('q', q), ('k', k), ('v', v)):
+        if t.ndim < 2: raise ValueError(f'`{n}` must have at least 2 dimensions (…, N, D), got shape {tuple(t.shape)}')
+        if t.dtype != q.dtype:
+            raise TypeError(f'`q`, `k` and `v` must have one dtype (as in SDPA), got `{n}` {t.dtype} and `q` {q.dtype}')
+        if t.device != q.device:
+            raise ValueError(f'`q`, `k` and `v` must be on one device, got `{n}` on {t.device} and `q` on {q.device}')
+        if t.shape[-1] < 1: raise ValueError(f'`{n}` needs a head dimension ≥ 1, got shape {tuple(t.shape)}')
+    if k.shape[-1] != q.shape[-1]:
+        raise ValueError(f'`k` must have the head dimension D = {q.shape[-1]} of `q`, got shape {tuple(k.shape)}')
+    if v.shape[-2] != k.shape[-2]:
+        raise ValueError(f'`v` must have as many positions as `k` ({k.shape[-2]}), got shape {tuple(v.shape)}')
+    try: batch = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    except RuntimeError:
+        raise ValueError(f'the batch dimensions of `q` {tuple(q.shape)}, `k` {tuple(k.shape)} and `v` {tuple(v.shape)} '
+                         'do not broadcast') from None
+    return q, k, v, tuple(batch)
 
 def _resolve_scale(scale, D):
     if scale is None: return 1.0 / math.sqrt(D)
-    check_positive(scale, 'scale'); return float(scale)
+    return check_positive(scale, 'scale')
 
 def _masked_attention(q, k, v, mask, scale):
-    "Dense softmax(scale·QKᵀ + mask)V with `mask` (Nq, Nk) boolean (True = allowed); fully masked rows give 0 and lse -inf."
+    "Dense softmax(τ·QKᵀ + M)·V with `mask` (N_q, N_k) boolean (True = allowed); rows with no allowed key give 0, lse −∞."
     s = torch.einsum('...id,...jd->...ij', q, k) * scale
     if mask is not None: s = s.masked_fill(~mask, float('-inf'))
-    lse = torch.logsumexp(s, dim=-1)
-    p = torch.exp(s - lse.clamp_min(torch.finfo(s.dtype).min).unsqueeze(-1))
+    lse = torch.logsumexp(s, dim=-1)                                           # L = log Σⱼ e^{sⱼ}
+    p = torch.exp(s - lse.clamp_min(torch.finfo(s.dtype).min).unsqueeze(-1))   # P = e^{S − L}
     if mask is not None: p = p.masked_fill(~mask, 0.0)
     return p @ v, lse
 
-def attention_reference(q, k, v, causal: bool = False, scale: float | None = None, return_lse: bool = False):
-    """Softmax attention $O = \\mathrm{softmax}(\\tau QK^\\top + M)V$ computed densely in torch (the oracle).
+def _causal_mask(Nq, Nk, device):
+    "(N_q, N_k) boolean: query i sees key j iff j ≤ i + N_k − N_q (bottom-right aligned)."
+    return torch.arange(Nk, device=device)[None, :] <= torch.arange(Nq, device=device)[:, None] + (Nk - Nq)
 
-    q: (B, H, Nq, D), k, v: (B, H, Nk, D); causal masks $j > i + N_k - N_q$ (bottom-right aligned, FlashAttention-2's
-    convention); rows with no allowed key give output 0 and log-sum-exp $-\\infty$. Returns O (B, H, Nq, D)
-    [and lse (B, H, Nq)]."""
-    q, k, v = _check_qkv(q, k, v)
+def attention_reference(q, k, v, causal: bool = False, scale: float | None = None, return_lse: bool = False):
+    """Softmax attention O = softmax(τ·QKᵀ + M)·V computed densely in torch, in the inputs' dtype (the oracle).
+
+    q: (…, N_q, D), k: (…, N_k, D), v: (…, N_k, D_v); the batch dimensions `…` broadcast, as in torch's
+    `scaled_dot_product_attention` (SDPA). causal: query i sees key j iff j ≤ i + N_k − N_q, aligned to the bottom right
+    (FlashAttention-2's convention, SDPA's `attn_mask=torch.nn.attention.bias.causal_lower_right(N_q, N_k)`; SDPA's
+    `is_causal=True` is aligned to the top left, j ≤ i, and differs when N_q ≠ N_k). A row with no allowed key gives
+    output 0 and log-sum-exp −∞. scale: τ (default 1/√D). Returns O (…, N_q, D_v) [and L (…, N_q)]."""
+    q, k, v, _ = _check_attention_inputs(q, k, v)
+    causal, return_lse = _check_flag(causal, 'causal'), _check_flag(return_lse, 'return_lse')
     scale = _resolve_scale(scale, q.shape[-1])
-    Nq, Nk = q.shape[-2], k.shape[-2]
-    mask = None
-    if causal:
-        mask = torch.arange(Nk, device=q.device)[None, :] <= torch.arange(Nq, device=q.device)[:, None] + (Nk - Nq)
+    mask = _causal_mask(q.shape[-2], k.shape[-2], q.device) if causal else None
     o, lse = _masked_attention(q, k, v, mask, scale)
     return (o, lse) if return_lse else o
 
 # %% ../nbs/05_fused_attention.ipynb #f7e3a801
+_POOL = {}        # (process id, W) → a pool of W − 1 worker threads, made once per process and kept
+
 def _on_threads(kernel, *args):
-    "Run the nogil Numba `kernel(*args, w, W)` for w = 0..W-1 on W = numba.get_num_threads() threads (item stripes)."
+    """Run the nogil Numba `kernel(*args, w, W)` for w = 0..W−1 on W = numba.get_num_threads() threads (item stripes);
+    the calling thread takes stripe 0, a persistent pool the others."""
     nw = max(1, numba.get_num_threads())
     if nw == 1: return kernel(*args, 0, 1)
-    with ThreadPoolExecutor(nw) as pool:
-        list(pool.map(lambda w: kernel(*args, w, nw), range(nw)))
+    key = (os.getpid(), nw)       # a forked child has the parent's pool object but not its threads: make its own
+    pool = _POOL.get(key) or _POOL.setdefault(key, ThreadPoolExecutor(nw - 1, thread_name_prefix='geobook-attn'))
+    futures = [pool.submit(kernel, *args, w, nw) for w in range(1, nw)]
+    kernel(*args, 0, nw)
+    for f in futures: f.result()
 
 # %% ../nbs/05_fused_attention.ipynb #cead285d
-LOG2E = 1.4426950408889634
-NEG = -1e30            # finite stand-in for -inf: fastmath assumes no infinities
-BQ_CPU, BK_CPU = 128, 128
+_LOG2E = 1.4426950408889634                # log₂ e: eˣ = 2^(x·log₂ e)
+_NEG = float(np.finfo(np.float32).min)     # −FLT_MAX: finite stand-in for −∞ (fastmath assumes no infinities)
+_SCORE_MAX = float(np.finfo(np.float32).max) / 4   # |τ q·k| bound: a difference of two scores stays finite
+_BQ_CPU, _BK_CPU = 128, 128
 
 @njit(inline='always', fastmath=True)
 def _exp2_row(s, p, eb, r, jl, mx):
     "p[r, :jl] = 2**(s[r, :jl] - mx) with a vectorisable polynomial; returns the row sum."
     for j in range(jl):
-        x = max(s[r, j] - mx, np.float32(-125.0))
+        x = max(s[r, j] - mx, np.float32(-125.0))              # x = s − m (2ˣ below 2⁻¹²⁵ is 0)
         xf = np.floor(x + np.float32(0.5))
-        f = x - xf
-        eb[j] = (np.int32(xf) + np.int32(127)) << 23
-        p[r, j] = np.float32(1.0) + f * (np.float32(0.6931472) + f * (np.float32(0.2402265) + f * (
+        f = x - xf                                                # x = n + f, |f| ≤ ½
+        eb[j] = (np.int32(xf) + np.int32(127)) << 23             # 2ⁿ: n + 127 in the exponent bits
+        p[r, j] = np.float32(1.0) + f * (                        # 2ᶠ = Σₖ (f ln 2)ᵏ/k!, k ≤ 6
+            np.float32(0.6931472) + f * (np.float32(0.2402265) + f * (
             np.float32(0.05550411) + f * (np.float32(0.009618129) + f * (np.float32(0.001333355)
             + f * np.float32(0.0001540353))))))
     ef = eb.view(np.float32)
     tot = np.float32(0.0)
     for j in range(jl):
-        p[r, j] *= ef[j]
-        tot += p[r, j]
+        p[r, j] *= ef[j]                                          # p = 2ⁿ·2ᶠ
+        tot += p[r, j]                                            # Σⱼ pⱼ
     return tot
 
 @njit(inline='always')
@@ -119,28 +145,28 @@ def _flash_fwd_cpu(q, k, v, scale, causal, off, o, lse, w0, nw):
     "O, L for q (BH, Nq, D), k, v (BH, Nk, D): online softmax over key blocks, one work item per query block."
     BH, Nq, D = q.shape
     Nk = k.shape[1]
-    nqb = (Nq + BQ_CPU - 1) // BQ_CPU
-    c = np.float32(scale * LOG2E)
+    nqb = (Nq + _BQ_CPU - 1) // _BQ_CPU
+    c = np.float32(scale * _LOG2E)
     for t in range(w0, BH * nqb, nw):
         bh = t // nqb
-        q0 = (t % nqb) * BQ_CPU
-        nr = min(BQ_CPU, Nq - q0)
-        qs = np.zeros((BQ_CPU, D + 3), np.float32)
+        q0 = (t % nqb) * _BQ_CPU
+        nr = min(_BQ_CPU, Nq - q0)
+        qs = np.zeros((_BQ_CPU, D + 3), np.float32)
         for i in range(nr):
             for d in range(D):
-                qs[i, d] = q[bh, q0 + i, d] * c
-        acc = np.zeros((BQ_CPU, D), np.float32)
-        m = np.full(BQ_CPU, np.float32(NEG))
-        l = np.zeros(BQ_CPU, np.float32)
-        s = np.empty((4, BK_CPU), np.float32)
-        eb = np.empty(BK_CPU, np.int32)
-        kt = np.zeros((D + 3, BK_CPU), np.float32)
-        vt = np.empty((D, BK_CPU), np.float32)
+                qs[i, d] = q[bh, q0 + i, d] * c                      # q·τ·log₂e: scores in base-2 units
+        acc = np.zeros((_BQ_CPU, D), np.float32)
+        m = np.full(_BQ_CPU, np.float32(_NEG))                      # m ← −∞ (running max)
+        l = np.zeros(_BQ_CPU, np.float32)                           # ℓ ← 0 (running sum)
+        s = np.empty((4, _BK_CPU), np.float32)
+        eb = np.empty(_BK_CPU, np.int32)
+        kt = np.zeros((D + 3, _BK_CPU), np.float32)
+        vt = np.empty((D, _BK_CPU), np.float32)
         jlr = np.empty(4, np.int64)
         al = np.empty(4, np.float32)
         kend = min(Nk, q0 + nr + off) if causal else Nk
-        for k0 in range(0, max(kend, 0), BK_CPU):
-            nc = min(BK_CPU, kend - k0)
+        for k0 in range(0, max(kend, 0), _BK_CPU):
+            nc = min(_BK_CPU, kend - k0)
             _load_kv_tile(k, v, bh, k0, nc, np.float32(1.0), kt, vt)
             for g0 in range(0, nr, 4):
                 jmax = _row_key_limits(jlr, q0 + g0, q0 + nr, nc, causal, off, k0)
@@ -156,7 +182,7 @@ def _flash_fwd_cpu(q, k, v, scale, causal, off, o, lse, w0, nw):
                             kd = kt[d0 + dd, j]
                             x0 += qs[g0, d0 + dd] * kd; x1 += qs[g0 + 1, d0 + dd] * kd
                             x2 += qs[g0 + 2, d0 + dd] * kd; x3 += qs[g0 + 3, d0 + dd] * kd
-                        s[0, j] = x0; s[1, j] = x1; s[2, j] = x2; s[3, j] = x3
+                        s[0, j] = x0; s[1, j] = x1; s[2, j] = x2; s[3, j] = x3   # S = τ·Q Kᵀ
                 for r in range(4):
                     i = g0 + r
                     jl = jlr[r]
@@ -164,9 +190,9 @@ def _flash_fwd_cpu(q, k, v, scale, causal, off, o, lse, w0, nw):
                     if jl > 0:
                         mx = m[i]
                         for j in range(jl):
-                            mx = max(mx, s[r, j])
-                        al[r] = np.exp2(m[i] - mx)
-                        l[i] = l[i] * al[r] + _exp2_row(s, s, eb, r, jl, mx)
+                            mx = max(mx, s[r, j])                    # m_new = max(m, maxⱼ sⱼ)
+                        al[r] = np.exp2(m[i] - mx) if m[i] > np.float32(_NEG) else np.float32(0.0)  # α = 2^(m − m_new)
+                        l[i] = l[i] * al[r] + _exp2_row(s, s, eb, r, jl, mx)  # ℓ ← αℓ + ΣP, P = 2^(S − m_new)
                         m[i] = mx
                     for j in range(max(jl, 0), jmax):
                         s[r, j] = 0.0
@@ -176,18 +202,18 @@ def _flash_fwd_cpu(q, k, v, scale, causal, off, o, lse, w0, nw):
                     for j in range(jmax):
                         vd = vt[d, j]
                         x0 += s[0, j] * vd; x1 += s[1, j] * vd; x2 += s[2, j] * vd; x3 += s[3, j] * vd
-                    acc[g0, d] = acc[g0, d] * b0 + x0; acc[g0 + 1, d] = acc[g0 + 1, d] * b1 + x1
+                    acc[g0, d] = acc[g0, d] * b0 + x0; acc[g0 + 1, d] = acc[g0 + 1, d] * b1 + x1   # acc ← α·acc + PV
                     acc[g0 + 2, d] = acc[g0 + 2, d] * b2 + x2; acc[g0 + 3, d] = acc[g0 + 3, d] * b3 + x3
         for i in range(nr):
             if l[i] > 0:
                 inv = np.float32(1.0) / l[i]
                 for d in range(D):
-                    o[bh, q0 + i, d] = acc[i, d] * inv
-                lse[bh, q0 + i] = (m[i] + np.log2(l[i])) / LOG2E
+                    o[bh, q0 + i, d] = acc[i, d] * inv                # O = acc/ℓ
+                lse[bh, q0 + i] = (m[i] + np.log2(l[i])) / _LOG2E    # L = (m + log₂ ℓ)/log₂ e
             else:
                 for d in range(D):
                     o[bh, q0 + i, d] = 0.0
-                lse[bh, q0 + i] = NEG
+                lse[bh, q0 + i] = _NEG                                  # no key: O = 0, L = −∞
 
 # %% ../nbs/05_fused_attention.ipynb #f463ef05
 @njit(nogil=True, fastmath=True, cache=True)
@@ -195,21 +221,21 @@ def _flash_bwd_dkdv_cpu(q, k, v, do, lse2, delta, scale, causal, off, dk, dv, w0
     "dK, dV for one (batch·head, key block) per work item: dV = Pᵀ dO, dK = τ dSᵀ Q, P recomputed."
     BH, Nq, D = q.shape
     Nk = k.shape[1]
-    nkb = (Nk + BK_CPU - 1) // BK_CPU
-    c = np.float32(scale * LOG2E)
+    nkb = (Nk + _BK_CPU - 1) // _BK_CPU
+    c = np.float32(scale * _LOG2E)
     for t in range(w0, BH * nkb, nw):
         bh = t // nkb
-        k0 = (t % nkb) * BK_CPU
-        nc = min(BK_CPU, Nk - k0)
-        kt = np.zeros((D + 3, BK_CPU), np.float32)
-        vt = np.zeros((D + 3, BK_CPU), np.float32)
-        _load_kv_tile(k, v, bh, k0, nc, c, kt, vt)
-        dka = np.zeros((BK_CPU, D), np.float32)
-        dva = np.zeros((BK_CPU, D), np.float32)
-        s = np.empty((4, BK_CPU), np.float32)
-        dp = np.empty((4, BK_CPU), np.float32)
-        p = np.empty((4, BK_CPU), np.float32)
-        eb = np.empty(BK_CPU, np.int32)
+        k0 = (t % nkb) * _BK_CPU
+        nc = min(_BK_CPU, Nk - k0)
+        kt = np.zeros((D + 3, _BK_CPU), np.float32)
+        vt = np.zeros((D + 3, _BK_CPU), np.float32)
+        _load_kv_tile(k, v, bh, k0, nc, c, kt, vt)                  # Kᵀ·τ·log₂e, Vᵀ
+        dka = np.zeros((_BK_CPU, D), np.float32)
+        dva = np.zeros((_BK_CPU, D), np.float32)
+        s = np.empty((4, _BK_CPU), np.float32)
+        dp = np.empty((4, _BK_CPU), np.float32)
+        p = np.empty((4, _BK_CPU), np.float32)
+        eb = np.empty(_BK_CPU, np.int32)
         qr = np.zeros((4, D + 3), np.float32)
         gr = np.zeros((4, D + 3), np.float32)
         jlr = np.empty(4, np.int64)
@@ -236,26 +262,26 @@ def _flash_bwd_dkdv_cpu(q, k, v, do, lse2, delta, scale, causal, off, dk, dv, w0
                         x2 += qr[2, d0 + dd] * kd; x3 += qr[3, d0 + dd] * kd
                         y0 += gr[0, d0 + dd] * vd; y1 += gr[1, d0 + dd] * vd
                         y2 += gr[2, d0 + dd] * vd; y3 += gr[3, d0 + dd] * vd
-                    s[0, j] = x0; s[1, j] = x1; s[2, j] = x2; s[3, j] = x3
-                    dp[0, j] = y0; dp[1, j] = y1; dp[2, j] = y2; dp[3, j] = y3
+                    s[0, j] = x0; s[1, j] = x1; s[2, j] = x2; s[3, j] = x3   # S = τ·Q Kᵀ
+                    dp[0, j] = y0; dp[1, j] = y1; dp[2, j] = y2; dp[3, j] = y3   # dP = dO Vᵀ
             for r in range(4):
                 jl = jlr[r]
                 if jl > 0:
-                    _exp2_row(s, p, eb, r, jl, lse2[bh, g0 + r])
+                    _exp2_row(s, p, eb, r, jl, lse2[bh, g0 + r])          # P = 2^(S − L·log₂e)
                     di = delta[bh, g0 + r]
                     for j in range(jl):
-                        dp[r, j] = p[r, j] * (dp[r, j] - di)          # dp now holds dS
+                        dp[r, j] = p[r, j] * (dp[r, j] - di)              # dS = P∘(dP − Δ), in place
                 for j in range(max(jl, 0), jmax):
                     p[r, j] = 0.0; dp[r, j] = 0.0
             for j in range(jmax):
                 p0 = p[0, j]; p1 = p[1, j]; p2 = p[2, j]; p3 = p[3, j]
                 e0 = dp[0, j]; e1 = dp[1, j]; e2 = dp[2, j]; e3 = dp[3, j]
                 for d in range(D):
-                    dva[j, d] += p0 * gr[0, d] + p1 * gr[1, d] + p2 * gr[2, d] + p3 * gr[3, d]
-                    dka[j, d] += e0 * qr[0, d] + e1 * qr[1, d] + e2 * qr[2, d] + e3 * qr[3, d]
+                    dva[j, d] += p0 * gr[0, d] + p1 * gr[1, d] + p2 * gr[2, d] + p3 * gr[3, d]   # dV += Pᵀ dO
+                    dka[j, d] += e0 * qr[0, d] + e1 * qr[1, d] + e2 * qr[2, d] + e3 * qr[3, d]   # dK += dSᵀ Q
         for j in range(nc):
             for d in range(D):
-                dk[bh, k0 + j, d] = dka[j, d] * scale
+                dk[bh, k0 + j, d] = dka[j, d] * scale                  # dK = τ·dSᵀ Q
                 dv[bh, k0 + j, d] = dva[j, d]
 
 @njit(nogil=True, fastmath=True, cache=True)
@@ -263,28 +289,28 @@ def _flash_bwd_dq_cpu(q, k, v, do, lse2, delta, scale, causal, off, dq, w0, nw):
     "dQ = τ dS K for one (batch·head, query block) per work item, P and dP recomputed."
     BH, Nq, D = q.shape
     Nk = k.shape[1]
-    nqb = (Nq + BQ_CPU - 1) // BQ_CPU
-    c = np.float32(scale * LOG2E)
+    nqb = (Nq + _BQ_CPU - 1) // _BQ_CPU
+    c = np.float32(scale * _LOG2E)
     for t in range(w0, BH * nqb, nw):
         bh = t // nqb
-        q0 = (t % nqb) * BQ_CPU
-        nr = min(BQ_CPU, Nq - q0)
-        qs = np.zeros((BQ_CPU, D + 3), np.float32)
-        gs = np.zeros((BQ_CPU, D + 3), np.float32)
+        q0 = (t % nqb) * _BQ_CPU
+        nr = min(_BQ_CPU, Nq - q0)
+        qs = np.zeros((_BQ_CPU, D + 3), np.float32)
+        gs = np.zeros((_BQ_CPU, D + 3), np.float32)
         for i in range(nr):
             for d in range(D):
                 qs[i, d] = q[bh, q0 + i, d] * c; gs[i, d] = do[bh, q0 + i, d]
-        kt = np.zeros((D + 3, BK_CPU), np.float32)
-        vt = np.zeros((D + 3, BK_CPU), np.float32)
-        dqa = np.zeros((BQ_CPU, D), np.float32)
-        s = np.empty((4, BK_CPU), np.float32)
-        dp = np.empty((4, BK_CPU), np.float32)
-        p = np.empty((4, BK_CPU), np.float32)
-        eb = np.empty(BK_CPU, np.int32)
+        kt = np.zeros((D + 3, _BK_CPU), np.float32)
+        vt = np.zeros((D + 3, _BK_CPU), np.float32)
+        dqa = np.zeros((_BQ_CPU, D), np.float32)
+        s = np.empty((4, _BK_CPU), np.float32)
+        dp = np.empty((4, _BK_CPU), np.float32)
+        p = np.empty((4, _BK_CPU), np.float32)
+        eb = np.empty(_BK_CPU, np.int32)
         jlr = np.empty(4, np.int64)
         kend = min(Nk, q0 + nr + off) if causal else Nk
-        for k0 in range(0, max(kend, 0), BK_CPU):
-            nc = min(BK_CPU, kend - k0)
+        for k0 in range(0, max(kend, 0), _BK_CPU):
+            nc = min(_BK_CPU, kend - k0)
             _load_kv_tile(k, v, bh, k0, nc, np.float32(1.0), kt, vt)
             for g0 in range(0, nr, 4):
                 jmax = _row_key_limits(jlr, q0 + g0, q0 + nr, nc, causal, off, k0)
@@ -303,15 +329,15 @@ def _flash_bwd_dq_cpu(q, k, v, do, lse2, delta, scale, causal, off, dq, w0, nw):
                             x2 += qs[g0 + 2, d0 + dd] * kd; x3 += qs[g0 + 3, d0 + dd] * kd
                             y0 += gs[g0, d0 + dd] * vd; y1 += gs[g0 + 1, d0 + dd] * vd
                             y2 += gs[g0 + 2, d0 + dd] * vd; y3 += gs[g0 + 3, d0 + dd] * vd
-                        s[0, j] = x0; s[1, j] = x1; s[2, j] = x2; s[3, j] = x3
-                        dp[0, j] = y0; dp[1, j] = y1; dp[2, j] = y2; dp[3, j] = y3
+                        s[0, j] = x0; s[1, j] = x1; s[2, j] = x2; s[3, j] = x3   # S = τ·Q Kᵀ
+                        dp[0, j] = y0; dp[1, j] = y1; dp[2, j] = y2; dp[3, j] = y3   # dP = dO Vᵀ
                 for r in range(4):
                     jl = jlr[r]
                     if jl > 0:
-                        _exp2_row(s, p, eb, r, jl, lse2[bh, q0 + g0 + r])
+                        _exp2_row(s, p, eb, r, jl, lse2[bh, q0 + g0 + r])   # P = 2^(S − L·log₂e)
                         di = delta[bh, q0 + g0 + r]
                         for j in range(jl):
-                            dp[r, j] = p[r, j] * (dp[r, j] - di)
+                            dp[r, j] = p[r, j] * (dp[r, j] - di)          # dS = P∘(dP − Δ)
                     for j in range(max(jl, 0), jmax):
                         dp[r, j] = 0.0
                 for d in range(D):
@@ -319,10 +345,10 @@ def _flash_bwd_dq_cpu(q, k, v, do, lse2, delta, scale, causal, off, dq, w0, nw):
                     for j in range(jmax):
                         kd = kt[d, j]
                         x0 += dp[0, j] * kd; x1 += dp[1, j] * kd; x2 += dp[2, j] * kd; x3 += dp[3, j] * kd
-                    dqa[g0, d] += x0; dqa[g0 + 1, d] += x1; dqa[g0 + 2, d] += x2; dqa[g0 + 3, d] += x3
+                    dqa[g0, d] += x0; dqa[g0 + 1, d] += x1; dqa[g0 + 2, d] += x2; dqa[g0 + 3, d] += x3   # dQ += dS K
         for r in range(nr):
             for d in range(D):
-                dq[bh, q0 + r, d] = dqa[r, d] * scale
+                dq[bh, q0 + r, d] = dqa[r, d] * scale                  # dQ = τ·dS K
 
 # %% ../nbs/05_fused_attention.ipynb #86734ccc
 def _window_py(a, L, ks, dil, causal):
@@ -353,74 +379,111 @@ _window = njit(inline='always')(_window_py)
 _in_window = njit(inline='always')(_in_window_py)
 
 # %% ../nbs/05_fused_attention.ipynb #75538459
+_BY_CPU = 64      # queries (or keys) along y per CPU work item of the neighborhood kernels
+
 @njit(nogil=True, fastmath=True, cache=True)
 def _na_fwd_cpu(q, k, v, scale, X, Y, kx, ky, dx, dy, cx, cy, o, lse, w0, nw):
-    "Fused neighborhood attention forward on an X×Y grid (flattened row-major), q, k, v (BH, X·Y, D)."
+    "Fused neighborhood attention forward on an X×Y grid (flattened row-major), q, k, v (BH, X·Y, D); one work item per (batch·head, x, block of y)."
     BH, N, D = q.shape
-    W = kx * ky
-    for t in range(w0, BH * X, nw):
-        bh = t // X
-        x = t % X
-        s = np.empty(W, np.float32)
-        idx = np.empty(W, np.int64)
+    nyb = (Y + _BY_CPU - 1) // _BY_CPU
+    s = np.empty(kx * ky, np.float32)
+    idx = np.empty(kx * ky, np.int64)
+    for t in range(w0, BH * X * nyb, nw):
+        bh = t // (X * nyb)
+        x = (t // nyb) % X
+        y0 = (t % nyb) * _BY_CPU
         fx, nx = _window(x, X, kx, dx, cx)
-        for y in range(Y):
+        for y in range(y0, min(Y, y0 + _BY_CPU)):
             i = x * Y + y
             fy, ny = _window(y, Y, ky, dy, cy)
             n = 0
-            mx = np.float32(NEG)
+            mx = np.float32(_NEG)
             for a in range(nx):
                 for b in range(ny):
                     j = (fx + a * dx) * Y + fy + b * dy
                     acc = np.float32(0.0)
                     for d in range(D):
                         acc += q[bh, i, d] * k[bh, j, d]
-                    s[n] = acc * scale; idx[n] = j
-                    mx = max(mx, s[n]); n += 1
+                    s[n] = acc * scale; idx[n] = j                     # sⱼ = τ q·kⱼ over the window
+                    mx = max(mx, s[n]); n += 1                         # m = maxⱼ sⱼ
             tot = np.float32(0.0)
             for u in range(n):
-                s[u] = np.exp(s[u] - mx); tot += s[u]
+                s[u] = np.exp(s[u] - mx); tot += s[u]                 # ℓ = Σⱼ e^{sⱼ − m}
             for d in range(D):
                 o[bh, i, d] = 0.0
             for u in range(n):
-                w = s[u] / tot
+                w = s[u] / tot                                         # Pⱼ = e^{sⱼ − m}/ℓ
                 for d in range(D):
-                    o[bh, i, d] += w * v[bh, idx[u], d]
-            lse[bh, i] = mx + np.log(tot)
+                    o[bh, i, d] += w * v[bh, idx[u], d]                # O = Σⱼ Pⱼ vⱼ
+            lse[bh, i] = mx + np.log(tot)                              # L = m + log ℓ
 
 @njit(nogil=True, fastmath=True, cache=True)
-def _na_bwd_cpu(q, k, v, do, lse, delta, scale, X, Y, kx, ky, dx, dy, cx, cy, dq, dk, dv, w0, nw):
-    "Neighborhood attention backward by recomputation; one work item per batch·head (dK, dV are scattered)."
+def _na_bwd_dq_cpu(q, k, v, do, lse, delta, scale, X, Y, kx, ky, dx, dy, cx, cy, dq, w0, nw):
+    "dQ of neighborhood attention, gathered over each query's window; work items as in the forward."
     BH, N, D = q.shape
-    for bh in range(w0, BH, nw):
-        for i in range(N):
+    nyb = (Y + _BY_CPU - 1) // _BY_CPU
+    for t in range(w0, BH * X * nyb, nw):
+        bh = t // (X * nyb)
+        x = (t // nyb) % X
+        y0 = (t % nyb) * _BY_CPU
+        fx, nx = _window(x, X, kx, dx, cx)
+        for y in range(y0, min(Y, y0 + _BY_CPU)):
+            i = x * Y + y
+            fy, ny = _window(y, Y, ky, dy, cy)
+            li = lse[bh, i]; di = delta[bh, i]
             for d in range(D):
                 dq[bh, i, d] = 0.0
-        for i in range(N):
+            for a in range(nx):
+                for b in range(ny):
+                    j = (fx + a * dx) * Y + fy + b * dy
+                    sv = np.float32(0.0); dpv = np.float32(0.0)
+                    for d in range(D):
+                        sv += q[bh, i, d] * k[bh, j, d]
+                        dpv += do[bh, i, d] * v[bh, j, d]              # dPᵢⱼ = dOᵢ·vⱼ
+                    ds = np.exp(sv * scale - li) * (dpv - di)          # dSᵢⱼ = Pᵢⱼ(dPᵢⱼ − Δᵢ)
+                    for d in range(D):
+                        dq[bh, i, d] += ds * scale * k[bh, j, d]       # dQᵢ = τ Σⱼ dSᵢⱼ kⱼ
+
+@njit(nogil=True, fastmath=True, cache=True)
+def _na_bwd_dkdv_cpu(q, k, v, do, lse, delta, scale, X, Y, kx, ky, dx, dy, cx, cy, dk, dv, w0, nw):
+    """dK, dV of neighborhood attention, gathered per key over the queries whose window holds it (they lie within
+    (k−1)δ of the key on each axis, so we test those candidates); one work item per (batch·head, x, block of y)."""
+    BH, N, D = q.shape
+    nyb = (Y + _BY_CPU - 1) // _BY_CPU
+    for t in range(w0, BH * X * nyb, nw):
+        bh = t // (X * nyb)
+        xb = (t // nyb) % X
+        y0 = (t % nyb) * _BY_CPU
+        for yb in range(y0, min(Y, y0 + _BY_CPU)):
+            j = xb * Y + yb
             for d in range(D):
-                dk[bh, i, d] = 0.0; dv[bh, i, d] = 0.0
-        for x in range(X):
-            fx, nx = _window(x, X, kx, dx, cx)
-            for y in range(Y):
-                i = x * Y + y
-                fy, ny = _window(y, Y, ky, dy, cy)
-                li = lse[bh, i]; di = delta[bh, i]
-                for a in range(nx):
-                    for b in range(ny):
-                        j = (fx + a * dx) * Y + fy + b * dy
-                        sv = np.float32(0.0); dpv = np.float32(0.0)
-                        for d in range(D):
-                            sv += q[bh, i, d] * k[bh, j, d]
-                            dpv += do[bh, i, d] * v[bh, j, d]
-                        p = np.exp(sv * scale - li)
-                        ds = p * (dpv - di) * scale
-                        for d in range(D):
-                            dv[bh, j, d] += p * do[bh, i, d]
-                            dq[bh, i, d] += ds * k[bh, j, d]
-                            dk[bh, j, d] += ds * q[bh, i, d]
+                dk[bh, j, d] = 0.0; dv[bh, j, d] = 0.0
+            for ta in range(-(kx - 1), kx):
+                xa = xb + ta * dx
+                if xa < 0 or xa >= X or not _in_window(xa, xb, X, kx, dx, cx):
+                    continue
+                for tb in range(-(ky - 1), ky):
+                    ya = yb + tb * dy
+                    if ya < 0 or ya >= Y or not _in_window(ya, yb, Y, ky, dy, cy):
+                        continue
+                    i = xa * Y + ya
+                    sv = np.float32(0.0); dpv = np.float32(0.0)
+                    for d in range(D):
+                        sv += q[bh, i, d] * k[bh, j, d]
+                        dpv += do[bh, i, d] * v[bh, j, d]              # dPᵢⱼ = dOᵢ·vⱼ
+                    p = np.exp(sv * scale - lse[bh, i])                # Pᵢⱼ = e^{sᵢⱼ − Lᵢ}
+                    ds = p * (dpv - delta[bh, i]) * scale              # τ·dSᵢⱼ = τ Pᵢⱼ(dPᵢⱼ − Δᵢ)
+                    for d in range(D):
+                        dv[bh, j, d] += p * do[bh, i, d]               # dVⱼ = Σᵢ Pᵢⱼ dOᵢ
+                        dk[bh, j, d] += ds * q[bh, i, d]               # dKⱼ = τ Σᵢ dSᵢⱼ qᵢ
 
 # %% ../nbs/05_fused_attention.ipynb #aef877ab
-TQ, TK, TKB, TQB, DMAX = 64, 32, 64, 32, 128     # threads per query block, keys per smem tile, ... , max head dim
+_TQ, _TK = 64, 32       # forward and dQ: threads (= queries) per block, keys per shared-memory tile
+_TKB, _TQB = 64, 32     # dK, dV: threads (= keys) per block, queries per shared-memory tile
+_DMAX = 128             # largest head dimension (shared and local arrays are sized for it)
+# the mask's fields in the kernel's int32 array (`_Mask.to_array`), and its kinds
+_M_KIND, _M_OFF, _M_X, _M_Y, _M_KX, _M_KY, _M_DX, _M_DY, _M_CX, _M_CY = range(10)
+_FULL, _CAUSAL, _WINDOW = 0, 1, 2
 _window_dev = cuda.jit(device=True)(_window_py)
 _in_window_dev = cuda.jit(device=True)(_in_window_py)
 
@@ -436,17 +499,17 @@ def _load_rows(a, b, bh, r0, nr, a_s, b_s, tid, nthreads):
 
 @cuda.jit(device=True)
 def _allowed(i, j, mp):
-    "Mask predicate: mp = [mode, off, X, Y, kx, ky, dx, dy, cx, cy] (int32)."
-    mode = mp[0]
-    if mode == 0:
+    "May query i see key j? `mp` is the mask as the kernel's int32 array (fields _M_KIND, _M_OFF, ...)."
+    kind = mp[_M_KIND]
+    if kind == _FULL:
         return True
-    if mode == 1:
-        return j <= i + mp[1]
-    Y = mp[3]
+    if kind == _CAUSAL:
+        return j <= i + mp[_M_OFF]                                    # j ≤ i + N_k − N_q
+    Y = mp[_M_Y]
     xi = i // Y
     xj = j // Y
-    return (_in_window_dev(xi, xj, mp[2], mp[4], mp[6], mp[8] != 0)
-            and _in_window_dev(i - xi * Y, j - xj * Y, Y, mp[5], mp[7], mp[9] != 0))
+    return (_in_window_dev(xi, xj, mp[_M_X], mp[_M_KX], mp[_M_DX], mp[_M_CX] != 0)
+            and _in_window_dev(i - xi * Y, j - xj * Y, Y, mp[_M_KY], mp[_M_DY], mp[_M_CY] != 0))
 
 def _fwd_cuda_py(q, k, v, o, lse, scale, mp, kv_lo, kv_hi):
     qt = cuda.blockIdx.x
@@ -454,50 +517,50 @@ def _fwd_cuda_py(q, k, v, o, lse, scale, mp, kv_lo, kv_hi):
     tid = cuda.threadIdx.x
     Nq = q.shape[1]
     D = q.shape[2]
-    i = qt * TQ + tid
-    ks = cuda.shared.array((TK, DMAX), float32)
-    vs = cuda.shared.array((TK, DMAX), float32)
-    qr = cuda.local.array(DMAX, float32)
-    acc = cuda.local.array(DMAX, float32)
+    i = qt * _TQ + tid
+    ks = cuda.shared.array((_TK, _DMAX), float32)
+    vs = cuda.shared.array((_TK, _DMAX), float32)
+    qr = cuda.local.array(_DMAX, float32)
+    acc = cuda.local.array(_DMAX, float32)
     valid = i < Nq
     for d in range(D):
         qr[d] = q[bh, i, d] * scale if valid else float32(0.0)
         acc[d] = float32(0.0)
-    m = float32(NEG)
-    l = float32(0.0)
+    m = float32(_NEG)                                                # m ← −∞
+    l = float32(0.0)                                                 # ℓ ← 0
     lo = kv_lo[qt]
     hi = kv_hi[qt]
-    for k0 in range(lo, hi, TK):
-        nc = min(TK, hi - k0)
+    for k0 in range(lo, hi, _TK):
+        nc = min(_TK, hi - k0)
         cuda.syncthreads()
-        _load_rows(k, v, bh, k0, nc, ks, vs, tid, TQ)
+        _load_rows(k, v, bh, k0, nc, ks, vs, tid, _TQ)
         cuda.syncthreads()
         if valid:
             for j in range(nc):
                 if _allowed(i, k0 + j, mp):
                     sc = float32(0.0)
                     for d in range(D):
-                        sc += qr[d] * ks[j, d]
-                    if sc > m:
-                        alpha = math.exp(m - sc)
-                        l *= alpha
+                        sc += qr[d] * ks[j, d]                       # s = τ q·kⱼ
+                    if sc > m:                                       # m_new = max(m, s)
+                        alpha = math.exp(m - sc) if m > float32(_NEG) else float32(0.0)   # α = e^{m − m_new}
+                        l *= alpha                                   # ℓ ← αℓ
                         for d in range(D):
-                            acc[d] *= alpha
+                            acc[d] *= alpha                          # acc ← α·acc
                         m = sc
-                    p = math.exp(sc - m)
-                    l += p
+                    p = math.exp(sc - m)                             # P = e^{s − m}
+                    l += p                                           # ℓ ← ℓ + P
                     for d in range(D):
-                        acc[d] += p * vs[j, d]
+                        acc[d] += p * vs[j, d]                       # acc ← acc + P vⱼ
     if valid:
         if l > float32(0.0):
             inv = float32(1.0) / l
             for d in range(D):
-                o[bh, i, d] = acc[d] * inv
-            lse[bh, i] = m + math.log(l)
+                o[bh, i, d] = acc[d] * inv                           # O = acc/ℓ
+            lse[bh, i] = m + math.log(l)                             # L = m + log ℓ
         else:
             for d in range(D):
                 o[bh, i, d] = float32(0.0)
-            lse[bh, i] = float32(NEG)
+            lse[bh, i] = float32(_NEG)
 
 _fwd_cuda = cuda.jit(_fwd_cuda_py)
 
@@ -508,15 +571,15 @@ def _bwd_dkdv_cuda_py(q, k, v, do, lse, delta, dk, dv, scale, mp, q_lo, q_hi):
     tid = cuda.threadIdx.x
     Nk = k.shape[1]
     D = q.shape[2]
-    j = kt * TKB + tid
-    qs = cuda.shared.array((TQB, DMAX), float32)
-    dos = cuda.shared.array((TQB, DMAX), float32)
-    ls = cuda.shared.array(TQB, float32)
-    dls = cuda.shared.array(TQB, float32)
-    kr = cuda.local.array(DMAX, float32)
-    vr = cuda.local.array(DMAX, float32)
-    dkr = cuda.local.array(DMAX, float32)
-    dvr = cuda.local.array(DMAX, float32)
+    j = kt * _TKB + tid
+    qs = cuda.shared.array((_TQB, _DMAX), float32)
+    dos = cuda.shared.array((_TQB, _DMAX), float32)
+    ls = cuda.shared.array(_TQB, float32)
+    dls = cuda.shared.array(_TQB, float32)
+    kr = cuda.local.array(_DMAX, float32)
+    vr = cuda.local.array(_DMAX, float32)
+    dkr = cuda.local.array(_DMAX, float32)
+    dvr = cuda.local.array(_DMAX, float32)
     valid = j < Nk
     for d in range(D):
         kr[d] = k[bh, j, d] * scale if valid else float32(0.0)
@@ -525,11 +588,11 @@ def _bwd_dkdv_cuda_py(q, k, v, do, lse, delta, dk, dv, scale, mp, q_lo, q_hi):
         dvr[d] = float32(0.0)
     lo = q_lo[kt]
     hi = q_hi[kt]
-    for q0 in range(lo, hi, TQB):
-        nr = min(TQB, hi - q0)
+    for q0 in range(lo, hi, _TQB):
+        nr = min(_TQB, hi - q0)
         cuda.syncthreads()
-        _load_rows(q, do, bh, q0, nr, qs, dos, tid, TKB)
-        for r in range(tid, nr, TKB):
+        _load_rows(q, do, bh, q0, nr, qs, dos, tid, _TKB)
+        for r in range(tid, nr, _TKB):
             ls[r] = lse[bh, q0 + r]
             dls[r] = delta[bh, q0 + r]
         cuda.syncthreads()
@@ -539,16 +602,16 @@ def _bwd_dkdv_cuda_py(q, k, v, do, lse, delta, dk, dv, scale, mp, q_lo, q_hi):
                     sc = float32(0.0)
                     dp = float32(0.0)
                     for d in range(D):
-                        sc += qs[r, d] * kr[d]
-                        dp += dos[r, d] * vr[d]
-                    p = math.exp(sc - ls[r])
-                    dsv = p * (dp - dls[r])
+                        sc += qs[r, d] * kr[d]                       # s = τ qᵢ·k
+                        dp += dos[r, d] * vr[d]                      # dP = dOᵢ·v
+                    p = math.exp(sc - ls[r])                         # P = e^{s − Lᵢ}
+                    dsv = p * (dp - dls[r])                          # dS = P(dP − Δᵢ)
                     for d in range(D):
-                        dvr[d] += p * dos[r, d]
-                        dkr[d] += dsv * qs[r, d]
+                        dvr[d] += p * dos[r, d]                      # dv += P dOᵢ
+                        dkr[d] += dsv * qs[r, d]                     # dk += dS qᵢ
     if valid:
         for d in range(D):
-            dk[bh, j, d] = dkr[d] * scale
+            dk[bh, j, d] = dkr[d] * scale                            # dk = τ Σᵢ dS qᵢ
             dv[bh, j, d] = dvr[d]
 
 def _bwd_dq_cuda_py(q, k, v, do, lse, delta, dq, scale, mp, kv_lo, kv_hi):
@@ -557,12 +620,12 @@ def _bwd_dq_cuda_py(q, k, v, do, lse, delta, dq, scale, mp, kv_lo, kv_hi):
     tid = cuda.threadIdx.x
     Nq = q.shape[1]
     D = q.shape[2]
-    i = qt * TQ + tid
-    ks = cuda.shared.array((TK, DMAX), float32)
-    vs = cuda.shared.array((TK, DMAX), float32)
-    qr = cuda.local.array(DMAX, float32)
-    dor = cuda.local.array(DMAX, float32)
-    dqr = cuda.local.array(DMAX, float32)
+    i = qt * _TQ + tid
+    ks = cuda.shared.array((_TK, _DMAX), float32)
+    vs = cuda.shared.array((_TK, _DMAX), float32)
+    qr = cuda.local.array(_DMAX, float32)
+    dor = cuda.local.array(_DMAX, float32)
+    dqr = cuda.local.array(_DMAX, float32)
     valid = i < Nq
     for d in range(D):
         qr[d] = q[bh, i, d] * scale if valid else float32(0.0)
@@ -572,10 +635,10 @@ def _bwd_dq_cuda_py(q, k, v, do, lse, delta, dq, scale, mp, kv_lo, kv_hi):
     di = delta[bh, i] if valid else float32(0.0)
     lo = kv_lo[qt]
     hi = kv_hi[qt]
-    for k0 in range(lo, hi, TK):
-        nc = min(TK, hi - k0)
+    for k0 in range(lo, hi, _TK):
+        nc = min(_TK, hi - k0)
         cuda.syncthreads()
-        _load_rows(k, v, bh, k0, nc, ks, vs, tid, TQ)
+        _load_rows(k, v, bh, k0, nc, ks, vs, tid, _TQ)
         cuda.syncthreads()
         if valid:
             for j in range(nc):
@@ -583,22 +646,33 @@ def _bwd_dq_cuda_py(q, k, v, do, lse, delta, dq, scale, mp, kv_lo, kv_hi):
                     sc = float32(0.0)
                     dp = float32(0.0)
                     for d in range(D):
-                        sc += qr[d] * ks[j, d]
-                        dp += dor[d] * vs[j, d]
-                    dsv = math.exp(sc - li) * (dp - di)
+                        sc += qr[d] * ks[j, d]                       # s = τ q·kⱼ
+                        dp += dor[d] * vs[j, d]                      # dP = dO·vⱼ
+                    dsv = math.exp(sc - li) * (dp - di)              # dS = P(dP − Δ), P = e^{s − L}
                     for d in range(D):
-                        dqr[d] += dsv * ks[j, d]
+                        dqr[d] += dsv * ks[j, d]                     # dq += dS kⱼ
     if valid:
         for d in range(D):
-            dq[bh, i, d] = dqr[d] * scale
+            dq[bh, i, d] = dqr[d] * scale                            # dq = τ Σⱼ dS kⱼ
 
 _bwd_dkdv_cuda = cuda.jit(_bwd_dkdv_cuda_py)
 _bwd_dq_cuda = cuda.jit(_bwd_dq_cuda_py)
 
 # %% ../nbs/05_fused_attention.ipynb #ee125139
-def _mask_params(mode, Nq, Nk, grid=(1, 1), ks=(1, 1), dil=(1, 1), causal=(False, False)):
-    return np.array([mode, Nk - Nq, grid[0], grid[1], ks[0], ks[1], dil[0], dil[1], int(causal[0]), int(causal[1])],
-                    np.int32)
+class _Mask(NamedTuple):
+    """Which (query i, key j) pairs may interact. kind: 'full', 'causal' (j ≤ i + off, off = N_k − N_q) or 'window'
+    (neighborhood attention on an X×Y grid: kernel sizes, dilations and causal flags per axis)."""
+    kind: str
+    off: int = 0
+    grid: tuple = (1, 1)
+    kernel: tuple = (1, 1)
+    dilation: tuple = (1, 1)
+    causal: tuple = (False, False)
+
+    def to_array(self) -> np.ndarray:
+        "The int32 array the CUDA kernels read (at positions _M_KIND, _M_OFF, ...): made only at launch."
+        kind = {'full': _FULL, 'causal': _CAUSAL, 'window': _WINDOW}[self.kind]
+        return np.array([kind, self.off, *self.grid, *self.kernel, *self.dilation, *map(int, self.causal)], np.int32)
 
 def _window_bounds_np(L, ks, dil, causal):
     "First and last key position of every query's window on one axis (numpy, vectorised)."
@@ -608,22 +682,21 @@ def _window_bounds_np(L, ks, dil, causal):
     s = np.minimum(np.maximum(ga - ks // 2, 0), Lg - ks)
     return g + dil * s, g + dil * (s + ks - 1)
 
-def _tile_ranges(mp, Nq, Nk, bq=TQ, bk=TKB):
+def _tile_ranges(mask: _Mask, Nq, Nk, bq=_TQ, bk=_TKB):
     "(kv_lo, kv_hi) per query block of `bq` and (q_lo, q_hi) per key block of `bk`, int32 arrays."
-    mode, off = int(mp[0]), int(mp[1])
     nqt, nkt = -(-Nq // bq), -(-Nk // bk)
     q_first = np.arange(nqt) * bq; q_last = np.minimum(q_first + bq, Nq) - 1
     k_first = np.arange(nkt) * bk
-    if mode == 0:
+    if mask.kind == 'full':
         kv_lo, kv_hi = np.zeros(nqt), np.full(nqt, Nk)
         q_lo, q_hi = np.zeros(nkt), np.full(nkt, Nq)
-    elif mode == 1:
-        kv_lo, kv_hi = np.zeros(nqt), np.clip(q_last + off + 1, 0, Nk)
-        q_lo, q_hi = np.clip(k_first - off, 0, Nq), np.full(nkt, Nq)
+    elif mask.kind == 'causal':
+        kv_lo, kv_hi = np.zeros(nqt), np.clip(q_last + mask.off + 1, 0, Nk)
+        q_lo, q_hi = np.clip(k_first - mask.off, 0, Nq), np.full(nkt, Nq)
     else:
-        X, Y = int(mp[2]), int(mp[3])
-        x0, x1 = _window_bounds_np(X, int(mp[4]), int(mp[6]), bool(mp[8]))
-        y0, y1 = _window_bounds_np(Y, int(mp[5]), int(mp[7]), bool(mp[9]))
+        (X, Y), (kx, ky), (dx, dy), (cx, cy) = mask.grid, mask.kernel, mask.dilation, mask.causal
+        x0, x1 = _window_bounds_np(X, kx, dx, cx)
+        y0, y1 = _window_bounds_np(Y, ky, dy, cy)
         lo = (x0[:, None] * Y + y0[None, :]).ravel(); hi = (x1[:, None] * Y + y1[None, :]).ravel() + 1
         pad = nqt * bq - Nq
         kv_lo = np.pad(lo, (0, pad), mode='edge').reshape(nqt, bq).min(1)
@@ -650,120 +723,162 @@ def _cuda_mode() -> str:
                        "or use backend='cpu'")
 
 def _resolve_backend(backend, x):
+    """The backend for tensors on x's device: 'auto' follows the device (CUDA tensors → 'cuda', CPU tensors → 'cpu',
+    never the simulator); an explicit backend that does not match the device is a ValueError, nothing is moved."""
     check_choice(backend, 'backend', ['auto', 'cpu', 'cuda'])
-    if backend == 'auto':
-        if x.is_cuda: return 'cuda'
-        return 'cuda' if (not numba.core.config.ENABLE_CUDASIM and torch.cuda.is_available()
-                          and cuda.is_available()) else 'cpu'
-    if backend == 'cuda': _cuda_mode()
-    return backend
+    if backend == 'auto': backend = 'cuda' if x.device.type == 'cuda' else 'cpu'
+    if backend == 'cpu':
+        if x.device.type != 'cpu':
+            raise ValueError(f"`backend`='cpu' needs CPU tensors, got tensors on {x.device}: move them with .cpu() "
+                             "or use backend='auto' (it follows the tensors' device)")
+        return 'cpu'
+    mode = _cuda_mode()
+    if mode == 'gpu' and x.device.type != 'cuda':
+        raise ValueError(f"`backend`='cuda' needs tensors on a CUDA device, got tensors on {x.device}: move them "
+                         "with .cuda() or use backend='auto' (it follows the tensors' device)")
+    if mode == 'sim' and x.device.type != 'cpu':
+        raise ValueError(f"`backend`='cuda' under the CUDA simulator runs on CPU tensors, got tensors on {x.device}")
+    return 'cuda'
 
 # %% ../nbs/05_fused_attention.ipynb #24839ddd
-def _launch_cuda(kernel, grid, block, tensors, scalars):
-    "Run a CUDA kernel on torch tensors (GPU: zero-copy views; simulator: numpy views); returns on the tensors' device."
-    mode = _cuda_mode()
-    if mode == 'sim':
-        arrs = [t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else t for t in tensors]
-    else:
-        arrs = [cuda.as_cuda_array(t.detach()) for t in tensors]
-        scalars = [cuda.to_device(s) if isinstance(s, np.ndarray) else s for s in scalars]
-    kernel[grid, block](*arrs, *scalars)
-    if mode == 'gpu': cuda.synchronize()
+def _launch_cuda(kernel, grid, block, *args):
+    """Run a CUDA kernel on `args`: torch tensors, small int32 arrays (the mask, tile ranges: from `_plans`) and
+    scalars. GPU: tensors as zero-copy views, the kernel launched on torch's current stream without a synchronize
+    (a numpy array, if one is passed, is copied to the device on that stream first); simulator: numpy views of CPU
+    tensors."""
+    if _cuda_mode() == 'sim':
+        kernel[grid, block](*(a.detach().numpy() if isinstance(a, torch.Tensor) else a for a in args))
+        return
+    dev = next(a.device for a in args if isinstance(a, torch.Tensor))
+    stream = torch.cuda.current_stream(dev)
+    view = lambda a: cuda.as_cuda_array(a.detach(), sync=False)
+    arrs = [view(a) if isinstance(a, torch.Tensor) else view(torch.from_numpy(a).to(dev))
+            if isinstance(a, np.ndarray) else a for a in args]
+    kernel[grid, block, cuda.external_stream(stream.cuda_stream)](*arrs)
 
-def _on_cuda_device(x):
-    if _cuda_mode() == 'sim' or x.is_cuda: return x
-    return x.cuda()
+@lru_cache(maxsize=64)
+def _plans(mask: _Mask, Nq: int, Nk: int, device: str):
+    """The mask's int32 array and the tile ranges (kv_lo, kv_hi, q_lo, q_hi) of one launch shape, made once per
+    (mask, N_q, N_k, device) and kept: on a GPU as device tensors (no host→device copy per call), under the simulator
+    (device 'sim') as numpy arrays."""
+    arrays = (mask.to_array(), *_tile_ranges(mask, Nq, Nk))
+    return arrays if device == 'sim' else tuple(torch.from_numpy(a).to(device) for a in arrays)
 
-def _forward_impl(q, k, v, scale, spec, backend):
-    "O (BH, Nq, D) and lse (BH, Nq) in natural-log units (NEG for rows with no key)."
-    mp = _mask_params(*spec[:1], q.shape[1], k.shape[1], *spec[1:])
+def _device_key(x): return 'sim' if _cuda_mode() == 'sim' else str(x.device)
+
+def _forward_impl(q, k, v, scale, mask, backend):
+    "O (BH, N_q, D) and lse (BH, N_q) in natural-log units (_NEG for rows with no key); q, k, v float32 contiguous."
     BH, Nq, D = q.shape
     if backend == 'cpu':
-        qn, kn, vn = (t.detach().contiguous().numpy() for t in (q, k, v))
+        qn, kn, vn = (t.detach().numpy() for t in (q, k, v))
         o = np.empty_like(qn); lse = np.empty((BH, Nq), np.float32)
-        if mp[0] == 2:
-            _on_threads(_na_fwd_cpu, qn, kn, vn, np.float32(scale), *(int(x) for x in mp[2:]), o, lse)
+        if mask.kind == 'window':
+            _on_threads(_na_fwd_cpu, qn, kn, vn, np.float32(scale), *mask.grid, *mask.kernel, *mask.dilation,
+                        *mask.causal, o, lse)
         else:
-            _on_threads(_flash_fwd_cpu, qn, kn, vn, np.float32(scale), bool(mp[0] == 1), int(mp[1]), o, lse)
+            _on_threads(_flash_fwd_cpu, qn, kn, vn, np.float32(scale), mask.kind == 'causal', mask.off, o, lse)
         return torch.from_numpy(o), torch.from_numpy(lse)
-    dev = q.device
-    q, k, v = (_on_cuda_device(t.detach()).contiguous() for t in (q, k, v))
     o = torch.empty_like(q); lse = torch.empty((BH, Nq), dtype=torch.float32, device=q.device)
-    kv_lo, kv_hi, _, _ = _tile_ranges(mp, Nq, k.shape[1])
-    _launch_cuda(_fwd_cuda, (len(kv_lo), BH), TQ, [q, k, v, o, lse], [np.float32(scale), mp, kv_lo, kv_hi])
-    return o.to(dev), lse.to(dev)
+    mp, kv_lo, kv_hi, _, _ = _plans(mask, Nq, k.shape[1], _device_key(q))
+    _launch_cuda(_fwd_cuda, (len(kv_lo), BH), _TQ, q, k, v, o, lse, np.float32(scale), mp, kv_lo, kv_hi)
+    return o, lse
 
-def _backward_impl(q, k, v, o, lse, do, dlse, scale, spec, backend):
+def _backward_impl(q, k, v, o, lse, do, dlse, scale, mask, backend):
     "dQ, dK, dV by recomputation; Δ = rowsum(dO∘O) − dL."
-    mp = _mask_params(*spec[:1], q.shape[1], k.shape[1], *spec[1:])
     BH, Nq, D = q.shape
-    delta = (do * o).sum(-1)
-    if dlse is not None: delta = delta - torch.where(lse > NEG / 2, dlse, torch.zeros_like(dlse))
+    has_key = lse > _NEG / 2
+    delta = (do * o).sum(-1)                                             # Δ = rowsum(dO∘O) − dL
+    if dlse is not None: delta = delta - torch.where(has_key, dlse, torch.zeros_like(dlse))
     delta = delta.float().contiguous()
     if backend == 'cpu':
-        qn, kn, vn, don = (t.detach().contiguous().numpy() for t in (q, k, v, do))
-        ln, dn = lse.detach().contiguous().numpy(), delta.detach().numpy()
+        qn, kn, vn, don, ln, dn = (t.detach().contiguous().numpy() for t in (q, k, v, do, lse, delta))
         dq, dk, dv = np.empty_like(qn), np.empty_like(kn), np.empty_like(vn)
-        if mp[0] == 2:
-            _on_threads(_na_bwd_cpu, qn, kn, vn, don, ln, dn, np.float32(scale), *(int(x) for x in mp[2:]), dq, dk, dv)
+        if mask.kind == 'window':
+            geo = (*mask.grid, *mask.kernel, *mask.dilation, *mask.causal)
+            _on_threads(_na_bwd_dq_cpu, qn, kn, vn, don, ln, dn, np.float32(scale), *geo, dq)
+            _on_threads(_na_bwd_dkdv_cpu, qn, kn, vn, don, ln, dn, np.float32(scale), *geo, dk, dv)
         else:
-            l2 = (ln * np.float32(LOG2E)).astype(np.float32)
-            causal, off = bool(mp[0] == 1), int(mp[1])
-            _on_threads(_flash_bwd_dkdv_cpu, qn, kn, vn, don, l2, dn, np.float32(scale), causal, off, dk, dv)
-            _on_threads(_flash_bwd_dq_cpu, qn, kn, vn, don, l2, dn, np.float32(scale), causal, off, dq)
+            l2 = torch.where(has_key, lse * _LOG2E, lse).float().contiguous().numpy()   # L·log₂e (base-2 units)
+            causal = mask.kind == 'causal'
+            _on_threads(_flash_bwd_dkdv_cpu, qn, kn, vn, don, l2, dn, np.float32(scale), causal, mask.off, dk, dv)
+            _on_threads(_flash_bwd_dq_cpu, qn, kn, vn, don, l2, dn, np.float32(scale), causal, mask.off, dq)
         return torch.from_numpy(dq), torch.from_numpy(dk), torch.from_numpy(dv)
-    dev = q.device
-    q, k, v, do, lse, delta = (_on_cuda_device(t.detach()).contiguous() for t in (q, k, v, do, lse, delta))
+    lse = lse.contiguous()
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    kv_lo, kv_hi, q_lo, q_hi = _tile_ranges(mp, Nq, k.shape[1])
-    _launch_cuda(_bwd_dkdv_cuda, (len(q_lo), BH), TKB, [q, k, v, do, lse, delta, dk, dv],
-                 [np.float32(scale), mp, q_lo, q_hi])
-    _launch_cuda(_bwd_dq_cuda, (len(kv_lo), BH), TQ, [q, k, v, do, lse, delta, dq],
-                 [np.float32(scale), mp, kv_lo, kv_hi])
-    return dq.to(dev), dk.to(dev), dv.to(dev)
+    mp, kv_lo, kv_hi, q_lo, q_hi = _plans(mask, Nq, k.shape[1], _device_key(q))
+    _launch_cuda(_bwd_dkdv_cuda, (len(q_lo), BH), _TKB, q, k, v, do, lse, delta, dk, dv, np.float32(scale), mp,
+                 q_lo, q_hi)
+    _launch_cuda(_bwd_dq_cuda, (len(kv_lo), BH), _TQ, q, k, v, do, lse, delta, dq, np.float32(scale), mp,
+                 kv_lo, kv_hi)
+    return dq, dk, dv
 
 class _FusedAttentionFn(torch.autograd.Function):
     "autograd wrapper: forward and backward kernels of either backend; q, k, v (BH, N, D) float32 contiguous."
     @staticmethod
-    def forward(ctx, q, k, v, scale, spec, backend):
-        o, lse = _forward_impl(q, k, v, scale, spec, backend)
+    def forward(ctx, q, k, v, scale, mask, backend):
+        o, lse = _forward_impl(q, k, v, scale, mask, backend)
         ctx.save_for_backward(q, k, v, o, lse)
-        ctx.scale, ctx.spec, ctx.backend = scale, spec, backend
+        ctx.scale, ctx.mask, ctx.backend = scale, mask, backend
         return o, lse
 
     @staticmethod
+    @once_differentiable          # the backward kernels are not themselves differentiable: say so, clearly
     def backward(ctx, do, dlse):
         q, k, v, o, lse = ctx.saved_tensors
         if do is None: do = torch.zeros_like(o)
-        dq, dk, dv = _backward_impl(q, k, v, o, lse, do.float().contiguous(), dlse, ctx.scale, ctx.spec, ctx.backend)
+        dq, dk, dv = _backward_impl(q, k, v, o, lse, do.float().contiguous(), dlse, ctx.scale, ctx.mask, ctx.backend)
         return dq, dk, dv, None, None, None
 
-def _run_fused(q, k, v, scale, spec, backend, return_lse, out_shape):
-    "Flatten (B, H, ...) to (BH, N, D) float32, run the autograd function, restore shapes and dtype."
-    dtype = q.dtype
-    f = lambda t: t.reshape(-1, math.prod(t.shape[2:-1]), t.shape[-1]).float().contiguous()
-    o, lse = _FusedAttentionFn.apply(f(q), f(k), f(v), scale, spec, backend)
-    o = o.reshape(out_shape).to(dtype)
-    if not return_lse: return o
-    lse = torch.where(lse > NEG / 2, lse, torch.full_like(lse, float('-inf')))
-    return o, lse.reshape(out_shape[:-1]).to(dtype)
+def _check_ranges(q, k, v, scale):
+    """Raise unless every score fits float32 with room: |τ q·k| ≤ τ·D·max|q|·max|k| ≤ FLT_MAX/4 (so the difference of two
+    scores stays finite), and |v| ≤ FLT_MAX. One reduction per tensor, no temporaries."""
+    amax = lambda t: max(abs(float(x)) for x in torch.aminmax(t.detach()))
+    bound = scale * q.shape[-1] * amax(q) * amax(k)
+    if not bound <= _SCORE_MAX:
+        raise ValueError(f'`q`, `k` and `scale` allow scores up to {bound:.3g}, beyond float32 range (≤ {_SCORE_MAX:.3g}):'
+                         ' rescale them')
+    if not amax(v) <= -_NEG: raise ValueError(f'`v` holds values beyond float32 range ({amax(v):.3g})')
+
+def _fused(q, k, v, scale, mask, backend):
+    """q (BH, N_q, D), k (BH, N_k, D), v (BH, N_k, D_v) in any float dtype → O (BH, N_q, D_v) and L (BH, N_q) in float32
+    (L = −∞ on rows with no key), differentiable. D ≠ D_v: the shorter of q, k or v is padded with zeros (padding q and
+    k leaves every score unchanged; padding v adds output columns, dropped)."""
+    D, Dv = q.shape[-1], v.shape[-1]
+    if Dv < D: v = F.pad(v, (0, D - Dv))
+    elif Dv > D: q, k = F.pad(q, (0, Dv - D)), F.pad(k, (0, Dv - D))
+    f = lambda t: t.float().contiguous()
+    o, lse = _FusedAttentionFn.apply(f(q), f(k), f(v), scale, mask, backend)
+    return o[..., :Dv], torch.where(lse > _NEG / 2, lse, torch.full_like(lse, float('-inf')))
 
 # %% ../nbs/05_fused_attention.ipynb #6540891c
 def flash_attention(q, k, v, causal: bool = False, scale: float | None = None, return_lse: bool = False,
                     backend: str = 'auto'):
-    """Exact softmax attention $O = \\mathrm{softmax}(\\tau QK^\\top + M)V$ by FlashAttention-2's fused online softmax.
+    """Exact softmax attention O = softmax(τ·QKᵀ + M)·V by FlashAttention-2's fused online softmax.
 
-    q: (B, H, Nq, D), k, v: (B, H, Nk, D), any N, D ≤ 128; computed in float32, returned in q's dtype and device.
-    causal: bottom-right aligned mask $j \\le i + N_k - N_q$; rows with no key give 0 (lse $-\\infty$). scale: τ
-    (default $1/\\sqrt D$). backend: 'cpu' (Numba, parallel over (batch·head, query block)), 'cuda' (Numba CUDA
-    kernels; a GPU or NUMBA_ENABLE_CUDASIM=1) or 'auto' (cuda when q is on a GPU or a GPU is usable, else cpu; never
-    the simulator). Differentiable (fused backward by recomputation).
-    Returns O (B, H, Nq, D) [and the log-sum-exp L (B, H, Nq)]."""
-    q, k, v = _check_qkv(q, k, v)
+    q: (…, N_q, D), k: (…, N_k, D), v: (…, N_k, D_v), the batch dimensions `…` broadcast (SDPA's contract); computed in
+    float32, returned in q's dtype on q's device (q, k, v must share dtype and device). causal: query i sees key j iff
+    j ≤ i + N_k − N_q, aligned to the bottom right as in FlashAttention-2, i.e. SDPA with
+    `attn_mask=torch.nn.attention.bias.causal_lower_right(N_q, N_k)` (SDPA's `is_causal=True` is top-left aligned and
+    differs when N_q ≠ N_k); a row with no allowed key gives 0 (L = −∞). scale: τ (default 1/√D). backend: 'auto'
+    follows the tensors' device ('cuda' for GPU tensors, else 'cpu'); 'cpu' (Numba kernels on a pool of threads, any
+    D) needs CPU tensors; 'cuda' (Numba CUDA kernels, D, D_v ≤ 128) needs GPU tensors, or CPU tensors under the
+    simulator (NUMBA_ENABLE_CUDASIM=1). Empty inputs give empty (or all-masked) results. Differentiable once (fused
+    backward by recomputation). Returns O (…, N_q, D_v) [and the log-sum-exp L (…, N_q)]."""
+    q, k, v, batch = _check_attention_inputs(q, k, v)
+    causal, return_lse = _check_flag(causal, 'causal'), _check_flag(return_lse, 'return_lse')
     scale = _resolve_scale(scale, q.shape[-1])
     backend = _resolve_backend(backend, q)
-    spec = (1 if causal else 0,)
-    return _run_fused(q, k, v, scale, spec, backend, return_lse, q.shape)
+    (Nq, D), (Nk, Dv) = q.shape[-2:], v.shape[-2:]
+    if backend == 'cuda' and max(D, Dv) > _DMAX:
+        raise ValueError(f"`q`/`v` head dimensions {D}/{Dv} exceed {_DMAX}, the CUDA kernels' limit; backend='cpu' has none")
+    BH = math.prod(batch)
+    if min(Nq, Nk, BH) == 0:           # nothing to fuse: the dense oracle gives the empty or all-masked answer
+        return attention_reference(q, k, v, causal, scale, return_lse)
+    _check_ranges(q, k, v, scale)
+    flat = lambda t: t.expand(*batch, *t.shape[-2:]).reshape(BH, *t.shape[-2:])
+    o, lse = _fused(flat(q), flat(k), flat(v), scale, _Mask('causal' if causal else 'full', off=Nk - Nq), backend)
+    o = o.reshape(*batch, Nq, Dv).to(q.dtype)
+    return (o, lse.reshape(*batch, Nq).to(q.dtype)) if return_lse else o
 
 # %% ../nbs/05_fused_attention.ipynb #d0546c18
 def _per_axis(val, name, nd, kind):
@@ -774,45 +889,59 @@ def _per_axis(val, name, nd, kind):
         return tuple(bool(x) for x in vals)
     return tuple(check_int(x, name, minimum=1) for x in vals)
 
+def _check_na(q, k, v, kernel_size, dilation, causal, scale, return_lse):
+    """The checks shared by `neighborhood_attention` and its reference: q, k (B, H, N, D) or (B, H, X, Y, D), v of the
+    same shape up to its head dimension D_v; odd kernel sizes, dilations with kernel_size·δ ≤ axis length."""
+    q = as_tensor(q, 'q')
+    if q.ndim not in (4, 5):
+        raise ValueError(f'`q` must have 4 dimensions (B, H, N, D) or 5 (B, H, X, Y, D), got shape {tuple(q.shape)}')
+    q, k, v, _ = _check_attention_inputs(q, k, v)
+    if k.shape != q.shape: raise ValueError(f'`k` must have the shape of `q` {tuple(q.shape)}, got {tuple(k.shape)}')
+    if v.shape[:-1] != q.shape[:-1]:
+        raise ValueError(f'`v` must have the shape of `q` {tuple(q.shape)} up to its last axis, got {tuple(v.shape)}')
+    nd = q.ndim - 3
+    dims = tuple(q.shape[2:-1])
+    if min(dims) < 1: raise ValueError(f'`q` needs at least one position on every axis, got shape {tuple(q.shape)}')
+    ks, dil, cz = (_per_axis(kernel_size, 'kernel_size', nd, 'int'), _per_axis(dilation, 'dilation', nd, 'int'),
+                   _per_axis(causal, 'causal', nd, 'bool'))
+    for a, (L, kk, dd) in enumerate(zip(dims, ks, dil)):
+        if kk % 2 == 0: raise ValueError(f'`kernel_size` must be odd, got {kk}')
+        if kk * dd > L: raise ValueError(f'`kernel_size`·`dilation` = {kk * dd} exceeds the axis length {L} (axis {a})')
+    return q, k, v, dims, ks, dil, cz, _resolve_scale(scale, q.shape[-1]), _check_flag(return_lse, 'return_lse')
+
 def neighborhood_attention(q, k, v, kernel_size, dilation=1, causal=False, scale: float | None = None,
                            return_lse: bool = False, backend: str = 'auto'):
     """Fused neighborhood attention (NATTEN's windows): each query attends to the `kernel_size` keys around it.
 
-    1-D: q, k, v (B, H, N, D); 2-D: (B, H, X, Y, D). kernel_size (odd), dilation δ and causal: one value or one per
-    axis, with kernel_size·δ ≤ axis length. Windows are shifted (not truncated) at the borders. Same dtype/device
-    and backend rules as `flash_attention`; differentiable. Returns O of q's shape [and lse]."""
-    q = as_tensor(q, 'q')
-    if q.ndim not in (4, 5):
-        raise ValueError(f'`q` must have 4 dimensions (B, H, N, D) or 5 (B, H, X, Y, D), got shape {tuple(q.shape)}')
-    nd = q.ndim - 3
-    shape = '(B, H, N, D)' if nd == 1 else '(B, H, X, Y, D)'
-    q, k, v = _check_qkv(q, k, v, ndim=q.ndim, shape=shape)
-    if k.shape != q.shape: raise ValueError(f'`k` must have the shape of `q` {tuple(q.shape)}, got {tuple(k.shape)}')
-    ks, dil, cz = (_per_axis(kernel_size, 'kernel_size', nd, 'int'), _per_axis(dilation, 'dilation', nd, 'int'),
-                   _per_axis(causal, 'causal', nd, 'bool'))
-    dims = tuple(q.shape[2:-1])
-    for a, (L, kk, dd) in enumerate(zip(dims, ks, dil)):
-        if kk % 2 == 0: raise ValueError(f'`kernel_size` must be odd, got {kk}')
-        if kk * dd > L: raise ValueError(f'`kernel_size`·`dilation` = {kk * dd} exceeds the axis length {L} (axis {a})')
-    scale = _resolve_scale(scale, q.shape[-1])
+    1-D: q, k (B, H, N, D), v (B, H, N, D_v); 2-D: (B, H, X, Y, D). kernel_size k (odd), dilation δ and causal: one
+    value or one per axis, with k·δ ≤ axis length. Windows are shifted (not truncated) at the borders. Same dtype,
+    device and backend rules as `flash_attention`; differentiable once. Returns O (q's shape with D_v) [and L]."""
+    q, k, v, dims, ks, dil, cz, scale, return_lse = _check_na(q, k, v, kernel_size, dilation, causal, scale, return_lse)
     backend = _resolve_backend(backend, q)
-    if nd == 1: dims, ks, dil, cz = (1,) + dims, (1,) + ks, (1,) + dil, (False,) + cz
-    spec = (2, dims, ks, dil, cz)
-    return _run_fused(q, k, v, scale, spec, backend, return_lse, q.shape)
+    D, Dv = q.shape[-1], v.shape[-1]
+    if backend == 'cuda' and max(D, Dv) > _DMAX:
+        raise ValueError(f"`q`/`v` head dimensions {D}/{Dv} exceed {_DMAX}, the CUDA kernels' limit; backend='cpu' has none")
+    B, H, N = q.shape[0], q.shape[1], math.prod(dims)
+    if B * H == 0:
+        o, lse = v.new_zeros(v.shape), q.new_zeros(q.shape[:-1])
+        return (o, lse) if return_lse else o
+    _check_ranges(q, k, v, scale)
+    if len(dims) == 1: dims, ks, dil, cz = (1,) + dims, (1,) + ks, (1,) + dil, (False,) + cz
+    flat = lambda t: t.reshape(B * H, N, t.shape[-1])
+    o, lse = _fused(flat(q), flat(k), flat(v), scale, _Mask('window', 0, dims, ks, dil, cz), backend)
+    o = o.reshape(v.shape).to(q.dtype)
+    return (o, lse.reshape(q.shape[:-1]).to(q.dtype)) if return_lse else o
 
 def neighborhood_attention_reference(q, k, v, kernel_size, dilation=1, causal=False, scale: float | None = None,
                                      return_lse: bool = False):
-    "Dense masked reference for `neighborhood_attention`: builds the (N, N) window mask and calls the dense oracle."
-    q = as_tensor(q, 'q'); nd = q.ndim - 3
-    q, k, v = _check_qkv(q, k, v, ndim=q.ndim, shape='(B, H, N, D)' if nd == 1 else '(B, H, X, Y, D)')
-    ks, dil, cz = (_per_axis(kernel_size, 'kernel_size', nd, 'int'), _per_axis(dilation, 'dilation', nd, 'int'),
-                   _per_axis(causal, 'causal', nd, 'bool'))
-    dims = tuple(q.shape[2:-1])
+    """Dense masked reference for `neighborhood_attention` (same arguments, same checks): builds the (N, N) window mask
+    and calls the dense oracle, in the inputs' dtype."""
+    q, k, v, dims, ks, dil, cz, scale, return_lse = _check_na(q, k, v, kernel_size, dilation, causal, scale, return_lse)
     masks = [torch.from_numpy(_dense_mask_axis(L, kk, dd, cc)) for L, kk, dd, cc in zip(dims, ks, dil, cz)]
-    M = masks[0] if nd == 1 else (masks[0][:, None, :, None] & masks[1][None, :, None, :]).reshape(dims[0] * dims[1], -1)
+    M = masks[0] if len(dims) == 1 else (masks[0][:, None, :, None] & masks[1][None, :, None, :]).reshape(math.prod(dims), -1)
     f = lambda t: t.reshape(*t.shape[:2], -1, t.shape[-1])
-    o, lse = _masked_attention(f(q), f(k), f(v), M.to(q.device), _resolve_scale(scale, q.shape[-1]))
-    o = o.reshape(q.shape)
+    o, lse = _masked_attention(f(q), f(k), f(v), M.to(q.device), scale)
+    o = o.reshape(v.shape)
     return (o, lse.reshape(q.shape[:-1])) if return_lse else o
 
 def _dense_mask_axis(L, ks, dil, causal):

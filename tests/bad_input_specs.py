@@ -10,7 +10,7 @@ import importlib, inspect, math
 from dataclasses import dataclass, field
 from typing import Callable
 
-MODULES = ['core', 'book', 'rg_flow', 'coding_rate', 'feature_learning']
+MODULES = ['core', 'book', 'rg_flow', 'coding_rate', 'feature_learning', 'attention']
 
 # ---------------------------------------------------------------------------------------------------------------------
 # bad values by kind
@@ -290,6 +290,23 @@ def _rg_flow_specs():
              accept={'x': {'extra_dim'}, 'chunk_size': {'huge'}}),       # (1, n₀): one input as a batch; a memory bound
     ]
 
+def _attention_specs():
+    qkv = lambda *shape: dict(q=_t(*shape, seed=10).float(), k=_t(*shape, seed=11).float(), v=_t(*shape, seed=12).float())
+    tensors = {'q': 'tensor', 'k': 'tensor', 'v': 'tensor'}
+    flags = {'causal': 'bool', 'scale': 'positive', 'return_lse': 'bool'}
+    # a leading axis of 1 broadcasts against the others' batch axes (SDPA's contract): a documented result
+    broadcast = {'q': {'extra_dim'}, 'k': {'extra_dim'}, 'v': {'extra_dim'}}
+    na = {'kernel_size': 'size', 'dilation': 'size'}
+    return [
+        Spec('attention.attention_reference', lambda: qkv(2, 2, 9, 4), tensors | flags, accept=broadcast),
+        Spec('attention.flash_attention', lambda: dict(qkv(2, 2, 9, 4), backend='cpu'),
+             tensors | flags | {'backend': 'choice'}, accept=broadcast),
+        Spec('attention.neighborhood_attention', lambda: dict(qkv(2, 2, 12, 4), kernel_size=3, backend='cpu'),
+             tensors | na | flags | {'backend': 'choice'}),
+        Spec('attention.neighborhood_attention_reference', lambda: dict(qkv(2, 2, 12, 4), kernel_size=3),
+             tensors | na | flags),
+    ]
+
 def _feature_learning_specs():
     import torch
     from geobook import feature_learning as fl
@@ -328,7 +345,7 @@ def _feature_learning_specs():
 
 class _Lazy(dict):
     "Specs are built on first use (in the child process), module by module."
-    builders = {'core': _core_specs, 'book': _book_specs, 'coding_rate': _coding_rate_specs, 'rg_flow': _rg_flow_specs, 'feature_learning': _feature_learning_specs}
+    builders = {'core': _core_specs, 'book': _book_specs, 'coding_rate': _coding_rate_specs, 'rg_flow': _rg_flow_specs, 'feature_learning': _feature_learning_specs, 'attention': _attention_specs}
     def get(self, module, default=None):
         if module not in self and module in self.builders: self[module] = self.builders[module]()
         return super().get(module, default)

@@ -1,0 +1,249 @@
+"""Chapter 5 on a real GPU, in one run that fits a short device budget (issue 18, part 3); started by benchmarks/gpu_run.sh.
+
+1. Versions, the GPU, and which SDPA backends torch can use (and the CUDA kernels its default call launches).
+2. Correctness of every Numba CUDA kernel against the float64 dense reference: output, log-sum-exp and dq/dk/dv, for
+   full and causal attention (N_q = N_k, N_q > N_k with fully masked rows, N_q < N_k, D = 128), 1-D neighborhood
+   attention with dilation and 2-D with a causal axis, and a bfloat16 input.
+3. CUDA-event timings (warm-up, then 10 timed runs, fewer where one run is long: each row records its count) of
+   `flash_attention(backend='cuda')` against SDPA with the same dtype, for N in {1024, 4096, 16384}, D in {64, 128},
+   float32 and bfloat16, causal and not, forward and forward+backward (B = 1, H = 8); then 2-D neighborhood attention
+   (64×64 grid, 7×7 window) against full attention over the same 4096 tokens. Configurations run from small to large
+   until the time budget (--budget-s) is spent; the rest are listed under `skipped`.
+4. Registers, local memory (stack/spills) and shared memory per compiled kernel, from numba-cuda.
+
+The JSON (default benchmarks/results/attention_gpu.json) is rewritten after every step, so a run cut short by the
+outer `timeout` still leaves what it measured. `--dry` runs everything under Numba's CUDA simulator on tiny shapes on
+the CPU (NUMBA_ENABLE_CUDASIM=1 must be set before numba is imported: gpu_run.sh --dry does it), with wall-clock
+timers, writing /tmp/attention_gpu_dry.json: it shows the script parses, imports and runs, not how fast anything is.
+"""
+from __future__ import annotations
+import argparse, json, os, sys, time
+from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+from _bench import machine_info, _version
+import geobook.attention as A
+from geobook.attention import (flash_attention, attention_reference, neighborhood_attention,
+                               neighborhood_attention_reference)
+
+sdpa = torch.nn.functional.scaled_dot_product_attention
+DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16}
+
+
+class Run:
+    "The measurement's state: device, timers, the time budget and the JSON written after every step."
+    def __init__(self, dry: bool, out: str, budget_s: float):
+        self.dry, self.out, self.t0, self.budget_s = dry, Path(out), time.perf_counter(), budget_s
+        self.device = 'cpu' if dry else 'cuda'
+        self.result = {'benchmark': 'attention_gpu', 'dry_run_on_simulator': dry, 'budget_s': budget_s,
+                       'rows': [], 'skipped': []}
+
+    def left(self) -> float: return self.budget_s - (time.perf_counter() - self.t0)
+
+    def sync(self):
+        if not self.dry: torch.cuda.synchronize()
+
+    def save(self):
+        self.result['elapsed_s'] = round(time.perf_counter() - self.t0, 1)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.out.write_text(json.dumps(self.result, indent=1) + '\n')
+
+    def time(self, fn, max_reps: int = 10, cap_s: float = 6.0) -> dict:
+        "Median seconds of fn() after one warm-up: CUDA events on a GPU, wall clock on the simulator."
+        t = time.perf_counter(); fn(); self.sync(); first = time.perf_counter() - t
+        reps = 1 if self.dry else int(max(3, min(max_reps, cap_s // max(first, 1e-6))))
+        if self.dry:
+            ts = []
+            for _ in range(reps):
+                t = time.perf_counter(); fn(); ts.append(time.perf_counter() - t)
+        else:
+            ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
+            for a, b in ev: a.record(); fn(); b.record()
+            torch.cuda.synchronize()
+            ts = [a.elapsed_time(b) / 1e3 for a, b in ev]
+        ts.sort()
+        return {'median_s': ts[len(ts) // 2], 'min_s': ts[0], 'reps': reps, 'first_s': first}
+
+
+def versions(run: Run) -> dict:
+    v = {'torch': torch.__version__, 'torch_cuda': torch.version.cuda, 'numba': _version('numba'),
+         'numba_cuda': _version('numba-cuda'), 'numpy': _version('numpy')}
+    if not run.dry:
+        p = torch.cuda.get_device_properties(0)
+        v.update(gpu=p.name, capability=f'{p.major}.{p.minor}', sms=p.multi_processor_count,
+                 memory_gb=round(p.total_memory / 2**30, 1))
+    return v
+
+
+def sdpa_backends(run: Run) -> dict:
+    "Which SDPA backends accept a (1, 8, 256, 64) call per dtype, and the kernels the default call launches."
+    from torch.nn.attention import sdpa_kernel, SDPBackend
+    out = {}
+    for name, dt in DTYPES.items():
+        q = torch.randn(1, 8, 256, 64, device=run.device, dtype=dt)
+        usable = {}
+        for b in (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH):
+            try:
+                with sdpa_kernel([b]): sdpa(q, q, q)
+                usable[b.name] = True
+            except Exception:               # noqa: BLE001 - an unusable backend is what we record
+                usable[b.name] = False
+        kernels = []
+        if not run.dry:
+            try:                                # needs CUPTI; its absence must not cost the run
+                from torch.profiler import profile, ProfilerActivity
+                with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                    sdpa(q, q, q); torch.cuda.synchronize()
+                kernels = sorted({e.key for e in prof.key_averages()})[:8]
+            except Exception as e:              # noqa: BLE001
+                kernels = [f'profiler unavailable: {e!r}'[:200]]
+        out[name] = {'usable': usable, 'default_call_kernels': kernels}
+    return out
+
+
+CHECKS = [  # name, function, reference, q shape, k/v shape, keyword arguments (GPU shapes; the dry run shrinks them)
+    ('flash_full', 'flash', (2, 3, 300, 64), (2, 3, 300, 64), {}),
+    ('flash_causal', 'flash', (2, 3, 300, 64), (2, 3, 300, 64), {'causal': True}),
+    ('flash_causal_nq_gt_nk_d128', 'flash', (1, 2, 150, 128), (1, 2, 97, 128), {'causal': True}),
+    ('flash_causal_nq_lt_nk', 'flash', (1, 2, 70, 32), (1, 2, 260, 32), {'causal': True}),
+    ('na1d_k9_dil3', 'na', (1, 2, 500, 32), (1, 2, 500, 32), {'kernel_size': 9, 'dilation': 3}),
+    ('na2d_k5x7_causal', 'na', (1, 2, 24, 30, 32), (1, 2, 24, 30, 32),
+     {'kernel_size': (5, 7), 'dilation': (2, 1), 'causal': (False, True)}),
+]
+DRY_CHECKS = {'flash_full': ((1, 1, 40, 8), (1, 1, 40, 8)), 'flash_causal': ((1, 1, 40, 8), (1, 1, 40, 8)),
+              'flash_causal_nq_gt_nk_d128': ((1, 1, 30, 8), (1, 1, 17, 8)),
+              'flash_causal_nq_lt_nk': ((1, 1, 17, 8), (1, 1, 45, 8)),
+              'na1d_k9_dil3': ((1, 1, 60, 8), (1, 1, 60, 8)), 'na2d_k5x7_causal': ((1, 1, 10, 8, 8), (1, 1, 10, 8, 8))}
+
+
+def check(run: Run) -> dict:
+    out = {}
+    fns = {'flash': (flash_attention, attention_reference), 'na': (neighborhood_attention, neighborhood_attention_reference)}
+    for i, (name, kind, sq, sk, kw) in enumerate(CHECKS):
+        if run.dry: sq, sk = DRY_CHECKS[name]
+        fn, ref = fns[kind]
+        for dname in ('float32', 'bfloat16') if name == 'flash_causal' else ('float32',):
+            g = torch.Generator().manual_seed(i)
+            q, k, v, do = (torch.randn(*s, generator=g) for s in (sq, sk, sk, sq))
+            dl = torch.randn(*sq[:-1], generator=g)
+            dt = DTYPES[dname]
+            q, k, v = (t.to(dt) for t in (q, k, v))          # the reference gets the same (rounded) inputs
+            qc, kc, vc = (t.detach().to(run.device).requires_grad_() for t in (q, k, v))
+            o, lse = fn(qc, kc, vc, return_lse=True, backend='cuda', **kw)
+            fin = torch.isfinite(lse)
+            ((o.float() * do.to(run.device)).sum() + (torch.where(fin, lse, 0).float() * dl.to(run.device)).sum()).backward()
+            q2, k2, v2 = (t.detach().double().requires_grad_() for t in (q, k, v))
+            o2, lse2 = ref(q2, k2, v2, return_lse=True, **kw)
+            fin2 = torch.isfinite(lse2)
+            ((o2 * do.double()).sum() + (torch.where(fin2, lse2, 0) * dl.double()).sum()).backward()
+            e = lambda a, b: float((a.detach().cpu().double() - b.detach()).abs().max())
+            key = name if dname == 'float32' else f'{name}_{dname}'
+            out[key] = {'o': e(o, o2), 'lse': e(torch.where(fin, lse, 0), torch.where(fin2, lse2, 0)),
+                        'dq': e(qc.grad, q2.grad), 'dk': e(kc.grad, k2.grad), 'dv': e(vc.grad, v2.grad),
+                        'masked_rows': int((~fin2).sum()), 'masked_rows_agree': bool(torch.equal(fin.cpu(), fin2)),
+                        'dtype': dname, 'device': str(o.device)}
+            scale = {'o': o2, 'lse': torch.where(fin2, lse2, 0), 'dq': q2.grad, 'dk': k2.grad, 'dv': v2.grad}
+            out[key]['relative'] = {n: out[key][n] / max(float(t.detach().abs().max()), 1e-30) for n, t in scale.items()}
+            print('check', key, {k_: (f'{x:.1e}' if isinstance(x, float) else x) for k_, x in out[key].items()},
+                  flush=True)
+    return out
+
+
+def configs(run: Run, quick: bool):
+    "(N, D, dtype, causal, pass) from small to large: what fits the budget is measured."
+    Ns = [64] if run.dry else ([1024, 4096] if quick else [1024, 4096, 16384])
+    Ds = [16] if run.dry else [64, 128]
+    return [(N, D, dt, causal, passes) for N in Ns for D in Ds for dt in DTYPES for causal in (False, True)
+            for passes in ('forward', 'fwd+bwd')]
+
+
+def timings(run: Run, quick: bool):
+    B, H = (1, 1) if run.dry else (1, 8)
+    for N, D, dname, causal, passes in configs(run, quick):
+        cfg = {'pass': passes, 'N': N, 'D': D, 'dtype': dname, 'causal': causal, 'B': B, 'H': H}
+        if run.left() <= 0:
+            run.result['skipped'].append({**cfg, 'why': 'time budget spent'}); continue
+        g = torch.Generator().manual_seed(N + D)
+        q, k, v, do = (torch.randn(B, H, N, D, generator=g).to(run.device, DTYPES[dname]) for _ in range(4))
+        if passes == 'fwd+bwd':
+            for t in (q, k, v): t.requires_grad_()
+        def make(f):
+            if passes == 'forward': return lambda: f(q, k, v)
+            def step():
+                q.grad = k.grad = v.grad = None
+                f(q, k, v).backward(do)
+            return step
+        ours = make(lambda a, b, c: flash_attention(a, b, c, causal=causal, backend='cuda'))
+        theirs = make(lambda a, b, c: sdpa(a, b, c, is_causal=causal))     # N_q = N_k: the same mask
+        a = run.time(ours); b = run.time(theirs)
+        row = {**cfg, 'flash_s': a['median_s'], 'sdpa_s': b['median_s'], 'flash_reps': a['reps'],
+               'sdpa_reps': b['reps'], 'flash_min_s': a['min_s'], 'sdpa_min_s': b['min_s'],
+               'ratio': a['median_s'] / b['median_s']}
+        run.result['rows'].append(row); run.save()
+        print(f"[{passes:7} N={N:5d} D={D:3d} {dname:8} causal={causal!s:5}] geobook {1e3 * a['median_s']:9.2f} ms "
+              f"({a['reps']}) | sdpa {1e3 * b['median_s']:8.3f} ms ({b['reps']}) | ratio {row['ratio']:7.1f}", flush=True)
+
+
+def neighborhood(run: Run):
+    if run.left() <= 0:
+        run.result['skipped'].append({'what': 'na2d_64x64_k7', 'why': 'time budget spent'}); return
+    side, H, D = (8, 1, 16) if run.dry else (64, 8, 64)
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, H, side * side, D, generator=g).to(run.device) for _ in range(3))
+    r = lambda t: t.reshape(1, H, side, side, D)
+    na = run.time(lambda: neighborhood_attention(r(q), r(k), r(v), 7, backend='cuda'))
+    full = run.time(lambda: flash_attention(q, k, v, backend='cuda'))
+    run.result.update(na2d_64x64_k7_s=na['median_s'], flash_full_4096_s=full['median_s'], na2d_grid=side)
+    print('NA 2-D', side, 'x', side, 'k=7:', na['median_s'], 's; full attention:', full['median_s'], 's', flush=True)
+
+
+def kernel_resources(run: Run) -> dict:
+    "Registers, local memory and shared memory per compiled kernel (numba-cuda's report of the compiled cubin)."
+    if run.dry: return {'note': 'the simulator compiles nothing: see tests/test_attention_cudasim.py (ptxas)'}
+    out = {}
+    for name in ('_fwd_cuda', '_bwd_dkdv_cuda', '_bwd_dq_cuda'):
+        kern = getattr(A, name)
+        for sig in list(kern.overloads):
+            try:
+                out[f'{name}{sig}'] = {'registers': kern.get_regs_per_thread(sig),
+                                       'local_bytes': kern.get_local_mem_per_thread(sig),
+                                       'shared_bytes': kern.get_shared_mem_per_block(sig)}
+            except Exception as e:          # noqa: BLE001 - report, do not lose the run
+                out[f'{name}{sig}'] = {'error': repr(e)[:200]}
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--dry', action='store_true', help='under the CUDA simulator on tiny shapes (CPU only)')
+    ap.add_argument('--quick', action='store_true', help='N in {1024, 4096} only')
+    ap.add_argument('--budget-s', type=float, default=330.0, help='stop starting new timings after this many seconds')
+    ap.add_argument('--out', default=None)
+    args = ap.parse_args(argv)
+    if args.dry and os.environ.get('NUMBA_ENABLE_CUDASIM') != '1':
+        sys.exit('--dry needs NUMBA_ENABLE_CUDASIM=1 in the environment before Python starts (gpu_run.sh --dry sets it)')
+    if not args.dry and not torch.cuda.is_available():
+        sys.exit('no CUDA GPU visible to torch: run on a GPU machine, or use --dry (simulator) to check the script')
+    out = args.out or ('/tmp/attention_gpu_dry.json' if args.dry
+                       else str(Path(__file__).resolve().parent / 'results' / 'attention_gpu.json'))
+    run = Run(args.dry, out, args.budget_s)
+    run.result['machine'] = machine_info()
+    run.result['versions'] = versions(run); run.save()
+    run.result['sdpa_backends'] = sdpa_backends(run); run.save()
+    print('versions', run.result['versions'], '\nsdpa', run.result['sdpa_backends'], flush=True)
+    try:
+        run.result['check'] = check(run)
+    except Exception as e:                      # noqa: BLE001 - keep the error, still measure the speed
+        import traceback
+        run.result['check'], run.result['check_error'] = {}, traceback.format_exc()[-3000:]
+        print('correctness check failed:', run.result['check_error'], flush=True)
+    run.save()
+    timings(run, args.quick)
+    neighborhood(run); run.save()
+    run.result['kernels'] = kernel_resources(run); run.save()
+    print(f'wrote {out} in {run.result["elapsed_s"]} s', flush=True)
+
+
+if __name__ == '__main__':
+    main()

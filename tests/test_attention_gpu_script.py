@@ -1,0 +1,42 @@
+"""benchmarks/gpu_run.sh must run unchanged on the next GPU: here it runs in its dry mode, under Numba's CUDA simulator on
+tiny shapes (CPU only), and must write a JSON with every section the GPU run writes, correct kernels and no error.
+Tolerances of the correctness section: float32 kernels against float64, 2e-5 on outputs and 1e-4 on gradients (as in
+the chapter); the bfloat16 case is judged relative to the largest entry, within bfloat16's epsilon 2⁻⁷."""
+import json, os, shutil, subprocess
+from pathlib import Path
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.skipif(shutil.which('bash') is None or shutil.which('timeout') is None, reason='needs bash and timeout')
+def test_gpu_run_dry(tmp_path):
+    out = tmp_path / 'attention_gpu_dry.json'
+    env = {k: v for k, v in os.environ.items() if k != 'NUMBA_ENABLE_CUDASIM'}
+    p = subprocess.run(['bash', str(ROOT / 'benchmarks' / 'gpu_run.sh'), '--dry', '--out', str(out)], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=600, env=env)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res['dry_run_on_simulator'] is True and res['benchmark'] == 'attention_gpu'
+    assert 'check_error' not in res, res.get('check_error')
+    assert {'machine', 'versions', 'sdpa_backends', 'check', 'rows', 'skipped', 'kernels', 'na2d_64x64_k7_s'} <= res.keys()
+    assert set(res['check']) == {'flash_full', 'flash_causal', 'flash_causal_bfloat16', 'flash_causal_nq_gt_nk_d128',
+                                 'flash_causal_nq_lt_nk', 'na1d_k9_dil3', 'na2d_k5x7_causal'}
+    for name, e in res['check'].items():
+        assert e['masked_rows_agree'], name
+        if e['dtype'] == 'float32':
+            assert max(e['o'], e['lse']) < 2e-5 and max(e['dq'], e['dk'], e['dv']) < 1e-4, (name, e)
+        else:
+            assert max(e['relative'].values()) < 2**-7, (name, e)
+    assert res['check']['flash_causal_nq_gt_nk_d128']['masked_rows'] > 0
+    rows = res['rows']
+    assert {(r['dtype'], r['causal'], r['pass']) for r in rows} == {(d, c, p) for d in ('float32', 'bfloat16')
+                                                                   for c in (False, True) for p in ('forward', 'fwd+bwd')}
+    assert all(r['flash_s'] > 0 and r['sdpa_s'] > 0 and r['flash_reps'] >= 1 for r in rows)
+
+
+def test_gpu_run_refuses_without_a_gpu_and_says_what_to_do():
+    import torch
+    if torch.cuda.is_available(): pytest.skip('a GPU is present: the real run is not a unit test')
+    p = subprocess.run(['bash', str(ROOT / 'benchmarks' / 'gpu_run.sh')], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and '--dry' in p.stderr, p.stderr[-2000:]
