@@ -8,11 +8,19 @@ squared loss on one-hot targets), every width × learning rate trained for the s
   - loop     one `abc_mlp` per (width, learning rate) with `torch.optim.SGD(model.param_groups(lr))`;
   - mup      one `mup` network per (width, learning rate): nn.Linear + MuReadout, base width 1, `mup.MuSGD`.
 Base width 1 makes `mup`'s μP exactly the chapter's (see the chapter); the final losses of the three are compared
-(their largest relative difference is recorded). Median wall times and peak extra memory go to
-benchmarks/results/feature_learning.json, which chapter 6 reads.
+(their largest relative difference is recorded).
 
-    python benchmarks/bench_feature_learning.py            # widths 64..1024, 7 learning rates, 100 steps
-    python benchmarks/bench_feature_learning.py --quick    # widths 64..256, fewer repeats (about a minute)
+What each side batches: `lr_sweep` batches the G learning rates of a width into one network (weights (G, out, in), one
+batched matmul per layer); the two loops batch nothing beyond the minibatch. So there are two comparisons:
+  - like with like, "mup loop / abc_mlp loop": the same one-network-at-a-time training, torch.optim.SGD on geobook's
+    per-layer parameter groups against mup's MuSGD on nn.Linear + MuReadout: the cost of the μP implementation;
+  - "abc_mlp loop / geobook lr_sweep" and "mup loop / geobook lr_sweep": what batching the sweep buys.
+The timed runs are interleaved (round r runs the three in an order rotated by r) so that a change of the machine's
+load hits all three alike; medians over the rounds. Peak extra memory is measured afterwards, one run each.
+Results go to benchmarks/results/feature_learning.json, which chapter 6 reads.
+
+    python benchmarks/bench_feature_learning.py            # widths 64..1024, 7 learning rates, 100 steps, 5 rounds
+    python benchmarks/bench_feature_learning.py --quick    # widths 64..256, 3 rounds (a few minutes on a busy machine)
 """
 from __future__ import annotations
 import argparse, math, sys, time
@@ -21,7 +29,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import measure, write_results
+from _bench import PeakRSS, write_results
 import mup
 from sklearn.datasets import load_digits
 from geobook.feature_learning import abc_mlp, lr_sweep
@@ -100,13 +108,13 @@ def rel_gap(a, b):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--quick', action='store_true', help='widths 64..256 and fewer repeats')
-    ap.add_argument('--repeats', type=int, default=None, help='timed runs per implementation (default 3, quick 2)')
+    ap.add_argument('--repeats', type=int, default=None, help='interleaved rounds (default 5, quick 3)')
     ap.add_argument('--threads', type=int, default=1,
                     help='torch threads for all three (default 1: repeatable on a shared machine; 0 = torch default)')
     args = ap.parse_args(argv)
     if args.threads > 0: torch.set_num_threads(args.threads)
     widths = [64, 128, 256] if args.quick else [64, 128, 256, 512, 1024]
-    repeats = args.repeats or (2 if args.quick else 3)
+    repeats = args.repeats or (3 if args.quick else 5)
     X, y = digits()
     losses = {'geobook lr_sweep': geobook_sweep(X, y, widths), 'abc_mlp loop': loop_sweep(X, y, widths, 'loop'),
               'mup loop': loop_sweep(X, y, widths, 'mup')}
@@ -115,25 +123,38 @@ def main(argv=None):
         print(f"{k} vs mup: largest relative difference of the final losses {gap:.2e}; same runs diverged: {same}")
     fns = {'geobook lr_sweep': lambda: geobook_sweep(X, y, widths), 'abc_mlp loop': lambda: loop_sweep(X, y, widths, 'loop'),
            'mup loop': lambda: loop_sweep(X, y, widths, 'mup')}
+    names, times = list(fns), {k: [] for k in fns}
+    for r in range(repeats):                                   # interleaved: A B C, B C A, C A B, ...
+        for name in names[r % 3:] + names[:r % 3]:
+            t0 = time.perf_counter(); fns[name](); times[name].append(time.perf_counter() - t0)
+        print(f"round {r + 1}/{repeats}: " + ', '.join(f'{k} {v[-1]:.2f} s' for k, v in times.items()), flush=True)
     rows = []
     for name, fn in fns.items():
-        t0 = time.perf_counter()
-        m = measure(fn, repeats=repeats, warmup=0)
+        with PeakRSS() as pk: fn()
+        ts = times[name]
         rows.append({'implementation': name, 'widths': widths, 'n_lrs': len(LRS), 'steps': STEPS, 'batch_size': BATCH,
-                     'median_s': m['median_s'], 'min_s': m['min_s'], 'runs': m['runs'], 'peak_mb': m['peak_mb'],
-                     'peak_method': m['peak_method'],
+                     'batched': name == 'geobook lr_sweep',
+                     'median_s': float(np.median(ts)), 'min_s': min(ts), 'runs': ts, 'peak_mb': pk.peak_mb,
+                     'peak_method': pk.method,
                      'max_rel_loss_diff_vs_mup': None if name == 'mup loop' else agreement[name][0],
                      'same_divergence_as_mup': None if name == 'mup loop' else agreement[name][1]})
-        print(f"{name:18s} median {m['median_s']:7.2f} s  (runs {', '.join(f'{r:.2f}' for r in m['runs'])}; "
-              f"peak +{m['peak_mb']:.0f} MB; {time.perf_counter() - t0:.0f} s measured)", flush=True)
+        print(f"{name:18s} median {rows[-1]['median_s']:7.2f} s  (runs {', '.join(f'{r:.2f}' for r in ts)}; "
+              f"peak +{pk.peak_mb:.0f} MB)", flush=True)
     t = {r['implementation']: r['median_s'] for r in rows}
-    ratios = {'mup_over_geobook': t['mup loop'] / t['geobook lr_sweep'], 'loop_over_geobook': t['abc_mlp loop'] / t['geobook lr_sweep']}
-    print(f"mup loop / geobook lr_sweep = {ratios['mup_over_geobook']:.2f}; abc_mlp loop / geobook = {ratios['loop_over_geobook']:.2f}")
+    ratios = {'mup_over_geobook': t['mup loop'] / t['geobook lr_sweep'], 'loop_over_geobook': t['abc_mlp loop'] / t['geobook lr_sweep'],
+              'mup_over_loop': t['mup loop'] / t['abc_mlp loop']}
+    # per-round ratios (each round runs all three under nearly the same load): their spread says how far to trust the medians
+    per_round = {k: [a / b for a, b in zip(times[num], times[den])] for k, (num, den) in
+                 {'mup_over_geobook': ('mup loop', 'geobook lr_sweep'), 'loop_over_geobook': ('abc_mlp loop', 'geobook lr_sweep'),
+                  'mup_over_loop': ('mup loop', 'abc_mlp loop')}.items()}
+    print('; '.join(f"{k} = {v:.2f} (per round {min(per_round[k]):.2f}..{max(per_round[k]):.2f})" for k, v in ratios.items()))
     write_results('feature_learning', rows, packages=('torch', 'numpy', 'mup', 'geobook'), quick=args.quick,
-                  threads={'torch': torch.get_num_threads()}, lrs=LRS, ratios=ratios,
+                  threads={'torch': torch.get_num_threads()}, lrs=LRS, ratios=ratios, ratios_per_round=per_round,
+                  timing='interleaved rounds (order rotated each round), medians over rounds',
                   losses={k: [[x if math.isfinite(x) else None for x in row] for row in v.tolist()] for k, v in losses.items()},
                   note='same μP models (mup networks carry geobook\'s initial weights; base width 1), same minibatches, '
-                       'same steps; times are medians of whole sweeps; peak_mb is the extra resident memory of one sweep. '
+                       'same steps; times are medians of whole sweeps over interleaved rounds; peak_mb is the extra resident memory of one sweep. '
+                       'lr_sweep batches the learning rates of a width into one network; the two loops train one network at a time. '
                        'Losses are float32, so the three agree to rounding amplified by 100 steps, not bit for bit; null = diverged.')
 
 

@@ -39,7 +39,7 @@ def _exponent(x, name: str) -> Fraction:
     return x if isinstance(x, Fraction) else Fraction(v).limit_denominator(10**6)
 
 def _per_layer(spec, name: str, depth: int) -> list[Fraction]:
-    "(input, hidden, readout) or one number -> the L+1 per-layer exponents [x₁, x₂, …, x_L, x_{L+1}]."
+    "(input, hidden, readout) or one number -> the L+1 per-layer exponents [x₁, x₂, …, x_L, x_(L+1)]."
     if isinstance(spec, (list, tuple)):
         if len(spec) != 3: raise ValueError(f"`{name}` must be one number or a triple (input, hidden, readout), got {spec!r}")
         e = [_exponent(s, name) for s in spec]
@@ -70,13 +70,13 @@ def abc_exponents(parameterization='mup', depth: int = 2, optimizer: str = 'sgd'
     """Width exponents of training an abc-parameterised MLP with L = `depth` hidden layers (sizes are Θ(n^e)).
 
     `parameterization`: a name in `PARAMETERIZATIONS` or a dict {'a', 'b', 'c'[, 'c_adam']} of one number or a triple
-    (input, hidden, readout) each. With u₀ = a_{L+1} + b_{L+1} and, after the readout has moved,
-    u = min(u₀, 2a_{L+1} + c_{L+1}) (SGD) or min(u₀, a_{L+1} + c_{L+1}) (Adam), a step changes the pre-activations h^l
-    of hidden layer l by Θ(n^{−r_l}) with
+    (input, hidden, readout) each. With u₀ = a_(L+1) + b_(L+1) and, after the readout has moved,
+    u = min(u₀, 2a_(L+1) + c_(L+1)) (SGD) or min(u₀, a_(L+1) + c_(L+1)) (Adam), a step changes the pre-activations h^l
+    of hidden layer l by Θ(n^(−r_l)) with
       SGD:  r_l = u + c_l + 2a_l − 1 + 𝟙[l = 1]   (first step: u₀ in place of u)
       Adam: r_l = a_l + c_l − 1 + 𝟙[l = 1],
-    and r = min_l r_l. The output moves by Θ(n^e) with e = max(1 − (2a_{L+1} + c_{L+1}), 1 − u − r) (SGD; Adam:
-    a_{L+1} + c_{L+1}; first step: u₀ and the first-step r). Returns the per-layer 'a', 'b', 'c' (c_adam for Adam),
+    and r = min_l r_l. The output moves by Θ(n^e) with e = max(1 − (2a_(L+1) + c_(L+1)), 1 − u − r) (SGD; Adam:
+    a_(L+1) + c_(L+1); first step: u₀ and the first-step r). Returns the per-layer 'a', 'b', 'c' (c_adam for Adam),
     'init' (a_l + b_l), 'u0', 'u', 'r_first', 'r_layers', 'r', 'output_init' (½ − u₀), 'output_update' (e) and
     'output_first' as fractions, and the flags 'stable', 'nontrivial', 'feature_learning' (stable, nontrivial, r = 0)
     and 'kernel_regime' (stable, nontrivial, r > 0)."""
@@ -110,15 +110,28 @@ def abc_exponents(parameterization='mup', depth: int = 2, optimizer: str = 'sgd'
 # %% ../nbs/06_feature_learning.ipynb #c026
 MAX_PARAMETERS = 2**28      # the largest model (parameters, all copies of a sweep together) these functions will allocate
 
+def _generator(seed) -> torch.Generator:
+    "core's `as_generator`, with integer seeds beyond torch's 64-bit range refused by name."
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) and seed >= 2**64:
+        raise ValueError(f"`seed` must be < 2^64, got {seed}")
+    return as_generator(seed)
+
+def _lr_in_range(lr_l: float, dtype: torch.dtype, what: str) -> float:
+    "A per-layer learning rate η n^(−c) that the weights' dtype can hold (neither overflowing nor rounding to 0)."
+    info = torch.finfo(dtype)
+    if not (math.isfinite(lr_l) and info.tiny <= lr_l <= info.max):
+        raise ValueError(f"`lr` gives {what} the learning rate {lr_l!r}: out of the range of {dtype}")
+    return lr_l
+
 def _functorch_wrapped(x: torch.Tensor) -> bool:
     "Whether `x` is being traced by a torch.func transform (vmap/grad), where data-dependent checks are impossible."
     return torch._C._functorch.is_functorch_wrapped_tensor(x)
 
 class ABCMLP(nn.Module):
-    """An MLP in an abc-parameterisation: layer l computes h^l = W^l x^{l−1} with W^l = n^{−a_l} w^l, where the trainable
-    w^l has i.i.d. N(0, σ_l² n^{−2b_l}) entries and SGD learning rate η n^{−c} (see `param_groups`).
+    """An MLP in an abc-parameterisation: layer l computes h^l = W^l x^(l−1) with W^l = n^(−a_l) w^l, where the trainable
+    w^l has i.i.d. N(0, σ_l² n^(−2b_l)) entries and SGD learning rate η n^(−c) (see `param_groups`).
 
-    x⁰ = x (the input, d_in features), x^l = σ(h^l) for the L = `depth` hidden layers of width n, output f = h^{L+1}.
+    x⁰ = x (the input, d_in features), x^l = σ(h^l) for the L = `depth` hidden layers of width n, output f = h^(L+1).
     σ_l² = C_W/d_in for the input layer and C_W for the others (C_W = 2 for ReLU, 1 otherwise, by default): constants,
     so every width dependence is in the exponents. No biases. Built by `abc_mlp`."""
     def __init__(self, d_in: int, width: int, depth: int, d_out: int = 1, parameterization='mup', activation='relu', *,
@@ -151,7 +164,7 @@ class ABCMLP(nn.Module):
                                      f"width {self.width} (exponents too large)")
         self.multipliers = [n ** -float(a) for a in self.a]                          # n^{−a_l}
         scales = [math.sqrt(v) * n ** -float(b) for v, b in zip(var, self.b)]       # σ_l n^{−b_l}
-        g = as_generator(seed)
+        g = _generator(seed)
         W = [torch.randn(o, i, generator=g, dtype=dtype) * s for i, o, s in zip(self.fan_in, fan_out, scales)]   # w^l ~ N(0, σ_l² n^{−2b_l})
         self.weights = nn.ParameterList([nn.Parameter(w.to(device)) for w in W])
 
@@ -170,7 +183,8 @@ class ABCMLP(nn.Module):
         "[h¹, …, h^L, f]: the pre-activations (N, n) of the L hidden layers and the output f (N, d_out), for x: (N, d_in)."
         h, out = self._input(x), []
         for l, (w, m) in enumerate(zip(self.weights, self.multipliers)):
-            z = F.linear(h, w) * m                                                   # h^l = n^{−a_l} w^l x^{l−1}
+            z = F.linear(h, w)                                                       # h^l = n^{−a_l} w^l x^{l−1}
+            if m != 1.0: z = z * m                                                   # (μP's hidden layers: a = 0)
             out.append(z)
             h = self.sigma(z)
         if not _functorch_wrapped(out[-1]) and not all_finite(out[-1]):
@@ -184,16 +198,15 @@ class ABCMLP(nn.Module):
 
     def param_groups(self, lr: float, optimizer: str = 'sgd') -> list[dict]:
         """Parameter groups for `torch.optim.SGD` (optimizer='sgd') or `torch.optim.Adam` ('adam'): one per layer l, with
-        learning rate η n^{−c_l} (η = `lr`; c_l from the parameterisation's 'c' or 'c_adam' exponents) and its 'name'."""
+        learning rate η n^(−c_l) (η = `lr`; c_l from the parameterisation's 'c' or 'c_adam' exponents) and its 'name'."""
+        if isinstance(lr, (bool, np.bool_)): raise TypeError(f"`lr` must be a real number, got {lr!r}")
         lr = check_positive(lr, 'lr')
         optimizer = check_choice(optimizer, 'optimizer', ['sgd', 'adam'])
         cs = self.c if optimizer == 'sgd' else self.c_adam
         if cs is None: raise ValueError("this parameterisation has no 'c_adam' exponents: it cannot be used with optimizer='adam'")
         groups = []
         for l, (w, c) in enumerate(zip(self.weights, cs)):
-            lr_l = lr * float(self.width) ** -float(c)
-            if not math.isfinite(lr_l) or lr_l <= 0:
-                raise ValueError(f"`lr` = {lr!r} gives layer {l + 1} the learning rate η n^(−c) = {lr_l!r}: out of floating range")
+            lr_l = _lr_in_range(lr * float(self.width) ** -float(c), w.dtype, f"layer {l + 1} (η n^(−c), η = {lr!r})")
             groups.append({'params': [w], 'lr': lr_l, 'name': f'weights.{l}'})
         return groups
 
@@ -206,7 +219,7 @@ def abc_mlp(d_in: int, width: int, depth: int, d_out: int = 1, parameterization=
     """An `ABCMLP`: `depth` hidden layers of `width` n, in the abc-parameterisation `parameterization` ('sp', 'ntk', 'mf',
     'mup' or a dict of exponents, see `abc_exponents`). `activation`: a name in `geobook.ntk.ACTIVATIONS` or a callable.
     `seed`: None (fresh entropy), an int or a torch.Generator; the same seed gives the same standard-normal draws in
-    every parameterisation, scaled by σ_l n^{−b_l}. Train it with `torch.optim.SGD(model.param_groups(lr))` or
+    every parameterisation, scaled by σ_l n^(−b_l). Train it with `torch.optim.SGD(model.param_groups(lr))` or
     `torch.optim.Adam(model.param_groups(lr, 'adam'))`."""
     return ABCMLP(d_in, width, depth, d_out, parameterization, activation, C_W=C_W, seed=seed, dtype=dtype, device=device)
 
@@ -238,6 +251,9 @@ def _model_input(model: nn.Module, x, name: str = 'x') -> torch.Tensor:
     x = as_tensor(x, name, dtype=p.dtype, device=p.device)
     if x.ndim < 2 or x.shape[0] == 0: raise ValueError(f"`{name}` must have samples in rows, shape (N, d_in) with N >= 1, got {tuple(x.shape)}")
     d_in = getattr(model, 'd_in', None)
+    if d_in is None and x.ndim == 2:                     # e.g. an nn.Sequential whose first layer with weights is a Linear
+        first = next((m for m in model.modules() if any(True for _ in m.parameters(recurse=False))), None)
+        d_in = first.in_features if isinstance(first, nn.Linear) else None
     if d_in is not None and x.shape[1:] != (d_in,):
         raise ValueError(f"`{name}` must have shape (N, d_in={d_in}), got {tuple(x.shape)}")
     return x
@@ -267,7 +283,8 @@ def _make_optimizer(model: nn.Module, lr: float, optimizer):
         if not isinstance(opt, torch.optim.Optimizer): raise TypeError("`optimizer` callable must return a torch.optim.Optimizer")
         return opt
     optimizer = check_choice(optimizer, 'optimizer', ['sgd', 'adam'])
-    groups = model.param_groups(lr, optimizer) if hasattr(model, 'param_groups') else [{'params': list(model.parameters()), 'lr': lr}]
+    if hasattr(model, 'param_groups'): groups = model.param_groups(lr, optimizer)
+    else: groups = [{'params': list(model.parameters()), 'lr': _lr_in_range(lr, _first_param(model, 'model').dtype, 'the model')}]
     return torch.optim.SGD(groups) if optimizer == 'sgd' else torch.optim.Adam(groups)
 
 def coord_check(make_model: Callable, widths: Sequence[int], data, steps: int, lr: float, seed=None, *,
@@ -282,7 +299,8 @@ def coord_check(make_model: Callable, widths: Sequence[int], data, steps: int, l
     'sgd' or 'adam' (per-layer rates from the model's `param_groups` when it has them, else one rate `lr`) or a callable
     (model, lr) -> torch optimiser. `seed`: None, an int or a torch.Generator; one integer drawn from it is passed to
     `make_model` at every width. Returns {'widths': (W,), 'layers': names, 'coord', 'delta': (W, steps+1, K),
-    'loss': (W, steps+1)} as float64 tensors; raises OverflowError if training diverges."""
+    'loss': (W, steps+1)} as float64 tensors (steps = 0 records the initialisation only); raises OverflowError if
+    training diverges. `show_progress`: None (shown unless GEOBOOK_NO_PROGRESS is set), True or False."""
     if not callable(make_model): raise TypeError("`make_model` must be a callable (width, seed) -> torch.nn.Module")
     if isinstance(widths, (int, str)) or not hasattr(widths, '__iter__'):
         raise TypeError(f"`widths` must be a sequence of integers, got {widths!r}")
@@ -294,10 +312,9 @@ def coord_check(make_model: Callable, widths: Sequence[int], data, steps: int, l
     lr = check_positive(lr, 'lr')
     loss = check_choice(loss, 'loss', _LOSSES)
     if not callable(optimizer): check_choice(optimizer, 'optimizer', ['sgd', 'adam'])
-    model_seed = int(torch.randint(0, 2**62, (1,), generator=as_generator(seed)))
+    model_seed = int(torch.randint(0, 2**62, (1,), generator=_generator(seed)))
     coords, deltas, losses, names = [], [], [], None
-    quiet = None if show_progress is None else not show_progress
-    for n in progress(widths, desc='coord_check', disable=quiet):
+    for n in progress(widths, desc='coord_check', show_progress=show_progress):
         model = make_model(n, model_seed)
         _first_param(model, 'make_model(width, seed)')
         Xm, ym = (t.to(dtype=_first_param(model, 'model').dtype, device=_first_param(model, 'model').device) for t in (X, y))
@@ -359,7 +376,7 @@ def kernel_change(model_before: nn.Module, model_after: nn.Module, x, *, param_s
     """Relative change ‖Θ̂_after − Θ̂_before‖_F / ‖Θ̂_before‖_F of the empirical tangent kernel on inputs x: (N, d_in),
     computed by chapter 1's `empirical_ntk` (trace over outputs). Θ̂ = Σ_p λ_p ∂f/∂p ∂f/∂pᵀ with λ_p = `param_scales`,
     by default the SGD learning rate of parameter p relative to η (`param_groups`) for an `ABCMLP`: the kernel of the
-    network's own gradient-descent dynamics, f_{t+1} − f_t ≈ −η Θ̂ ∇_f L. Other modules: λ_p = 1."""
+    network's own gradient-descent dynamics, f_(t+1) − f_t ≈ −η Θ̂ ∇_f L. Other modules: λ_p = 1."""
     _first_param(model_before, 'model_before'); _first_param(model_after, 'model_after')
     _same_architecture(model_before, model_after)
     x = _model_input(model_before, x)
@@ -371,6 +388,9 @@ def kernel_change(model_before: nn.Module, model_after: nn.Module, x, *, param_s
     bs = max(1, min(len(x), 2**26 // max(1, n_par * max(1, out[0].numel()))))      # Jacobian tiles of <= 2^26 numbers
     T0 = empirical_ntk(model_before, x, batch_size=bs, param_scales=scales)
     T1 = empirical_ntk(model_after, x.to(_first_param(model_after, 'model_after').dtype), batch_size=bs, param_scales=scales)
+    if not (all_finite(T0) and all_finite(T1)):
+        raise ValueError(f"`x`: the tangent kernels overflowed {T0.dtype} (Θ̂ grows like ‖x‖²; inputs of size "
+                         f"{x.abs().max().item():.3g}): rescale `x` or use float64 models")
     den = T0.double().norm()
     if not den > 0: raise ValueError("the tangent kernel of `model_before` is zero on `x`: the relative change is undefined")
     return ((T1.double() - T0.double()).norm() / den).item()
@@ -411,7 +431,10 @@ def lr_sweep(X, y, widths: Sequence[int], lrs: Sequence[float], depth: int = 2, 
     train together as one batched network: the same initialisation (one integer drawn from `seed`, used at every width)
     and the same minibatches (drawn next from `seed`), so the result equals training each `abc_mlp` with torch.optim
     separately. Returns {'widths', 'lrs', 'loss': (W, G) mean loss over all N rows after training, inf where training
-    diverged, 'diverged': (W, G) bool}."""
+    diverged, 'diverged': (W, G) bool, 'collapsed': (W, G) bool}. A copy has *collapsed* when its output is exactly zero
+    on all N rows (with ReLU: every unit of the last hidden layer inactive on every row): no gradient reaches any layer
+    any more, and its finite loss is that of f ≡ 0 (½ for one-hot 'mse', ln k for 'xent'), not of a trained network.
+    `seed`: None (fresh entropy), an int or a torch.Generator. `show_progress`: None, True or False."""
     if isinstance(widths, (int, str)) or not hasattr(widths, '__iter__'): raise TypeError(f"`widths` must be a sequence of integers, got {widths!r}")
     if isinstance(lrs, (int, float, str)) or not hasattr(lrs, '__iter__'): raise TypeError(f"`lrs` must be a sequence of learning rates, got {lrs!r}")
     widths = [check_int(w, 'widths', minimum=1) for w in widths]
@@ -424,6 +447,12 @@ def lr_sweep(X, y, widths: Sequence[int], lrs: Sequence[float], depth: int = 2, 
     N, d_in = X.shape
     depth, steps = check_int(depth, 'depth', minimum=1), check_int(steps, 'steps', minimum=1)
     if depth > MAX_DEPTH: raise ValueError(f"`depth` must be <= MAX_DEPTH = {MAX_DEPTH}, got {depth}")
+    if optimizer == 'adam' and _abc_spec(parameterization, depth)['c_adam'] is None:
+        raise ValueError("`parameterization` has no 'c_adam' exponents: it cannot be used with optimizer='adam'")
+    spec = _abc_spec(parameterization, depth)
+    for n in widths:                                                   # every η n^(−c_l) must fit X's dtype
+        for c in (spec['c'] if optimizer == 'sgd' else spec['c_adam']):
+            for v in (min(lrs), max(lrs)): _lr_in_range(v * float(n) ** -float(c), X.dtype, f"width {n} (`lrs`)")
     if steps > 1_000_000: raise ValueError(f"`steps` must be <= 1000000, got {steps}")
     batch_size = check_int(batch_size, 'batch_size', minimum=1)
     if batch_size > N: raise ValueError(f"`batch_size` must be <= N = {len(X)}, got {batch_size}")
@@ -435,17 +464,18 @@ def lr_sweep(X, y, widths: Sequence[int], lrs: Sequence[float], depth: int = 2, 
     if G * batch_size * max(max(widths), k) > MAX_PARAMETERS:
         raise ValueError(f"`batch_size` {batch_size} × {G} learning rates (`lrs`) × width {max(widths)}: the activations would "
                          f"exceed MAX_PARAMETERS = {MAX_PARAMETERS} numbers")
-    gen = as_generator(seed)
+    gen = _generator(seed)
     model_seed = int(torch.randint(0, 2**62, (1,), generator=gen))
     batches = torch.randint(0, N, (steps, batch_size), generator=gen).to(X.device)
     lr_t = torch.tensor(lrs, dtype=X.dtype, device=X.device)[:, None, None]
     loss_out = torch.full((len(widths), G), math.inf, dtype=X.dtype, device=X.device)
     dead_out = torch.zeros(len(widths), G, dtype=torch.bool, device=X.device)
-    quiet = None if show_progress is None else not show_progress
-    for i, n in enumerate(progress(widths, desc=f'lr_sweep {parameterization}', disable=quiet)):
-        loss_out[i], dead_out[i] = _train_batched(X, labels, Y, n, depth, k, parameterization, activation, model_seed,
-                                                  lr_t, batches, optimizer, loss)
-    return {'widths': widths, 'lrs': lrs, 'loss': loss_out, 'diverged': dead_out}
+    flat_out = torch.zeros(len(widths), G, dtype=torch.bool, device=X.device)
+    name = parameterization if isinstance(parameterization, str) else 'custom'
+    for i, n in enumerate(progress(widths, desc=f'lr_sweep {name}', show_progress=show_progress)):
+        loss_out[i], dead_out[i], flat_out[i] = _train_batched(X, labels, Y, n, depth, k, parameterization, activation,
+                                                               model_seed, lr_t, batches, optimizer, loss)
+    return {'widths': widths, 'lrs': lrs, 'loss': loss_out, 'diverged': dead_out, 'collapsed': flat_out}
 
 def _train_batched(X, labels, Y, n, depth, k, parameterization, activation, model_seed, lr_t, batches, optimizer, loss,
                    betas=(0.9, 0.999), eps=1e-8):
@@ -488,6 +518,11 @@ def _train_batched(X, labels, Y, n, depth, k, parameterization, activation, mode
                     w.sub_((lrs[l] / bc1) * m1 / ((m2.sqrt() / math.sqrt(bc2)).add_(eps)))
     with torch.no_grad():                                                          # the loss on all rows, in chunks
         step = max(1, 2**24 // (G * max(n, k)))
-        final = sum(losses(forward(X[i:i + step]), slice(i, i + step)) * len(X[i:i + step]) for i in range(0, len(X), step)) / len(X)
+        final, f_max = torch.zeros(G, dtype=X.dtype, device=X.device), torch.zeros(G, dtype=X.dtype, device=X.device)
+        for i in range(0, len(X), step):
+            f = forward(X[i:i + step])
+            final += losses(f, slice(i, i + step)) * len(f[0])
+            f_max = torch.maximum(f_max, f.abs().amax((1, 2)).nan_to_num(math.inf))
+        final /= len(X)
     alive &= torch.isfinite(final)
-    return torch.where(alive, final, torch.full_like(final, math.inf)), ~alive
+    return torch.where(alive, final, torch.full_like(final, math.inf)), ~alive, alive & (f_max == 0)

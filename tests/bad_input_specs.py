@@ -329,9 +329,10 @@ def _feature_learning_specs():
         Spec('feature_learning.ABCMLP.param_groups', lambda: dict(lr=0.1, optimizer='adam'),
              {'lr': 'positive', 'optimizer': 'choice'}, call=lambda **kw: net().param_groups(**kw)),
         Spec('feature_learning.coord_check', lambda: dict(make_model=mk, widths=[8, 16], data=Xy(), steps=2, lr=0.1, seed=0),
-             {'make_model': 'callable', 'widths': 'sizes', 'steps': 'size', 'lr': 'positive', 'seed': 'seed',
+             {'make_model': 'callable', 'widths': 'sizes', 'steps': 'count', 'lr': 'positive', 'seed': 'seed',
               'optimizer': 'choice', 'loss': 'choice', 'show_progress': 'bool'},
-             names={'widths': 'width'}),      # a huge width is refused by the model factory, which names `width`
+             names={'widths': 'width'}),      # a huge width is refused by the model factory, which names `width`;
+                                              # steps = 0 is valid (records the initialisation only), so steps is a count
         Spec('feature_learning.feature_change', lambda: dict(model_before=net(0), model_after=net(1), x=X()),
              {'model_before': 'module', 'model_after': 'module', 'x': 'tensor'}),
         Spec('feature_learning.kernel_change', lambda: dict(model_before=net(0), model_after=net(1), x=X()),
