@@ -2,8 +2,10 @@
 
 Side by side in one run:
   * recursions: geobook's vectorised Gauss–Hermite (refined n vs 2n by default) / closed-form layer against
-    scipy.integrate.quad (adaptive quadrature, one Gaussian average at a time), per layer and per (C_b, C_W) flow of a
-    phase-diagram grid;
+    scipy.integrate.quad (adaptive quadrature, one Gaussian average at a time), per layer: one flow at the critical point
+    (K → 0, where few nodes suffice) and one at a non-critical point (1.5, 0.1), each refined and with a fixed 64-node
+    rule; and per (C_b, C_W) flow of a phase-diagram grid, with the same fixed rule and refined, so that the gain of
+    batching (one flow vs the grid, both 64 nodes) and the cost of refinement (grid refined vs 64 nodes) are separate;
   * criticality of GELU and swish (refined quadrature, bisection) against scipy.optimize.brentq on scipy.integrate.quad
     averages, with the largest relative difference of (K*, C_b, C_W);
   * the correlation length (one point refined; a 16 x 41 grid with a fixed 64-node rule) and the two-input vertex;
@@ -11,7 +13,7 @@ Side by side in one run:
     batched torch matmuls (`method='weights'`, the straightforward way), in networks per second at width 16, depth 8,
     with one torch thread and with torch's default thread count.
 
-    python benchmarks/bench_rg_flow.py --quick   # < 2 minutes; writes benchmarks/results/rg_flow.json
+    python benchmarks/bench_rg_flow.py --quick   # a few minutes on 2 cores; writes benchmarks/results/rg_flow.json
 """
 from __future__ import annotations
 import argparse, math, os, sys
@@ -74,6 +76,15 @@ def main(quick: bool):
                 reference='scipy.integrate.quad',
                 speedup=r['median_s'] / g['median_s'], us_per_layer=g['median_s'] / depth * 1e6,
                 ref_us_per_layer=r['median_s'] / depth * 1e6, max_abs_diff=err, depth=depth, peak_mb=g['peak_mb']))
+    for n_pts, label in ((None, 'refined'), (64, '64 nodes')):
+        g = measure(lambda: kernel_flow('tanh', 1.5, 0.1, 1.0, depth, n_points=n_pts), repeats=5)
+        r = measure(lambda: scipy_tanh_flow(1.5, 0.1, 1.0, depth), repeats=3 if quick else 5)
+        err = float(np.abs(kernel_flow('tanh', 1.5, 0.1, torch.tensor(1.0, dtype=torch.float64), depth, n_points=n_pts).numpy()
+                           - scipy_tanh_flow(1.5, 0.1, 1.0, depth)).max())
+        report(dict(name=f'kernel_flow tanh (1.5, 0.1), 1 flow, {label}', median_s=g['median_s'], ref_median_s=r['median_s'],
+                    reference='scipy.integrate.quad', speedup=r['median_s'] / g['median_s'],
+                    us_per_layer=g['median_s'] / depth * 1e6, ref_us_per_layer=r['median_s'] / depth * 1e6,
+                    max_abs_diff=err, depth=depth, peak_mb=g['peak_mb']))
     g = measure(lambda: kernel_flow('relu', 2.0, 0.0, 1.0, depth), repeats=5)
     report(dict(name='kernel_flow relu (closed form), 1 flow', median_s=g['median_s'], us_per_layer=g['median_s'] / depth * 1e6,
                 depth=depth, peak_mb=g['peak_mb']))
@@ -93,11 +104,20 @@ def main(quick: bool):
     sub = 10                                   # scipy on a few grid points; its cost is per flow-layer
     r = measure(lambda: [scipy_tanh_flow(float(CW.flatten()[i]), float(CB.flatten()[i]), 1.0, 20) for i in range(sub)], repeats=3)
     flows = CB.numel()
-    report(dict(name=f'kernel_flow tanh, {n_grid}x{n_grid} grid', median_s=g['median_s'], reference='scipy.integrate.quad',
+    report(dict(name=f'kernel_flow tanh, {n_grid}x{n_grid} grid, 64 nodes', median_s=g['median_s'], reference='scipy.integrate.quad',
                 us_per_flow_layer=g['median_s'] / (flows * depth_g) * 1e6, ref_us_per_flow_layer=r['median_s'] / (sub * 19) * 1e6,
                 ref_median_s=r['median_s'] / (sub * 19) * flows * depth_g, speedup=(r['median_s'] / (sub * 19)) / (g['median_s'] / (flows * depth_g)),
                 us_per_layer=g['median_s'] / depth_g * 1e6, flows=flows, depth=depth_g, peak_mb=g['peak_mb'],
                 note='reference time extrapolated from 10 flows x 19 layers'))
+    g = measure(lambda: kernel_flow('tanh', CW, CB, 1.0, depth_g), repeats=1)            # slow: one timed run
+    report(dict(name=f'kernel_flow tanh, {n_grid}x{n_grid} grid, refined', median_s=g['median_s'],
+                us_per_flow_layer=g['median_s'] / (flows * depth_g) * 1e6, us_per_layer=g['median_s'] / depth_g * 1e6,
+                flows=flows, depth=depth_g, peak_mb=g['peak_mb'],
+                note='refined until 2n and n nodes agree for every flow of the grid at once'))
+    g = measure(lambda: kernel_flow('tanh', 1.5, 0.1, 1.0, depth_g, n_points=64), repeats=5)
+    report(dict(name=f'kernel_flow tanh (1.5, 0.1), 1 flow of {depth_g} layers, 64 nodes', median_s=g['median_s'],
+                us_per_layer=g['median_s'] / depth_g * 1e6, depth=depth_g, peak_mb=g['peak_mb'],
+                note='the grid rows divided by this: the gain of batching alone'))
 
     # --- criticality, correlation length, two-input vertex ------------------------------------------------------
     import warnings
@@ -136,12 +156,14 @@ def main(quick: bool):
         report(dict(name=f'sampler width 16 depth 8, {threads} thread(s)', median_s=g['median_s'], networks=n_nets,
                     reference='explicit weights (batched torch matmul)',
                     networks_per_s=nps, ref_networks_per_s=ref_nps, ref_median_s=n_nets / ref_nps, speedup=nps / ref_nps,
-                    threads=threads, peak_mb=g['peak_mb'], note='reference: explicit weights, timed on networks/10'))
+                    threads=threads, peak_mb=g['peak_mb'],
+                    note='reference: explicit weights, timed on networks/10; width-16 tensor ops are small, so extra '
+                         'threads add synchronisation and may be slower than one'))
     torch.set_num_threads(default_threads)
     write_results('rg_flow', rows, packages=('torch', 'numpy', 'scipy', 'geobook'), quick=quick)
 
 
 if __name__ == '__main__':
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument('--quick', action='store_true', help='smaller sizes, finishes in under ~2 minutes')
+    ap.add_argument('--quick', action='store_true', help='smaller sizes, finishes in a few minutes')
     main(ap.parse_args().quick)

@@ -67,6 +67,8 @@ def _arccos_pair(k11, k12, k22):
 def scale_invariant(a_plus: float = 1.0, a_minus: float = 0.0, name: str | None = None) -> Activation:
     "σ(z) = a₊z for z >= 0, a₋z for z < 0 (ReLU (1, 0), leaky ReLU (1, a), linear (1, 1)), with closed forms (A₂ = (a₊²+a₋²)/2)."
     a, b = _real(a_plus, 'a_plus'), _real(a_minus, 'a_minus')
+    for v, nm in ((a, 'a_plus'), (b, 'a_minus')):
+        if abs(v) > 1e75: raise ValueError(f"`{nm}` must be at most 1e75 in size (⟨σ⁴⟩ ∝ a⁴ overflows float64), got {v:g}")
     if name is not None and (not isinstance(name, str) or not name):
         raise TypeError(f"`name` must be a non-empty str or None, got {name!r}")
     A2, A4 = (a * a + b * b) / 2, (a**4 + b**4) / 2
@@ -156,6 +158,8 @@ def as_activation(activation) -> Activation:
     name = getattr(activation, '__name__', None) or 'callable'
     slopes = _homogeneous_slopes(activation)
     if slopes is not None:
+        if max(map(abs, slopes)) > 1e75:
+            raise ValueError(f"`activation` is scale-invariant with slopes {slopes}: beyond 1e75 its moments overflow float64")
         closed = scale_invariant(*slopes, name=name)
         return Activation(name, activation, slopes=closed.slopes, sq=closed.sq, quartic=closed.quartic,
                           dsq=closed.dsq, dprime2=closed.dprime2, pair=closed.pair)
@@ -187,21 +191,43 @@ def _derivative(fn):
     return d
 
 # %% ../nbs/02_rg_flow.ipynb #7c5a8b77
-def _check_resolved(K, n_max):
-    """Warn (QuadratureWarning) when an n_max-node Gauss–Hermite rule cannot put a node within |z| < 1 at variance K: its
-    smallest node is ≈ √K·π/(2√n), so beyond K ≈ 4n/π² the rule no longer sees σ's non-linear region near 0 and n, 2n
-    can agree on a wrong value (tanh'(z)² is 0 at every node when K = 10⁸)."""
+class _Unresolved(ValueError):
+    "A Gaussian average at a variance beyond the reach of the refined rule: raised, never returned as a wrong number."
+
+def _check_resolved(K, n_max, fixed=True):
+    """An n_max-node Gauss–Hermite rule cannot put a node within |z| < 1 at variance K: its smallest node is ≈ √K·π/(2√n),
+    so beyond K ≈ 4n/π² the rule no longer sees σ's non-linear region near 0 and n, 2n can agree on a wrong value
+    (tanh'(z)² is 0 at every node when K = 10⁸, so χ_⊥ would come out 0). A fixed rule (`fixed`, the user's `n_points`)
+    warns (QuadratureWarning); the refined rule, which promises 1e-10, raises `_Unresolved` (a ValueError)."""
     from geobook.core import QuadratureWarning
     K_max = float(K.max()) if K.numel() else 0.0
+    if K_max > 4 * n_max / math.pi**2 and not fixed:
+        raise _Unresolved(f"variance K = {K_max:.3g} is beyond the reach of Gauss–Hermite quadrature ({n_max} nodes have "
+                          f"none within |z| < 1 for K > {4 * n_max / math.pi**2:.0f}), and σ has no closed form for this "
+                          "average: use a smaller `K`, or smaller `C_W`, `C_b`, `K0` (the variances the flow reaches)")
     if K_max > 4 * n_max / math.pi**2:
         warnings.warn(f"variance K = {K_max:.3g} is beyond the reach of a {n_max}-node Gauss–Hermite rule (no node within "
                       f"|z| < 1 for K > {4 * n_max / math.pi**2:.0f}): averages of σ without a closed form may be off by "
                       "O(1/√K); use a closed form or smaller C_W, C_b, K0", QuadratureWarning, stacklevel=4)
 
 def _e1(f, K, n_points, atol=0.0):
-    "⟨f⟩_K, one variable: core's Gauss–Hermite rule, refined n → 2n to 1e-10 relative (float64) when `n_points` is None."
-    _check_resolved(K, n_points or MAX_HERMITE_POINTS)
-    return gaussian_expectation_1d(f, K, n_points, atol=atol, max_points=MAX_HERMITE_POINTS)
+    """⟨f⟩_K, one variable: core's Gauss–Hermite rule, refined n → 2n to 1e-10 relative (float64) when `n_points` is None;
+    if the refinement does not converge by 4096 nodes: core's QuadratureWarning and the 4096-node value when 2048 and 4096
+    nodes agree to 1e-6 relative, else `_Unresolved` (a ValueError), never a value that may be wrong in its leading digits."""
+    from geobook.core import QuadratureWarning
+    _check_resolved(K, n_points or MAX_HERMITE_POINTS, n_points is not None)
+    if n_points is not None: return gaussian_expectation_1d(f, K, n_points, atol=atol, max_points=MAX_HERMITE_POINTS)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error', QuadratureWarning)
+        try: return gaussian_expectation_1d(f, K, n_points, atol=atol, max_points=MAX_HERMITE_POINTS)
+        except QuadratureWarning as w: msg = str(w)
+    half, full = (gaussian_expectation_1d(f, K, n, atol=atol) for n in (MAX_HERMITE_POINTS // 2, MAX_HERMITE_POINTS))
+    if bool(((full - half).abs() <= 1e-6 * full.abs() + atol).all()):
+        warnings.warn(msg, QuadratureWarning, stacklevel=3)
+        return full
+    raise _Unresolved(f"the Gaussian average at variance K up to {float(K.max()):.3g} did not converge with "
+                      f"{MAX_HERMITE_POINTS} Gauss–Hermite nodes (σ has no closed form for it): use a smaller `K`, "
+                      f"or smaller `C_W`, `C_b`, `K0` (the variances the flow reaches). Core: {msg}")
 
 def _sq_scale(act, K, power=2):
     "max ⟨|σ|^power⟩_K over the batch from a 16-node rule (or a closed form): only the size of terms, for absolute tolerances."
@@ -251,7 +277,7 @@ def _mean_dprime2(act, K, n_points=None):
 # %% ../nbs/02_rg_flow.ipynb #2e3f4051
 def _e2(f, K, n_points, atol=0.0):
     "⟨f(z₁, z₂)⟩_K for 2×2 covariances (..., 2, 2): core's tensor-product rule, refined per axis when `n_points` is None."
-    _check_resolved(torch.diagonal(K, dim1=-2, dim2=-1), n_points or 512)
+    _check_resolved(torch.diagonal(K, dim1=-2, dim2=-1), n_points or 512, n_points is not None)
     return gaussian_expectation(f, K, n_points, atol=atol)
 
 def _pair_atol(act, K, n_points, power=2):
@@ -341,7 +367,7 @@ def _e2_whitened(f, K, n_points=None, max_points=512, rtol=1e-10):
     Tensor-product Gauss–Hermite rule with z = Lξ, w = L⁻ᵀξ (LLᵀ = K), refined n → 2n per axis (as core's rule) until the
     components agree to `rtol` times their largest, when `n_points` is None."""
     from geobook.core import hermite_rule, QuadratureWarning
-    _check_resolved(torch.diagonal(K, dim1=-2, dim2=-1), n_points or max_points)
+    _check_resolved(torch.diagonal(K, dim1=-2, dim2=-1), n_points or max_points, n_points is not None)
     l11, l21, l22 = (t.reshape(-1, 1, 1) for t in gaussian_cholesky_2x2(K))
     def rule(n):
         xi, w = hermite_rule(n, K.dtype, K.device)
@@ -447,14 +473,31 @@ def _kernel_input(K0):
 class _Overflow:
     """Guard for flows that leave the floating-point range. mode 'raise': an OverflowError naming the first layer where a
     kernel (or vertex) became non-finite. mode 'inf': those entries become +inf for good (their later averages are taken at
-    a harmless stand-in and discarded), with one RuntimeWarning naming the layer."""
+    a harmless stand-in and discarded), with one RuntimeWarning naming the layer. A variance that falls below the smallest
+    normal float (the kernel decays exponentially to K* = 0) is set to 0, with its covariances, and one RuntimeWarning
+    names the layer: never a silent 0."""
     def __init__(self, pairs, what='kernel', mode='raise'):
         self.pairs, self.bad, self.layer, self.what, self.mode = pairs, None, None, what, mode
+        self.under_layer = None
+    def underflow(self, K, layer):
+        "K with variances below the smallest normal float (and their rows and columns) set to 0; one warning."
+        var = torch.diagonal(K, dim1=-2, dim2=-1) if self.pairs else K
+        low = (var.abs() < torch.finfo(K.dtype).tiny) & (var != 0)
+        if not bool(low.any()): return K
+        if self.under_layer is None:
+            self.under_layer = layer
+            warnings.warn(f"{self.what} underflowed (a variance below the smallest normal float, "
+                          f"{torch.finfo(K.dtype).tiny:.3g}) at layer {layer}: it decays exponentially to 0, and such "
+                          "entries are 0 from there on", RuntimeWarning, stacklevel=4)
+        if not self.pairs: return torch.where(low, torch.zeros_like(K), K)
+        keep = (~low).to(K.dtype)
+        return K * keep[..., :, None] * keep[..., None, :]
     def safe(self, K):
         "K with overflowed entries replaced by a harmless stand-in (1, or the identity), so averages stay finite."
         if self.bad is None: return K
         return torch.where(self.bad, torch.eye(2, dtype=K.dtype, device=K.device) if self.pairs else torch.ones_like(K), K)
     def __call__(self, K, layer):
+        if self.what == 'kernel': K = self.underflow(K, layer)
         bad = ~torch.isfinite(K)
         if self.pairs: bad = bad.any(-1, keepdim=True).any(-2, keepdim=True).expand_as(K)
         if self.bad is not None: bad = bad | self.bad
@@ -490,11 +533,26 @@ def _flow_setup(activation, C_W, C_b, K0, depth, n_points=None):
     return act, C_W, C_b, torch.broadcast_to(K, shape).clone(), pairs, depth
 
 def input_kernel(x, C_W: float, C_b: float) -> torch.Tensor:
-    "First-layer kernel K⁽¹⁾ = C_b + C_W x·xᵀ/n₀ for one input x (n₀,) -> () or inputs x (m, n₀) -> (m, m)."
+    """First-layer kernel K⁽¹⁾ = C_b + C_W x·xᵀ/n₀ for one input x (n₀,) -> () or inputs x (m, n₀) -> (m, m), in x's dtype.
+
+    Computed as C_W(s²/n₀)(x/s)·(x/s)ᵀ, s = max|x|, so no product overflows or underflows on the way; raises a ValueError
+    naming `x` when the kernel itself leaves the dtype's range (a variance of a nonzero input that is inf or below the
+    smallest normal float)."""
     x = as_tensor(x, 'x', ndim=(1, 2), shape='(n_0,) or (m, n_0)')
     if x.numel() == 0: raise ValueError(f"`x` must not be empty, got shape {tuple(x.shape)}")
     C_W = check_positive(C_W, 'C_W'); C_b = check_positive(C_b, 'C_b', strict=False)
-    return C_b + C_W * (x @ x.T if x.ndim == 2 else x @ x) / x.shape[-1]
+    X = x if x.ndim == 2 else x[None]
+    s = float(X.abs().max())
+    G = (X / s) @ (X / s).T if s > 0 else X @ X.T
+    K = C_b + (C_W * s * s / x.shape[-1]) * G
+    var, fi = K.diagonal(), torch.finfo(K.dtype)
+    if not bool(torch.isfinite(K).all()):
+        raise ValueError(f"`x`: the kernel C_b + C_W x·xᵀ/n₀ overflows {K.dtype} (max |x| = {s:.3g}, C_W = {C_W:g}): rescale "
+                         "the inputs, or pass float64")
+    if bool(((var < fi.tiny) & (X.abs().amax(1) > 0)).any()):
+        raise ValueError(f"`x`: the kernel C_b + C_W x·xᵀ/n₀ of a nonzero input underflows {K.dtype} (max |x| = {s:.3g}): "
+                         "rescale the inputs, or pass float64")
+    return K if x.ndim == 2 else K[0, 0]
 
 def kernel_flow(activation, C_W, C_b, K0, depth: int, n_points: int | None = None, on_overflow: str = 'raise') -> torch.Tensor:
     """Kernel K⁽ˡ⁾ at layers l = 1..depth from K⁽¹⁾ = `K0` by K⁽ˡ⁺¹⁾ = C_b + C_W⟨σσ⟩_(K⁽ˡ⁾), eq. (3).
@@ -517,7 +575,9 @@ def correlation_flow(activation, C_W, C_b, K0, depth: int, n_points: int | None 
     Raises OverflowError if the kernel overflows and FloatingPointError if a variance underflows to 0 (ρ undefined)."""
     if not _kernel_input(K0)[1]:
         raise ValueError(f"`K0` must be 2×2 covariances (..., 2, 2) for a correlation flow, got shape {tuple(as_tensor(K0, 'K0').shape)}")
-    K = kernel_flow(activation, C_W, C_b, K0, depth, n_points)
+    with warnings.catch_warnings():                     # an underflow is this function's FloatingPointError below
+        warnings.filterwarnings('ignore', 'kernel underflowed', RuntimeWarning)
+        K = kernel_flow(activation, C_W, C_b, K0, depth, n_points)
     zero = (K[..., 0, 0] == 0) | (K[..., 1, 1] == 0)
     if bool(zero.any()):
         l = int(zero.reshape(len(zero), -1).any(-1).nonzero()[0]) + 1
@@ -544,12 +604,12 @@ def chi_perp(activation, C_W, K, n_points: int | None = None) -> torch.Tensor:
 
 # %% ../nbs/02_rg_flow.ipynb #fcbe8955
 def _one_sided(fn, side: int, eps: float = 1e-200, h: float = 1e-2) -> tuple:
-    """(σ(0), σ', σ'', σ''') at 0 from the right (`side` = 1) or the left (−1): nested float64 autograd at ±`eps`, or where
-    σ is not differentiable in torch, the exact degree-8 polynomial through σ(0), σ(±h), …, σ(±8h) (error O(h⁶) in σ''')."""
+    """(σ(0±), σ', σ'', σ''') at 0 from the right (`side` = 1) or the left (−1): nested float64 autograd at ±`eps`, or where
+    σ is not differentiable in torch, the exact degree-8 polynomial through σ(±eps), σ(±h), …, σ(±8h) (the one-sided limit σ(±eps), not σ(0), so that a jump at 0 is seen; error O(h⁶) in σ''')."""
     try:
         with torch.enable_grad():
             x = torch.full((1,), side * eps, dtype=torch.float64, requires_grad=True)
-            y = fn(x); ds = [float(fn(torch.zeros(1, dtype=torch.float64))[0])]
+            y = fn(x); ds = [float(y.detach()[0])]
             if not y.requires_grad: raise TypeError('σ is not differentiable in torch')
             for _ in range(3):
                 if not y.requires_grad: ds.append(0.0); y = torch.zeros_like(y); continue
@@ -557,7 +617,7 @@ def _one_sided(fn, side: int, eps: float = 1e-200, h: float = 1e-2) -> tuple:
                 ds.append(float(y.detach()))
         if all(math.isfinite(d) for d in ds): return tuple(ds)
     except Exception: pass
-    t = side * h * np.arange(9.0)
+    t = side * h * np.arange(9.0); t[0] = side * eps        # σ(0±): the limit, not σ(0)
     f = fn(torch.tensor(t, dtype=torch.float64)).double().numpy()
     c = np.linalg.solve(np.vander(t, 9, increasing=True), f)
     return (float(f[0]), float(c[1]), float(2 * c[2]), float(6 * c[3]))
@@ -565,8 +625,9 @@ def _one_sided(fn, side: int, eps: float = 1e-200, h: float = 1e-2) -> tuple:
 @dataclass
 class Universality:
     """Universality class of σ. `kind`: 'scale-invariant' (σ(λz) = λσ(z), λ > 0), 'K*=0' (σ(0) = 0 and K = 0 attracts the
-    critical flow), 'K*>0' (σ(0) = 0 but K = 0 repels: a critical point, if any, has K* > 0), 'none' (σ(0) ≠ 0 or
-    σ'(0±) = 0: K = 0 is no critical fixed point). `decided_by`: which term of K⁽ˡ⁺¹⁾ = K + bK³ᐟ² + a₁K² + … decided."""
+    critical flow), 'K*>0' (σ(0) = 0 but K = 0 repels: a critical point, if any, has K* > 0), 'none' (σ(0±) ≠ 0, σ jumps at
+    0, or σ'(0±) = 0: K = 0 is no critical fixed point). `decided_by`: 'jump', or which term of
+    K⁽ˡ⁺¹⁾ = K + bK³ᐟ² + a₁K² + … decided."""
     kind: str
     taylor: tuple | None = None     # (σ₀, σ₁, σ₂, σ₃) at 0 when σ is smooth there
     slopes: tuple | None = None     # (a₊, a₋), scale-invariant class
@@ -574,7 +635,7 @@ class Universality:
     a_1: float | None = None        # coefficient of K² at C_b = 0, C_W = 1/A₂, eq. (7)
     b: float | None = None          # coefficient of K^{3/2} (nonzero only for σ kinked at 0)
     one_sided: tuple | None = None  # ((σ₀, σ'₊, σ''₊, σ'''₊), (σ₀, σ'₋, σ''₋, σ'''₋)): derivatives from the right and the left
-    decided_by: str = ''            # 'homogeneity', 'σ(0)', "σ'(0)", 'b', 'a_1' or 'flow'
+    decided_by: str = ''            # 'homogeneity', 'jump', 'σ(0)', "σ'(0)", 'b', 'a_1' or 'flow'
     def __post_init__(self):
         check_choice(self.kind, 'kind', ['scale-invariant', 'K*=0', 'K*>0', 'none', 'undecided'])
         for f in ('A_2', 'a_1', 'b'):
@@ -584,6 +645,7 @@ def universality_class(activation, n_points: int | None = None) -> Universality:
     """Classify σ: homogeneity first; else from one-sided derivatives at 0. With A₂ = (σ'₊² + σ'₋²)/2 and C_W = 1/A₂,
     C_b = 0, eq. (12): K⁽ˡ⁺¹⁾ = K + bK³ᐟ² + a₁K² + O(K⁵ᐟ²), b = √(2/π)(σ'₊σ''₊ − σ'₋σ''₋)/A₂,
     a₁ = (3/2)[(σ''₊² + σ''₋²)/4 + (σ'₊σ'''₊ + σ'₋σ'''₋)/3]/A₂ (eq. 7 when smooth: a₁ = σ₃/σ₁ + ¾(σ₂/σ₁)²).
+    A jump at 0 (σ(0⁺) ≠ σ(0⁻)) makes the class 'none': ⟨σ²⟩_K → (σ(0⁺)² + σ(0⁻)²)/2 > 0 as K → 0.
     The first nonzero of b, a₁ decides (negative: K* = 0 attracts); if both vanish, the critical flow from K = 1 decides
     (200 layers, monotone and by more than 1e-3; else 'undecided')."""
     act = as_activation(activation); _check_n_points(n_points)
@@ -592,6 +654,8 @@ def universality_class(activation, n_points: int | None = None) -> Universality:
         a, b = slopes
         return Universality('scale-invariant', slopes=(a, b), A_2=(a * a + b * b) / 2, decided_by='homogeneity')
     R, L = (tuple(act.taylor),) * 2 if act.taylor else (_one_sided(act.fn, 1), _one_sided(act.fn, -1))
+    if abs(R[0] - L[0]) > 1e-9 * (1 + abs(R[0]) + abs(L[0])):               # a jump: ⟨σ²⟩_K → (σ(0⁺)² + σ(0⁻)²)/2 ≠ 0
+        return Universality('none', one_sided=(R, L), decided_by='jump')
     kinked = any(abs(r - l) > 1e-7 * (1 + abs(r)) for r, l in zip(R, L))
     taylor = None if kinked else tuple((r + l) / 2 for r, l in zip(R, L))
     if not kinked: R = L = taylor
@@ -675,6 +739,11 @@ def criticality(activation, K_range=(1e-4, 1e2), n_grid: int = 141, n_points: in
     n_grid = check_int(n_grid, 'n_grid', minimum=2)
     if n_grid > 100_000: raise ValueError(f"`n_grid` must be at most 100000, got {n_grid}")
     u = universality_class(act, n_points)
+    if u.decided_by == 'jump':
+        (r0, *_), (l0, *_) = u.one_sided
+        return Criticality(False, None, None, None, u, f"no critical point: σ jumps at 0 (σ(0⁻) = {l0:.4g}, σ(0⁺) = {r0:.4g}), "
+                           "so ⟨σ²⟩_K → (σ(0⁺)² + σ(0⁻)²)/2 ≠ 0 as K → 0 (K = 0 is no fixed point) and σ' holds a delta, "
+                           "so χ_⊥ = C_W⟨σ'²⟩ is infinite at every K")
     if u.kind == 'scale-invariant':
         if u.A_2 == 0: return Criticality(False, None, None, None, u, 'no critical point: σ vanishes identically')
         return Criticality(True, 0.0, 1 / u.A_2, None, u, 'scale-invariant: every K is a fixed point at C_b = 0, C_W = 1/A_2',
@@ -866,7 +935,9 @@ def correlation_length(activation, C_W, C_b, *, K0: float = 1.0, n_points: int |
     kernel decays to K* = 0 (C_b = 0, ordered: the correlation map tends to the identity, so ρ freezes at a value that
     depends on the inputs); and where the kernel diverges or no fixed point is reached in 200 Newton/flow steps.
     `C_W` (> 0) and `C_b` (>= 0) are numbers (a float is returned) or tensors that broadcast (a tensor, at most 10⁶
-    points). Two-input averages of saturating σ at K* ≳ 4 need hundreds of nodes per axis: pass `n_points` for speed."""
+    points). Two-input averages of saturating σ at K* ≳ 4 need hundreds of nodes per axis: pass `n_points` for speed.
+    Raises a ValueError naming `C_W`, `C_b`, `K0` when K* is beyond the reach of the refined quadrature (K* > 207 for
+    two-input averages without a closed form): there ξ is not computed rather than returned wrong (it would come out 0)."""
     act = as_activation(activation); _check_n_points(n_points)
     K0 = check_positive(K0, 'K0')
     scalar = all(not isinstance(v, (torch.Tensor, np.ndarray)) for v in (C_W, C_b))
@@ -877,6 +948,11 @@ def correlation_length(activation, C_W, C_b, *, K0: float = 1.0, n_points: int |
     if math.prod(shape) > 10**6: raise ValueError(f"`C_W` and `C_b` broadcast to {math.prod(shape)} points: at most 10⁶")
     C_W, C_b = (t.broadcast_to(shape).clone() for t in (C_W, C_b))
     u = universality_class(act, n_points)
+    try: return _correlation_length(act, u, C_W, C_b, K0, n_points, shape, scalar)
+    except _Unresolved as e:
+        raise ValueError(f"correlation_length: the fixed point reached from `C_W`, `C_b`, `K0` cannot be resolved: {e}") from None
+
+def _correlation_length(act, u, C_W, C_b, K0, n_points, shape, scalar):
     xi = torch.full(shape, math.inf, dtype=torch.float64)
     Ks, status = _fixed_point(act, C_W, C_b, K0, n_points)
     ok = (status <= 1)
@@ -947,7 +1023,8 @@ def sample_preactivations(widths, activation, C_W: float, C_b: float, x, n_sampl
     (m, n_0). `method`: 'metric' (m <= 2) draws z⁽ˡ⁺¹⁾ | z⁽ˡ⁾ ~ N(0, Ĝ⁽ˡ⁺¹⁾) exactly, without weights; 'weights' draws W;
     'auto' = 'metric' when m <= 2. `seed`: None (fresh entropy), an int or a torch.Generator (reproducible). Returns a
     list over layers of (n_samples, n_l), or (n_samples, m, n_l) for m inputs; `keep='last'` returns only the last
-    layer's tensor. Raises OverflowError if the preactivations overflow `dtype`."""
+    layer's tensor. Raises OverflowError if the preactivations overflow `dtype`. In worker processes, start them with
+    'spawn' (or set torch.set_num_threads(1) before forking): a child forked after torch ran multithreaded ops hangs."""
     ws = _widths(widths); act = as_activation(activation)
     C_W = check_positive(C_W, 'C_W'); C_b = check_positive(C_b, 'C_b', strict=False)
     n_samples = check_int(n_samples, 'n_samples', minimum=1)
@@ -976,6 +1053,8 @@ def sample_preactivations(widths, activation, C_W: float, C_b: float, x, n_sampl
     B = min(B, n_samples)
     if B * per_net > _MAX_SAMPLE_ELEMENTS:
         raise ValueError(f"`chunk_size` × entries per network = {B} × {per_net} exceeds the bound {_MAX_SAMPLE_ELEMENTS}")
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) and seed >= 2**64:
+        raise ValueError(f"`seed` must be below 2**64 (torch's seed range), got {seed}")
     gen = as_generator(seed, dev)
     out = {l: torch.empty(n_samples, ws[l], m, dtype=dtype, device=dev) for l in layers}
     G1 = C_b + C_W * (X @ X.T) / ws[0]                             # first-layer metric, the same for all networks

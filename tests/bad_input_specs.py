@@ -288,7 +288,35 @@ def _rg_flow_specs():
               'n_samples': 'size', 'seed': 'seed', 'keep': 'choice', 'method': 'choice', 'chunk_size': 'size',
               'show_progress': 'bool'},
              accept={'x': {'extra_dim'}, 'chunk_size': {'huge'}}),       # (1, n₀): one input as a batch; a memory bound
+        # extreme but well-typed values: the 'huge' size variant (10**12) is replaced by the value named here; the other
+        # size variants (0, -1, 2.5, True, 'a') pass through and must raise, or are valid values listed in `accept`
+        Spec('rg_flow.scale_invariant[extreme]', lambda: dict(a_plus=1.0, a_minus=0.2), {'a_plus': 'size', 'a_minus': 'size'},
+             call=_extreme(rg.scale_invariant, a_plus=1e200, a_minus=-1e200),
+             accept={'a_plus': {'zero', 'negative', 'fractional'}, 'a_minus': {'zero', 'negative', 'fractional'}}),
+        Spec('rg_flow.criticality[extreme]', lambda: dict(activation='relu'), {'activation': 'size'},
+             call=_extreme(rg.criticality, activation=lambda z: 1e200 * torch.relu(z))),
+        Spec('rg_flow.input_kernel[extreme]', lambda: dict(x=_t(3, 4), C_W=1.0, C_b=0.0), {'x': 'size'},
+             call=_extreme(rg.input_kernel, x=_t(3, 4) * 1e200)),
+        Spec('rg_flow.input_kernel[extreme float32]', lambda: dict(x=_t(3, 4).float(), C_W=1.0, C_b=0.0), {'x': 'size'},
+             call=_extreme(rg.input_kernel, x=_t(3, 4).float() * 1e30)),
+        Spec('rg_flow.input_kernel[tiny]', lambda: dict(x=_t(3, 4), C_W=1.0, C_b=0.0), {'x': 'size'},
+             call=_extreme(rg.input_kernel, x=_t(3, 4) * 1e-200)),
+        Spec('rg_flow.sample_preactivations[extreme seed]',
+             lambda: dict(widths=[3, 8], activation='tanh', C_W=1.5, C_b=0.1, x=_t(3), n_samples=5, seed=0), {'seed': 'size'},
+             call=_extreme(rg.sample_preactivations, seed=2**70), accept={'seed': {'zero'}}),
+        Spec('rg_flow.chi_perp[extreme]', lambda: dict(activation='tanh', C_W=1.0, K=1.0), {'K': 'size'},
+             call=_extreme(rg.chi_perp, K=1e300), accept={'K': {'fractional'}}),
+        Spec('rg_flow.correlation_length[extreme]', lambda: dict(activation='tanh', C_W=1.5, C_b=0.1), {'C_W': 'size'},
+             call=_extreme(rg.correlation_length, C_W=1e6), accept={'C_W': {'fractional'}}),
     ]
+
+def _extreme(fn, **values):
+    "`fn` called with each argument in `values` set to that value when the sweep passes the 'huge' size variant (10**12)."
+    def call(**kw):
+        for k, v in values.items():
+            if type(kw.get(k)) is int and kw[k] == HUGE: kw[k] = v
+        return fn(**kw)
+    return call
 
 def _attention_specs():
     qkv = lambda *shape: dict(q=_t(*shape, seed=10).float(), k=_t(*shape, seed=11).float(), v=_t(*shape, seed=12).float())
