@@ -74,9 +74,15 @@ def check_choice(value, name: str, choices: Iterable):
     return value
 
 # %% ../nbs/00_core.ipynb #6fb3c00c
+def _check_seed(seed) -> int:
+    "`seed` as an int in torch's seed range [0, 2⁶⁴)."
+    seed = check_int(seed, 'seed', minimum=0)
+    if seed >= 2**64: raise ValueError(f"`seed` must be < 2**64 (torch's seed range), got {seed}")
+    return seed
+
 def seed_everything(seed: int) -> torch.Generator:
     "Seed `random`, NumPy and torch (CPU and CUDA) with `seed`; return a fresh CPU `torch.Generator` seeded likewise."
-    seed = check_int(seed, 'seed', minimum=0)
+    seed = _check_seed(seed)
     random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
 
@@ -85,7 +91,7 @@ def as_generator(seed: int | torch.Generator | None = None, device=None) -> torc
     if isinstance(seed, torch.Generator): return seed
     g = torch.Generator(device=torch.device(device) if device is not None else 'cpu')
     if seed is None: g.seed()
-    else: g.manual_seed(check_int(seed, 'seed', minimum=0))
+    else: g.manual_seed(_check_seed(seed))
     return g
 
 def default_device(device=None) -> torch.device:

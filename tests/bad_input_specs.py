@@ -55,7 +55,7 @@ def variants(kind: str, valid):
     elif kind == 'choice':
         yield from (('unknown', 'no-such-choice'), ('wrong_type', 12345))
     elif kind == 'seed':
-        yield from (('negative', -1), ('fractional', 2.5), ('string', 'a'))
+        yield from (('negative', -1), ('fractional', 2.5), ('string', 'a'), ('beyond_2**64', 2**70))
     elif kind == 'callable':
         yield from (('string', 'abc'), ('number', 3))
     elif kind == 'bool':
