@@ -6,7 +6,8 @@ vs R by torch.logdet plus a Python loop over the classes (mask, Gram, torch.logd
 original MCR² code's way with an n×n diagonal membership matrix per class. Forward, and forward + backward.
 d = 128, k = 10 balanced classes, n in {1e3, 1e4, 1e5}, float32, CPU; one unbalanced case (n = 20000, d = 64, k = 50:
 one class of 19951 samples and 49 singletons); and one wide case (n = 256, d = 4096). Goal: at most 1.2× the loop's time
-and peak memory on every row.
+(median of the repeats: `ratio`; `ratio_min`, the ratio of the fastest runs, is recorded for reference) and peak memory
+on every row.
 
     python benchmarks/bench_coding_rate.py [--quick] [--threads N]
 

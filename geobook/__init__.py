@@ -34,10 +34,6 @@ The package has one module per chapter, and the library imports only torch, NumP
 - `geobook.attention`: fused FlashAttention-2 forward and backward passes and neighborhood attention in Numba, for the
   CPU and (with the `cuda` extra) the GPU.
 - `geobook.book`: what only the chapters use: the figure style, the long-cell switch, peak-memory measurement and the
-  benchmark results (it needs the `book` extra; the library never imports it).
-
-Modules:
-
-- `geobook.sliced`: Optimal transport between point clouds made cheap by slicing: sort one-dimensional projections instead of solving a linear program, and make the sort fast, bounded in memory and differentiable."""
+  benchmark results (it needs the `book` extra; the library never imports it)."""
 
 __version__ = "0.1.0"

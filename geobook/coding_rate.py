@@ -6,7 +6,7 @@ Docs: https://geobook.github.io/geobook/coding_rate.html.md"""
 
 # %% ../nbs/03_coding_rate.ipynb #f6a73a7e
 from __future__ import annotations
-import copy, math
+import copy, math, warnings
 import numpy as np
 import torch
 from torch import nn
@@ -19,6 +19,7 @@ __all__ = ['coding_rate', 'coding_rate_reduction', 'MCR2Loss', 'sinkhorn', 'kmea
 # %% ../nbs/03_coding_rate.ipynb #93e08242
 _HALF = (torch.float16, torch.bfloat16)
 _BLOCK = 1 << 16          # elements in one temporary block (256 kB in float32): bounds every chunked loop below
+_F32_RTOL = 1e-4          # a float32 log-determinant whose rounding-error estimate exceeds this (relative) is redone in float64
 
 def _working(t: torch.Tensor) -> torch.Tensor:
     "float16/bfloat16 -> float32 for the linear algebra (torch has no half-precision Cholesky); other dtypes unchanged."
@@ -37,13 +38,31 @@ def _check_Z(Z) -> tuple[torch.Tensor, torch.dtype]:
         raise ValueError(f"`Z` needs at least one sample and one feature, got shape {tuple(Z.shape)}")
     return _working(Z), Z.dtype
 
-def _logdet_eye_plus(G: torch.Tensor, scale, Z: torch.Tensor, eps: float) -> torch.Tensor:
+def _gram(Z: torch.Tensor) -> torch.Tensor:
+    "The smaller Gram matrix of Z (..., n, d): Zᵀ Z (d, d) if d ≤ n, else Z Zᵀ (n, n): the same non-zero spectrum."
+    return Z.mT @ Z if Z.shape[-1] <= Z.shape[-2] else Z @ Z.mT
+
+def _inaccurate(G: torch.Tensor, L: torch.Tensor, scale, logdet: torch.Tensor) -> bool:
+    """Whether log det(I + cG) = 2 Σ log diag L, computed in G's dtype, may be off by more than `_F32_RTOL` of its value.
+    Forming and factoring M = I + cG perturbs it by about u·c‖G‖ in every direction (u the unit roundoff), and log det
+    responds to a perturbation E with tr(M⁻¹E): the error is about u·c‖G‖·tr(M⁻¹), carried by the directions where M
+    is small (eigenvalue near 1). ‖G‖ ≤ min(trace, largest absolute row sum); tr(M⁻¹) ≤ m is tried first (O(m²)), and
+    only if that bound is too large is tr(M⁻¹) = ‖L⁻¹‖²_F computed."""
+    tol = _F32_RTOL * logdet.abs().clamp_min(1)
+    err = torch.finfo(G.dtype).eps / 2 * scale * torch.minimum(torch.diagonal(G, dim1=-2, dim2=-1).sum(-1), G.abs().sum(-1).amax(-1))
+    if not bool((err * G.shape[-1] > tol).any()): return False
+    I = torch.eye(L.shape[-1], dtype=L.dtype, device=L.device).expand_as(L)
+    return bool((err * torch.linalg.solve_triangular(L, I, upper=False).pow(2).sum((-2, -1)) > tol).any())
+
+def _logdet_eye_plus(G: torch.Tensor, scale, Z: torch.Tensor, eps: float, gram64=None) -> torch.Tensor:
     """log det(I + c·G) for symmetric PSD G (..., m, m) and c = `scale` (a number or one per matrix): 2 Σ log diag L,
     with I + cG = L Lᵀ (Cholesky). A failure names its cause: non-finite `Z`, a Gram matrix that overflows the dtype,
     or a scale c so large (ε tiny) that I + cG is not positive definite to the dtype's precision.
 
-    Z's finiteness is checked here, on the small Gram matrix: a NaN or inf in Z always reaches a diagonal entry of G
-    (it contains z_ia²), and this costs O(m²) instead of a pass over all n·d entries of Z."""
+    In float32 the rounding error is estimated (`_inaccurate`); where it exceeds `_F32_RTOL` of the result,
+    `gram64()` re-forms the same Gram matrices from float64 features and they are factored in float64 (the result is
+    then accurate to float32's own precision). Z's finiteness is checked here, on the small Gram matrix: a NaN or inf in
+    Z always reaches a diagonal entry of G (it contains z_ia²), and this costs O(m²) instead of a pass over Z."""
     if isinstance(scale, torch.Tensor): scale = scale[..., None, None]
     M = torch.eye(G.shape[-1], dtype=G.dtype, device=G.device) + scale * G
     if not bool(torch.isfinite(M).all()):
@@ -55,77 +74,99 @@ def _logdet_eye_plus(G: torch.Tensor, scale, Z: torch.Tensor, eps: float) -> tor
                          "use a larger `eps` or float64")
     L, info = torch.linalg.cholesky_ex(M)
     if bool((info > 0).any()):
-        raise ValueError(f"I + αG is not positive definite to {Z.dtype} precision (α·max G = "
+        if gram64 is not None and G.dtype != torch.float64:
+            return _logdet_eye_plus(gram64(), _as_double(scale), Z, eps).to(G.dtype)
+        raise ValueError(f"I + αG is not positive definite to {G.dtype} precision (α·max G = "
                          f"{(scale * G).abs().max().item():.3g}): `eps` = {eps:g} is too small or `Z` too large for "
                          "this dtype; use float64 or a larger `eps`")
-    return 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
+    logdet = 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
+    if gram64 is not None and G.dtype != torch.float64:
+        with torch.no_grad():
+            c = scale[..., 0, 0] if isinstance(scale, torch.Tensor) else scale
+            inaccurate = _inaccurate(G.detach(), L.detach(), c, logdet.detach())
+        if inaccurate: return _logdet_eye_plus(gram64(), _as_double(scale), Z, eps).to(G.dtype)
+    return logdet
+
+def _as_double(scale):
+    "A scale (number or tensor (..., 1, 1)) for the float64 recomputation, in the shape `_logdet_eye_plus` takes it."
+    return scale[..., 0, 0].double() if isinstance(scale, torch.Tensor) else scale
 
 # %% ../nbs/03_coding_rate.ipynb #ecdc9563
 def coding_rate(Z, eps: float = 0.5) -> torch.Tensor:
     """R(Z, ε) = ½ logdet(I_d + d/(nε²) ZᵀZ) for features Z: (n, d), samples in rows; a 0-dim tensor in Z's dtype.
 
     Computed through the smaller Gram matrix (ZᵀZ if d ≤ n, else ZZᵀ: Sylvester's identity) and a Cholesky
-    log-determinant; differentiable in Z. float16/bfloat16 features are factored in float32. Note: the original MCR²
-    code's `eps` is our ε² (its coding rate has d/(n·eps)); pass ε = √eps to reproduce it."""
+    log-determinant; differentiable in Z. float16/bfloat16 features are factored in float32; in float32 the rounding
+    error of the log-determinant is estimated and, where it exceeds 10⁻⁴ of the result (nearly collapsed or very large
+    features, tiny ε), the Gram matrix is formed and factored in float64. Note: the original MCR² code's `eps` is our ε²
+    (its coding rate has d/(n·eps)); pass ε = √eps to reproduce it."""
     Z, dtype = _check_Z(Z); eps = check_positive(eps, 'eps')
     n, d = Z.shape
-    G = Z.mT @ Z if d <= n else Z @ Z.mT          # (d, d) or (n, n): the same non-zero spectrum
-    return (0.5 * _logdet_eye_plus(G, _scale(d, eps) / n, Z, eps)).to(dtype)
+    return (0.5 * _logdet_eye_plus(_gram(Z), _scale(d, eps) / n, Z, eps, gram64=lambda: _gram(Z.double()))).to(dtype)
 
 # %% ../nbs/03_coding_rate.ipynb #3f7a38a3
-def _as_membership(membership, n: int):
+_MAX_GRAM = 1 << 26        # entries of the (k, m, m) Gram matrices of a soft membership (512 MB in float64)
+
+def _as_membership(membership, n: int, name: str = 'membership'):
     "Integer labels (n,) as a long tensor, or a float membership Π (k, n) as a tensor; anything else is refused."
     m = membership
     if isinstance(m, (list, tuple)): m = np.asarray(m)
     if isinstance(m, np.ndarray):
-        if m.dtype.kind not in 'biuf': raise TypeError(f"`membership` must be integer labels or floats, got dtype {m.dtype}")
+        if m.dtype.kind not in 'biuf': raise TypeError(f"`{name}` must be integer labels or floats, got dtype {m.dtype}")
         if m.dtype.kind == 'u' and m.size and int(m.max()) >= n:    # before any cast: uint64 values may not fit int64
-            raise ValueError(f"`membership`: label {int(m.max())} needs more classes than the n = {n} samples can fill")
+            raise ValueError(f"`{name}`: label {int(m.max())} needs more classes than the n = {n} samples can fill")
         m = torch.from_numpy(np.ascontiguousarray(m.astype(np.int64) if m.dtype.kind == 'u' else m))
     if not isinstance(m, torch.Tensor):
-        raise TypeError(f"`membership` must be labels (n,) or a (k, n) array, got {type(membership).__name__}")
-    if m.dtype == torch.bool or m.is_complex(): raise TypeError(f"`membership` must be integer labels or floats, got {m.dtype}")
+        raise TypeError(f"`{name}` must be labels (n,) or a (k, n) array, got {type(membership).__name__}")
+    if m.dtype == torch.bool or m.is_complex(): raise TypeError(f"`{name}` must be integer labels or floats, got {m.dtype}")
     if m.is_floating_point() and m.ndim == 1:
-        raise ValueError("a 1-d `membership` must hold integer labels; a soft membership has shape (k, n)")
+        raise ValueError(f"a 1-d `{name}` must hold integer labels; a soft membership has shape (k, n)")
     return m
 
-def _as_labels(labels: torch.Tensor, n: int, n_classes: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _as_labels(labels: torch.Tensor, n: int, n_classes: int | None, name: str = 'membership') -> tuple[torch.Tensor, torch.Tensor]:
     """Integer labels (n,) -> (labels, class sizes (k,)). Labels must be 0, …, k-1 with no class empty, so k ≤ n: this is
     checked on the largest label *before* `bincount` allocates k counters (a label of 10⁹ must not allocate gigabytes)."""
-    if labels.ndim != 1: raise ValueError(f"integer `membership` must be labels of shape (n,), got shape {tuple(labels.shape)}")
-    if labels.shape[0] != n: raise ValueError(f"`membership` has {labels.shape[0]} labels but `Z` has n = {n} rows")
+    if labels.ndim != 1: raise ValueError(f"integer `{name}` must be labels of shape (n,), got shape {tuple(labels.shape)}")
+    if labels.shape[0] != n: raise ValueError(f"`{name}` has {labels.shape[0]} labels but `Z` has n = {n} rows")
     labels = labels.long()
     lo, hi = int(labels.min()), int(labels.max())
-    if lo < 0: raise ValueError(f"`membership` labels must be >= 0, got {lo}")
+    if lo < 0: raise ValueError(f"`{name}` labels must be >= 0, got {lo}")
     if n_classes is None:
-        if hi >= n: raise ValueError(f"`membership`: label {hi} implies {hi + 1} classes, more than the n = {n} samples "
+        if hi >= n: raise ValueError(f"`{name}`: label {hi} implies {hi + 1} classes, more than the n = {n} samples "
                                      "can fill; labels must be 0, …, k-1 with every class present")
         k = hi + 1
     else:
         k = check_int(n_classes, 'n_classes', minimum=1)
         if k > n: raise ValueError(f"`n_classes` = {k} exceeds the number of samples n = {n}: some class would be empty")
-        if hi >= k: raise ValueError(f"`membership` has label {hi} >= n_classes = {k}")
+        if hi >= k: raise ValueError(f"`{name}` has label {hi} >= n_classes = {k}")
     counts = torch.bincount(labels, minlength=k)
     empty = (counts == 0).nonzero().flatten().tolist()
-    if empty: raise ValueError(f"`membership`: classes {empty[:10]}{'…' if len(empty) > 10 else ''} are empty "
+    if empty: raise ValueError(f"`{name}`: classes {empty[:10]}{'…' if len(empty) > 10 else ''} are empty "
                                "(no samples); relabel or drop them")
     return labels, counts
 
 def _as_soft(Pi: torch.Tensor, Z: torch.Tensor, n_classes: int | None) -> torch.Tensor:
-    "Soft membership Π (k, n) on Z's dtype/device: non-negative, finite, columns summing to 1, no class empty."
-    n = Z.shape[0]
+    """Soft membership Π (k, n) on Z's dtype/device: non-negative, finite, columns summing to 1 (within rounding:
+    1e-8 in float64, 1e-4 otherwise; then renormalised exactly, so that Σ_j w_j X_j = ZᵀZ and ΔR ≥ 0 hold), no class
+    empty, and k·min(n, d)² Gram entries at most `_MAX_GRAM`."""
+    n, d = Z.shape
     Pi = as_tensor(Pi, 'membership', ndim=2, dtype=Z.dtype, device=Z.device, shape='(k, n): one column per sample')
     if Pi.shape[1] != n or Pi.shape[0] == 0:
         raise ValueError(f"`membership` must have shape (k, n) with k >= 1 and n = {n}, got {tuple(Pi.shape)}")
     if n_classes is not None and check_int(n_classes, 'n_classes', minimum=1) != Pi.shape[0]:
         raise ValueError(f"`n_classes` = {n_classes} but the soft `membership` has k = {Pi.shape[0]} rows")
+    k, m = Pi.shape[0], min(n, d)
+    if k * m * m > _MAX_GRAM:
+        raise ValueError(f"`membership` has k = {k} classes: their Gram matrices need k·min(n, d)² = {k * m * m:.3g} "
+                         f"entries, more than {_MAX_GRAM}; use fewer classes")
     if bool((Pi < 0).any()): raise ValueError("`membership` must be non-negative")
     tol = 1e-8 if Pi.dtype == torch.float64 else 1e-4
-    if bool(((Pi.sum(0) - 1).abs() > tol).any()):
+    col = Pi.sum(0)
+    if bool(((col - 1).abs() > tol).any()):
         raise ValueError("`membership` columns must sum to 1 (each sample's memberships form a distribution over classes)")
     empty = (Pi.sum(1) <= 0).nonzero().flatten().tolist()
     if empty: raise ValueError(f"`membership`: classes {empty[:10]} are empty (zero total membership)")
-    return Pi
+    return Pi / col
 
 # %% ../nbs/03_coding_rate.ipynb #fa64826c
 def _compress_hard(Z: torch.Tensor, labels: torch.Tensor, counts: torch.Tensor, eps: float) -> torch.Tensor:
@@ -149,8 +190,7 @@ def _compress_hard(Z: torch.Tensor, labels: torch.Tensor, counts: torch.Tensor, 
     Rc, c = Z.new_zeros(()), _scale(d, eps)
     for (s, kb), B in zip(blocks, parts):
         B = B.view(kb, s, d)
-        G = B.mT @ B if d <= s else B @ B.mT                                 # (kb, d, d) or (kb, s, s)
-        Rc = Rc + s / (2 * n) * _logdet_eye_plus(G, c / s, Z, eps).sum()
+        Rc = Rc + s / (2 * n) * _logdet_eye_plus(_gram(B), c / s, Z, eps, gram64=lambda B=B: _gram(B.double())).sum()
     return Rc
 
 def _soft_grams(Y: torch.Tensor, Pi: torch.Tensor) -> torch.Tensor:
@@ -165,25 +205,38 @@ def _soft_grams(Y: torch.Tensor, Pi: torch.Tensor) -> torch.Tensor:
     step = max(1, _BLOCK // (k * m))
     return sum((Pi[:, s:s + step, None] * Y[s:s + step]).mT @ Y[s:s + step] for s in range(0, n, step))
 
+def _row_basis(Z: torch.Tensor) -> torch.Tensor:
+    "Z (n, d) itself if d ≤ n, else its coordinates Y = ZQ (n, n) in an orthonormal basis Q of its row space (QR of Zᵀ, Q constant)."
+    return Z if Z.shape[1] <= Z.shape[0] else Z @ torch.linalg.qr(Z.detach().mT).Q
+
 def _compress_soft(Z: torch.Tensor, Pi: torch.Tensor, eps: float) -> torch.Tensor:
     """R_c for a soft membership Π (k, n). When n < d the features are first written in an orthonormal basis Q (d, n)
-    of their row space, Y = ZQ (n, n) (QR of Zᵀ, Q held constant): Zᵀ diag(Π_j) Z = Q Yᵀ diag(Π_j) Y Qᵀ has the same
-    non-zero spectrum, the value and the first derivatives are exact (see text), and no square root of Π is needed."""
+    of their row space, Y = ZQ (n, n): Zᵀ diag(Π_j) Z = Q Yᵀ diag(Π_j) Y Qᵀ has the same non-zero spectrum, the value
+    and the first derivatives are exact (see text), and no square root of Π is needed. The classes are processed in
+    chunks of at most 2²⁰ Gram entries, so memory beyond the inputs stays bounded however large k is."""
     n, d = Z.shape
-    Y = Z if d <= n else Z @ torch.linalg.qr(Z.detach().mT).Q               # (n, min(n, d))
-    nj = Pi.sum(1)
-    G = _soft_grams(Y, Pi) / nj[:, None, None]                              # class covariances (k, m, m)
-    return (nj / (2 * n) * _logdet_eye_plus(G, _scale(d, eps), Z, eps)).sum()
+    Y = _row_basis(Z)                                                       # (n, m), m = min(n, d)
+    m, nj, c = Y.shape[1], Pi.sum(1), _scale(d, eps)
+    Rc, chunk = Z.new_zeros(()), max(1, (_BLOCK << 4) // (m * m))
+    for j in range(0, Pi.shape[0], chunk):
+        P, w = Pi[j:j + chunk], nj[j:j + chunk, None, None]
+        G = _soft_grams(Y, P) / w                                           # class covariances (chunk, m, m)
+        gram64 = lambda P=P, w=w: _soft_grams(_row_basis(Z.double()), P.double()) / w.double()
+        Rc = Rc + (nj[j:j + chunk] / (2 * n) * _logdet_eye_plus(G, c, Z, eps, gram64=gram64)).sum()
+    return Rc
 
 # %% ../nbs/03_coding_rate.ipynb #76dcdb27
 def coding_rate_reduction(Z, membership, eps: float = 0.5, n_classes: int | None = None):
     """(ΔR, R, R_c) for features Z: (n, d), samples in rows, and a membership: integer labels (n,) or a soft
-    membership Π (k, n) whose columns sum to 1. ΔR = R(Z, ε) - R_c(Z, Π, ε) ≥ 0; 0-dim tensors in Z's dtype.
+    membership Π (k, n) whose columns sum to 1. ΔR = R(Z, ε) - R_c(Z, Π, ε) ≥ 0 (up to rounding); 0-dim tensors in
+    Z's dtype.
 
     `n_classes` declares k (labels: some class may then be reported empty instead of silently dropped; soft: must
-    equal Π's k). Labels must be 0, …, k-1 with every class present. Integer labels are grouped by class size, each
-    group in batched Cholesky factorisations; a soft Π uses (k, d, d) Gram matrices accumulated over blocks of samples.
-    As for `coding_rate`, the original MCR² code's `eps` is ε²."""
+    equal Π's k). Labels must be 0, …, k-1 with every class present. A soft Π's columns must sum to 1 within 10⁻⁸
+    (float64) or 10⁻⁴ (other dtypes) and are then renormalised exactly. Integer labels are grouped by class size, each
+    group in batched Cholesky factorisations; a soft Π uses (k, d, d) Gram matrices accumulated over blocks of samples
+    and classes. float32 log-determinants whose estimated rounding error exceeds 10⁻⁴ are redone in float64 (see
+    `coding_rate`). As for `coding_rate`, the original MCR² code's `eps` is ε²."""
     Z, dtype = _check_Z(Z); eps = check_positive(eps, 'eps')
     m = _as_membership(membership, Z.shape[0])
     R = coding_rate(Z, eps)                      # first: it also reports a non-finite Z
@@ -253,17 +306,23 @@ def _sinkhorn_exp(logK: torch.Tensor, n_iters: int) -> torch.Tensor:
         b = 1 / (K.mT @ a[..., :, None])[..., 0]
     return a[..., :, None] * K * b[..., None, :]
 
+def _impossible(allowed: torch.Tensor, b: int) -> bool:
+    "Whether matrix b of the batch of allowed-entry patterns (..., n, n) has no perfect matching."
+    return not _has_perfect_matching(allowed.reshape(-1, *allowed.shape[-2:])[b].cpu().numpy())
+
 def sinkhorn(S, n_iters: int = 50, eta: float = 0.1) -> torch.Tensor:
     """Doubly stochastic Γ = diag(e^f) exp(S/η) diag(e^g) for similarities S: (..., n, n); rows and columns sum to 1.
 
     Sinkhorn's iteration f ← -logsumexp(S/η + g), g ← -logsumexp(S/η + f), run in the log domain when the finite
     entries of S/η span more than 30 (stable for any range) and as matrix-vector products on e^f, e^g otherwise (the
-    same numbers, faster). Columns sum to 1 exactly after the last step; rows converge linearly in `n_iters`. Entries of
-    S may be -inf (forbidden pairs); a pattern of forbidden pairs that no doubly stochastic matrix fits (no perfect
-    matching among the allowed pairs) raises ValueError. float16/bfloat16 are computed in float32 and returned as given."""
+    same numbers, faster; if those overflow, the log domain is used instead). Columns sum to 1 exactly after the last
+    step; rows converge linearly in `n_iters`, and a RuntimeWarning says when some row is still off by more than 0.1
+    (raise `n_iters` or η). Entries of S may be -inf (forbidden pairs); a pattern of forbidden pairs that no doubly
+    stochastic matrix fits (no perfect matching among the allowed pairs) raises ValueError, for any `n_iters`.
+    float16/bfloat16 are computed in float32 and returned as given."""
     S = as_tensor(S, 'S', finite=False)
-    if S.ndim < 2 or S.shape[-1] != S.shape[-2] or S.shape[-1] == 0:
-        raise ValueError(f"`S` must be a square matrix (..., n, n), got shape {tuple(S.shape)}")
+    if S.ndim < 2 or S.shape[-1] != S.shape[-2] or S.shape[-1] == 0 or S.numel() == 0:
+        raise ValueError(f"`S` must be a non-empty square matrix (..., n, n), got shape {tuple(S.shape)}")
     if bool(torch.isnan(S).any() | (S == float('inf')).any()): raise ValueError("`S` contains NaN or +inf")
     allowed = S > float('-inf')
     if bool((~allowed.any(-1)).any() | (~allowed.any(-2)).any()):
@@ -275,20 +334,32 @@ def sinkhorn(S, n_iters: int = 50, eta: float = 0.1) -> torch.Tensor:
     if not bool(torch.isfinite(logK.masked_fill(~allowed, 0)).all()):
         raise ValueError(f"`S`/η overflows {S.dtype} (η = {eta:g} is too small for entries up to {S.abs().max().item():.3g})")
     lk = logK.detach(); top = lk.amax((-2, -1)); low = lk.masked_fill(~allowed, float("inf")).amin((-2, -1))
-    G = _sinkhorn_exp(logK, n_iters) if float((top - low).max()) <= 30 else _sinkhorn_log(logK, n_iters)
-    off = (G.detach().sum(-1) - 1).abs().sum(-1).reshape(-1)     # Σ_i |row sum - 1|, one per matrix
-    if bool((off > 0.5).any()):   # an impossible pattern leaves a total row deficit >= 1 (Hall): tell it from slow convergence
-        for b in (off > 0.5).nonzero().flatten().tolist():
-            if not _has_perfect_matching(allowed.reshape(-1, *S.shape[-2:])[b].cpu().numpy()):
-                raise ValueError("`S`: its finite (allowed) entries contain no perfect matching, so no doubly stochastic "
-                                 "matrix has this pattern of -inf entries")
+    G = _sinkhorn_exp(logK, n_iters) if float((top - low).max()) <= 30 else None
+    if G is None or not bool(torch.isfinite(G.detach()).all()):  # the e^f, e^g form overflowed (e.g. an impossible pattern)
+        G = _sinkhorn_log(logK, n_iters)
+    rows = G.detach().sum(-1).reshape(-1, S.shape[-1])
+    # Columns sum to 1, so an impossible pattern leaves rows with a deficit of at least 1 (Hall) and others with the
+    # same excess: Σ_i |row sum - 1| >= 2. Only then (or if G is not finite) is the matching test run.
+    suspect = ~((rows - 1).abs().sum(-1) <= 1.0) | ~torch.isfinite(rows).all(-1)
+    for b in suspect.nonzero().flatten().tolist():
+        if _impossible(allowed, b):
+            raise ValueError("`S`: its finite (allowed) entries contain no perfect matching, so no doubly stochastic "
+                             "matrix has this pattern of -inf entries")
+    if not bool(torch.isfinite(rows).all()):
+        raise ValueError(f"sinkhorn: the iteration did not stay finite for `S`/η spanning {float((top - low).max()):.3g}")
+    worst = float((rows - 1).abs().max())
+    if worst > 0.1:
+        warnings.warn(f"sinkhorn: after {n_iters} iterations a row of Γ sums to 1 ± {worst:.3g}, not 1: the iteration "
+                      f"converges slowly when S/η spans {float((top - low).max()):.3g}; raise `n_iters` or `eta`",
+                      RuntimeWarning, stacklevel=2)
     return G.to(dtype)
 
 # %% ../nbs/03_coding_rate.ipynb #b5e42053
 def kmeans(X, k: int, n_init: int = 10, n_iters: int = 100, seed: int | torch.Generator | None = None) -> torch.Tensor:
     """Cluster labels (n,) of X: (n, d) by Lloyd's k-means with k-means++ seeding, best of `n_init` restarts.
 
-    `seed`: None (fresh entropy), an int or a torch.Generator (reproducible). float16/bfloat16 run in float32."""
+    `seed`: None (fresh entropy), an int or a torch.Generator (reproducible). float16/bfloat16 run in float32. X is
+    first scaled to max |x| = 1 and centred (the clustering is invariant under both), so any finite X works."""
     X = _working(as_tensor(X, 'X', ndim=2, shape='(n, d)'))
     n = X.shape[0]
     k = check_int(k, 'k', minimum=1); n_init = check_int(n_init, 'n_init', minimum=1)
@@ -297,6 +368,8 @@ def kmeans(X, k: int, n_init: int = 10, n_iters: int = 100, seed: int | torch.Ge
     if n == 0 or X.shape[1] == 0: raise ValueError(f"`X` must have at least one sample and one feature, got {tuple(X.shape)}")
     if k > n: raise ValueError(f"`k` = {k} exceeds the number of samples n = {n}")
     gen = as_generator(seed)
+    X = X / X.abs().max().clamp_min(torch.finfo(X.dtype).tiny)   # k-means is invariant under scaling and shifting X:
+    X = X - X.mean(0)                                             # this keeps squared distances finite for any finite X
     best, best_sse = None, math.inf
     for _ in range(n_init):
         C = X[torch.randint(n, (1,), generator=gen)]
@@ -317,13 +390,16 @@ def kmeans(X, k: int, n_init: int = 10, n_iters: int = 100, seed: int | torch.Ge
 
 def spectral_clustering(A, k: int, seed: int | torch.Generator | None = None) -> torch.Tensor:
     """Cluster labels (n,) from a non-negative affinity A: (n, n) (symmetrised), by Ng–Jordan–Weiss spectral
-    clustering: k-means on the row-normalised top-k eigenvectors of D^{-1/2} A D^{-1/2}. `seed` as in `kmeans`."""
+    clustering: k-means on the row-normalised top-k eigenvectors of D⁻¹ᐟ² A D⁻¹ᐟ², in float64 after scaling A to
+    max 1 (the result does not depend on A's scale). `seed` as in `kmeans`."""
     A = as_tensor(A, 'A', ndim=2, shape='(n, n)')
     if A.shape[0] != A.shape[1] or A.shape[0] == 0: raise ValueError(f"`A` must be a non-empty square matrix, got {tuple(A.shape)}")
     k = check_int(k, 'k', minimum=1)
     if k > A.shape[0]: raise ValueError(f"`k` = {k} exceeds the number of samples n = {A.shape[0]}")
     if bool((A < 0).any()): raise ValueError("`A` must be non-negative")
-    A = 0.5 * (A + A.mT).double()
+    A = A.double() / A.abs().max().double().clamp_min(1e-300)    # scale-free, and A + Aᵀ cannot overflow
+    if not bool((A > 0).any()): raise ValueError("`A` is all zero: an affinity with no edges has no clusters")
+    A = 0.5 * (A + A.mT)
     dinv = A.sum(1).clamp_min(1e-300).rsqrt()
     _, V = torch.linalg.eigh(dinv[:, None] * A * dinv[None, :])
     U = torch.nn.functional.normalize(V[:, -k:], dim=1)
@@ -333,11 +409,14 @@ def spectral_clustering(A, k: int, seed: int | torch.Generator | None = None) ->
 _MAX_TABLE = 1 << 24           # cells of a dense contingency table (128 MB in float64)
 
 def _as_int_labels(y, name: str) -> np.ndarray:
-    "Any 1-d labelling (ints, strings, finite floats) -> codes 0, …, K-1."
+    "Any 1-d labelling (integers, strings, or integer-valued floats) -> codes 0, …, K-1."
     y = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
     if y.ndim != 1 or y.size == 0: raise ValueError(f"`{name}` must be a non-empty 1-d array of labels, got shape {y.shape}")
-    if y.dtype.kind == 'f' and not np.isfinite(y).all(): raise ValueError(f"`{name}` contains NaN or inf labels")
     if y.dtype.kind in 'cOV': raise TypeError(f"`{name}` must hold integer, string or float labels, got dtype {y.dtype}")
+    if y.dtype.kind == 'f':
+        if not np.isfinite(y).all(): raise ValueError(f"`{name}` contains NaN or inf labels")
+        if not (y == np.round(y)).all():
+            raise ValueError(f"`{name}` must hold integer-valued labels, got fractional values such as {y[y != np.round(y)][0]!r}")
     return np.unique(y, return_inverse=True)[1].ravel()
 
 def _pair_counts(y_true, y_pred):
@@ -349,7 +428,8 @@ def _pair_counts(y_true, y_pred):
 
 def clustering_accuracy(y_true, y_pred) -> float:
     """Fraction of samples correctly labelled after the best one-to-one matching of clusters to classes (the Hungarian
-    algorithm on the contingency table, SciPy's `linear_sum_assignment`: `pip install 'geobook[book]'`)."""
+    algorithm on the contingency table, SciPy's `linear_sum_assignment`: `pip install 'geobook[book]'`). Labels (n,) may be
+    any integers (negative ones too), strings, or integer-valued floats; only their equality matters."""
     try: from scipy.optimize import linear_sum_assignment
     except ImportError: raise ImportError("clustering_accuracy needs SciPy's Hungarian solver: pip install 'geobook[book]'") from None
     t, p, (i, j), counts = _pair_counts(y_true, y_pred)
@@ -363,7 +443,8 @@ def clustering_accuracy(y_true, y_pred) -> float:
 
 def nmi(y_true, y_pred) -> float:
     """Normalised mutual information I(T; P) / ((H(T) + H(P)) / 2) of two labelings (arithmetic normalisation), in [0, 1];
-    computed from the non-zero cells of the contingency table only (no k_T × k_P table is formed)."""
+    computed from the non-zero cells of the contingency table only (no k_T × k_P table is formed). Labels as in
+    `clustering_accuracy`."""
     t, p, (i, j), counts = _pair_counts(y_true, y_pred)
     P = counts / t.size
     a, b = np.bincount(t) / t.size, np.bincount(p) / t.size
@@ -374,20 +455,38 @@ def nmi(y_true, y_pred) -> float:
     return min(max(mi, 0.0) / ((ha + hb) / 2), 1.0)
 
 # %% ../nbs/03_coding_rate.ipynb #1008f5ff
+_DS_TOL = 0.1                  # how far Γ's row and column sums may be from 1 for `eigengap_ratio`
+
 def eigengap_ratio(Gamma, k: int) -> float:
-    """ρ_k = μ_{k+1} / μ_k for a (doubly stochastic) membership Γ: (n, n), where μ_1 ≤ μ_2 ≤ … are the eigenvalues of
+    """ρ_k = μₖ₊₁ / μ_k for a doubly stochastic membership Γ: (n, n), where μ_1 ≤ μ_2 ≤ … are the eigenvalues of
     the Laplacian L = I - (Γ + Γᵀ)/2, computed in float64. Large when Γ has k weakly linked, internally connected
-    blocks; near 1 when it has more or fewer. Needs 2 ≤ k < n; μ_k is floored at 10⁻¹² (a perfectly split Γ)."""
+    blocks; near 1 when it has more or fewer. Needs 2 ≤ k < n, Γ ≥ 0 and every row and column sum within 0.1 of 1 (the
+    Laplacian argument needs all degrees 1; a Sinkhorn membership with a few dozen iterations is well inside). Both μ's
+    are floored at 10⁻¹²: exactly k components give a huge ρ, more than k + 1 give ρ = 1."""
     G = as_tensor(Gamma, 'Gamma', ndim=2, shape='(n, n)').double()
     n = G.shape[0]
     if G.shape[1] != n: raise ValueError(f"`Gamma` must be square (n, n), got {tuple(G.shape)}")
     k = check_int(k, 'k', minimum=2)
     if k >= n: raise ValueError(f"`k` = {k} must be smaller than n = {n}")
     if bool((G < 0).any()): raise ValueError("`Gamma` must be non-negative")
-    mu = torch.linalg.eigvalsh(torch.eye(n, dtype=G.dtype, device=G.device) - (G + G.mT) / 2)
-    return float(mu[k] / mu[k - 1].clamp_min(1e-12))
+    off = max(float((G.sum(0) - 1).abs().max()), float((G.sum(1) - 1).abs().max()))
+    if off > _DS_TOL:
+        raise ValueError(f"`Gamma` must be doubly stochastic: a row or column sums to 1 ± {off:.3g} (tolerance {_DS_TOL})")
+    mu = torch.linalg.eigvalsh(torch.eye(n, dtype=G.dtype, device=G.device) - (G + G.mT) / 2).clamp_min(1e-12)
+    return float(mu[k] / mu[k - 1])
 
 # %% ../nbs/03_coding_rate.ipynb #bd431f6d
+_MAX_BATCH = 4096          # samples in one n × n membership (training batch, evaluation subset): one step ~0.8 GB at the bound
+
+def _linear(d_in: int, d_out: int, gen: torch.Generator) -> nn.Linear:
+    """nn.Linear(d_in, d_out) initialised from `gen` alone, never from torch's global generator (which threads share):
+    weight and bias ~ U(-1/√d_in, 1/√d_in), the distribution of torch's default initialisation."""
+    layer = nn.utils.skip_init(nn.Linear, d_in, d_out)          # allocated without drawing from the global generator
+    bound = 1 / math.sqrt(d_in)
+    with torch.no_grad():
+        layer.weight.uniform_(-bound, bound, generator=gen); layer.bias.uniform_(-bound, bound, generator=gen)
+    return layer
+
 class MLC(nn.Module):
     """Unsupervised manifold linearizing and clustering (Ding et al. 2023) for data X: (n, d_in).
 
@@ -396,7 +495,11 @@ class MLC(nn.Module):
     full-batch (or on mini-batches of `batch_size`). `select='eigengap'` (the default) evaluates ρ = `eigengap_ratio`
     of Γ on a fixed reference subset of the training data (≤ `eval_size` samples) every `eval_every` steps, keeps the
     parameters with the largest ρ, and stops after `patience` evaluations without improvement; `select=None` trains
-    for exactly `n_steps`. `seed`: None (fresh entropy), an int or a torch.Generator (initialisation, batches, k-means)."""
+    for exactly `n_steps`. Evaluations happen at steps 0, e, 2e, … (e = `eval_every`) only, so a run with a larger
+    `n_steps` sees the same evaluations and more. `seed`: None (fresh entropy), an int or a torch.Generator; every
+    random draw (initialisation, batches, the evaluation subset, k-means) comes from it, never from torch's global
+    generator, so seeded models are identical across threads. A training batch (n, or `batch_size`) and the evaluation
+    subset hold at most 4096 samples (their n × n memberships)."""
     def __init__(self, d_in: int, d_feat: int, n_clusters: int, eps: float = 0.5, d_hidden: int = 64, eta: float = 0.1,
                  gamma: float = 1.0, n_sinkhorn: int = 20, n_steps: int = 300, lr: float = 1e-3,
                  batch_size: int | None = None, select: str | None = 'eigengap', eval_every: int = 10,
@@ -405,7 +508,8 @@ class MLC(nn.Module):
         self.d_in = check_int(d_in, 'd_in', minimum=1); d_feat = check_int(d_feat, 'd_feat', minimum=1)
         self.n_clusters = check_int(n_clusters, 'n_clusters', minimum=1)
         self.eps, self.eta, self.gamma = check_positive(eps, 'eps'), check_positive(eta, 'eta'), check_positive(gamma, 'gamma')
-        self.n_sinkhorn, self.n_steps = check_int(n_sinkhorn, 'n_sinkhorn', minimum=1), check_int(n_steps, 'n_steps', minimum=0)
+        self.n_sinkhorn, self.n_steps = check_int(n_sinkhorn, 'n_sinkhorn', minimum=1), check_int(n_steps, 'n_steps', minimum=1)
+        if self.n_sinkhorn > 10**6: raise ValueError(f"`n_sinkhorn` = {n_sinkhorn} is more than 10⁶ iterations")
         self.lr = check_positive(lr, 'lr')
         self.batch_size = None if batch_size is None else check_int(batch_size, 'batch_size', minimum=2)
         if select not in ('eigengap', None): raise ValueError(f"`select` must be 'eigengap' or None, got {select!r}")
@@ -418,13 +522,11 @@ class MLC(nn.Module):
         if d_in * d_hidden + d_hidden**2 + 2 * d_hidden * d_feat > 1 << 28:
             raise ValueError(f"`d_in` = {d_in}, `d_hidden` = {d_hidden}, `d_feat` = {d_feat}: more than 2²⁸ parameters")
         if self.n_steps > 10**7: raise ValueError(f"`n_steps` = {n_steps} is more than 10⁷")
-        self._gen = as_generator(seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(torch.randint(2**62, (1,), generator=self._gen)))
-            self.backbone = nn.Sequential(nn.Linear(d_in, d_hidden), nn.LayerNorm(d_hidden), nn.GELU(),
-                                          nn.Linear(d_hidden, d_hidden), nn.LayerNorm(d_hidden), nn.GELU())
-            self.feature_head = nn.Linear(d_hidden, d_feat)
-            self.cluster_head = nn.Linear(d_hidden, d_feat)
+        self._gen = g = as_generator(seed)
+        self.backbone = nn.Sequential(_linear(d_in, d_hidden, g), nn.LayerNorm(d_hidden), nn.GELU(),
+                                      _linear(d_hidden, d_hidden, g), nn.LayerNorm(d_hidden), nn.GELU())
+        self.feature_head = _linear(d_hidden, d_feat, g)
+        self.cluster_head = nn.utils.skip_init(nn.Linear, d_hidden, d_feat)
         self.cluster_head.load_state_dict(self.feature_head.state_dict())   # one-shot init: C = Z at the start
         self.history, self.selection, self.best_step = [], [], None
 
@@ -443,9 +545,15 @@ class MLC(nn.Module):
                              f"{torch.as_tensor(X).abs().max().item():.3g}); standardise the data")
         return nn.functional.normalize(self.feature_head(h), dim=1), nn.functional.normalize(self.cluster_head(h), dim=1)
 
-    def membership(self, C: torch.Tensor) -> torch.Tensor:
-        "Doubly stochastic Γ (n, n) from cluster embeddings C (n, d_feat), self-similarity masked (n ≥ 2)."
-        if C.shape[0] < 2: raise ValueError("the membership needs at least 2 samples")
+    def membership(self, C) -> torch.Tensor:
+        """Doubly stochastic Γ (n, n) from cluster embeddings C (n, d_feat) (tensor or numpy array), self-similarity
+        masked; 2 ≤ n ≤ 4096."""
+        p = next(self.parameters())
+        C = as_tensor(C, 'C', ndim=2, dtype=p.dtype, device=p.device, shape='(n, d_feat)')
+        if C.shape[1] != self.feature_head.out_features:
+            raise ValueError(f"`C` must have d_feat = {self.feature_head.out_features} columns, got shape {tuple(C.shape)}")
+        if not 2 <= C.shape[0] <= _MAX_BATCH:
+            raise ValueError(f"`C` has n = {C.shape[0]} rows; the n × n membership needs 2 ≤ n ≤ {_MAX_BATCH}")
         S = (C @ C.mT).masked_fill(torch.eye(C.shape[0], dtype=torch.bool, device=C.device), float('-inf'))
         return sinkhorn(S, self.n_sinkhorn, self.eta)
 
@@ -457,7 +565,8 @@ class MLC(nn.Module):
 
     @torch.no_grad()
     def eigengap(self, X) -> float:
-        "ρ = `eigengap_ratio`(Γ, n_clusters) of the membership of X (n, d_in), n > n_clusters ≥ 2: the selection score."
+        "ρ = `eigengap_ratio`(Γ, n_clusters) of the membership of X (n, d_in), 4096 ≥ n > n_clusters ≥ 2: the selection score."
+        if as_tensor(X, 'X').shape[0] > _MAX_BATCH: raise ValueError(f"`X` has more than {_MAX_BATCH} samples (an n × n membership)")
         return eigengap_ratio(self.membership(self(X)[1]), self.n_clusters)
 
     def fit(self, X, show_progress: bool | None = None, callback=None) -> 'MLC':
@@ -467,6 +576,13 @@ class MLC(nn.Module):
         X = self._X(X); n, k = X.shape[0], self.n_clusters
         if callback is not None and not callable(callback): raise TypeError("`callback` must be callable (step, model)")
         if n <= max(k, 1): raise ValueError(f"`X` has n = {n} samples; MLC needs more than n_clusters = {k} (and at least 2)")
+        nb = n if self.batch_size is None else min(self.batch_size, n)
+        if nb > _MAX_BATCH:
+            raise ValueError(f"`batch_size`: training on batches of {nb} samples (batch_size = {self.batch_size}, n = {n}) "
+                             f"builds a {nb} × {nb} membership per step; pass batch_size <= {_MAX_BATCH}")
+        if min(n, self.eval_size) > _MAX_BATCH:
+            raise ValueError(f"`eval_size` = {self.eval_size}: the evaluation subset of min(n, eval_size) = {min(n, self.eval_size)} "
+                             f"samples is more than {_MAX_BATCH} (its n × n membership is factored at every evaluation)")
         ref = torch.arange(n) if n <= self.eval_size else torch.randperm(n, generator=self._gen)[:self.eval_size].sort().values
         X_ref = X[ref.to(X.device)]
         select = self.select if k >= 2 else None
@@ -495,7 +611,7 @@ class MLC(nn.Module):
                 raise ValueError(f"MLC.fit: the objective is not finite at step {t} (`lr` = {self.lr:g} too large?)")
             opt.zero_grad(); (-obj).backward(); opt.step()
             self.history.append((obj.item(), R.item(), Rc.item()))
-            if select and (t % self.eval_every == 0 or t == self.n_steps):
+            if select and t % self.eval_every == 0:
                 evaluate(t)
                 if stale >= self.patience: break
         if select: self.load_state_dict(best_state)
@@ -539,14 +655,23 @@ def _redunet_operators(Z: torch.Tensor, Pi: torch.Tensor, eps: float):
     C = aj[:, None, None] * torch.linalg.inv(I + aj[:, None, None] * ((Pi[:, :, None] * Z).mT @ Z))
     return E, C, nj / n
 
+def _unit_rows(Z: torch.Tensor, name: str) -> torch.Tensor:
+    "Rows of Z (n, d) scaled to unit norm without overflow or underflow (each row first divided by its largest entry)."
+    top = Z.abs().amax(1, keepdim=True)
+    if bool((top == 0).any()): raise ValueError(f"`{name}` has a zero row, which has no direction on the sphere")
+    Z = Z / top
+    return Z / Z.norm(dim=1, keepdim=True)
+
 class ReduNet(nn.Module):
     """ReduNet (Chan, Yu, You, Qi, Wright & Ma 2022): a network whose layers unroll gradient ascent on ΔR(Z, Π, ε).
 
-    `fit(Z, labels)` builds the layers from training features Z: (n, d) (rows on the unit sphere) and their labels:
-    layer ℓ stores the expansion operator E_ℓ (d, d) and the compressions C_ℓ^j (k, d, d) computed at the current
-    features, then moves every sample by z ← P_𝕊(z + η(E z - Σ_j γ_j π_j C_j z)), which is z + η ∂ΔR/∂z with the
-    true memberships π_j. `forward(Z)` runs new samples through the stored layers with the estimated membership
-    π̂_j(z) = softmax_j(-λ ‖C_j z‖). No parameter is trained by backpropagation."""
+    `fit(Z, labels)` builds the layers from training features Z: (n, d) (rows are projected to the unit sphere) and
+    their labels: layer ℓ stores the expansion operator E_ℓ (d, d) and the compressions C_ℓ^j (k, d, d) computed at the
+    current features, then moves every sample by z ← P_𝕊(z + η(E z - Σ_j γ_j π_j C_j z)), which is z + η ∂ΔR/∂z with
+    the true memberships π_j. `forward(Z)` runs new samples through the stored layers with the estimated membership
+    π̂_j(z) = softmax_j(-λ ‖C_j z‖). No parameter is trained by backpropagation. Rows are normalised stably (any finite
+    non-zero row works; a zero row is refused), and a large η is applied as z/η + step before the projection (the same
+    direction), so no step overflows."""
     def __init__(self, n_layers: int = 20, eta: float = 0.5, eps: float = 0.5, lam: float = 100.0):
         super().__init__()
         self.n_layers = check_int(n_layers, 'n_layers', minimum=1)
@@ -555,23 +680,31 @@ class ReduNet(nn.Module):
 
     @staticmethod
     def _step(Z, E, C, gam, Pi, eta):
-        "One layer: P_𝕊(Z + η(ZE - Σ_j γ_j diag(Π_j) Z C_j)) for Z (n, d), Π (k, n)."
-        compress = torch.einsum('kn,nd,kde->ne', gam[:, None] * Pi, Z, C)
-        return nn.functional.normalize(Z + eta * (Z @ E - compress), dim=1)
+        "One layer: P_𝕊(Z + η(ZE - Σ_j γ_j diag(Π_j) Z C_j)) for Z (n, d), Π (k, n); computed as P_𝕊(Z/η + step) if η > 1."
+        step = Z @ E - torch.einsum('kn,nd,kde->ne', gam[:, None] * Pi, Z, C)
+        W = Z + eta * step if eta <= 1 else Z / eta + step
+        if not bool(torch.isfinite(W).all()): raise ValueError(f"ReduNet: a layer's update is not finite (`eta` = {eta:g})")
+        return _unit_rows(W, 'Z')
+
+    def _check_fitted_Z(self, Z) -> tuple[torch.Tensor, torch.dtype]:
+        if not hasattr(self, 'C'): raise ValueError("ReduNet: call `fit` first")
+        Z, dtype = _check_Z(Z)
+        if Z.shape[1] != self.C.shape[-1]: raise ValueError(f"`Z` must have d = {self.C.shape[-1]} columns, got {tuple(Z.shape)}")
+        if not bool(torch.isfinite(Z).all()): raise ValueError("`Z` contains non-finite values (NaN or inf)")
+        return _unit_rows(Z.to(self.C.dtype), 'Z'), dtype
 
     def fit(self, Z, labels, n_classes: int | None = None) -> 'ReduNet':
         """Build the layers from features Z (n, d) (normalised to the unit sphere) and integer labels (n,); returns self.
         `history[ℓ]` = ΔR of the training features entering layer ℓ (the last entry: after the last layer)."""
         Z, dtype = _check_Z(Z)
         if not bool(torch.isfinite(Z).all()): raise ValueError("`Z` contains non-finite values (NaN or inf)")
-        if bool((Z.norm(dim=1) == 0).any()): raise ValueError("`Z` has a zero row, which has no direction on the sphere")
-        m = _as_membership(labels, Z.shape[0])
+        Z = _unit_rows(Z, 'Z')
+        m = _as_membership(labels, Z.shape[0], 'labels')
         if m.is_floating_point(): raise TypeError("`labels` must be integer class labels (n,)")
-        labels, counts = _as_labels(m, Z.shape[0], n_classes)
+        labels, counts = _as_labels(m, Z.shape[0], n_classes, 'labels')
         k = counts.numel()
-        if k * Z.shape[1] ** 2 > 1 << 26: raise ValueError(f"k·d² = {k * Z.shape[1] ** 2} operator entries per layer is too many")
+        if k * Z.shape[1] ** 2 > 1 << 26: raise ValueError(f"`labels`: k·d² = {k * Z.shape[1] ** 2} operator entries per layer is too many")
         Pi = nn.functional.one_hot(labels.to(Z.device), k).T.to(Z.dtype)
-        Z = nn.functional.normalize(Z, dim=1)
         Es, Cs, self.history = [], [], []
         for _ in range(self.n_layers):
             E, C, gam = _redunet_operators(Z, Pi, self.eps)
@@ -584,27 +717,33 @@ class ReduNet(nn.Module):
         self.n_classes, self.train_features = k, Z.to(dtype)
         return self
 
-    def membership(self, Z: torch.Tensor, layer: int) -> torch.Tensor:
-        "Estimated membership Π̂ (k, n) of features Z (n, d) at `layer`: softmax over classes of -λ‖C_j z‖."
-        return torch.softmax(-self.lam * torch.einsum('kde,ne->knd', self.C[layer], Z).norm(dim=2), dim=0)
+    def membership(self, Z, layer: int) -> torch.Tensor:
+        """Estimated membership Π̂ (k, n) of features Z (n, d) (tensor or numpy array; rows normalised) at `layer`
+        (0 ≤ layer < n_layers): softmax over classes of -λ‖C_j z‖, shifted by its minimum so that no λ overflows."""
+        Z, _ = self._check_fitted_Z(Z)
+        layer = check_int(layer, 'layer', minimum=0)
+        if layer >= self.n_layers: raise ValueError(f"`layer` = {layer} must be smaller than n_layers = {self.n_layers}")
+        return self._membership(Z, layer)
+
+    def _membership(self, Z: torch.Tensor, layer: int) -> torch.Tensor:
+        r = torch.einsum('kde,ne->knd', self.C[layer], Z).norm(dim=2)
+        return torch.softmax(-self.lam * (r - r.amin(0)), dim=0)
 
     @torch.no_grad()
     def forward(self, Z) -> torch.Tensor:
         "Features (n, d) after all layers for (new) samples Z (n, d), with the estimated membership at each layer."
-        if not hasattr(self, 'C'): raise ValueError("ReduNet: call `fit` first")
-        Z, dtype = _check_Z(Z)
-        if Z.shape[1] != self.C.shape[-1]: raise ValueError(f"`Z` must have d = {self.C.shape[-1]} columns, got {tuple(Z.shape)}")
-        if not bool(torch.isfinite(Z).all()): raise ValueError("`Z` contains non-finite values (NaN or inf)")
-        Z = nn.functional.normalize(Z.to(self.C.dtype), dim=1)
+        Z, dtype = self._check_fitted_Z(Z)
         for l in range(self.n_layers):
-            Z = self._step(Z, self.E[l], self.C[l], self.gamma, self.membership(Z, l), self.eta)
+            Z = self._step(Z, self.E[l], self.C[l], self.gamma, self._membership(Z, l), self.eta)
         return Z.to(dtype)
 
     @torch.no_grad()
     def predict(self, Z) -> torch.Tensor:
         "Class labels (n,) of samples Z (n, d): argmax of the estimated membership after the last layer."
-        if not hasattr(self, 'C'): raise ValueError("ReduNet: call `fit` first")
-        return self.membership(self(Z).to(self.C.dtype), self.n_layers - 1).argmax(0)
+        Z, _ = self._check_fitted_Z(Z)
+        for l in range(self.n_layers):
+            Z = self._step(Z, self.E[l], self.C[l], self.gamma, self._membership(Z, l), self.eta)
+        return self._membership(Z, self.n_layers - 1).argmax(0)
 
 # %% ../nbs/03_coding_rate.ipynb #891edb08
 _SHAPES = {'line': 1, 'plane': 2, 'circle': 2, 'knot': 4}
@@ -614,7 +753,7 @@ def sample_manifolds(n_per_class: int, kinds, ambient_dim: int, noise: float = 0
                      seed: int | torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Samples X (n, D) and labels y (n,) from a union of shapes ('line', 'plane', 'circle', 'knot'), each placed in R^D
     by its own random orthonormal frame, plus N(0, noise²) per coordinate. `seed`: None (fresh entropy), an int or a
-    torch.Generator. X comes in the default dtype."""
+    torch.Generator. X comes in the default dtype (a `noise` so large that X overflows it is refused)."""
     n_per_class = check_int(n_per_class, 'n_per_class', minimum=1); D = check_int(ambient_dim, 'ambient_dim', minimum=1)
     noise = check_positive(noise, 'noise', strict=False)
     if isinstance(kinds, str) or not hasattr(kinds, '__len__') or len(kinds) == 0:
@@ -636,4 +775,7 @@ def sample_manifolds(n_per_class: int, kinds, ambient_dim: int, noise: float = 0
         U, _ = torch.linalg.qr(torch.randn(D, coords.shape[1], generator=gen, dtype=torch.float64))
         Xs.append(coords @ U.T + noise * torch.randn(n_per_class, D, generator=gen, dtype=torch.float64))
         ys.append(torch.full((n_per_class,), j))
-    return torch.cat(Xs).to(torch.get_default_dtype()), torch.cat(ys)
+    X = torch.cat(Xs).to(torch.get_default_dtype())
+    if not bool(torch.isfinite(X).all()):
+        raise ValueError(f"`noise` = {noise:g} makes samples overflow {X.dtype}; use a smaller noise level")
+    return X, torch.cat(ys)

@@ -12,9 +12,18 @@
 - labels far beyond n are refused before anything is allocated;
 - the eigengap ratio of a k-block membership with leakage ζ is 1/ζ, and 1 at k ± 1;
 - MLC trains with fewer samples (or a smaller batch) than feature dimensions, and its eigengap rule is monotone in
-  n_steps: a longer run sees the same evaluations and more, and keeps a state whose ρ is at least as large.
+  n_steps, also when n_steps is not a multiple of eval_every: a longer run sees the same evaluations and more, and keeps
+  a state whose ρ is at least as large; a seeded MLC is the same network in every thread (no global RNG);
+- float32 log-determinants are within 1e-4 (relative) of the float64 value of the same float32 features, also for
+  nearly collapsed, huge or tiny-ε features (where a plain float32 computation loses up to 9%);
+- Sinkhorn: impossible patterns raise for any number of iterations (the exponential form once overflowed into NaN);
+  a RuntimeWarning is issued exactly when a row is off by more than 0.1; the eigengap ratio refuses a Γ that is not
+  doubly stochastic; a soft membership with many classes is chunked (bounded memory) or refused before allocating;
+- robustness fixes: k-means and spectral clustering are scale-free (no overflow), ReduNet normalises rows stably and
+  refuses zero rows, a float32 soft membership whose columns sum to 1 + 5e-5 gives ΔR >= 0.
 Tolerances: float64 rounding on log-determinants of order 10-100, i.e. 1e-9 relative.
 """
+import threading, warnings
 import itertools, math
 import numpy as np
 import pytest
@@ -110,8 +119,9 @@ def test_soft_wide_branch(n, extra, k, zeros, seed):
         Pi[0, 0] = 0.0; Pi = Pi / Pi.sum(0)
     Z.requires_grad_(); Pi.requires_grad_()
     Rc = coding_rate_reduction(Z, Pi, 0.5)[2]
-    nj = Pi.sum(1)
-    direct = sum(nj[j] / (2 * n) * torch.logdet(torch.eye(d, dtype=torch.float64) + d / (nj[j] * 0.25) * (Z.T * Pi[j]) @ Z)
+    P = Pi / Pi.sum(0)                 # the definition on the simplex: Π's columns are renormalised (they sum to 1 here)
+    nj = P.sum(1)
+    direct = sum(nj[j] / (2 * n) * torch.logdet(torch.eye(d, dtype=torch.float64) + d / (nj[j] * 0.25) * (Z.T * P[j]) @ Z)
                  for j in range(k))
     assert math.isclose(Rc.item(), direct.item(), rel_tol=1e-9, abs_tol=1e-10)
     gZ, gP = torch.autograd.grad(Rc, (Z, Pi))
@@ -150,12 +160,54 @@ def test_mlc_rule_monotone_in_n_steps():
     assert best(long) >= best(short)
     assert dict(long.selection)[long.best_step] == best(long)
 
+def test_mlc_rule_monotone_when_n_steps_not_a_multiple():
+    "Regression: fit also evaluated at t == n_steps, so n_steps = 43 could keep a state a run of 300 steps never sees."
+    X = torch.randn(60, 6, generator=torch.Generator().manual_seed(1))
+    runs = {s: MLC(6, 8, 3, n_steps=s, eval_every=5, patience=100, seed=3).fit(X, show_progress=False) for s in (21, 24, 40)}
+    assert all(step % 5 == 0 for m in runs.values() for step, _ in m.selection)
+    assert runs[21].selection == runs[24].selection == runs[40].selection[:len(runs[21].selection)]   # steps 0, 5, …, 20
+    assert runs[21].best_step == runs[24].best_step
+    assert max(r for _, r in runs[40].selection) >= max(r for _, r in runs[24].selection)
+
+def test_mlc_seeded_construction_is_thread_safe():
+    "Regression: fork_rng + manual_seed on the global generator raced between threads (13 of 160 models differed)."
+    ref = {k: v.clone() for k, v in MLC(20, 16, 4, seed=0).state_dict().items()}
+    state = torch.get_rng_state()
+    bad = []
+    def worker():
+        for _ in range(10):
+            sd = MLC(20, 16, 4, seed=0).state_dict()
+            if not all(torch.equal(sd[k], ref[k]) for k in ref): bad.append(1)
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for t in threads: t.start()
+    for t in threads: t.join()
+    assert not bad
+    assert torch.equal(state, torch.get_rng_state())                 # the global generator is never touched
+    m = MLC(20, 16, 4, seed=0)
+    assert torch.equal(m.cluster_head.weight, m.feature_head.weight)  # one-shot initialisation: C = Z at the start
+    bound = 1 / math.sqrt(64)                                         # torch's default U(-1/√fan_in, 1/√fan_in)
+    assert m.backbone[3].weight.abs().max() <= bound and m.backbone[3].weight.abs().max() > 0.9 * bound
+
+def test_mlc_refuses_huge_batches_before_allocating():
+    import resource
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    X = torch.randn(5000, 3, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match='batch_size'): MLC(3, 4, 2, n_steps=1, seed=0).fit(X, show_progress=False)
+    with pytest.raises(ValueError, match='eval_size'): MLC(3, 4, 2, n_steps=1, batch_size=64, eval_size=5000, seed=0).fit(X, show_progress=False)
+    with pytest.raises(ValueError, match='n_sinkhorn'): MLC(3, 4, 2, n_sinkhorn=10**12, seed=0)
+    with pytest.raises(ValueError, match='n_steps'): MLC(3, 4, 2, n_steps=0, seed=0)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000      # kB
+
 @SETTINGS
 @given(n=st.integers(1, 12), scale=st.floats(1e-2, 1e3), eta=st.floats(0.05, 5.0), seed=st.integers(0, 2**31 - 1))
 def test_sinkhorn_marginals(n, scale, eta, seed):
     g = torch.Generator().manual_seed(seed)
     S = scale * torch.randn(n, n, generator=g, dtype=torch.float64)
-    G = sinkhorn(S, n_iters=50, eta=eta)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        G = sinkhorn(S, n_iters=50, eta=eta)
+    warned = any('a row of Γ sums to' in str(w.message) for w in caught)
+    assert warned == bool((G.sum(1) - 1).abs().max() > 0.1)         # warned exactly when a row is off by more than 0.1
     assert torch.isfinite(G).all() and (G >= 0).all()
     assert torch.allclose(G.sum(0), torch.ones(n, dtype=torch.float64), atol=1e-10)
     if scale / eta <= 2:                   # well-conditioned: rows converge within 50 iterations
@@ -170,9 +222,11 @@ def test_sinkhorn_forms_agree(n, span, iters, seed):
     assert torch.allclose(_sinkhorn_exp(logK, iters), _sinkhorn_log(logK, iters), rtol=1e-9, atol=1e-12)
 
 @SETTINGS
-@given(n=st.integers(1, 7), p=st.floats(0.15, 0.9), seed=st.integers(0, 2**31 - 1))
-def test_sinkhorn_impossible_patterns(n, p, seed):
-    "A -inf pattern raises iff its allowed entries have no perfect matching (SciPy's bipartite matching decides)."
+@given(n=st.integers(1, 7), p=st.floats(0.15, 0.9), iters=st.sampled_from([30, 500, 2000]), f32=st.booleans(),
+       seed=st.integers(0, 2**31 - 1))
+def test_sinkhorn_impossible_patterns(n, p, iters, f32, seed):
+    """A -inf pattern raises iff its allowed entries have no perfect matching (SciPy's bipartite matching decides), for
+    any number of iterations and in float32 too (the e^f, e^g form used to overflow into NaN rows at 200+ iterations)."""
     from scipy.sparse import csr_matrix
     from scipy.sparse.csgraph import maximum_bipartite_matching
     rng = np.random.default_rng(seed)
@@ -181,9 +235,28 @@ def test_sinkhorn_impossible_patterns(n, p, seed):
     perfect = bool((maximum_bipartite_matching(csr_matrix(P.astype(np.int8)), perm_type='column') >= 0).all())
     assert _has_perfect_matching(P) == perfect
     S = torch.where(torch.as_tensor(P), torch.randn(n, n, dtype=torch.float64), torch.tensor(float('-inf'), dtype=torch.float64))
-    if perfect: sinkhorn(S, n_iters=30)
+    if f32: S = S.float()
+    if perfect:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', RuntimeWarning)          # forced zeros converge slowly: rows may warn
+            G = sinkhorn(S, n_iters=iters)
+        assert torch.isfinite(G).all() and torch.allclose(G.sum(0), torch.ones(n, dtype=G.dtype), atol=1e-5)
     else:
-        with pytest.raises(ValueError, match='no perfect matching'): sinkhorn(S, n_iters=30)
+        with pytest.raises(ValueError, match='no perfect matching'): sinkhorn(S, n_iters=iters)
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+@pytest.mark.parametrize('iters', [50, 200, 500, 2000])
+def test_sinkhorn_impossible_pattern_never_nan(dtype, iters):
+    "The referee's pattern: two rows that may only use one column. It used to come back as all-NaN rows."
+    ninf = float('-inf')
+    S = torch.tensor([[0., 0., 0.], [0., ninf, ninf], [0., ninf, ninf]], dtype=dtype)
+    with pytest.raises(ValueError, match='no perfect matching'): sinkhorn(S, n_iters=iters)
+
+def test_sinkhorn_bad_batches_and_extreme_eta():
+    with pytest.raises(ValueError, match='non-empty'): sinkhorn(torch.zeros(0, 3, 3))
+    S = torch.randn(4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match='a row of Γ sums to'): G = sinkhorn(S, eta=1e-300)
+    assert torch.allclose(G.sum(0), torch.ones(4, dtype=torch.float64))
 
 def test_huge_labels_refused_before_allocating():
     "Labels like [0, 1e9] on six points must not make bincount allocate gigabytes (a process once reached 18 GB)."
@@ -214,6 +287,14 @@ def test_eigengap_ratio_of_block_memberships(k, b, zeta):
     if k >= 3: assert math.isclose(eigengap_ratio(G, k - 1), 1.0, rel_tol=1e-7)
     if n - k >= 2: assert math.isclose(eigengap_ratio(G, k + 1), 1.0, rel_tol=1e-7)
 
+def test_eigengap_ratio_refuses_non_doubly_stochastic():
+    "Regression: Γ = 10 × a block membership gave 1e12, a random matrix 2.11, silently."
+    blocks = torch.block_diag(torch.full((3, 3), 1 / 3, dtype=torch.float64), torch.full((3, 3), 1 / 3, dtype=torch.float64))
+    for G in (10 * blocks, torch.rand(6, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)):
+        with pytest.raises(ValueError, match='doubly stochastic'): eigengap_ratio(G, 2)
+    assert eigengap_ratio(torch.eye(6, dtype=torch.float64), 2) == 1.0    # 6 components: no gap at k = 2
+    assert eigengap_ratio(blocks, 2) == pytest.approx(1 / 1e-12)          # exactly 2 components: μ₂ floored
+
 @SETTINGS
 @given(n=st.integers(1, 40), kt=st.integers(1, 5), kp=st.integers(1, 5), seed=st.integers(0, 2**31 - 1))
 def test_clustering_metrics(n, kt, kp, seed):
@@ -227,3 +308,136 @@ def test_clustering_metrics(n, kt, kp, seed):
                     for a, b in zip(small, perm)) for perm in itertools.permutations(large, len(small))) / n
     assert math.isclose(clustering_accuracy(t, p), brute, rel_tol=1e-12)
     assert math.isclose(nmi(t, p), normalized_mutual_info_score(t, p), rel_tol=1e-9, abs_tol=1e-12)
+
+
+@pytest.mark.parametrize('fn', [clustering_accuracy, nmi])
+def test_metrics_refuse_fractional_labels(fn):
+    y = np.array([0, 1, 1, 2])
+    with pytest.raises(ValueError, match='y_true'): fn(y + 0.5, y)
+    with pytest.raises(ValueError, match='y_pred'): fn(y, y + 0.5)
+    assert fn(y.astype(float), y) == pytest.approx(1.0)                 # integer-valued floats are labels
+
+@settings(max_examples=60, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+@given(n=st.integers(2, 300), d=st.integers(1, 64), r=st.integers(1, 64), log_scale=st.floats(-3, 3),
+       log_noise=st.floats(-8, 0), log_eps=st.floats(-2.5, 0.5), unit=st.booleans(), soft=st.booleans(),
+       seed=st.integers(0, 2**31 - 1))
+def test_float32_log_determinants(n, d, r, log_scale, log_noise, log_eps, unit, soft, seed):
+    """float32 R and R_c are within 1e-4 (relative, or absolute below 1) of the float64 values of the *same* float32
+    features: nearly collapsed, huge and tiny-ε features included, where the plain float32 computation was off by 9%."""
+    g = torch.Generator().manual_seed(seed)
+    r = min(r, d)
+    Z = torch.randn(n, r, generator=g, dtype=torch.float64) @ torch.randn(r, d, generator=g, dtype=torch.float64)
+    Z = (Z + 10**log_noise * torch.randn(n, d, generator=g, dtype=torch.float64)) * 10**log_scale
+    if unit: Z = torch.nn.functional.normalize(Z, dim=1)
+    Z32 = Z.float()
+    memb = torch.softmax(3 * torch.randn(3, n, generator=g, dtype=torch.float64), 0) if soft else torch.arange(n) % min(3, n)
+    try: ref = coding_rate_reduction(Z32.double(), memb, 10**log_eps)
+    except ValueError: return                                          # float64 itself refuses (overflow): nothing to compare
+    got = coding_rate_reduction(Z32, memb.float() if soft else memb, 10**log_eps)
+    for a, b in zip(got[1:], ref[1:]):
+        assert abs(a.item() - b.item()) <= 1e-4 * max(1.0, abs(b.item())), (a.item(), b.item())
+
+def test_float32_collapsed_rows_match_float64():
+    "The referee's case: 1000 identical unit rows in R⁶⁴; plain float32 gave R = 6.0962 at ε = 0.01 (exact 6.6846)."
+    u = torch.nn.functional.normalize(torch.randn(64, generator=torch.Generator().manual_seed(0)), dim=0)
+    Z = u.repeat(1000, 1)
+    for eps in (0.5, 0.1, 0.05, 0.01):
+        exact = 0.5 * math.log(1 + 64 / eps**2)
+        assert abs(coding_rate(Z, eps).item() - exact) <= 1e-5 * exact
+
+def test_soft_membership_many_classes_is_chunked_or_refused():
+    "Regression: Π (200000, 64) on Z (64, 64) tried to allocate 3.3 GB; k = 20000 took 1.4 GB."
+    import resource
+    g = torch.Generator().manual_seed(0)
+    Z = torch.randn(64, 64, generator=g, dtype=torch.float64)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ValueError, match='membership'):
+        coding_rate_reduction(Z, torch.full((200_000, 64), 1 / 200_000, dtype=torch.float64))
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 300_000        # kB: the input itself is 100 MB
+    Pi = torch.softmax(torch.randn(700, 64, generator=g, dtype=torch.float64), 0)      # k·m² = 2.9e6: three chunks
+    Rc = coding_rate_reduction(Z, Pi)[2].item()
+    nj = Pi.sum(1)
+    ref = sum(nj[j] / (2 * 64) * torch.logdet(torch.eye(64, dtype=torch.float64) + 64 / (nj[j] * 0.25) * (Z.T * Pi[j]) @ Z)
+              for j in range(700)).item()
+    assert math.isclose(Rc, ref, rel_tol=1e-10)
+
+def test_soft_columns_within_tolerance_are_renormalised():
+    "Regression: float32 columns summing to 1.00005 (accepted) gave ΔR = -1.8e-4 < 0."
+    Z = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
+    dR = coding_rate_reduction(Z, torch.full((2, 6), 0.500025))[0].item()
+    assert abs(dR) <= 1e-6                                                  # uniform membership: ΔR = 0
+    Pi = torch.softmax(torch.randn(3, 6, generator=torch.Generator().manual_seed(1)), 0) * (1 + 5e-5)
+    assert coding_rate_reduction(Z, Pi)[0].item() >= -1e-6
+    assert math.isclose(coding_rate_reduction(Z, Pi)[0].item(), coding_rate_reduction(Z, Pi / Pi.sum(0))[0].item(), rel_tol=1e-6, abs_tol=1e-7)
+
+def test_scale_free_clustering_and_stable_redunet():
+    from geobook.coding_rate import kmeans, spectral_clustering, ReduNet, sample_manifolds
+    g = torch.Generator().manual_seed(0)
+    X = torch.cat([torch.randn(20, 2, generator=g) * 0.1, torch.randn(20, 2, generator=g) * 0.1 + 3])
+    ref = kmeans(X, 2, seed=0)
+    assert torch.equal(kmeans(X * 1e20, 2, seed=0), ref)                   # float32: squared distances would overflow
+    assert torch.equal(kmeans(X.double() * 1e200, 2, seed=0), ref)
+    A = torch.exp(-torch.cdist(X, X) ** 2)
+    assert torch.equal(spectral_clustering(A * 3e38, 2, seed=0), spectral_clustering(A, 2, seed=0))
+    with pytest.raises(ValueError, match='`A` is all zero'): spectral_clustering(torch.zeros(6, 6), 2)
+    Zr = torch.nn.functional.normalize(torch.randn(30, 6, generator=g, dtype=torch.float64), dim=1)
+    yr = torch.arange(30) % 3
+    net = ReduNet(n_layers=3).fit(Zr, yr)
+    assert torch.allclose(net(Zr[:4] * 1e200), net(Zr[:4]), atol=1e-12)   # huge rows: the same directions
+    assert torch.allclose(net(Zr[:4] * 1e-300), net(Zr[:4]), atol=1e-12)
+    with pytest.raises(ValueError, match='zero row'): net(torch.zeros(2, 6, dtype=torch.float64))
+    with pytest.raises(ValueError, match='zero row'): net.predict(torch.zeros(2, 6, dtype=torch.float64))
+    assert torch.equal(net.membership(Zr.numpy(), 0), net.membership(Zr, 0))  # numpy input
+    h = ReduNet(n_layers=3, eta=1e300).fit(Zr, yr).history                   # a huge step: z ← direction of ∂ΔR/∂z
+    assert all(math.isfinite(v) and v > 0 for v in h)
+    with pytest.raises(ValueError, match='`labels`'): ReduNet(n_layers=2).fit(Zr, torch.cat([yr[:-1], torch.tensor([10**9])]))
+    with pytest.raises(ValueError, match='`noise`'): sample_manifolds(5, ['line'], 3, noise=1e300, seed=0)
+    m = MLC(5, 16, 2, seed=0)
+    assert m.membership(np.random.default_rng(0).standard_normal((4, 16))).shape == (4, 4)
+
+def _delta_R_split(sizes, dims, d, eps):
+    "Closed-form ΔR of mutually orthogonal classes with flat spectra Z_jᵀZ_j = (n_j/d_j) P_j (the chapter's derivation)."
+    n = sum(sizes)
+    R = sum(dj / 2 * math.log(1 + d * nj / (n * dj * eps**2)) for nj, dj in zip(sizes, dims))
+    Rc = sum(nj * dj / (2 * n) * math.log(1 + d / (dj * eps**2)) for nj, dj in zip(sizes, dims))
+    return R - Rc
+
+def test_best_split_of_dimensions_depends_on_precision():
+    """Referee minor 4: 'the equal split is best' needs the theorem's precision condition ε⁴ < (n_j/n)(d/d_j)².
+    d = 16, four classes of 100: the closed form is checked against coding_rate_reduction on orthogonal flat-spectrum
+    features; the best split (brute force over all 455 splits) is (4,4,4,4) while g is concave on [1, 16]
+    (ε⁴ < ¼(16/13)², ε < 0.784), and one large class beyond: ε = 1.5 -> (2,2,2,10) with ΔR 0.917 > 0.898 (equal split),
+    ε = 2 -> (1,1,1,13) with 0.482 > 0.399."""
+    d, sizes = 16, [100] * 4
+    g = torch.Generator().manual_seed(0)
+    U = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))[0]
+    def features(dims):
+        blocks, c = [], 0
+        for nj, dj in zip(sizes, dims):
+            Q = torch.linalg.qr(torch.randn(nj, dj, generator=g, dtype=torch.float64))[0]
+            blocks.append(math.sqrt(nj / dj) * Q @ U[:, c:c + dj].T); c += dj
+        return torch.cat(blocks)
+    labels = torch.arange(4).repeat_interleave(100)
+    for dims, eps in [((2, 2, 2, 10), 1.5), ((4, 4, 4, 4), 0.5), ((1, 1, 1, 13), 2.0)]:
+        assert math.isclose(coding_rate_reduction(features(dims), labels, eps)[0].item(), _delta_R_split(sizes, dims, d, eps), rel_tol=1e-9)
+    splits = [s for s in itertools.product(range(1, 14), repeat=4) if sum(s) == d]
+    best = lambda eps: max(splits, key=lambda s: (_delta_R_split(sizes, s, d, eps), -max(s)))
+    bound = (0.25 * (16 / 13) ** 2) ** 0.25
+    assert math.isclose(bound, 0.7845, abs_tol=1e-4)
+    for eps in (0.2, 0.4, 0.6, 0.75, bound * 0.999):
+        assert best(eps) == (4, 4, 4, 4)
+    assert tuple(sorted(best(1.5))) == (2, 2, 2, 10) and tuple(sorted(best(2.0))) == (1, 1, 1, 13)
+    assert round(_delta_R_split(sizes, (2, 2, 2, 10), d, 1.5), 3) == 0.917 and round(_delta_R_split(sizes, (4,) * 4, d, 1.5), 3) == 0.898
+    assert round(_delta_R_split(sizes, (1, 1, 1, 13), d, 2.0), 3) == 0.482 and round(_delta_R_split(sizes, (4,) * 4, d, 2.0), 3) == 0.399
+    # concavity of one class's value g at its own dimension 4 (second difference) switches sign at ε = √2 (ε⁴ = ¼·4²)
+    gval = lambda x, eps: x / 2 * math.log(1 + 0.25 * d / eps**2 / x) - 0.25 * x / 2 * math.log(1 + d / eps**2 / x)
+    h = 1e-3
+    second = lambda eps: gval(4 + h, eps) - 2 * gval(4, eps) + gval(4 - h, eps)
+    assert second(math.sqrt(2) * 0.99) < 0 < second(math.sqrt(2) * 1.01)
+
+def test_sinkhorn_warns_when_rows_are_far_off_in_float32():
+    """Referee minor 11: at η = 1e-6 in float32 rows summed to [0.5, 1, 2, 0.5] silently. (Rows off by less than 0.1, as
+    for seed 1 here, where they are off by 0.046, are not warned about: that is the documented tolerance.)"""
+    S = torch.randn(4, 4, generator=torch.Generator().manual_seed(2))
+    with pytest.warns(RuntimeWarning, match='a row of Γ sums to'): G = sinkhorn(S, eta=1e-6)
+    assert (G.sum(1) - 1).abs().max() > 0.1 and torch.allclose(G.sum(0), torch.ones(4), atol=1e-5)
