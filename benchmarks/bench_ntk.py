@@ -1,8 +1,9 @@
 """Chapter 1 benchmark: geobook.ntk against neural-tangents, side by side on the same inputs and weights.
 
-  nngp_ntk      4096 x 4096 inputs (d = 64), depth 5, ReLU and erf   vs  neural_tangents.stax kernel_fn (jit)
+  nngp_ntk      4096 x 4096 inputs (d = 64), depth 5, ReLU, erf, GELU vs  neural_tangents.stax kernel_fn (jit)
   empirical_ntk width-512 MLP, 3 dense layers (depth 2), 256 x 256   vs  neural_tangents.empirical_ntk_fn (jit)
-  baseline      geobook's own Gauss-Hermite quadrature path (activation given as a callable) on fewer inputs
+  baseline      geobook's own quadrature path (refined trapezoidal rule; erf given as a callable, and tanh) on fewer
+                inputs: what an activation without a closed form costs
 
 neural-tangents 0.6.5 needs jax[cpu]==0.4.30, which must not enter geobook's environment: install it into a separate
 virtual environment and point GEOBOOK_NT_PYTHON at that environment's python, e.g.
@@ -11,8 +12,10 @@ virtual environment and point GEOBOOK_NT_PYTHON at that environment's python, e.
     GEOBOOK_NT_PYTHON=.venv-nt/bin/python python benchmarks/bench_ntk.py
 
 The neural-tangents side runs in a subprocess of that python; without the variable only geobook is timed.
-Timings are float32 (neural-tangents' default); values are compared in float64 on a subset (kernels) and in float32 on
-the full matrix (empirical NTK, same weights loaded into both). `--quick` shrinks the sizes to finish in ~2 minutes.
+Timings are float32 (neural-tangents' default); values are compared in float64 on a subset (kernels: largest relative
+difference over all entries and over the off-diagonal ones, since neural-tangents' ReLU diagonal carries a √ε rounding
+error that geobook's exact ρ = 1 does not) and in float32 on the full matrix (empirical NTK, same weights loaded into
+both). `--quick` shrinks the sizes to finish in ~2 minutes.
 """
 from __future__ import annotations
 import argparse, json, math, os, subprocess, sys, tempfile, time
@@ -41,14 +44,16 @@ data = np.load(tmp / 'inputs.npz')
 out, rows = {}, []
 sw = math.sqrt(2.0)
 
+ACTS = {'relu': stax.Relu, 'erf': stax.Erf, 'gelu': lambda: stax.Gelu(approximate=False)}
+
 def kernel_fn(act, depth):
     layers = []
-    for _ in range(depth): layers += [stax.Dense(1, W_std=sw, b_std=None), stax.Relu() if act == 'relu' else stax.Erf()]
+    for _ in range(depth): layers += [stax.Dense(1, W_std=sw, b_std=None), ACTS[act]()]
     return jax.jit(stax.serial(*layers, stax.Dense(1, W_std=sw, b_std=None))[2], static_argnames='get')
 
 X32 = jnp.asarray(data['X'], dtype=jnp.float32)
 Xc64 = jnp.asarray(data['X'][:cfg['n_check']], dtype=jnp.float64)
-for act in ('relu', 'erf'):
+for act in ('relu', 'erf', 'gelu'):
     kfn = kernel_fn(act, cfg['depth'])
     print(f'[nt] kernel_fn {act} n={len(X32)}', flush=True)
     m = measure(lambda: jax.block_until_ready(kfn(X32, None, ('nngp', 'ntk'))), repeats=cfg['repeats'], warmup=1)
@@ -72,9 +77,11 @@ np.savez(tmp / 'nt_out.npz', **out)
 '''
 
 
-def rel_diff(a, b) -> float:
+def rel_diff(a, b, offdiag: bool = False) -> float:
+    "max |a − b| / max |b| over all entries, or over the off-diagonal ones."
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.abs(a - b).max() / np.abs(b).max())
+    mask = ~np.eye(*a.shape, dtype=bool) if offdiag else np.ones(a.shape, bool)
+    return float(np.abs(a - b)[mask].max() / np.abs(b).max())
 
 
 def main():
@@ -94,15 +101,15 @@ def main():
     Xt, Xet = torch.from_numpy(X), torch.from_numpy(Xe)
     rows, values = [], {}
 
-    for act in ('relu', 'erf'):
+    for act in ('relu', 'erf', 'gelu'):
         print(f'[geobook] nngp_ntk {act} n={cfg["n"]}', flush=True)
-        m = measure(lambda: nngp_ntk(Xt, None, cfg['depth'], act), repeats=cfg['repeats'], warmup=1)
+        m = measure(lambda: nngp_ntk(Xt, None, cfg['depth'], act, show_progress=False), repeats=cfg['repeats'], warmup=1)
         rows.append({'case': f'nngp_ntk {act} depth {cfg["depth"]}', 'library': 'geobook', 'n': cfg['n'], **m})
         values[act] = nngp_ntk(Xt[:cfg['n_check']].double(), None, cfg['depth'], act)
-    for act, fn in (('relu', torch.relu), ('erf', torch.erf)):
+    for act, fn in (('erf', torch.erf), ('tanh', 'tanh')):      # erf as a callable: quadrature + autograd σ'
         print(f'[geobook] quadrature baseline {act} n={cfg["n_quad"]}', flush=True)
-        m = measure(lambda: nngp_ntk(Xt[:cfg['n_quad']], None, cfg['depth'], fn), repeats=1, warmup=0)
-        rows.append({'case': f'nngp_ntk {act} depth {cfg["depth"]}', 'library': 'geobook quadrature (48 nodes)',
+        m = measure(lambda: nngp_ntk(Xt[:cfg['n_quad']], None, cfg['depth'], fn, show_progress=False), repeats=1, warmup=0)
+        rows.append({'case': f'nngp_ntk {act} depth {cfg["depth"]}', 'library': 'geobook quadrature (refined trapezoid)',
                      'n': cfg['n_quad'], **m})
     print(f'[geobook] empirical_ntk n={cfg["n_emp"]}', flush=True)
     m = measure(lambda: empirical_ntk(model, Xet), repeats=cfg['repeats'], warmup=1)
@@ -131,15 +138,26 @@ def main():
             else:
                 res = json.loads((tmp / 'nt_rows.json').read_text()); versions = res['versions']
                 nt_out = np.load(tmp / 'nt_out.npz')
-                diffs = {}
-                for act in ('relu', 'erf'):
+                diffs, offdiag = {}, {}
+                for act in ('relu', 'erf', 'gelu'):
                     K, T = values[act]
-                    diffs[f'nngp_ntk {act} depth {cfg["depth"]}'] = max(rel_diff(K, nt_out[f'K_{act}']), rel_diff(T, nt_out[f'T_{act}']))
+                    case = f'nngp_ntk {act} depth {cfg["depth"]}'
+                    diffs[case] = max(rel_diff(K, nt_out[f'K_{act}']), rel_diff(T, nt_out[f'T_{act}']))
+                    offdiag[case] = max(rel_diff(K, nt_out[f'K_{act}'], True), rel_diff(T, nt_out[f'T_{act}'], True))
                 diffs[f'empirical_ntk width {cfg["width"]}'] = rel_diff(values['emp'], nt_out['T_emp'])
+                # ReLU at criticality (C_W = 2, C_b = 0): on the diagonal Θ^{L+1}(x, x) = (L + 1)·2‖x‖²/n₀ exactly
+                Xc = X[:cfg['n_check']].astype(np.float64)
+                exact = (cfg['depth'] + 1) * 2 * (Xc * Xc).sum(1) / cfg['d']
+                diag_err = {'geobook': float(np.abs(np.diag(values['relu'][1].numpy()) / exact - 1).max()),
+                            'neural-tangents': float(np.abs(np.diag(nt_out['T_relu']) / exact - 1).max())}
                 for r in res['rows']:
                     rows.append({**r, 'library': 'neural-tangents'})
                     g = next(x for x in rows if x['case'] == r['case'] and x['library'] == 'geobook')
                     g['max_rel_diff_vs_nt'] = diffs[r['case']]
+                    if r['case'] in offdiag: g['max_rel_diff_vs_nt_offdiag'] = offdiag[r['case']]
+                    if r['case'].startswith('nngp_ntk relu'):
+                        g['relu_diag_rel_err_vs_exact'] = diag_err['geobook']
+                        rows[-1]['relu_diag_rel_err_vs_exact'] = diag_err['neural-tangents']
                     ratios.append({'case': r['case'], 'nt_over_geobook': r['median_s'] / g['median_s'],
                                    'nt_over_geobook_min': r['min_s'] / g['min_s']})
     else:

@@ -1,4 +1,4 @@
-"""Infinitely wide networks are kernel machines: derive the NNGP and NTK recursions of a fully-connected network, compute them exactly and empirically, and watch gradient descent on a wide network turn into kernel regression.
+"""Infinitely wide networks are kernel machines: derive the NNGP and NTK recursions of a fully-connected network, compute them exactly and empirically, watch gradient descent on a wide network turn into kernel regression, and measure what finite width and depth add.
 
 Docs: https://geobook.github.io/geobook/ntk.html.md"""
 
@@ -6,38 +6,106 @@ Docs: https://geobook.github.io/geobook/ntk.html.md"""
 
 # %% ../nbs/01_ntk.ipynb #b39a1d63
 from __future__ import annotations
-import math
+import functools, math, warnings
 from typing import Callable
 import torch
 from torch import nn
 import torch.nn.functional as F
-from .core import (as_tensor, check_positive, check_int, check_choice, as_generator, progress,
-                          gaussian_expectation, gaussian_expectation_1d)
+from .core import (as_tensor, all_finite, check_positive, check_int, check_choice, as_generator, progress,
+                          QuadratureWarning)
+from torch._C._functorch import is_functorch_wrapped_tensor      # inside torch.func transforms: no data-dependent checks
 
 # %% auto #0
-__all__ = ['ACTIVATIONS', 'CLOSED_FORMS', 'relu_moments', 'erf_moments', 'linear_moments', 'activation_fns', 'quadrature_moments',
-           'nngp_ntk', 'MLP', 'empirical_ntk', 'ntk_regression']
+__all__ = ['ACTIVATIONS', 'CLOSED_FORMS', 'relu_moments', 'erf_moments', 'gelu_moments', 'linear_moments', 'activation_fns',
+           'quadrature_moments', 'nngp_ntk', 'MLP', 'empirical_ntk', 'ntk_regression', 'ntk_ensemble', 'nngp_posterior']
+
+# %% ../nbs/01_ntk.ipynb #e0d41c7a
+def _float_kernel(t: torch.Tensor, name: str) -> torch.Tensor:
+    "Kernels are computed in float32 or float64: half precision overflows at 65504 and cannot resolve ρ near ±1."
+    if t.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"`{name}` must be float32 or float64, got {t.dtype}")
+    return t
+
+def _moment_args(k11, k12, k22):
+    "Entries of 2×2 covariances as broadcast tensors, checked: finite, k11, k22 ≥ 0 and |k12| ≤ √(k11 k22)."
+    names = ('k11', 'k12', 'k22')
+    ks = [as_tensor(k, name) for k, name in zip((k11, k12, k22), names)]
+    if len({k.device for k in ks}) > 1: raise ValueError("`k11`, `k12` and `k22` must be on one device")
+    dtype = torch.promote_types(torch.promote_types(ks[0].dtype, ks[1].dtype), ks[2].dtype)
+    ks = [_float_kernel(k.to(dtype), name) for k, name in zip(ks, names)]
+    try: k11, k12, k22 = torch.broadcast_tensors(*ks)
+    except RuntimeError: raise ValueError(f"`k11`, `k12`, `k22` must broadcast together, got shapes "
+                                          f"{[tuple(k.shape) for k in ks]}") from None
+    for k, name in ((k11, 'k11'), (k22, 'k22')):
+        if bool((k < 0).any()): raise ValueError(f"`{name}` must be a variance (>= 0)")
+    if bool((k12.abs() > k11.sqrt() * k22.sqrt() * (1 + 1e-6)).any()):
+        raise ValueError("`k12` must satisfy |k12| <= √(k11 k22): (k11, k12, k22) are the entries of a covariance")
+    return k11, k12, k22
+
+def _correlation(k11, k12, k22):
+    "s = √k11·√k22 and ρ = k12/s clamped to [−1, 1] (0 where s = 0), snapped to ±1 within 8 ulps of it."
+    s = k11.sqrt() * k22.sqrt()
+    pos = s > 0
+    rho = torch.where(pos, k12 / torch.where(pos, s, torch.ones_like(s)), torch.zeros_like(s)).clamp_(-1, 1)
+    tol = 8 * torch.finfo(s.dtype).eps
+    one = torch.ones_like(rho)
+    return s, torch.where(rho >= 1 - tol, one, torch.where(rho <= tol - 1, -one, rho))
 
 # %% ../nbs/01_ntk.ipynb #2a26cbf0
-def relu_moments(k11, k12, k22):
-    "Arc-cosine moments (𝔼[relu(u)relu(v)], 𝔼[relu'(u)relu'(v)]) for (u,v) ~ N(0, [[k11,k12],[k12,k22]]), broadcasting."
-    s = (k11 * k22).sqrt()                                                   # √(K₁₁K₂₂)
-    rho = (k12 / s.clamp_min(torch.finfo(s.dtype).tiny)).clamp_(-1, 1)      # ρ = cos θ, clamped
+def _relu(k11, k12, k22):
+    s, rho = _correlation(k11, k12, k22)
     sin = ((1 - rho) * (1 + rho)).sqrt_()                                    # sin θ without the cancellation in 1 − ρ²
     theta = 2 * torch.asin(((1 - rho) / 2).sqrt_())                          # θ = arccos ρ by the half-angle formula
-    return s * (sin + (math.pi - theta) * rho) / (2 * math.pi), (math.pi - theta) / (2 * math.pi)
+    return s * (rho / 2 + (sin - theta * rho) / (2 * math.pi)), 0.5 - theta / (2 * math.pi)
+
+def relu_moments(k11, k12, k22) -> tuple[torch.Tensor, torch.Tensor]:
+    """Arc-cosine moments (𝔼[relu(u)relu(v)], 𝔼[relu'(u)relu'(v)]) for (u, v) ~ N(0, [[k11, k12], [k12, k22]]).
+
+    k11, k12, k22: numbers or broadcastable tensors (float32/float64) with k11, k22 ≥ 0 and |k12| ≤ √(k11 k22).
+    Σ = √(k11 k22)(sin θ + (π − θ) cos θ)/2π and Σ̇ = (π − θ)/2π with cos θ = ρ = k12/√(k11 k22)."""
+    return _relu(*_moment_args(k11, k12, k22))
 
 # %% ../nbs/01_ntk.ipynb #32bbaf74
-def erf_moments(k11, k12, k22):
-    "Williams' moments (𝔼[erf(u)erf(v)], 𝔼[erf'(u)erf'(v)]) for (u,v) ~ N(0, [[k11,k12],[k12,k22]]), broadcasting."
-    a, b = 1 + 2 * k11, 1 + 2 * k22
-    det = (a * b - 4 * k12 * k12).clamp_min(1.0)                             # det(I + 2K) >= 1 for PSD K
-    arg = (2 * k12 / (a * b).sqrt()).clamp(-1, 1)
-    return (2 / math.pi) * torch.asin(arg), (4 / math.pi) / det.sqrt()
+def _erf(k11, k12, k22):
+    s, rho = _correlation(k11, k12, k22)
+    p1, p2 = 1 / (1 + 2 * k11), 1 / (1 + 2 * k22)                            # 1/(1 + 2Kᵢᵢ) ∈ (0, 1]
+    q1, q2 = k11 * p1, k22 * p2                                              # Kᵢᵢ/(1 + 2Kᵢᵢ) ∈ [0, ½)
+    r = 2 * rho * (q1 * q2).sqrt()                                           # 2K₁₂/√((1 + 2K₁₁)(1 + 2K₂₂))
+    w = (p1 * p2 + 2 * (q1 * p2 + q2 * p1) + 4 * q1 * q2 * (1 - rho) * (1 + rho)).sqrt()   # √(1 − r²)
+    return (2 / math.pi) * torch.atan2(r, w), (4 / math.pi) * p1.sqrt() * p2.sqrt() / w
 
-def linear_moments(k11, k12, k22):
-    "Moments (𝔼[uv], 𝔼[1·1]) = (K₁₂, 1) of the identity activation."
-    return k12, torch.ones_like(k12)
+def erf_moments(k11, k12, k22) -> tuple[torch.Tensor, torch.Tensor]:
+    """Williams' moments (𝔼[erf(u)erf(v)], 𝔼[erf'(u)erf'(v)]) for (u, v) ~ N(0, [[k11, k12], [k12, k22]]).
+
+    Σ = (2/π) arcsin(2k12/√((1 + 2k11)(1 + 2k22))), Σ̇ = (4/π) det(I + 2K)^(−1/2), evaluated without overflow for any
+    finite variances. Arguments as in `relu_moments`."""
+    return _erf(*_moment_args(k11, k12, k22))
+
+# %% ../nbs/01_ntk.ipynb #9f3e7d21
+def _gelu(k11, k12, k22):
+    s, rho = _correlation(k11, k12, k22)
+    p1, p2 = 1 / (1 + k11), 1 / (1 + k22)                                    # 1/(1 + Kᵢᵢ)
+    q1, q2 = k11 * p1, k22 * p2                                              # Kᵢᵢ/(1 + Kᵢᵢ)
+    g = (q1 * q2).sqrt()
+    a, rr = p1 + p2 - 1, rho * rho
+    w2 = p1 + p2 - p1 * p2 + q1 * q2 * (1 - rho) * (1 + rho)                 # 1 − r², r = K₁₂/√((1 + K₁₁)(1 + K₂₂))
+    w = w2.sqrt()
+    phi = torch.atan2(rho * g, w) / (2 * math.pi)                            # arcsin(r)/2π
+    S = s * (rho / 4 + rho * phi + g * (1 + a * rr) / (2 * math.pi * w))
+    Sd = 0.25 + phi + rho * g * ((1 + 2 * a) + q1 * q2 * (1 + a * rr) / w2) / (2 * math.pi * w)
+    return S, Sd
+
+def gelu_moments(k11, k12, k22) -> tuple[torch.Tensor, torch.Tensor]:
+    """Closed-form moments (𝔼[gelu(u)gelu(v)], 𝔼[gelu'(u)gelu'(v)]) for gelu(z) = zΦ(z) (the exact, erf-based GELU)
+    and (u, v) ~ N(0, [[k11, k12], [k12, k22]]); derived in the chapter. Arguments as in `relu_moments`."""
+    return _gelu(*_moment_args(k11, k12, k22))
+
+# %% ../nbs/01_ntk.ipynb #c83b1e4f
+def _linear(k11, k12, k22): return k12, torch.ones_like(k12)
+
+def linear_moments(k11, k12, k22) -> tuple[torch.Tensor, torch.Tensor]:
+    "Moments (𝔼[uv], 𝔼[1·1]) = (k12, 1) of the identity activation. Arguments as in `relu_moments`."
+    return _linear(*_moment_args(k11, k12, k22))
 
 # %% ../nbs/01_ntk.ipynb #faf939fd
 def _gelu_grad(z): return 0.5 * (1 + torch.erf(z / math.sqrt(2))) + z * torch.exp(-z * z / 2) / math.sqrt(2 * math.pi)
@@ -47,14 +115,15 @@ def _silu_grad(z): s = torch.sigmoid(z); return s * (1 + z * (1 - s))
 ACTIVATIONS = {   # name -> (σ, σ')
     'relu': (torch.relu, lambda z: (z > 0).to(z.dtype)),
     'erf': (torch.erf, lambda z: (2 / math.sqrt(math.pi)) * torch.exp(-z * z)),
+    'gelu': (F.gelu, _gelu_grad),
     'linear': (lambda z: z, torch.ones_like),
     'tanh': (torch.tanh, lambda z: 1 - torch.tanh(z) ** 2),
-    'gelu': (F.gelu, _gelu_grad),
     'sigmoid': (torch.sigmoid, _sigmoid_grad),
     'softplus': (F.softplus, torch.sigmoid),
     'silu': (F.silu, _silu_grad),
 }
-CLOSED_FORMS = {'relu': relu_moments, 'erf': erf_moments, 'linear': linear_moments}
+CLOSED_FORMS = {'relu': relu_moments, 'erf': erf_moments, 'gelu': gelu_moments, 'linear': linear_moments}
+_CLOSED = {'relu': _relu, 'erf': _erf, 'gelu': _gelu, 'linear': _linear}      # the same, without argument checks
 
 def _autograd_derivative(f):
     "σ' of an elementwise callable σ by autograd (works inside `torch.no_grad`)."
@@ -66,108 +135,287 @@ def _autograd_derivative(f):
         return torch.zeros_like(z) if g is None else g.detach()
     return df
 
+def _check_callable(f):
+    "An elementwise callable must map a float tensor to a finite float tensor of the same shape."
+    z = torch.linspace(-2, 2, 5, dtype=torch.float64)
+    try: y = f(z)
+    except Exception as e: raise TypeError(f"`activation` could not be evaluated on a float tensor: {e}") from None
+    if not isinstance(y, torch.Tensor) or y.shape != z.shape or not y.is_floating_point():
+        raise TypeError("`activation` must map a float tensor to a float tensor of the same shape (elementwise)")
+    if not all_finite(y): raise ValueError("`activation` returned non-finite values on [-2, 2]")
+
 def activation_fns(activation) -> tuple[Callable, Callable]:
-    "(σ, σ') for a name in `ACTIVATIONS` or an elementwise callable (σ' then by autograd)."
+    "(σ, σ') for a name in `ACTIVATIONS` or an elementwise callable σ (σ' then by autograd)."
     if isinstance(activation, str): return ACTIVATIONS[check_choice(activation, 'activation', list(ACTIVATIONS))]
-    if callable(activation): return activation, _autograd_derivative(activation)
-    raise TypeError(f"`activation` must be a name in {list(ACTIVATIONS)} or a callable, got {activation!r}")
+    if callable(activation) and not isinstance(activation, type):
+        _check_callable(activation)
+        return activation, _autograd_derivative(activation)
+    raise TypeError(f"`activation` must be a name in {list(ACTIVATIONS)} or an elementwise callable, got {activation!r}")
+
+# %% ../nbs/01_ntk.ipynb #5e2f8a60
+_T = 9.0                # |ξ| ≤ 9 holds all of a standard normal but 2·10⁻¹⁹ of its mass
+_MAX_NODES = 1024       # intervals per axis: 10⁶ nodes per covariance; beyond that a closed form is the answer
+
+@functools.lru_cache(maxsize=32)
+def _trapezoid(n: int, dtype: torch.dtype, device: torch.device):
+    "Nodes ξᵢ = −T + 2Ti/n (i = 0..n) and normalised weights ∝ φ(ξᵢ) of the trapezoidal rule for 𝔼g(ξ), ξ ~ N(0, 1)."
+    xi = torch.linspace(-_T, _T, n + 1, dtype=torch.float64)
+    w = torch.exp(-xi * xi / 2)
+    return xi.to(dtype=dtype, device=device), (w / w.sum()).to(dtype=dtype, device=device)
+
+def _trap1(f, k, n):
+    "(𝔼f(z) with n intervals, the same with n/2): z ~ N(0, k), k any shape; the coarse rule is every other node."
+    xi, w = _trapezoid(n, k.dtype, k.device)
+    fz = f(k.clamp_min(0).sqrt()[..., None] * xi)
+    wc = w[::2] / w[::2].sum()
+    return (fz * w).sum(-1), (fz[..., ::2] * wc).sum(-1)
+
+def _trap2(f, l11, l21, l22, n, chunk):
+    "(𝔼f(u)f(v) with n intervals per axis, the same with n/2) for u = l11 ξ₁, v = l21 ξ₁ + l22 ξ₂, batched (B,)."
+    xi, w = _trapezoid(n, l11.dtype, l11.device)
+    wc = w[::2] / w[::2].sum()
+    fine, coarse, step = [], [], max(1, chunk // (n + 1) ** 2)
+    for s in range(0, len(l11), step):
+        a, b, c = (t[s:s + step, None] for t in (l11, l21, l22))
+        fu = f(a * xi)                                                            # f(u): (b, n+1), u depends on ξ₁ only
+        fv = f((b * xi)[:, :, None] + (c * xi)[:, None, :])                       # f(v): (b, n+1, n+1)
+        fine.append((fu * (fv @ w)) @ w)
+        coarse.append((fu[:, ::2] * (fv[:, ::2, ::2] @ wc)) @ wc)
+    return torch.cat(fine), torch.cat(coarse)
+
+def _refined(rule, scale, n_points, rtol, max_points, start):
+    """`rule(n)` → (estimate with n intervals, with n/2). `n_points` fixes n; else n = start, 2·start, … ≤ `max_points`
+    until their gap δ, the error of the n/2 rule, is at most √rtol·scale: the error of the n rule is then about
+    δ²/scale ≤ rtol·scale (halving h squares e^(−2πd/h)). Returns (estimate, n, converged)."""
+    if n_points is not None: return rule(n_points)[0], n_points, True
+    n = start
+    while True:
+        fine, coarse = rule(n)
+        gap = (fine - coarse).abs()
+        tol = math.sqrt(rtol) * scale(n) + torch.finfo(fine.dtype).tiny
+        if bool((gap <= tol).all()): return fine, n, True
+        if 2 * n > max_points: return fine, n, False
+        n *= 2
 
 # %% ../nbs/01_ntk.ipynb #0b3356b3
-def quadrature_moments(activation, k11, k12, k22, n_points: int = 48, chunk: int = 2**22):
-    "(𝔼[σ(u)σ(v)], 𝔼[σ'(u)σ'(v)]) by core's Gauss–Hermite `gaussian_expectation`, in chunks of ≤ `chunk` grid points."
+def _quadrature(activation, k11, k12, k22, n_points=None, rtol=None, max_points=512, chunk=2**22, start=(32, 32)):
+    "Unchecked `quadrature_moments`; also returns the numbers of intervals per axis it ended with, (σσ, σ'σ')."
     sig, dsig = activation_fns(activation)
     k11, k12, k22 = torch.broadcast_tensors(k11, k12, k22)
-    lim = (k11 * k22).clamp_min(0).sqrt()
-    K = torch.stack([torch.stack([k11, k12.clamp(-lim, lim)], -1), torch.stack([k12.clamp(-lim, lim), k22], -1)], -1).reshape(-1, 2, 2)
-    step = max(1, chunk // n_points ** 2)
-    out = [torch.cat([gaussian_expectation(lambda u, v: f(u) * f(v), K[i:i + step], n_points) for i in range(0, len(K), step)])
-           if len(K) else K.new_zeros(0) for f in (sig, dsig)]
-    return tuple(o.reshape(k12.shape) for o in out)
+    shape = k12.shape
+    if k12.numel() == 0: return k12.new_zeros(shape), k12.new_zeros(shape), start
+    k11, k12, k22 = k11.reshape(-1), k12.reshape(-1), k22.reshape(-1)
+    s, rho = _correlation(k11, k12, k22)
+    l11 = k11.sqrt()                                                              # Cholesky factor of [[k11, ρs], [ρs, k22]]
+    l21 = rho * k22.sqrt()
+    l22 = ((1 - rho) * (1 + rho)).clamp_min(0).sqrt() * k22.sqrt()
+    rtol = _rtol(k12.dtype) if rtol is None else rtol
+    out, used = [], []
+    for f, st in zip((sig, dsig), start):
+        sq = lambda n: (_trap1(lambda z: f(z) ** 2, k11, n)[0] * _trap1(lambda z: f(z) ** 2, k22, n)[0]).sqrt()
+        m, n, ok = _refined(lambda n: _trap2(f, l11, l21, l22, n, chunk), sq, n_points, rtol, max_points, st)
+        if not ok:
+            warnings.warn(f"quadrature_moments: the trapezoidal rule with {n} and {n // 2} intervals per axis still differs "
+                          f"by more than rtol={rtol:.1e} of the kernel's scale: is the activation kinked, or steep on the "
+                          "scale of √K? Use a closed form, pass `n_points`, or raise `max_points`.", QuadratureWarning, stacklevel=4)
+        out.append(m.reshape(shape)); used.append(n)
+    return out[0], out[1], tuple(used)
 
-def _diag_moments(activation, k, n_points):
-    "(𝔼[σ(z)²], 𝔼[σ'(z)²]) for z ~ N(0, k): the diagonal (ρ = 1) of the moment maps."
-    if activation == 'relu': return k / 2, torch.full_like(k, 0.5)
-    if activation == 'erf': return (2 / math.pi) * torch.asin(2 * k / (1 + 2 * k)), (4 / math.pi) / (1 + 4 * k).sqrt()
-    if activation == 'linear': return k, torch.ones_like(k)
-    sig, dsig = activation_fns(activation)
-    return (gaussian_expectation_1d(lambda z: sig(z) ** 2, k, n_points), gaussian_expectation_1d(lambda z: dsig(z) ** 2, k, n_points))
+def _rtol(dtype): return 1e-10 if dtype == torch.float64 else 32 * torch.finfo(dtype).eps
+
+def quadrature_moments(activation, k11, k12, k22, n_points: int | None = None, chunk: int = 2**22, *,
+                       rtol: float | None = None, max_points: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """(𝔼[σ(u)σ(v)], 𝔼[σ'(u)σ'(v)]) for (u, v) ~ N(0, [[k11, k12], [k12, k22]]) by the trapezoidal rule.
+
+    A tensor grid of n + 1 nodes per axis on |ξ| ≤ 9 in the Cholesky coordinates of the covariance. `activation`: a name
+    in `ACTIVATIONS` or an elementwise callable. `n_points`: n, the intervals per axis; None (default) refines n = 32,
+    64, … ≤ `max_points` until n and n/2 agree to `rtol` (1e-10 in float64) times √(𝔼σ(u)² 𝔼σ(v)²) in every entry,
+    warning (`QuadratureWarning`) if they never do. At most `chunk` integrand values are alive at once."""
+    activation_fns(activation)
+    k11, k12, k22 = _moment_args(k11, k12, k22)
+    if n_points is not None:
+        n_points = check_int(n_points, 'n_points', minimum=2)
+        if n_points > _MAX_NODES or n_points % 2: raise ValueError(f"`n_points` must be even and <= {_MAX_NODES}, got {n_points}")
+    chunk = check_int(chunk, 'chunk', minimum=1)
+    rtol = None if rtol is None else check_positive(rtol, 'rtol')
+    max_points = check_int(max_points, 'max_points', minimum=32)
+    if max_points > _MAX_NODES: raise ValueError(f"`max_points` must be <= {_MAX_NODES}, got {max_points}")
+    return _quadrature(activation, k11, k12, k22, n_points, rtol, max_points, chunk)[:2]
+
+def _diag_moments(activation, k, n_points=None):
+    "(𝔼[σ(z)²], 𝔼[σ'(z)²]) for z ~ N(0, k): the diagonal ρ = 1 of the moment maps, by the same formulas and rules."
+    if isinstance(activation, str) and activation in _CLOSED: return _CLOSED[activation](k, k, k)
+    out = []
+    for f in activation_fns(activation):
+        scale = lambda n: _trap1(lambda z: f(z) ** 2, k, n)[0]
+        m, n, ok = _refined(lambda n: _trap1(lambda z: f(z) ** 2, k, n), scale, n_points, _rtol(k.dtype), 4096, 32)
+        if not ok: warnings.warn("nngp_ntk: the diagonal moments did not converge with 4096 intervals: the activation is "
+                                 "kinked or very steep on the scale of √K", QuadratureWarning, stacklevel=4)
+        out.append(m)
+    return tuple(out)
 
 # %% ../nbs/01_ntk.ipynb #a615f9ea
-def _layer_moments(activation, k11, k12, k22, n_points):
-    "One layer's (𝔼σσ, 𝔼σ'σ') under K^l: closed form when there is one, else quadrature."
-    if isinstance(activation, str) and activation in CLOSED_FORMS: return CLOSED_FORMS[activation](k11, k12, k22)
-    return quadrature_moments(activation, k11, k12, k22, n_points)
+def _hide(show_progress, small: bool):
+    "`disable` for core's `progress`: forced by `show_progress`, else hidden for small work (None: the environment decides)."
+    if show_progress is not None: return not show_progress
+    return True if small else None
 
-def _diag_kernels(x, depth, activation, C_W, C_b, n_points):
-    "K^l(x, x) for l = 1..depth: a (depth, n) tensor, from the one-dimensional recursion."
-    k = C_b + C_W * (x * x).sum(1) / x.shape[1]
-    out = [k]
-    for _ in range(depth - 1): out.append(C_b + C_W * _diag_moments(activation, out[-1], n_points)[0])
-    return torch.stack(out)
+def _check_flag(show_progress):
+    if show_progress is not None and not isinstance(show_progress, bool):
+        raise TypeError(f"`show_progress` must be True, False or None, got {show_progress!r}")
 
-def _kernel_tile(x1, x2, d1, d2, depth, activation, C_W, C_b, n_points, on_diagonal):
-    "(K^{L+1}, Θ^{L+1}) for one tile of rows x1 (b1, d) and columns x2 (b2, d), given their diagonals d1, d2 (L, b)."
-    k = C_b + C_W * (x1 @ x2.T) / x1.shape[1]                           # K¹ = C_b + C_W x·x'/n₀
-    theta = k.clone()                                                    # Θ¹ = K¹
+def _overflow(what, layer, C_W, dtype):
+    hint = ", or compute in float64" if dtype != torch.float64 else ""
+    return OverflowError(f"nngp_ntk: {what} exceeds the {dtype} range at layer {layer} (C_W = {C_W}): off criticality "
+                         f"it grows geometrically with depth. Reduce `depth` or `C_W`{hint}.")
+
+def _diag_kernels(x, N, depth, activation, C_W, C_b, n_points):
+    "K^l(x, x) and Θ^l(x, x) for l = 1..L+1 from the one-dimensional recursions: two (L+1, n) tensors, checked."
+    k = C_b + C_W * N / x.shape[1]
+    if not all_finite(k): raise OverflowError("nngp_ntk: C_b + C_W‖x‖²/n₀ overflows: rescale the inputs or C_W")
+    tiny = torch.finfo(k.dtype).tiny
+    if bool(((k > 0) & (k < tiny)).any()): raise ValueError("nngp_ntk: C_b + C_W‖x‖²/n₀ underflows: rescale the inputs")
+    ks, ts, alive = [k], [k], k > 0
     for l in range(depth):
-        if on_diagonal: k.diagonal().copy_(d1[l])                        # ρ = 1 exactly where x = x'
-        m, md = _layer_moments(activation, d1[l][:, None], k, d2[l][None, :], n_points)
-        k = C_b + C_W * m                                                # K^{l+1} = C_b + C_W 𝔼[σ(u)σ(v)]
-        theta = k + C_W * md * theta                                     # Θ^{l+1} = K^{l+1} + C_W 𝔼[σ'σ'] Θ^l
+        m, md = _diag_moments(activation, ks[-1], n_points)
+        k = C_b + C_W * m
+        t = k + C_W * md * ts[-1]
+        if not all_finite(k): raise _overflow('the NNGP kernel K', l + 2, C_W, k.dtype)
+        if not all_finite(t): raise _overflow('the NTK Θ', l + 2, C_W, t.dtype)
+        if bool((alive & (k < tiny)).any()):
+            raise ValueError(f"nngp_ntk: the kernel K underflows below {tiny:.1e} at layer {l + 2} (C_W = {C_W}): in the "
+                             "ordered phase the signal dies geometrically with depth. Reduce `depth` or raise `C_W`.")
+        ks.append(k); ts.append(t)
+    return torch.stack(ks), torch.stack(ts)
+
+# %% ../nbs/01_ntk.ipynb #d2c6e4b1
+def _first_layer(x1, x2, N1, N2, C_W, C_b, chunk=2**20):
+    """K¹ = C_b + C_W x·x'/n₀ for a tile. Pairs whose correlation is within 10⁻³ of ±1 are recomputed from
+    ‖x̂ ∓ x̂'‖² and ‖x − x'‖², so identical, antipodal and collinear inputs get ρ = ±1 exactly."""
+    a = C_W / x1.shape[1]
+    k = C_b + a * (x1 @ x2.T)
+    k11, k22 = C_b + a * N1, C_b + a * N2
+    s = k11.sqrt()[:, None] * k22.sqrt()[None, :]
+    near = (k.abs() >= (1 - 1e-3) * s) & (s > 0)
+    if not bool(near.any()): return k
+    I, J = near.nonzero(as_tuple=True)
+    tiny = torch.finfo(x1.dtype).tiny
+    step = max(1, chunk // max(1, x1.shape[1]))
+    for c in range(0, len(I), step):
+        i, j = I[c:c + step], J[c:c + step]
+        u, v, sij, est = x1[i], x2[j], s[i, j], k[i, j] / s[i, j]
+        nu, nv = N1[i].sqrt().clamp_min(tiny), N2[j].sqrt().clamp_min(tiny)
+        uh, vh = u / nu[:, None], v / nv[:, None]
+        minus, plus = ((uh - vh) ** 2).sum(1) / 2, ((uh + vh) ** 2).sum(1) / 2      # 1 − ρₓ, 1 + ρₓ
+        g = (a * N1[i]).sqrt() * (a * N2[j]).sqrt() / sij                          # C_W|x||x'|/n₀ / s ≤ 1
+        det = (C_b / sij) * (a * ((u - v) ** 2).sum(1) / sij) + g * g * minus * plus   # (s² − K₁₂²)/s²
+        rho = torch.where(est > 0, 1 - det / (1 + est), det / (1 - est) - 1)
+        k[i, j] = rho.clamp(-1, 1) * sij
+    return k
+
+# %% ../nbs/01_ntk.ipynb #8b2e7f15
+def _layer_moments(activation, k11, k12, k22, n_points, start, symmetric=False):
+    """One layer's (𝔼σσ, 𝔼σ'σ') under K^l (closed form when there is one, else quadrature) and the node counts used.
+    `symmetric`: a diagonal tile (k11 = k22ᵀ, k12 symmetric), where quadrature is done on the upper triangle only."""
+    if isinstance(activation, str) and activation in _CLOSED: return (*_CLOSED[activation](k11, k12, k22), start)
+    if not symmetric: return _quadrature(activation, k11, k12, k22, n_points, start=start)
+    i, j = torch.triu_indices(*k12.shape, device=k12.device)
+    m, md, used = _quadrature(activation, k11[i, 0], k12[i, j], k22[0, j], n_points, start=start)
+    out = [k12.new_empty(k12.shape) for _ in range(2)]
+    for o, v in zip(out, (m, md)): o[i, j] = v; o[j, i] = v
+    return out[0], out[1], used
+
+def _kernel_tile(x1, x2, N1, N2, d1, d2, depth, activation, C_W, C_b, n_points, on_diagonal, starts):
+    "(Kᴸ⁺¹, Θᴸ⁺¹) for one tile of rows x1 (b1, n₀) and columns x2 (b2, n₀), given their diagonals d1, d2 (L+1, b)."
+    k = _first_layer(x1, x2, N1, N2, C_W, C_b)                              # K¹ = C_b + C_W x·x'/n₀
+    theta = k.clone()                                                        # Θ¹ = K¹
+    for l in range(depth):
+        if on_diagonal: k.diagonal().copy_(d1[l])                            # x = x': exactly the 1-D recursion
+        m, md, used = _layer_moments(activation, d1[l][:, None], k, d2[l][None, :], n_points, starts[l], on_diagonal)
+        starts[l] = tuple(max(32, u // 2) for u in used)                     # the next tile starts one level lower
+        k = C_b + C_W * m                                                    # K^{l+1} = C_b + C_W 𝔼[σ(u)σ(v)]
+        theta = k + C_W * md * theta                                         # Θ^{l+1} = K^{l+1} + C_W 𝔼[σ'σ'] Θ^l
     return k, theta
 
-def nngp_ntk(x1, x2, depth: int, activation='relu', C_W: float = 2.0, C_b: float = 0.0, batch_size: int | None = None,
-             *, n_points: int = 48) -> tuple[torch.Tensor, torch.Tensor]:
+_MAX_DEPTH = 100_000
+
+def nngp_ntk(x1, x2=None, depth: int | None = None, activation='relu', C_W: float = 2.0, C_b: float = 0.0,
+             batch_size: int | None = None, *, n_points: int | None = None, show_progress: bool | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
     """Infinite-width NNGP kernel K and NTK Θ of a fully-connected network's output, each (n1, n2).
 
-    x1: (n1, n₀), x2: (n2, n₀) or None (x1 against itself). `depth` = L hidden layers; the readout is layer L+1 and the
-    returned kernels are K^{L+1}, Θ^{L+1} of the network output. K¹ = C_b + C_W x·x'/n₀, Θ¹ = K¹;
-    K^{l+1} = C_b + C_W 𝔼[σ(u)σ(v)], Θ^{l+1} = K^{l+1} + C_W 𝔼[σ'(u)σ'(v)] Θ^l, (u, v) ~ N(0, K^l).
-    `activation`: 'relu', 'erf', 'linear' (closed forms), another name in `ACTIVATIONS` or an elementwise callable
-    (Gauss–Hermite quadrature with `n_points` per axis). `batch_size`: edge of the square tiles the matrices are
-    computed in (default 512), bounding memory. NTK parameterisation (see `MLP`)."""
-    x1 = as_tensor(x1, 'x1', ndim=2, shape='(n1, d)')
-    if not x1.is_floating_point(): x1 = x1.to(torch.get_default_dtype())
+    x1: (n1, n₀), x2: (n2, n₀) or None (x1 against itself), float32 or float64. `depth` (required) = L hidden layers;
+    the readout is layer L+1 and the returned kernels are Kᴸ⁺¹, Θᴸ⁺¹ of the network output. K¹ = C_b + C_W x·x'/n₀,
+    Θ¹ = K¹; Kˡ⁺¹ = C_b + C_W 𝔼[σ(u)σ(v)], Θˡ⁺¹ = Kˡ⁺¹ + C_W 𝔼[σ'(u)σ'(v)] Θ^l, (u, v) ~ N(0, K^l).
+    `activation`: 'relu', 'erf', 'gelu', 'linear' (closed forms), another name in `ACTIVATIONS` or an elementwise
+    callable (trapezoidal quadrature, refined to 1e-10 of the kernel's scale unless `n_points` fixes the intervals per
+    axis). `batch_size`: edge of the square tiles the matrices are computed in (default 512), bounding memory.
+    NTK parameterisation (see `MLP`). Raises OverflowError (or ValueError for underflow) when the kernels leave the
+    floating-point range; `show_progress` shows a bar over tiles (None: for 16 tiles or more)."""
+    if depth is None: raise TypeError("nngp_ntk() needs `depth`, the number of hidden layers L (e.g. depth=2)")
+    _check_flag(show_progress)
+    x1 = _float_kernel(as_tensor(x1, 'x1', ndim=2, shape='(n1, n0)'), 'x1')
     same = x2 is None
-    x2 = x1 if same else as_tensor(x2, 'x2', ndim=2, dtype=x1.dtype, device=x1.device, shape='(n2, d)')
+    x2 = x1 if same else _float_kernel(as_tensor(x2, 'x2', ndim=2, dtype=x1.dtype, device=x1.device, shape='(n2, n0)'), 'x2')
+    for x, name in ((x1, 'x1'), (x2, 'x2')):
+        if x.shape[0] == 0 or x.shape[1] == 0: raise ValueError(f"`{name}` must be non-empty, got shape {tuple(x.shape)}")
     if x2.shape[1] != x1.shape[1]:
         raise ValueError(f"`x2` must have the feature dimension of `x1` ({x1.shape[1]}), got {x2.shape[1]}")
     depth = check_int(depth, 'depth', minimum=1)
+    if depth > _MAX_DEPTH: raise ValueError(f"`depth` must be <= {_MAX_DEPTH}, got {depth}")
     C_W, C_b = check_positive(C_W, 'C_W'), check_positive(C_b, 'C_b', strict=False)
-    activation_fns(activation)                                           # validates the name / callable
-    n_points = check_int(n_points, 'n_points', minimum=1)
+    activation_fns(activation)                                               # validates the name / callable
+    if n_points is not None:
+        n_points = check_int(n_points, 'n_points', minimum=2)
+        if n_points > _MAX_NODES or n_points % 2: raise ValueError(f"`n_points` must be even and <= {_MAX_NODES}, got {n_points}")
     bs = 512 if batch_size is None else check_int(batch_size, 'batch_size', minimum=1)
-    d1 = _diag_kernels(x1, depth, activation, C_W, C_b, n_points)
-    d2 = d1 if same else _diag_kernels(x2, depth, activation, C_W, C_b, n_points)
+    N1 = (x1 * x1).sum(1)
+    N2 = N1 if same else (x2 * x2).sum(1)
+    for N, name in ((N1, 'x1'), (N2, 'x2')):
+        if not all_finite(N): raise OverflowError(f"nngp_ntk: the squared row norms of `{name}` overflow: rescale the inputs")
+    d1, t1 = _diag_kernels(x1, N1, depth, activation, C_W, C_b, n_points)
+    d2 = d1 if same else _diag_kernels(x2, N2, depth, activation, C_W, C_b, n_points)[0]
     n1, n2 = len(x1), len(x2)
     K, Theta = x1.new_empty(n1, n2), x1.new_empty(n1, n2)
     tiles = [(i, j) for i in range(0, n1, bs) for j in range(i if same else 0, n2, bs)]
-    for i, j in progress(tiles, desc='nngp_ntk tiles', disable=True if len(tiles) < 16 else None):
+    starts = [(32, 32)] * depth
+    for i, j in progress(tiles, desc='nngp_ntk tiles', disable=_hide(show_progress, len(tiles) < 16)):
         I, J = slice(i, i + bs), slice(j, j + bs)
-        k, th = _kernel_tile(x1[I], x2[J], d1[:, I], d2[:, J], depth, activation, C_W, C_b, n_points, same and i == j)
+        k, th = _kernel_tile(x1[I], x2[J], N1[I], N2[J], d1[:, I], d2[:, J], depth, activation, C_W, C_b, n_points,
+                             same and i == j, starts)
         if same and i == j: k, th = (k + k.T) / 2, (th + th.T) / 2
         K[I, J], Theta[I, J] = k, th
         if same and i != j: K[J, I], Theta[J, I] = k.T, th.T
+    if not (all_finite(K) and all_finite(Theta)):
+        raise ValueError("nngp_ntk: the activation produced non-finite kernel values")
     return K, Theta
 
 # %% ../nbs/01_ntk.ipynb #95b6e2b0
-class MLP(nn.Module):
-    """Fully-connected net x ↦ z^{L+1}: `depth` = L hidden layers of `width`, readout layer L+1 with `d_out` outputs.
+_MAX_PARAMS = 2**28          # a guard against typos in `width`/`depth`: 2²⁸ parameters are 2 GiB in float64
 
-    'ntk': z^{l+1} = √(C_W/n_l) W^{l+1} σ(z^l) + √C_b b^{l+1} with W, b ~ N(0, 1);
-    'standard': z^{l+1} = W^{l+1} σ(z^l) + b^{l+1} with W ~ N(0, C_W/n_l), b ~ N(0, C_b).
+class MLP(nn.Module):
+    """Fully-connected net x ↦ zᴸ⁺¹: `depth` = L hidden layers of `width`, readout layer L+1 with `d_out` outputs.
+
+    'ntk': zˡ⁺¹ = √(C_W/n_l) Wˡ⁺¹ σ(z^l) + √C_b bˡ⁺¹ with W, b ~ N(0, 1);
+    'standard': zˡ⁺¹ = Wˡ⁺¹ σ(z^l) + bˡ⁺¹ with W ~ N(0, C_W/n_l), b ~ N(0, C_b).
     Both have the NNGP kernel of `nngp_ntk`; its NTK is that of the 'ntk' parameterisation, and of the 'standard'
     one when each parameter's gradient is weighted by `param_scales()` (layer-wise learning rates). Biases exist
-    only when C_b > 0. The same `seed` gives the same normalised weights in both parameterisations."""
+    only when C_b > 0. `seed`: None (fresh entropy), an int or a torch.Generator; the same seed gives the same
+    normalised weights in both parameterisations. Inputs: tensors or numpy arrays (n, d_in)."""
     def __init__(self, d_in: int, width: int, depth: int, d_out: int = 1, activation='relu', parameterization: str = 'ntk',
                  C_W: float = 2.0, C_b: float = 0.0, *, seed=None, dtype=None, device=None):
         super().__init__()
         d_in, width = check_int(d_in, 'd_in', minimum=1), check_int(width, 'width', minimum=1)
         self.depth, d_out = check_int(depth, 'depth', minimum=1), check_int(d_out, 'd_out', minimum=1)
+        n_params = d_in * width + (self.depth - 1) * width * width + width * d_out + (self.depth * width + d_out)
+        if n_params > _MAX_PARAMS:
+            raise ValueError(f"`d_in`/`width`/`depth`/`d_out`: this MLP would have {n_params:.3g} parameters, more than {_MAX_PARAMS:.3g}")
         self.parameterization = check_choice(parameterization, 'parameterization', ['ntk', 'standard'])
         self.C_W, self.C_b = check_positive(C_W, 'C_W'), check_positive(C_b, 'C_b', strict=False)
         self.activation, (self.sigma, _) = activation, activation_fns(activation)
-        dtype = dtype or torch.get_default_dtype()
+        dtype = torch.get_default_dtype() if dtype is None else dtype
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"`dtype` must be a floating torch dtype, got {dtype!r}")
         g = as_generator(seed)
         self.fan_in = [d_in] + [width] * self.depth
         fan_out = [width] * self.depth + [d_out]
@@ -181,17 +429,33 @@ class MLP(nn.Module):
             B = [torch.randn(o, generator=g, dtype=dtype) * (math.sqrt(self.C_b) if std else 1.0) for o in fan_out]
             self.biases = nn.ParameterList([nn.Parameter(b.to(device)) for b in B])
 
-    def preactivation(self, x: torch.Tensor, layer: int) -> torch.Tensor:
-        "z^layer(x) (n, n_layer) for layer in 1..L+1."
-        h = x
+    def _input(self, x, name='x'):
+        """Numpy or tensor input with d_in features, checked like the book's functions: numbers, finite (checked
+        outside torch.func transforms, whose callers—`empirical_ntk`—check their inputs first)."""
+        w = self.weights[0]
+        if not isinstance(x, torch.Tensor): x = as_tensor(x, name, dtype=w.dtype, device=w.device)
+        elif x.dtype == torch.bool or x.is_complex():
+            raise TypeError(f"`{name}` must be a real float or integer tensor, got {x.dtype}")
+        elif not x.is_floating_point(): x = x.to(w.dtype)
+        if not is_functorch_wrapped_tensor(x) and not all_finite(x): raise ValueError(f"`{name}` contains non-finite values")
+        if x.ndim == 0 or x.shape[-1] != self.fan_in[0]:
+            raise ValueError(f"`{name}` must have {self.fan_in[0]} features in its last dimension, got shape {tuple(x.shape)}")
+        if x.dtype != w.dtype: raise TypeError(f"`{name}` has dtype {x.dtype} but the MLP's parameters are {w.dtype}")
+        return x
+
+    def preactivation(self, x, layer: int) -> torch.Tensor:
+        "z^layer(x) (n, n_layer) for layer in 1..L+1; x: (n, d_in)."
+        layer = check_int(layer, 'layer', minimum=1)
+        if layer > self.depth + 1: raise ValueError(f"`layer` must be <= depth + 1 = {self.depth + 1}, got {layer}")
+        h = self._input(x)
         for l in range(layer):
             z = F.linear(h, self.weights[l]) * self.w_mult[l]
             if self.biases is not None: z = z + self.biases[l] * self.b_mult
             h = self.sigma(z) if l < layer - 1 else z
         return h
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        "f(x) = z^{L+1}(x): (n, d_out)."
+    def forward(self, x) -> torch.Tensor:
+        "f(x) = zᴸ⁺¹(x): (n, d_out)."
         return self.preactivation(x, self.depth + 1)
 
     def param_scales(self) -> dict[str, float]:
@@ -205,8 +469,10 @@ class MLP(nn.Module):
     def empirical_nngp(self, x1, x2=None) -> torch.Tensor:
         "K̂(x1, x2) = C_b + C_W σ(z^L(x1))·σ(z^L(x2))/n_L: the output covariance given the last hidden layer, (n1, n2)."
         p = self.weights[0]
-        x1 = as_tensor(x1, 'x1', ndim=2, dtype=p.dtype, device=p.device)
-        x2 = x1 if x2 is None else as_tensor(x2, 'x2', ndim=2, dtype=p.dtype, device=p.device)
+        x1 = self._input(as_tensor(x1, 'x1', ndim=2, dtype=p.dtype, device=p.device), 'x1')
+        x2 = x1 if x2 is None else self._input(as_tensor(x2, 'x2', ndim=2, dtype=p.dtype, device=p.device), 'x2')
+        for x, name in ((x1, 'x1'), (x2, 'x2')):
+            if len(x) == 0: raise ValueError(f"`{name}` must have at least one row (input)")
         h1, h2 = (self.sigma(self.preactivation(x, self.depth)) for x in (x1, x2))
         return self.C_b + self.C_W * h1 @ h2.T / h1.shape[1]
 
@@ -217,17 +483,21 @@ def _model_inputs(model, x1, x2):
     p0 = next(iter(params.values()))
     x1 = as_tensor(x1, 'x1', dtype=p0.dtype, device=p0.device)
     if x1.ndim < 2: raise ValueError(f"`x1` must have samples in rows, shape (n1, ...), got {tuple(x1.shape)}")
+    if x1.shape[0] == 0: raise ValueError("`x1` must have at least one sample (row)")
     same = x2 is None
     x2 = x1 if same else as_tensor(x2, 'x2', dtype=p0.dtype, device=p0.device)
+    if x2.ndim < 2 or x2.shape[0] == 0: raise ValueError(f"`x2` must have samples in rows, shape (n2, ...), got {tuple(x2.shape)}")
     if x2.shape[1:] != x1.shape[1:]:
         raise ValueError(f"`x2` must have per-sample shape {tuple(x1.shape[1:])} like `x1`, got {tuple(x2.shape[1:])}")
     return params, x1, x2, same
 
 def _scales(params, param_scales):
+    if param_scales is not None and not isinstance(param_scales, dict):
+        raise TypeError(f"`param_scales` must be a dict {{name: λ_p}}, got {type(param_scales).__name__}")
     if param_scales is None: return {k: 1.0 for k in params}
     unknown = set(param_scales) - set(params)
     if unknown: raise ValueError(f"`param_scales` names unknown parameters {sorted(unknown)}")
-    return {k: float(param_scales.get(k, 1.0)) for k in params}
+    return {k: check_positive(param_scales.get(k, 1.0), f'param_scales[{k!r}]', strict=False) for k in params}
 
 def _gram(A: torch.Tensor, B: torch.Tensor | None = None, block: int = 64) -> torch.Tensor:
     "A Bᵀ for A (m, P), B (k, P); for B = None the symmetric A Aᵀ from its upper block triangle (about half the flops)."
@@ -242,14 +512,19 @@ def _gram(A: torch.Tensor, B: torch.Tensor | None = None, block: int = 64) -> to
     return out
 
 def empirical_ntk(model: nn.Module, x1, x2=None, method: str = 'jacobian', trace: bool = True,
-                  batch_size: int | None = None, *, param_scales: dict | None = None) -> torch.Tensor:
+                  batch_size: int | None = None, *, param_scales: dict | None = None,
+                  show_progress: bool | None = None) -> torch.Tensor:
     """Empirical NTK Θ̂(x, x') = Σ_p λ_p ∂f(x)/∂p ∂f(x')/∂pᵀ of a torch `model` at its current parameters.
 
     x1: (n1, ...), x2: (n2, ...) or None. Returns (n1, n2, out, out), or with `trace=True` the normalised trace over
     outputs (1/out) Σ_i Θ̂_ii, (n1, n2) (neural-tangents' `trace_axes` convention). `method`: 'jacobian' (contract
     per-sample Jacobians) or 'ntk-vp' (NTK-vector products, vjp then jvp; no Jacobian is stored). `batch_size` tiles
-    the samples; `param_scales` {name: λ_p} weights parameters (default 1; `MLP.param_scales()`)."""
+    the samples; `param_scales` {name: λ_p} weights parameters (default 1; `MLP.param_scales()`). `show_progress`
+    shows a bar over row tiles (None: when there are several)."""
+    if not isinstance(model, nn.Module): raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
     method = check_choice(method, 'method', ['jacobian', 'ntk-vp'])
+    if not isinstance(trace, bool): raise TypeError(f"`trace` must be True or False, got {trace!r}")
+    _check_flag(show_progress)
     params, x1, x2, same = _model_inputs(model, x1, x2)
     scales = _scales(params, param_scales)
     buffers = dict(model.named_buffers())
@@ -278,39 +553,139 @@ def empirical_ntk(model: nn.Module, x1, x2=None, method: str = 'jacobian', trace
         full = cols.permute(2, 0, 3, 1)                                                            # (a, b, i, j)
         return full.diagonal(dim1=2, dim2=3).mean(-1) if trace else full
     rows = []
-    for i in progress(range(0, n1, bs), desc='empirical_ntk', disable=True if n1 <= bs else None):
+    for i in progress(range(0, n1, bs), desc='empirical_ntk', disable=_hide(show_progress, n1 <= bs)):
         cols = [tile_jacobian(x1[i:i + bs], x2[j:j + bs], same and i == j) if method == 'jacobian'
                 else tile_vp(x1[i:i + bs], x2[j:j + bs]) for j in range(0, n2, bs)]
         rows.append(torch.cat(cols, 1))
     return torch.cat(rows, 0).detach()
 
 # %% ../nbs/01_ntk.ipynb #3884fea4
+def _sym_tol(dtype): return math.sqrt(torch.finfo(dtype).eps)         # 1.5e-8 in float64, 3.5e-4 in float32
+
+def _kernel_matrix(K, name, n=None, *, ref=None, psd=True):
+    "A kernel matrix (n, n): finite, float32/float64, symmetric and (`psd`) positive semi-definite to a relative √ε."
+    K = as_tensor(K, name, ndim=2, shape='(n, n)', dtype=None if ref is None else ref.dtype,
+                  device=None if ref is None else ref.device)
+    _float_kernel(K, name)
+    if K.shape[0] != K.shape[1] or K.shape[0] == 0: raise ValueError(f"`{name}` must be square and non-empty (n, n), got {tuple(K.shape)}")
+    if n is not None and K.shape[0] != n: raise ValueError(f"`{name}` must be ({n}, {n}), got {tuple(K.shape)}")
+    scale = K.abs().max()
+    if bool((K - K.T).abs().max() > _sym_tol(K.dtype) * scale): raise ValueError(f"`{name}` must be symmetric")
+    if psd: _check_psd((K + K.T) / 2, name)
+    return K
+
+def _check_psd(K, what):
+    ev = torch.linalg.eigvalsh(K)
+    if bool(ev[0] < -_sym_tol(K.dtype) * ev[-1].abs().clamp_min(torch.finfo(K.dtype).tiny)):
+        raise ValueError(f"`{what}` must be positive semi-definite (a kernel); its smallest eigenvalue is {ev[0].item():.3g}, "
+                         f"its largest {ev[-1].item():.3g}")
+
+def _rows(M, name, m, n, ref):
+    "A cross-kernel (m, n) checked against the sizes it must have."
+    M = as_tensor(M, name, ndim=2, dtype=ref.dtype, device=ref.device, shape='(m, n)')
+    if M.shape[1] != n: raise ValueError(f"`{name}` must have {n} columns (one per training point), got {tuple(M.shape)}")
+    if m is not None and M.shape[0] != m: raise ValueError(f"`{name}` must have {m} rows (one per test point), got {tuple(M.shape)}")
+    if M.shape[0] == 0: raise ValueError(f"`{name}` must have at least one row (test point)")
+    return M
+
+def _targets(y, n, ref):
+    y = as_tensor(y, 'y_train', ndim=(1, 2), dtype=ref.dtype, device=ref.device, shape='(n,) or (n, k)')
+    if y.shape[0] != n: raise ValueError(f"`y_train` must have {n} rows (one per training point), got {tuple(y.shape)}")
+    return y
+
+def _spectral(Th, name, ridge=0.0):
+    "Eigenpairs (μ, V) of Θ + rI (Θ checked PSD), μ clamped at 0, and the cut-off below which μ counts as 0."
+    n = Th.shape[0]
+    mu, V = torch.linalg.eigh((Th + Th.T) / 2)
+    if bool(mu[0] < -_sym_tol(Th.dtype) * mu[-1].abs().clamp_min(torch.finfo(Th.dtype).tiny)):
+        raise ValueError(f"`{name}` must be positive semi-definite (a kernel); its smallest eigenvalue is "
+                         f"{mu[0].item():.3g}, its largest {mu[-1].item():.3g}")
+    mu = (mu + ridge).clamp_min(0)
+    return mu, V, mu.max().clamp_min(torch.finfo(Th.dtype).tiny) * n * torch.finfo(Th.dtype).eps
+
+def _flow_gain(mu, tiny, t, lr):
+    "g(μ) = (1 − e^(−ημt))/μ (→ ηt as μ → 0), or the pseudo-inverse 1/μ at t = None: shape (T, n)."
+    safe = torch.where(mu > tiny, mu, torch.ones_like(mu))
+    if t is None: return torch.where(mu > tiny, 1 / safe, torch.zeros_like(mu))[None]
+    x = lr * t.reshape(-1, 1) * mu                                                              # η μ t: (T, n)
+    return torch.where(mu > tiny, -torch.expm1(-x) / safe, lr * t.reshape(-1, 1).expand_as(x))
+
+def _times(t, ref, scalar=False):
+    if t is None: return None
+    tt = as_tensor(t, 't', ndim=0 if scalar else (0, 1), dtype=ref.dtype, device=ref.device, finite=False)
+    if bool(torch.isnan(tt).any()) or bool((tt < 0).any()): raise ValueError("`t` must be >= 0 (or None for t = ∞)")
+    if bool(torch.isinf(tt).any()):
+        if tt.ndim == 0: return None
+        raise ValueError("`t` must be finite in a vector of times (use t=None for t = ∞)")
+    return tt
+
 def ntk_regression(Theta_train, Theta_test_train, y_train, t=None, lr: float = 1.0, ridge: float = 0.0) -> torch.Tensor:
     """Mean prediction of gradient flow on L = ½ Σ_i (f(x_i) − y_i)² with a frozen kernel Θ, started from f₀ = 0.
 
-    Theta_train Θ: (n, n); Theta_test_train Θ(X*, X): (m, n), or None for the training points; y_train: (n,) or (n, k).
-    Returns f_t(X*) = Θ(X*, X) (Θ + rI)⁻¹ (I − e^{−η(Θ + rI)t}) y, shape (m,) / (m, k), or (T, m, ...) for T times in
-    `t`; t=None is the converged kernel (ridge) regression Θ(X*, X)(Θ + rI)⁺ y. η = `lr`, r = `ridge`."""
-    Th = as_tensor(Theta_train, 'Theta_train', ndim=2, shape='(n, n)')
+    Theta_train Θ: (n, n) symmetric PSD; Theta_test_train Θ(X*, X): (m, n), or None for the training points; y_train:
+    (n,) or (n, k). Returns f_t(X*) = Θ(X*, X)(Θ + rI)⁻¹(I − e^(−η(Θ + rI)t)) y, shape (m,) / (m, k), or (T, m, ...) for
+    T times in `t`; t = None (or ∞) is the converged kernel (ridge) regression Θ(X*, X)(Θ + rI)⁺ y. η = `lr`, r = `ridge`."""
+    Th = _kernel_matrix(Theta_train, 'Theta_train', psd=False)                   # PSD: checked by _spectral
     n = Th.shape[0]
-    if Th.shape[1] != n: raise ValueError(f"`Theta_train` must be square (n, n), got {tuple(Th.shape)}")
-    Ts = Th if Theta_test_train is None else as_tensor(Theta_test_train, 'Theta_test_train', ndim=2, dtype=Th.dtype, device=Th.device)
-    if Ts.shape[1] != n: raise ValueError(f"`Theta_test_train` must have {n} columns (one per training point), got {tuple(Ts.shape)}")
-    y = as_tensor(y_train, 'y_train', ndim=(1, 2), dtype=Th.dtype, device=Th.device)
-    if y.shape[0] != n: raise ValueError(f"`y_train` must have {n} rows (one per training point), got {tuple(y.shape)}")
+    Ts = Th if Theta_test_train is None else _rows(Theta_test_train, 'Theta_test_train', None, n, Th)
+    y = _targets(y_train, n, Th)
     lr, ridge = check_positive(lr, 'lr'), check_positive(ridge, 'ridge', strict=False)
-    mu, V = torch.linalg.eigh((Th + Th.T) / 2 + ridge * torch.eye(n, dtype=Th.dtype, device=Th.device))
-    mu = mu.clamp_min(0)
-    tiny = mu.max().clamp_min(1e-300) * n * torch.finfo(Th.dtype).eps
-    coef_y = V.T @ (y if y.ndim == 2 else y[:, None])                                              # (n, k)
-    if t is None:
-        g = torch.where(mu > tiny, 1 / torch.where(mu > tiny, mu, torch.ones_like(mu)), torch.zeros_like(mu))[None]
-    else:
-        tt = as_tensor(t, 't', ndim=(0, 1), dtype=Th.dtype, device=Th.device)
-        if bool((tt < 0).any()): raise ValueError("`t` must be >= 0")
-        x = lr * tt.reshape(-1, 1) * mu                                                            # η μ t: (T, n)
-        safe = torch.where(mu > tiny, mu, torch.ones_like(mu))
-        g = torch.where(mu > tiny, -torch.expm1(-x) / safe, lr * tt.reshape(-1, 1).expand_as(x))   # (1 − e^{−ημt})/μ
-    pred = Ts @ (V @ (g[..., None] * coef_y))                                                      # (T, m, k)
+    tt = _times(t, Th)
+    mu, V, tiny = _spectral(Th, 'Theta_train', ridge)
+    g = _flow_gain(mu, tiny, tt, lr)                                                            # (T, n)
+    pred = Ts @ (V @ (g[..., None] * (V.T @ (y if y.ndim == 2 else y[:, None]))))               # (T, m, k)
     if y.ndim == 1: pred = pred[..., 0]
-    return pred[0] if t is None or as_tensor(t, 't').ndim == 0 else pred
+    return pred[0] if tt is None or tt.ndim == 0 else pred
+
+# %% ../nbs/01_ntk.ipynb #2d8c5f10
+def _gp_inputs(K_train, K_test_train, K_test, y_train):
+    "The NNGP blocks, checked: K (n, n), K(X*, X) (m, n), K(X*, X*) (m, m), jointly PSD, and the targets."
+    K = _kernel_matrix(K_train, 'K_train', psd=False)
+    n = K.shape[0]
+    Kst = _rows(K_test_train, 'K_test_train', None, n, K)
+    Kss = _kernel_matrix(K_test, 'K_test', Kst.shape[0], ref=K, psd=False)
+    J = torch.cat([torch.cat([Kss, Kst], 1), torch.cat([Kst.T, K], 1)], 0)
+    lam, U = torch.linalg.eigh((J + J.T) / 2)
+    if bool(lam[0] < -_sym_tol(J.dtype) * lam[-1].abs().clamp_min(torch.finfo(J.dtype).tiny)):
+        raise ValueError("`K_train`, `K_test_train`, `K_test` must form a positive semi-definite joint kernel "
+                         f"[[K_test, K_test_train], [K_test_trainᵀ, K_train]]; its smallest eigenvalue is {lam[0].item():.3g}")
+    root = U * lam.clamp_min(0).sqrt()                                       # J = root rootᵀ
+    return K, Kst, Kss, root, _targets(y_train, n, K)
+
+def _predictive(A, root, m, y):
+    "Mean A y and covariance [I, −A] J [I, −A]ᵀ of f(X*) − A f(X) + A y, PSD by construction (J = root rootᵀ)."
+    F = root[:m] - A @ root[m:]                                               # (m, m + n)
+    cov = F @ F.T
+    return A @ y, (cov + cov.T) / 2
+
+def ntk_ensemble(K_train, K_test_train, K_test, Theta_train, Theta_test_train, y_train, t=None, lr: float = 1.0
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and covariance of the outputs at test points X* of an infinite ensemble of infinitely wide networks after
+    gradient flow for time t on L = ½ Σ_i (f(x_i) − y_i)² (the loss of `ntk_regression`), learning rate η = `lr`.
+
+    NNGP blocks K_train K(X, X): (n, n), K_test_train K(X*, X): (m, n), K_test K(X*, X*): (m, m) (jointly PSD); NTK blocks
+    Theta_train Θ(X, X): (n, n), Theta_test_train Θ(X*, X): (m, n); y_train: (n,) or (n, k). With
+    A_t = Θ(X*, X) Θ⁻¹ (I − e^(−ηΘt)): mean A_t y, shape (m,) or (m, k); covariance (m, m)
+    K(X*, X*) − A_t K(X, X*) − K(X*, X) A_tᵀ + A_t K A_tᵀ, shared by the k outputs. t = None (or ∞): converged
+    (A = Θ(X*, X)Θ⁺); t = 0: the prior, mean 0 and covariance K_test."""
+    K, Kst, Kss, root, y = _gp_inputs(K_train, K_test_train, K_test, y_train)
+    n, m = K.shape[0], Kss.shape[0]
+    Th = _kernel_matrix(Theta_train, 'Theta_train', n, ref=K, psd=False)
+    Tst = _rows(Theta_test_train, 'Theta_test_train', m, n, K)
+    lr = check_positive(lr, 'lr')
+    tt = _times(t, K, scalar=True)
+    mu, V, tiny = _spectral(Th, 'Theta_train')
+    A = Tst @ (V * _flow_gain(mu, tiny, tt, lr)[0]) @ V.T                     # Θ(X*, X) Θ⁻¹(I − e^{−ηΘt}): (m, n)
+    return _predictive(A, root, m, y)
+
+def nngp_posterior(K_train, K_test_train, K_test, y_train, noise: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bayesian posterior of the NNGP f ~ GP(0, K) given y = f(X) + ε, ε ~ N(0, σ²I): mean (m,) or (m, k) and
+    covariance (m, m) of f(X*). Blocks as in `ntk_ensemble`; σ² = `noise` (0: exact interpolation, K⁺ on its range).
+
+    mean K(X*, X)(K + σ²I)⁻¹ y, covariance K(X*, X*) − K(X*, X)(K + σ²I)⁻¹ K(X, X*), computed as a Gram matrix (PSD)."""
+    K, Kst, Kss, root, y = _gp_inputs(K_train, K_test_train, K_test, y_train)
+    noise = check_positive(noise, 'noise', strict=False)
+    mu, V, tiny = _spectral(K, 'K_train', noise)
+    A = Kst @ (V * _flow_gain(mu, tiny, None, 1.0)[0]) @ V.T                  # K(X*, X)(K + σ²I)⁺
+    mean, cov = _predictive(A, root, Kss.shape[0], y)
+    return mean, cov + noise * A @ A.T
