@@ -1,18 +1,21 @@
-"""Sliced Wasserstein: geobook's sorted-rows fast path against POT and against naive project-and-sort.
+"""Sliced Wasserstein: geobook's sorted-rows fast path against POT and against a naive single-threaded project-and-sort.
 
 For each (n, d, L) the same clouds X, Y ~ N(0, I), N(0.5, I) in R^d and the SAME (d, L) directions go to
-  - geobook  `sliced_wasserstein(X, Y, projections=θ)` (rows of θᵀXᵀ sorted with NumPy in threads, chunked),
+  - geobook  `sliced_wasserstein(X, Y, projections=θ)` (rows of θᵀXᵀ projected, sorted and reduced in tasks on threads),
   - POT      `ot.sliced_wasserstein_distance(X, Y, projections=θ)`,
-  - naive    `np.sort(X @ θ, axis=0)` and `torch.sort(X @ θ, dim=0)` (project to (n, L), sort the columns),
+  - naive    `np.sort(X @ θ, axis=0)` on one thread (BLAS limited to one thread too): project to (n, L), sort columns,
 and, with gradients, geobook's custom backward against autograd through `torch.sort`.
-Median wall time, peak extra resident memory, and ratios are printed per measurement and written to
+
+The grid runs under two conditions in one invocation: 'quiet' (the machine as it is) and 'loaded' (one busy process
+per usable core running beside the benchmark, started here: `--hog`). The load average is recorded at the start and
+end of each condition. Median wall times, peak extra memory and the ratios are written to
 benchmarks/results/sliced.json (read by chapter 4).
 
     python benchmarks/bench_sliced.py            # the full grid n in {1e4, 1e5, 1e6}, d in {3, 64}, L in {50, 500}
-    python benchmarks/bench_sliced.py --quick    # a subset that finishes in about two minutes on two cores
+    python benchmarks/bench_sliced.py --quick    # a subset that finishes in a few minutes on two cores
 """
 from __future__ import annotations
-import argparse, json, sys, time, tracemalloc
+import argparse, json, os, subprocess, sys, time, tracemalloc
 from pathlib import Path
 import numpy as np
 import torch
@@ -20,12 +23,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench import measure, write_results, RESULTS
 import ot
+from threadpoolctl import threadpool_limits
 from geobook.sliced import sliced_wasserstein, sample_projections
 
 FULL = [(n, d, L) for n in (10_000, 100_000, 1_000_000) for d in (3, 64) for L in (50, 500)]
-QUICK = [(10_000, 3, 50), (10_000, 3, 500), (10_000, 64, 500), (100_000, 3, 50), (100_000, 64, 50)]
+QUICK = [(10_000, 3, 50), (10_000, 64, 500), (100_000, 3, 500), (100_000, 64, 50)]
 POT_MAX_BYTES = 6 << 30        # POT materialises two (n, L) float64 arrays (and sorts copies): skip it beyond this
+NAIVE_MAX_BYTES = 6 << 30      # the naive version holds two (n, L) arrays too
 GRAD_MAX_NL = 5 * 10**7        # forward+backward comparisons up to n·L = 5e7
+GOAL_POT, GOAL_NAIVE = 15.0, 1.0
 
 
 def traced_mb(fn) -> float:
@@ -42,68 +48,105 @@ def timed(fn, budget_s: float, repeats: int):
     return measure(fn, repeats=repeats, warmup=0) | {'first_s': first}
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument('--quick', action='store_true', help='the small subset (about two minutes here)')
-    ap.add_argument('--repeats', type=int, default=3)
-    ap.add_argument('--no-pot', action='store_true', help='skip POT (e.g. to run only the largest sizes)')
-    ap.add_argument('--config', nargs=3, type=int, action='append', metavar=('N', 'D', 'L'),
-                    help='run only these (n, d, L) (repeatable) and merge the rows into the existing JSON')
-    args = ap.parse_args(argv)
-    grid = [tuple(c) for c in args.config] if args.config else (QUICK if args.quick else FULL)
+def naive_single_thread(X, Y, th):
+    "Project to (n, L) and sort the columns, the plain way, on one thread (BLAS included)."
+    with threadpool_limits(1):
+        return np.sqrt(np.mean((np.sort(X @ th, 0) - np.sort(Y @ th, 0))**2))
+
+
+class Hog:
+    "`with Hog(k):` k busy Python processes (one per usable core by default) running beside the block."
+    def __init__(self, k: int): self.k, self.procs = k, []
+    def __enter__(self):
+        self.procs = [subprocess.Popen([sys.executable, '-c', 'while True: pass']) for _ in range(self.k)]
+        time.sleep(2.0)                                  # let the scheduler see them
+        return self
+    def __exit__(self, *exc):
+        for p in self.procs: p.kill()
+        for p in self.procs: p.wait()
+
+
+def run_grid(grid, repeats, with_pot, condition, quick):
     rows = []
     for i, (n, d, L) in enumerate(grid):
         rng = np.random.default_rng(0)
         X, Y = rng.standard_normal((n, d)), rng.standard_normal((n, d)) + 0.5
         th = sample_projections(d, L, seed=0).numpy()
         Xt, Yt, tht = torch.from_numpy(X), torch.from_numpy(Y), torch.from_numpy(th)
-        row = {'n': n, 'd': d, 'L': L}
-        ours = timed(lambda: sliced_wasserstein(Xt, Yt, projections=tht), 5.0, args.repeats)
+        row = {'condition': condition, 'n': n, 'd': d, 'L': L, 'load': [round(x, 2) for x in os.getloadavg()]}
+        ours = timed(lambda: sliced_wasserstein(Xt, Yt, projections=tht), 5.0, repeats)
         row.update(ours_s=ours['median_s'], ours_min_s=ours['min_s'], ours_mb=ours['peak_mb'], ours_runs=ours['runs'],
                    ours_traced_mb=traced_mb(lambda: sliced_wasserstein(Xt, Yt, projections=tht)))
         val = sliced_wasserstein(Xt, Yt, projections=tht).item()
-        if not args.no_pot and 2 * n * L * 8 * 2 <= POT_MAX_BYTES:
-            pot = timed(lambda: ot.sliced_wasserstein_distance(X, Y, projections=th), 5.0, args.repeats)
+        if with_pot and 2 * n * L * 8 * 2 <= POT_MAX_BYTES:
+            pot = timed(lambda: ot.sliced_wasserstein_distance(X, Y, projections=th), 5.0, repeats)
             row.update(pot_s=pot['median_s'], pot_min_s=pot['min_s'], pot_mb=pot['peak_mb'], pot_runs=pot['runs'],
                        pot_traced_mb=traced_mb(lambda: ot.sliced_wasserstein_distance(X, Y, projections=th)),
                        speedup_vs_pot=pot['median_s'] / ours['median_s'],
                        rel_diff_vs_pot=abs(val - ot.sliced_wasserstein_distance(X, Y, projections=th)) / val)
-        if 2 * n * L * 8 <= POT_MAX_BYTES:
-            nn_ = timed(lambda: np.sqrt(np.mean((np.sort(X @ th, 0) - np.sort(Y @ th, 0))**2)), 5.0, args.repeats)
-            nt = timed(lambda: ((torch.sort(Xt @ tht, 0).values - torch.sort(Yt @ tht, 0).values)**2).mean().sqrt(),
-                       5.0, args.repeats)
+        if 2 * n * L * 8 <= NAIVE_MAX_BYTES:
+            nn_ = timed(lambda: naive_single_thread(X, Y, th), 5.0, repeats)
             row.update(naive_numpy_s=nn_['median_s'], naive_numpy_mb=nn_['peak_mb'],
-                       naive_numpy_traced_mb=traced_mb(lambda: np.sort(X @ th, 0) - np.sort(Y @ th, 0)),
-                       naive_torch_s=nt['median_s'], naive_torch_mb=nt['peak_mb'],
-                       ratio_vs_best_naive=ours['median_s'] / min(nn_['median_s'], nt['median_s']))
-        if n * L <= (GRAD_MAX_NL // 10 if args.quick else GRAD_MAX_NL):
+                       naive_numpy_traced_mb=traced_mb(lambda: naive_single_thread(X, Y, th)),
+                       ratio_vs_naive=ours['median_s'] / nn_['median_s'],
+                       rel_diff_vs_naive=abs(val - naive_single_thread(X, Y, th)) / val)
+        if n * L <= (GRAD_MAX_NL // 10 if quick else GRAD_MAX_NL):
             Xg = Xt.clone().requires_grad_(True)
             def ours_grad():
                 sliced_wasserstein(Xg, Yt, projections=tht).backward(); Xg.grad = None
             def sort_grad():
                 ((torch.sort(Xg @ tht, 0).values - torch.sort(Yt @ tht, 0).values)**2).mean().sqrt().backward()
                 Xg.grad = None
-            og, sg = timed(ours_grad, 5.0, args.repeats), timed(sort_grad, 5.0, args.repeats)
+            og, sg = timed(ours_grad, 5.0, repeats), timed(sort_grad, 5.0, repeats)
             row.update(ours_grad_s=og['median_s'], ours_grad_mb=og['peak_mb'],
                        torch_sort_grad_s=sg['median_s'], torch_sort_grad_mb=sg['peak_mb'])
+        row['load_after'] = [round(x, 2) for x in os.getloadavg()]
         rows.append(row)
         fmt = lambda k, f='{:.3f}': f.format(row[k]) if k in row else '-'
-        print(f"[{i + 1}/{len(grid)}] n={n:>8} d={d:>2} L={L:>3}: geobook {fmt('ours_s')} s ({fmt('ours_traced_mb', '{:.0f}')} MB) | "
-              f"POT {fmt('pot_s')} s ({fmt('pot_traced_mb', '{:.0f}')} MB) -> {fmt('speedup_vs_pot', '{:.1f}')}x | "
-              f"naive np {fmt('naive_numpy_s')} s, torch {fmt('naive_torch_s')} s | "
-              f"grad: geobook {fmt('ours_grad_s')} s, torch.sort {fmt('torch_sort_grad_s')} s", flush=True)
-    label = 'quick' if args.quick else 'full'
-    if args.config:                          # merge: keep earlier rows of other sizes, replace the re-measured ones
-        old = json.loads((RESULTS / 'sliced.json').read_text()) if (RESULTS / 'sliced.json').exists() else {}
-        done = {(r['n'], r['d'], r['L']) for r in rows}
-        rows = [r for r in old.get('rows', []) if (r['n'], r['d'], r['L']) not in done] + rows
-        rows.sort(key=lambda r: (r['n'], r['d'], r['L']))
-        label = old.get('grid', 'quick') + ' + ' + ' '.join(f'({n},{d},{L})' for n, d, L in sorted(done))
+        print(f"[{condition} {i + 1}/{len(grid)}] n={n:>8} d={d:>2} L={L:>3}: geobook {fmt('ours_s')} s "
+              f"({fmt('ours_traced_mb', '{:.0f}')} MB) | POT {fmt('pot_s')} s -> {fmt('speedup_vs_pot', '{:.1f}')}x | "
+              f"naive 1-thread {fmt('naive_numpy_s')} s -> ours/naive {fmt('ratio_vs_naive', '{:.2f}')} | "
+              f"grad: geobook {fmt('ours_grad_s')} s, torch.sort {fmt('torch_sort_grad_s')} s | load {row['load'][0]}",
+              flush=True)
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--quick', action='store_true', help='the small subset')
+    ap.add_argument('--repeats', type=int, default=3)
+    ap.add_argument('--no-pot', action='store_true', help='skip POT')
+    ap.add_argument('--conditions', default='quiet,loaded', help="comma-separated: 'quiet', 'loaded' (default both)")
+    ap.add_argument('--hog', type=int, default=None, help='busy processes for the loaded condition (default: usable cores)')
+    args = ap.parse_args(argv)
+    grid = QUICK if args.quick else FULL
+    conditions = [c.strip() for c in args.conditions.split(',') if c.strip()]
+    bad = set(conditions) - {'quiet', 'loaded'}
+    if bad: ap.error(f'unknown condition(s) {sorted(bad)}')
+    hog = args.hog if args.hog is not None else len(os.sched_getaffinity(0))
+    rows, loads = [], {}
+    for cond in conditions:
+        start = [round(x, 2) for x in os.getloadavg()]
+        if cond == 'loaded':
+            with Hog(hog): rows += run_grid(grid, args.repeats, not args.no_pot, cond, args.quick)
+        else: rows += run_grid(grid, args.repeats, not args.no_pot, cond, args.quick)
+        loads[cond] = {'load_at_start': start, 'load_at_end': [round(x, 2) for x in os.getloadavg()]}
+    goals = []
+    for r in rows:
+        ok_pot = r.get('speedup_vs_pot') is None or r['speedup_vs_pot'] >= GOAL_POT
+        ok_naive = r.get('ratio_vs_naive') is None or r['ratio_vs_naive'] <= GOAL_NAIVE
+        r['meets_goal'] = bool(ok_pot and ok_naive)
+        if not r['meets_goal']: goals.append((r['condition'], r['n'], r['d'], r['L']))
+    print(f"goal (>= {GOAL_POT:g}x POT, <= {GOAL_NAIVE:g}x the naive single-threaded sort): "
+          + ('met on every row' if not goals else f'missed on {goals}'))
     write_results('sliced', rows, packages=('torch', 'numpy', 'pot', 'geobook'),
-                  grid=label, threads={'torch': torch.get_num_threads()},
-                  note='same clouds and same (d, L) projections for every method; times are medians; *_mb is the peak '
-                       'extra RSS of one run (undercounts memory the allocator reuses), *_traced_mb the tracemalloc peak '
-                       'of NumPy/Python allocations; machine shared with other jobs, so absolute times are noisy')
+                  grid='quick' if args.quick else 'full', conditions=conditions, condition_loads=loads,
+                  hog_processes=hog if 'loaded' in conditions else 0, threads={'torch': torch.get_num_threads()},
+                  goal={'speedup_vs_pot_at_least': GOAL_POT, 'ratio_vs_naive_at_most': GOAL_NAIVE},
+                  note='same clouds and same (d, L) projections for every method; times are medians; the naive '
+                       'baseline runs on one thread (BLAS limited by threadpoolctl); *_mb is the peak extra RSS of one run '
+                       '(undercounts memory the allocator reuses), *_traced_mb the tracemalloc peak of NumPy/Python '
+                       "allocations; 'loaded' runs with one busy process per usable core beside the benchmark")
 
 
 if __name__ == '__main__':

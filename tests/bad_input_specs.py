@@ -10,7 +10,7 @@ import importlib, inspect, math
 from dataclasses import dataclass, field
 from typing import Callable
 
-MODULES = ['core', 'book', 'rg_flow', 'coding_rate', 'feature_learning', 'attention']
+MODULES = ['core', 'book', 'ntk', 'rg_flow', 'coding_rate', 'feature_learning', 'attention', 'sliced']
 
 # ---------------------------------------------------------------------------------------------------------------------
 # bad values by kind
@@ -372,9 +372,142 @@ def _feature_learning_specs():
               'seed': 'seed', 'show_progress': 'bool'}),
     ]
 
+def _ntk_specs():
+    import torch
+    from geobook import ntk
+    X = lambda: _t(6, 3, seed=13)
+    def blocks():
+        Xa = torch.cat([_t(3, 3, seed=14), X()])
+        K, T = ntk.nngp_ntk(Xa, None, 2, C_b=0.1)
+        return dict(K_train=K[3:, 3:], K_test_train=K[:3, 3:], K_test=K[:3, :3], Theta_train=T[3:, 3:],
+                    Theta_test_train=T[:3, 3:], y_train=_t(6, seed=15))
+    mom = lambda: dict(k11=torch.tensor([1.0, 2.0], dtype=torch.float64), k12=torch.tensor([0.5, -0.3], dtype=torch.float64),
+                       k22=torch.tensor([1.5, 0.7], dtype=torch.float64))
+    moments = {'k11': 'tensor', 'k12': 'tensor', 'k22': 'tensor'}
+    bcast = {k: {'extra_dim', 'scalar'} for k in moments}          # (1, 2) and () broadcast against (2,): documented
+    mlp = lambda: ntk.MLP(3, 8, 2, C_b=0.1, seed=0, dtype=torch.float64)
+    ens = lambda: {k: v for k, v in blocks().items()}
+    reg = lambda: (lambda b: dict(Theta_train=b['Theta_train'], Theta_test_train=b['Theta_test_train'], y_train=b['y_train']))(blocks())
+    gp = lambda: (lambda b: {k: b[k] for k in ('K_train', 'K_test_train', 'K_test', 'y_train')})(blocks())
+    kern = {k: 'tensor' for k in ('K_train', 'K_test_train', 'K_test', 'Theta_train', 'Theta_test_train', 'y_train')}
+    return [
+        *[Spec(f'ntk.{f}', mom, moments, accept=bcast) for f in ('relu_moments', 'erf_moments', 'gelu_moments', 'linear_moments')],
+        Spec('ntk.activation_fns', lambda: dict(activation='tanh'), {'activation': 'activation'}),
+        Spec('ntk.quadrature_moments', lambda: dict(mom(), activation='tanh'),
+             moments | {'activation': 'activation', 'n_points': 'size', 'chunk': 'size', 'rtol': 'positive', 'max_points': 'size'},
+             accept=bcast | {'chunk': {'huge'}}),                 # `chunk` bounds memory; a huge one allocates nothing more
+        Spec('ntk.nngp_ntk', lambda: dict(x1=X(), x2=_t(4, 3, seed=16), depth=2, activation='relu', C_W=2.0, C_b=0.1),
+             {'x1': 'tensor', 'x2': 'tensor', 'depth': 'size', 'activation': 'activation', 'C_W': 'positive',
+              'C_b': 'nonneg', 'batch_size': 'size', 'n_points': 'size', 'show_progress': 'bool'},
+             accept={'batch_size': {'huge'}}),                    # tiles are clipped to the data
+        Spec('ntk.MLP', lambda: dict(d_in=3, width=8, depth=2, seed=0),
+             {'d_in': 'size', 'width': 'size', 'depth': 'size', 'd_out': 'size', 'activation': 'activation',
+              'parameterization': 'choice', 'C_W': 'positive', 'C_b': 'nonneg', 'seed': 'seed'}),
+        Spec('ntk.MLP.forward', lambda: dict(x=X()), {'x': 'tensor'}, call=lambda **kw: mlp()(**kw),
+             accept={'x': {'extra_dim', 'empty'}}),               # any leading batch shape, like nn.Linear
+        Spec('ntk.MLP.preactivation', lambda: dict(x=X(), layer=2), {'x': 'tensor', 'layer': 'size'},
+             call=lambda **kw: mlp().preactivation(**kw), accept={'x': {'extra_dim', 'empty'}}),
+        Spec('ntk.MLP.empirical_nngp', lambda: dict(x1=X(), x2=_t(4, 3, seed=16)), {'x1': 'tensor', 'x2': 'tensor'},
+             call=lambda **kw: mlp().empirical_nngp(**kw)),
+        Spec('ntk.empirical_ntk', lambda: dict(model=mlp(), x1=X(), x2=_t(4, 3, seed=16)),
+             {'model': 'module', 'x1': 'tensor', 'x2': 'tensor', 'method': 'choice', 'trace': 'bool', 'batch_size': 'size',
+              'show_progress': 'bool'}, accept={'batch_size': {'huge'}}),
+        Spec('ntk.ntk_regression', reg, {'Theta_train': 'tensor', 'Theta_test_train': 'tensor', 'y_train': 'tensor',
+                                         't': 'nonneg', 'lr': 'positive', 'ridge': 'nonneg'},
+             accept={'t': {'inf'}}),                              # t = ∞ is documented: the converged predictor
+        Spec('ntk.ntk_ensemble', ens, kern | {'t': 'nonneg', 'lr': 'positive'}, accept={'t': {'inf'}}),
+        Spec('ntk.nngp_posterior', gp, {k: 'tensor' for k in ('K_train', 'K_test_train', 'K_test', 'y_train')} | {'noise': 'nonneg'}),
+    ]
+
+def _sliced_specs():
+    import torch
+    from geobook import sliced as sl
+    X = lambda: _t(10, 3, seed=20)
+    Y = lambda: _t(8, 3, seed=21) + 0.5
+    Xe = lambda: _t(8, 3, seed=22)                                  # equal sizes: the fast (NumPy) path
+    th = lambda: sl.sample_projections(3, 6, seed=0).contiguous()
+    w = lambda n: torch.full((n,), 1.0 / n, dtype=torch.float64)
+    e1 = lambda d=3: torch.eye(d, dtype=torch.float64)[0]
+    clouds = {'X': 'tensor', 'Y': 'tensor'}
+    weights = {'a': 'tensor', 'b': 'tensor'}
+    sw = lambda: dict(X=X(), Y=Y(), a=w(10), b=w(8), n_projections=6, seed=0)
+    sph = lambda: dict(X=_unit_rows(10, 3, seed=23), Y=_unit_rows(8, 3, seed=24), a=w(10), b=w(8), n_projections=6, seed=0)
+    swae = lambda: sl.SWAE(6, 2, hidden=8, seed=0)
+    return [
+        # the 1-D atoms may carry any batch shape (..., n): a leading axis of 1 broadcasts, a documented result;
+        # (1, n) weights broadcast with the batch () likewise
+        Spec('sliced.wasserstein_1d', lambda: dict(u=_t(7, seed=25), v=_t(5, seed=26), u_weights=w(7), v_weights=w(5)),
+             {'u': 'tensor', 'v': 'tensor', 'u_weights': 'tensor', 'v_weights': 'tensor', 'p': 'positive'},
+             accept={'u': {'extra_dim'}, 'v': {'extra_dim'}, 'u_weights': {'extra_dim'}, 'v_weights': {'extra_dim'}}),
+        Spec('sliced.wasserstein_1d_plan', lambda: dict(u=_t(7, seed=25), v=_t(5, seed=26), u_weights=w(7), v_weights=w(5)),
+             {'u': 'tensor', 'v': 'tensor', 'u_weights': 'tensor', 'v_weights': 'tensor', 'sparse': 'bool'}),
+        Spec('sliced.sample_projections', lambda: dict(d=3, n_projections=6, seed=0),
+             {'d': 'size', 'n_projections': 'size', 'sampler': 'choice', 'seed': 'seed'}),
+        Spec('sliced.sliced_costs', lambda: dict(X=X(), Y=Y(), projections=th(), a=w(10), b=w(8)),
+             clouds | weights | {'projections': 'tensor', 'p': 'positive', 'chunk_size': 'size'},
+             accept={'chunk_size': {'huge'}}),          # a chunk larger than L is clipped to L: nothing more is allocated
+        Spec('sliced.sliced_wasserstein', lambda: dict(X=Xe(), Y=Y(), projections=th()),
+             clouds | {'projections': 'tensor', 'p': 'positive', 'chunk_size': 'size'}, accept={'chunk_size': {'huge'}}),
+        Spec('sliced.sliced_wasserstein', sw,
+             clouds | weights | {'p': 'positive', 'n_projections': 'size', 'seed': 'seed', 'sampler': 'choice'}),
+        Spec('sliced.max_sliced_wasserstein', lambda: dict(X=X(), Y=Y(), a=w(10), b=w(8), n_starts=2, n_candidates=8, n_iters=3, seed=0),
+             clouds | weights | {'p': 'positive', 'n_starts': 'size', 'n_candidates': 'count', 'n_iters': 'count',
+                                 'lr': 'positive', 'seed': 'seed', 'tol': 'nonneg', 'return_direction': 'bool'}),
+        Spec('sliced.generalized_sliced_wasserstein', lambda: dict(X=X(), Y=Y(), a=w(10), b=w(8), n_projections=6, seed=0),
+             clouds | weights | {'kind': 'choice', 'p': 'positive', 'n_projections': 'size', 'radius': 'positive',
+                                 'degree': 'size', 'seed': 'seed', 'sampler': 'choice'}),
+        Spec('sliced.generalized_sliced_wasserstein', lambda: dict(X=X(), Y=Y(), kind='poly', projections=sl.sample_projections(10, 6, seed=0).contiguous()),   # M = C(3+3−1, 3) = 10
+             {'degree': 'size', 'projections': 'tensor'}),
+        Spec('sliced.distributional_sliced_wasserstein', lambda: dict(X=X(), Y=Y(), a=w(10), b=w(8), n_projections=6, n_iters=2, seed=0),
+             clouds | weights | {'p': 'positive', 'n_projections': 'size', 'lam': 'nonneg', 'n_iters': 'count',
+                                 'lr': 'positive', 'seed': 'seed', 'return_projections': 'bool'}),
+        Spec('sliced.augmented_sliced_wasserstein', lambda: dict(X=X(), Y=Y(), a=w(10), b=w(8), n_projections=6, hidden=4, n_iters=2, seed=0),
+             clouds | weights | {'p': 'positive', 'n_projections': 'size', 'aug_dim': 'size', 'hidden': 'size',
+                                 'lam': 'nonneg', 'n_iters': 'count', 'lr': 'positive', 'seed': 'seed', 'return_lift': 'bool'}),
+        # κ (and its dimension d) are free parameters with no allocation: a huge d is a finite, documented value
+        Spec('sliced.vmf_mean_resultant_length', lambda: dict(kappa=2.0, d=3), {'kappa': 'nonneg', 'd': 'size'},
+             accept={'d': {'huge'}}),
+        Spec('sliced.vmf_kl_uniform', lambda: dict(kappa=2.0, d=3), {'kappa': 'nonneg', 'd': 'size'}, accept={'d': {'huge'}}),
+        Spec('sliced.vmf_sample', lambda: dict(mu=e1(), kappa=2.0, n=5, seed=0),
+             {'mu': 'tensor', 'kappa': 'nonneg', 'n': 'size', 'seed': 'seed'}),
+        Spec('sliced.pac_sliced_bound', lambda: dict(X=X(), Y=Y(), mu=e1(), kappa=2.0, diameter=20.0, n_projections=8, seed=0),
+             clouds | {'mu': 'tensor', 'kappa': 'nonneg', 'diameter': 'positive', 'p': 'positive', 'delta': 'unit',
+                       'n_projections': 'size', 'seed': 'seed'}),
+        Spec('sliced.learn_slice_distribution',
+             lambda: dict(X=X(), Y=Y(), diameter=20.0, kappas=[0.0, 4.0], n_projections=8, n_iters=2, seed=0),
+             clouds | {'diameter': 'positive', 'p': 'positive', 'delta': 'unit', 'kappas': 'floats',
+                       'n_projections': 'size', 'n_iters': 'count', 'lr': 'positive', 'seed': 'seed'},
+             accept={'kappas': {'zero'}}),              # κ = 0 is the uniform distribution, a valid candidate
+        Spec('sliced.sliced_plan', lambda: dict(X=X(), Y=Y(), a=w(10), b=w(8), n_projections=6, seed=0),
+             clouds | weights | {'n_projections': 'size', 'kind': 'choice', 'p': 'positive', 'seed': 'seed', 'sparse': 'bool'}),
+        Spec('sliced.sliced_plan', lambda: dict(X=X(), Y=Y(), projections=th()), {'projections': 'tensor'}),
+        Spec('sliced.sliced_barycenter', lambda: dict(clouds=[X(), Y()], weights=w(2), n_support=6, n_projections=4,
+                                                      n_iters=2, seed=0, show_progress=False),
+             {'clouds': 'module',                       # not a list of clouds: a string, a number
+              'weights': 'tensor', 'n_support': 'size', 'seed': 'seed', 'n_projections': 'size', 'n_iters': 'count',
+              'lr': 'positive', 'show_progress': 'bool'}),
+        Spec('sliced.sliced_wasserstein_sphere', sph,
+             clouds | weights | {'p': 'positive', 'n_projections': 'size', 'seed': 'seed'}),
+        Spec('sliced.sliced_wasserstein_sphere', lambda: dict(sph(), projections=torch.linalg.qr(_t(4, 3, 2, seed=27))[0].contiguous()),
+             {'projections': 'tensor'}),
+        Spec('sliced.sample_prior', lambda: dict(kind='ring', n=5, dim=2, seed=0),
+             {'kind': 'choice', 'n': 'size', 'dim': 'size', 'seed': 'seed'}),
+        Spec('sliced.SWAE', lambda: dict(data_dim=6, latent_dim=2, hidden=8, seed=0),
+             {'data_dim': 'size', 'latent_dim': 'size', 'hidden': 'size', 'prior': 'choice', 'seed': 'seed'}),
+        Spec('sliced.SWAE.forward', lambda: dict(x=_t(5, 6, seed=28)), {'x': 'tensor'}, call=lambda **kw: swae()(**kw),
+             accept={'x': {'empty'}}),                  # no rows: empty reconstructions and codes
+        Spec('sliced.SWAE.fit', lambda: dict(data=_t(5, 6, seed=28), n_epochs=1, batch_size=4, n_projections=4, seed=0,
+                                             show_progress=False),
+             {'data': 'tensor', 'n_epochs': 'size', 'batch_size': 'size', 'lr': 'positive', 'sw_weight': 'nonneg',
+              'n_projections': 'size', 'seed': 'seed', 'show_progress': 'bool'},
+             call=lambda **kw: swae().fit(**kw), accept={'batch_size': {'huge'}}),   # batches of min(batch_size, N) rows
+        Spec('sliced.SWAE.sample', lambda: dict(n=5, seed=0), {'n': 'size', 'seed': 'seed'},
+             call=lambda **kw: swae().sample(**kw)),
+    ]
+
 class _Lazy(dict):
     "Specs are built on first use (in the child process), module by module."
-    builders = {'core': _core_specs, 'book': _book_specs, 'coding_rate': _coding_rate_specs, 'rg_flow': _rg_flow_specs, 'feature_learning': _feature_learning_specs, 'attention': _attention_specs}
+    builders = {'core': _core_specs, 'book': _book_specs, 'coding_rate': _coding_rate_specs, 'rg_flow': _rg_flow_specs, 'feature_learning': _feature_learning_specs, 'attention': _attention_specs, 'ntk': _ntk_specs, 'sliced': _sliced_specs}
     def get(self, module, default=None):
         if module not in self and module in self.builders: self[module] = self.builders[module]()
         return super().get(module, default)
@@ -389,6 +522,9 @@ EXEMPT = {
     'book.cuda_cell': 'takes no arguments',
     'rg_flow.NAMED_ACTIVATIONS': 'a dict of Activation objects',
     'feature_learning.PARAMETERIZATIONS': 'a dict of exponents',
+    'sliced.PACBound': 'a result type (namedtuple)',
+    'sliced.SliceDistribution': 'a result type (namedtuple)',
+    'sliced.SlicedPlan': 'a result type (namedtuple)',
 }
 
 
