@@ -6,7 +6,9 @@
    attention with dilation and 2-D with a causal axis, and a bfloat16 input.
 3. CUDA-event timings (warm-up, then 10 timed runs, fewer where one run is long: each row records its count) of
    `flash_attention(backend='cuda')` against SDPA with the same dtype, for N in {1024, 4096, 16384}, D in {64, 128},
-   float32 and bfloat16, causal and not, forward and forward+backward (B = 1, H = 8); then 2-D neighborhood attention
+   float32 and bfloat16, causal and not, forward and forward+backward (B = 1, H = 8); every row also times the simple
+   one-thread-per-row kernels up to N = 4096 (`simple_s`, with geobook.attention._TILED_FORWARD = _TILED_BACKWARD =
+   False) beside the tiled FlashAttention-2 kernels that backend='cuda' dispatches (`flash_s`); then 2-D neighborhood attention
    (64×64 grid, 7×7 window) against full attention over the same 4096 tokens. Configurations run from small to large
    until the time budget (--budget-s) is spent; the rest are listed under `skipped`.
 4. Registers, local memory (stack/spills) and shared memory per compiled kernel, from numba-cuda.
@@ -158,6 +160,9 @@ def configs(run: Run, quick: bool):
             for passes in ('forward', 'fwd+bwd')]
 
 
+SIMPLE_MAX_N = 4096      # the simple kernels are timed up to this N (beyond, one call takes seconds: the budget)
+
+
 def timings(run: Run, quick: bool):
     B, H = (1, 1) if run.dry else (1, 8)
     for N, D, dname, causal, passes in configs(run, quick):
@@ -180,9 +185,17 @@ def timings(run: Run, quick: bool):
         row = {**cfg, 'flash_s': a['median_s'], 'sdpa_s': b['median_s'], 'flash_reps': a['reps'],
                'sdpa_reps': b['reps'], 'flash_min_s': a['min_s'], 'sdpa_min_s': b['min_s'],
                'ratio': a['median_s'] / b['median_s']}
+        if N <= SIMPLE_MAX_N:                    # the simple kernels beside the tiled ones, same inputs
+            A._TILED_FORWARD = A._TILED_BACKWARD = False
+            try:
+                c = run.time(ours)
+            finally:
+                A._TILED_FORWARD = A._TILED_BACKWARD = True
+            row.update(simple_s=c['median_s'], simple_reps=c['reps'], simple_ratio=c['median_s'] / b['median_s'])
         run.result['rows'].append(row); run.save()
         print(f"[{passes:7} N={N:5d} D={D:3d} {dname:8} causal={causal!s:5}] geobook {1e3 * a['median_s']:9.2f} ms "
-              f"({a['reps']}) | sdpa {1e3 * b['median_s']:8.3f} ms ({b['reps']}) | ratio {row['ratio']:7.1f}", flush=True)
+              f"({a['reps']}) | sdpa {1e3 * b['median_s']:8.3f} ms ({b['reps']}) | ratio {row['ratio']:7.1f}"
+              + (f" | simple {1e3 * row['simple_s']:9.2f} ms" if 'simple_s' in row else ''), flush=True)
 
 
 def neighborhood(run: Run):
@@ -202,8 +215,10 @@ def kernel_resources(run: Run) -> dict:
     "Registers, local memory and shared memory per compiled kernel (numba-cuda's report of the compiled cubin)."
     if run.dry: return {'note': 'the simulator compiles nothing: see tests/test_attention_cudasim.py (ptxas)'}
     out = {}
-    for name in ('_fwd_cuda', '_bwd_dkdv_cuda', '_bwd_dq_cuda'):
-        kern = getattr(A, name)
+    kernels = [(name, getattr(A, name)) for name in ('_fwd_cuda', '_bwd_dkdv_cuda', '_bwd_dq_cuda')]
+    kernels += [(f'_flash_fwd_tiled(D={D}, causal={c}, shuffle={sh})', kern) for (D, c, sh), kern in A._TILED.items()]
+    kernels += [(f'_flash_bwd_tiled(D={D}, causal={c}, keys={r})', kern) for (D, c, r), kern in A._TILED_BWD.items()]
+    for name, kern in kernels:
         for sig in list(kern.overloads):
             try:
                 out[f'{name}{sig}'] = {'registers': kern.get_regs_per_thread(sig),

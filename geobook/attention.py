@@ -658,6 +658,354 @@ def _bwd_dq_cuda_py(q, k, v, do, lse, delta, dq, scale, mp, kv_lo, kv_hi):
 _bwd_dkdv_cuda = cuda.jit(_bwd_dkdv_cuda_py)
 _bwd_dq_cuda = cuda.jit(_bwd_dq_cuda_py)
 
+# %% ../nbs/05_fused_attention.ipynb #bb5274d7
+_TY, _TX = 16, 8          # tiled kernels: a block is a _TY × _TX grid of threads (ty, tx), 128 in all
+_NT = _TY * _TX
+_LN2 = math.log(2.0)
+_SMEM_MAX = 48 * 1024     # bytes of static shared memory a block may declare
+_LAUNCH_BOUNDS = (_NT, 4) # ≤ 128 threads per block, ≥ 4 blocks per SM: ptxas keeps to 65536/(128·4) = 128 registers
+
+def _tiled_shape(D: int) -> tuple:
+    """(B_q, B_k, D_p) of the tiled forward kernel for head dimension D: D_p = D rounded up to a multiple of _TX;
+    B_q = 64 queries for D_p ≤ 64, else 32 (so a thread's O micro-tile, (B_q/_TY)·(D_p/_TX) floats, stays ≤ 32
+    registers); B_k the largest of 64, 32, 16, 8 whose shared memory 4·((B_q + B_k)(D_p + 1) + B_q(B_k + 1)) bytes fits
+    in the 48 KiB a block may declare statically."""
+    Dp = -(-D // _TX) * _TX
+    bq = 64 if Dp <= 64 else 32
+    for bk in (64, 32, 16, 8):
+        if _tiled_smem(bq, bk, Dp) <= _SMEM_MAX:
+            return bq, bk, Dp
+    raise ValueError(f'head dimension {D} is too large for the tiled kernel')
+
+def _tiled_smem(bq: int, bk: int, Dp: int) -> int:
+    "Bytes of shared memory of the tiled forward (GPU build): Q tile, K/V tile (rows padded by 1), P tile."
+    return 4 * ((bq + bk) * (Dp + 1) + bq * (bk + 1))
+
+def _rowmax_shfl_py(x, red, r, t):
+    "max of x over the _TX threads of a row group (lanes t, t ^ 1, ..., t ^ (_TX − 1) of one warp), by warp shuffles."
+    w = _TX // 2
+    while w > 0:
+        x = max(x, cuda.shfl_xor_sync(0xffffffff, x, w))
+        w //= 2
+    return x
+
+def _rowsum_shfl_py(x, red, r, t):
+    "Σ of x over the _TX threads of a row group, by warp shuffles."
+    w = _TX // 2
+    while w > 0:
+        x += cuda.shfl_xor_sync(0xffffffff, x, w)
+        w //= 2
+    return x
+
+def _rowmax_smem_py(x, red, r, t):
+    "The same maximum through shared memory (slot red[r, t]): for the simulator, which has no warp shuffles."
+    red[r, t] = x
+    cuda.syncthreads()
+    g = t - t % _TX
+    y = red[r, g]
+    for u in range(1, _TX):
+        y = max(y, red[r, g + u])
+    cuda.syncthreads()
+    return y
+
+def _rowsum_smem_py(x, red, r, t):
+    "The same sum through shared memory."
+    red[r, t] = x
+    cuda.syncthreads()
+    g = t - t % _TX
+    y = float32(0.0)
+    for u in range(_TX):
+        y += red[r, g + u]
+    cuda.syncthreads()
+    return y
+
+def _flash_fwd_tiled_py(D: int, causal: bool, shuffle: bool):
+    """The Python function of the tiled FlashAttention-2 forward kernel for head dimension D (a multiple of _TX),
+    causal or full mask, row reductions by warp shuffles (shuffle=True) or shared memory; D, the tile sizes and the mask
+    mode are compile-time constants. Arguments: q (BH, N_q, D), k, v (BH, N_k, D), o (BH, N_q, D), lse (BH, N_q),
+    scale2 = τ·log₂e, off = N_k − N_q."""
+    BQ, BK, _ = _tiled_shape(D)
+    RQ, RK, RD = BQ // _TY, BK // _TX, D // _TX        # register micro-tile: RQ rows × RK keys of S, RQ × RD of O
+    RB = max(RK, RD)
+    DS, BS = D + 1, BK + 1                              # padded row lengths of the shared tiles
+    NR = RQ if not shuffle else 1                        # rows of the reduction buffer (unused with shuffles)
+    NEG = float32(_NEG)
+    rowmax = cuda.jit(device=True)(_rowmax_shfl_py if shuffle else _rowmax_smem_py)
+    rowsum = cuda.jit(device=True)(_rowsum_shfl_py if shuffle else _rowsum_smem_py)
+
+    def kernel(q, k, v, o, lse, scale2, off):
+        bh = cuda.blockIdx.y
+        t = cuda.threadIdx.x
+        tx = t % _TX
+        ty = t // _TX
+        Nq = q.shape[1]
+        Nk = k.shape[1]
+        q0 = cuda.blockIdx.x * BQ
+        qs = cuda.shared.array((BQ, DS), float32)     # Q tile, pre-scaled by τ log₂e (+1 column: no bank conflicts)
+        kvs = cuda.shared.array((BK, DS), float32)    # K tile, then V tile
+        ps = cuda.shared.array((BQ, BS), float32)    # P tile
+        red = cuda.shared.array((NR, _NT), float32)
+        s = cuda.local.array((RQ, RK), float32)          # S micro-tile, then P
+        acc = cuda.local.array((RQ, RD), float32)        # O micro-tile (unnormalised)
+        m = cuda.local.array(RQ, float32)                # running row max (base-2 units)
+        l = cuda.local.array(RQ, float32)                # this thread's part of the running row sum ℓ
+        b = cuda.local.array(RB, float32)
+        for idx in range(t, BQ * D, _NT):
+            r = idx // D
+            c = idx - r * D
+            qs[r, c] = q[bh, q0 + r, c] * scale2 if q0 + r < Nq else float32(0.0)
+        for r in range(RQ):
+            m[r] = NEG
+            l[r] = float32(0.0)
+            for c in range(RD):
+                acc[r, c] = float32(0.0)
+        hi = min(Nk, q0 + BQ + off) if causal else Nk   # keys past hi are masked for every query of the tile
+        for k0 in range(0, hi, BK):
+            cuda.syncthreads()
+            for idx in range(t, BK * D, _NT):
+                r = idx // D
+                c = idx - r * D
+                kvs[r, c] = k[bh, k0 + r, c] if k0 + r < Nk else float32(0.0)
+            cuda.syncthreads()
+            for r in range(RQ):
+                for c in range(RK):
+                    s[r, c] = float32(0.0)
+            for d in range(D):                           # S = (τ log₂e Q) Kᵀ on the micro-tile
+                for c in range(RK):
+                    b[c] = kvs[tx + _TX * c, d]
+                for r in range(RQ):
+                    a = qs[ty * RQ + r, d]
+                    for c in range(RK):
+                        s[r, c] += a * b[c]
+            straddle = k0 + BK > Nk                      # the mask cuts this tile: test it per element
+            if causal:
+                straddle = straddle or k0 + BK - 1 > q0 + off
+            if straddle:
+                for r in range(RQ):
+                    i = q0 + ty * RQ + r
+                    for c in range(RK):
+                        j = k0 + tx + _TX * c
+                        if j >= Nk or (causal and j > i + off):
+                            s[r, c] = NEG
+            for r in range(RQ):
+                mx = s[r, 0]
+                for c in range(1, RK):
+                    mx = max(mx, s[r, c])
+                mn = max(m[r], rowmax(mx, red, r, t))   # m_new = max(m, rowmax S)
+                mu = mn if mn > NEG else float32(0.0)   # a row with no key yet: P = 2^(−FLT_MAX) = 0
+                alpha = math.exp2(m[r] - mu)            # α = 2^(m − m_new)
+                m[r] = mn
+                ls = float32(0.0)
+                for c in range(RK):
+                    p = math.exp2(s[r, c] - mu)          # P = 2^(s − m_new)
+                    ps[ty * RQ + r, tx + _TX * c] = p
+                    ls += p
+                l[r] = alpha * l[r] + ls                 # ℓ ← αℓ + Σ P (this thread's columns)
+                for c in range(RD):
+                    acc[r, c] *= alpha                   # O ← α O
+            cuda.syncthreads()
+            for idx in range(t, BK * D, _NT):
+                r = idx // D
+                c = idx - r * D
+                kvs[r, c] = v[bh, k0 + r, c] if k0 + r < Nk else float32(0.0)
+            cuda.syncthreads()
+            for j in range(BK):                          # O ← O + P V on the micro-tile
+                for c in range(RD):
+                    b[c] = kvs[j, tx + _TX * c]
+                for r in range(RQ):
+                    p = ps[ty * RQ + r, j]
+                    for c in range(RD):
+                        acc[r, c] += p * b[c]
+        for r in range(RQ):
+            i = q0 + ty * RQ + r
+            lr = rowsum(l[r], red, r, t)                 # ℓ = Σ over the row's _TX threads
+            if i < Nq:
+                inv = float32(1.0) / lr if lr > float32(0.0) else float32(0.0)
+                for c in range(RD):
+                    o[bh, i, tx + _TX * c] = acc[r, c] * inv             # O = acc/ℓ (0 on a row with no key)
+                if tx == 0:                                              # L = (m + log₂ ℓ)·ln 2
+                    lse[bh, i] = (m[r] + math.log2(lr)) * float32(_LN2) if lr > float32(0.0) else NEG
+    return kernel
+
+
+_TILED = {}               # (D, causal, shuffle) → compiled tiled forward kernel, made on first use and kept
+_TILED_FORWARD = True     # dispatch backend='cuda' full/causal forwards to the tiled kernel (False: the simple one)
+_TILED_BACKWARD = True    # the same for the backward pass
+
+def _flash_fwd_tiled(D: int, causal: bool, shuffle: bool):
+    """The compiled tiled forward kernel for (D, causal, shuffle), made once and cached in _TILED. On a GPU it is
+    compiled with launch bounds _LAUNCH_BOUNDS (128 threads, ≥ 4 blocks per SM), so ptxas keeps to 128 registers."""
+    key = (D, bool(causal), bool(shuffle))
+    if key not in _TILED:
+        fn = _flash_fwd_tiled_py(*key)
+        _TILED[key] = (cuda.jit(fn) if numba.core.config.ENABLE_CUDASIM
+                       else cuda.jit(fn, launch_bounds=_LAUNCH_BOUNDS))
+    return _TILED[key]
+
+
+# %% ../nbs/05_fused_attention.ipynb #605c8e6e
+def _bwd_smem(rows: int, cols: int, Dp: int, keys: bool = True) -> int:
+    """Bytes of shared memory of a tiled backward kernel: two row tiles and two streamed tiles of D_p (+1) floats, the dS
+    tile and, for dK and dV (keys=True), the P tile and the streamed queries' L·log₂e and Δ."""
+    return 4 * (2 * (rows + cols) * (Dp + 1) + (2 if keys else 1) * rows * (cols + 1) + (2 * cols if keys else 0))
+
+def _bwd_shape(D: int) -> tuple:
+    """(rows, cols, D_p) of the tiled backward kernels: a block owns `rows` queries (dQ) or keys (dK, dV) and streams
+    tiles of `cols` keys or queries; rows·D_p/(_TY·_TX) ≤ 16 floats per accumulator (dK and dV: two of them), and the
+    largest cols of 64, 32, 16, 8 whose shared memory fits 48 KiB."""
+    Dp = -(-D // _TX) * _TX
+    rows = 32 if Dp <= 64 else 16
+    for cols in (64, 32, 16, 8):
+        if _bwd_smem(rows, cols, Dp) <= _SMEM_MAX:
+            return rows, cols, Dp
+    raise ValueError(f'head dimension {D} is too large for the tiled kernel')
+
+def _flash_bwd_tiled_py(D: int, causal: bool, keys: bool):
+    """The Python function of a tiled FlashAttention-2 backward kernel for head dimension D (a multiple of _TX).
+    keys=False: dQ (a block owns queries, streams keys); keys=True: dK and dV (a block owns keys, streams queries).
+    Arguments: q, k, v, do (BH, N, D), lse2 (BH, N_q) = L·log₂e, delta (BH, N_q) = Δ, out1, out2 (dq and an unused (1, 1, 1) array, or
+    dk and dv), scale (τ), scale2 (τ log₂e), off = N_k − N_q."""
+    RW, CL, _ = _bwd_shape(D)
+    RR, RC, RD = RW // _TY, CL // _TX, D // _TX
+    DS, CS = D + 1, CL + 1
+    NEG = float32(_NEG)
+
+    def kernel(q, k, v, do, lse2, delta, out1, out2, scale, scale2, off):
+        bh = cuda.blockIdx.y
+        t = cuda.threadIdx.x
+        tx = t % _TX
+        ty = t // _TX
+        Nq = q.shape[1]
+        Nk = k.shape[1]
+        r0 = cuda.blockIdx.x * RW
+        a_s = cuda.shared.array((RW, DS), float32)    # rows: τ log₂e·K and V (keys) or τ log₂e·Q and dO (queries)
+        b_s = cuda.shared.array((RW, DS), float32)
+        c_s = cuda.shared.array((CL, DS), float32)    # streamed: Q and dO (keys) or K and V (queries)
+        e_s = cuda.shared.array((CL, DS), float32)
+        p_s = cuda.shared.array((RW, CS), float32)    # P (dK, dV only)
+        d_s = cuda.shared.array((RW, CS), float32)    # dS
+        st = cuda.shared.array((2, CL), float32)      # L·log₂e and Δ of the streamed queries (dK, dV)
+        sv = cuda.local.array((RR, RC), float32)
+        dp = cuda.local.array((RR, RC), float32)
+        acc1 = cuda.local.array((RR, RD), float32)
+        acc2 = cuda.local.array((RR, RD), float32)
+        lr = cuda.local.array(RR, float32)
+        dr = cuda.local.array(RR, float32)
+        b1 = cuda.local.array(RC, float32)
+        b2 = cuda.local.array(RC, float32)
+        Nr = Nk if keys else Nq
+        Nc = Nq if keys else Nk
+        for idx in range(t, RW * D, _NT):
+            r = idx // D
+            c = idx - r * D
+            ok = r0 + r < Nr
+            if keys:
+                a_s[r, c] = k[bh, r0 + r, c] * scale2 if ok else float32(0.0)
+                b_s[r, c] = v[bh, r0 + r, c] if ok else float32(0.0)
+            else:
+                a_s[r, c] = q[bh, r0 + r, c] * scale2 if ok else float32(0.0)
+                b_s[r, c] = do[bh, r0 + r, c] if ok else float32(0.0)
+        for r in range(RR):
+            i = r0 + ty * RR + r
+            lr[r] = lse2[bh, i] if (not keys and i < Nr) else float32(0.0)
+            dr[r] = delta[bh, i] if (not keys and i < Nr) else float32(0.0)
+            for c in range(RD):
+                acc1[r, c] = float32(0.0)
+                acc2[r, c] = float32(0.0)
+        if keys:                                      # queries i with i + off ≥ r0 (causal), in whole tiles
+            lo = max(0, r0 - off) // CL * CL if causal else 0
+            hi = Nq
+        else:
+            lo = 0
+            hi = min(Nk, r0 + RW + off) if causal else Nk
+        for c0 in range(lo, hi, CL):
+            cuda.syncthreads()
+            for idx in range(t, CL * D, _NT):
+                r = idx // D
+                c = idx - r * D
+                ok = c0 + r < Nc
+                if keys:
+                    c_s[r, c] = q[bh, c0 + r, c] if ok else float32(0.0)
+                    e_s[r, c] = do[bh, c0 + r, c] if ok else float32(0.0)
+                else:
+                    c_s[r, c] = k[bh, c0 + r, c] if ok else float32(0.0)
+                    e_s[r, c] = v[bh, c0 + r, c] if ok else float32(0.0)
+            if keys:
+                for idx in range(t, CL, _NT):
+                    ok = c0 + idx < Nq
+                    st[0, idx] = lse2[bh, c0 + idx] if ok else float32(0.0)
+                    st[1, idx] = delta[bh, c0 + idx] if ok else float32(0.0)
+            cuda.syncthreads()
+            for r in range(RR):
+                for c in range(RC):
+                    sv[r, c] = float32(0.0)
+                    dp[r, c] = float32(0.0)
+            for d in range(D):                        # S = τ log₂e·(row)·(col), dP = dO·V on the micro-tile
+                for c in range(RC):
+                    b1[c] = c_s[tx + _TX * c, d]
+                    b2[c] = e_s[tx + _TX * c, d]
+                for r in range(RR):
+                    a1 = a_s[ty * RR + r, d]
+                    a2 = b_s[ty * RR + r, d]
+                    for c in range(RC):
+                        sv[r, c] += a1 * b1[c]
+                        dp[r, c] += a2 * b2[c]
+            if keys:                                  # straddle: past N_q, or a query before this key block's diagonal
+                straddle = c0 + CL > Nq or (causal and c0 + off < r0 + RW - 1)
+            else:
+                straddle = c0 + CL > Nk or (causal and c0 + CL - 1 > r0 + off)
+            for r in range(RR):
+                for c in range(RC):
+                    row = ty * RR + r
+                    col = tx + _TX * c
+                    if keys:
+                        li = st[0, col]
+                        di = st[1, col]
+                    else:
+                        li = lr[r]
+                        di = dr[r]
+                    allowed = True
+                    if straddle:
+                        i = c0 + col if keys else r0 + row
+                        j = r0 + row if keys else c0 + col
+                        allowed = i < Nq and j < Nk and not (causal and j > i + off)
+                    p = math.exp2(sv[r, c] - li) if allowed else float32(0.0)   # P = 2^(s − L log₂e)
+                    d_s[row, col] = p * (dp[r, c] - di)   # dS = P(dP − Δ)
+                    if keys:
+                        p_s[row, col] = p
+            cuda.syncthreads()
+            for j in range(CL):                        # dQ += dS K, or dV += Pᵀ dO and dK += dSᵀ Q
+                for r in range(RR):
+                    g = d_s[ty * RR + r, j]
+                    if keys:
+                        pp = p_s[ty * RR + r, j]
+                        for c in range(RD):
+                            acc1[r, c] += g * c_s[j, tx + _TX * c]
+                            acc2[r, c] += pp * e_s[j, tx + _TX * c]
+                    else:
+                        for c in range(RD):
+                            acc1[r, c] += g * c_s[j, tx + _TX * c]
+        for r in range(RR):
+            i = r0 + ty * RR + r
+            if i < Nr:
+                for c in range(RD):
+                    out1[bh, i, tx + _TX * c] = acc1[r, c] * scale    # dQ = τ Σ dS k, dK = τ Σ dS q
+                    if keys:
+                        out2[bh, i, tx + _TX * c] = acc2[r, c]        # dV = Σ P dO
+    return kernel
+
+_TILED_BWD = {}
+
+def _flash_bwd_tiled(D: int, causal: bool, keys: bool):
+    "The compiled tiled backward kernel for (D, causal, keys), made once and cached in _TILED_BWD."
+    key = (D, bool(causal), bool(keys))
+    if key not in _TILED_BWD:
+        fn = _flash_bwd_tiled_py(*key)
+        _TILED_BWD[key] = (cuda.jit(fn) if numba.core.config.ENABLE_CUDASIM
+                           else cuda.jit(fn, launch_bounds=_LAUNCH_BOUNDS))
+    return _TILED_BWD[key]
+
+
 # %% ../nbs/05_fused_attention.ipynb #ee125139
 class _Mask(NamedTuple):
     """Which (query i, key j) pairs may interact. kind: 'full', 'causal' (j ≤ i + off, off = N_k − N_q) or 'window'
@@ -766,6 +1114,17 @@ def _plans(mask: _Mask, Nq: int, Nk: int, device: str):
 
 def _device_key(x): return 'sim' if _cuda_mode() == 'sim' else str(x.device)
 
+def _forward_tiled(q, k, v, scale, mask):
+    """The tiled CUDA forward (full or causal mask): q, k, v (BH, N, D) float32 contiguous, D padded with zero columns
+    to D_p (they change no score; the extra output columns are dropped). Returns O (BH, N_q, D) and lse as below."""
+    BH, Nq, D = q.shape
+    bq, _, Dp = _tiled_shape(D)
+    if Dp != D: q, k, v = (F.pad(t, (0, Dp - D)) for t in (q, k, v))
+    o = torch.empty_like(q); lse = torch.empty((BH, Nq), dtype=torch.float32, device=q.device)
+    kernel = _flash_fwd_tiled(Dp, mask.kind == 'causal', _cuda_mode() == 'gpu')
+    _launch_cuda(kernel, (-(-Nq // bq), BH), _NT, q, k, v, o, lse, np.float32(scale * _LOG2E), np.int32(mask.off))
+    return (o if Dp == D else o[..., :D].contiguous()), lse
+
 def _forward_impl(q, k, v, scale, mask, backend):
     "O (BH, N_q, D) and lse (BH, N_q) in natural-log units (_NEG for rows with no key); q, k, v float32 contiguous."
     BH, Nq, D = q.shape
@@ -778,10 +1137,30 @@ def _forward_impl(q, k, v, scale, mask, backend):
         else:
             _on_threads(_flash_fwd_cpu, qn, kn, vn, np.float32(scale), mask.kind == 'causal', mask.off, o, lse)
         return torch.from_numpy(o), torch.from_numpy(lse)
+    if _TILED_FORWARD and mask.kind != 'window':
+        return _forward_tiled(q, k, v, scale, mask)
     o = torch.empty_like(q); lse = torch.empty((BH, Nq), dtype=torch.float32, device=q.device)
     mp, kv_lo, kv_hi, _, _ = _plans(mask, Nq, k.shape[1], _device_key(q))
     _launch_cuda(_fwd_cuda, (len(kv_lo), BH), _TQ, q, k, v, o, lse, np.float32(scale), mp, kv_lo, kv_hi)
     return o, lse
+
+def _backward_tiled(q, k, v, do, lse, delta, has_key, scale, mask):
+    """dQ, dK, dV by the tiled CUDA kernels (full or causal mask); D padded to D_p as in the forward (zero columns of q,
+    k give zero gradient columns, dropped)."""
+    BH, Nq, D = q.shape
+    Nk = k.shape[1]
+    rows, _, Dp = _bwd_shape(D)
+    if Dp != D: q, k, v, do = (F.pad(t, (0, Dp - D)) for t in (q, k, v, do))
+    lse2 = torch.where(has_key, lse * _LOG2E, lse).float().contiguous()   # L·log₂e (−FLT_MAX kept on rows with no key)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    unused = torch.empty((1, 1, 1), dtype=torch.float32, device=q.device)   # dQ's second output (a distinct array)
+    causal = mask.kind == 'causal'
+    consts = (np.float32(scale), np.float32(scale * _LOG2E), np.int32(mask.off))
+    _launch_cuda(_flash_bwd_tiled(Dp, causal, False), (-(-Nq // rows), BH), _NT, q, k, v, do, lse2, delta, dq, unused,
+                 *consts)
+    _launch_cuda(_flash_bwd_tiled(Dp, causal, True), (-(-Nk // rows), BH), _NT, q, k, v, do, lse2, delta, dk, dv, *consts)
+    if Dp != D: dq, dk, dv = (t[..., :D].contiguous() for t in (dq, dk, dv))
+    return dq, dk, dv
 
 def _backward_impl(q, k, v, o, lse, do, dlse, scale, mask, backend):
     "dQ, dK, dV by recomputation; Δ = rowsum(dO∘O) − dL."
@@ -803,6 +1182,8 @@ def _backward_impl(q, k, v, o, lse, do, dlse, scale, mask, backend):
             _on_threads(_flash_bwd_dkdv_cpu, qn, kn, vn, don, l2, dn, np.float32(scale), causal, mask.off, dk, dv)
             _on_threads(_flash_bwd_dq_cpu, qn, kn, vn, don, l2, dn, np.float32(scale), causal, mask.off, dq)
         return torch.from_numpy(dq), torch.from_numpy(dk), torch.from_numpy(dv)
+    if _TILED_BACKWARD and mask.kind != 'window':
+        return _backward_tiled(q, k, v, do, lse, delta, has_key, scale, mask)
     lse = lse.contiguous()
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     mp, kv_lo, kv_hi, q_lo, q_hi = _plans(mask, Nq, k.shape[1], _device_key(q))

@@ -11,6 +11,11 @@
    nvidia-cuda-runtime, nvidia-cuda-cccl, cuda-toolkit); without them the test is skipped and says so.
 3. That PTX is assembled for sm_90 by ptxas (the nvidia-cuda-nvcc wheel, also in the `ptx` extra), whose report must
    show no register spills and static shared memory within the 48 KiB a block may declare statically.
+4. The tiled FlashAttention-2 kernels (`_flash_fwd_tiled`, `_flash_bwd_tiled` for dQ and for dK, dV; dispatched for
+   full and causal masks, so the cases of 1. run them): under the simulator the forward runs with the shared-memory row
+   reduction (the simulator has no warp shuffles), which is also tested on its own; their GPU builds (warp shuffles,
+   launch bounds) are compiled for sm_90 at D ∈ {64, 128}, causal and not, and ptxas must report a 0-byte stack frame,
+   no spills, at most 128 registers and the shared memory `_tiled_smem` / `_bwd_smem` predict.
 
 Tolerances: the kernels accumulate in float32 against a float64 reference; for N ≤ 100, D ≤ 32 and unit-variance
 inputs float32 rounding gives errors ~1e-6, so we allow 2e-5 on outputs/lse and 1e-4 on gradients (as in the chapter).
@@ -53,6 +58,9 @@ SIM_SCRIPT = textwrap.dedent(r'''
         'causal_ragged':     (flash_attention, attention_reference, (1, 2, 70, 16), (1, 2, 70, 16), {'causal': True}),
         'causal_nq_gt_nk':   (flash_attention, attention_reference, (1, 1, 90, 8), (1, 1, 45, 8), {'causal': True}),
         'full_nq_lt_nk_d32': (flash_attention, attention_reference, (1, 1, 20, 32), (1, 1, 77, 32), {}),
+        'causal_nq_lt_nk':   (flash_attention, attention_reference, (1, 1, 20, 8), (1, 1, 77, 8), {'causal': True}),
+        'causal_d64':        (flash_attention, attention_reference, (1, 1, 40, 64), (1, 1, 40, 64), {'causal': True}),
+        'full_d12_padded':   (flash_attention, attention_reference, (1, 2, 33, 12), (1, 2, 50, 12), {}),
         'na1d_dilated':      (neighborhood_attention, neighborhood_attention_reference, (1, 1, 100, 8), (1, 1, 100, 8),
                               {'kernel_size': 7, 'dilation': 3}),
         'na1d_causal':       (neighborhood_attention, neighborhood_attention_reference, (1, 1, 80, 8), (1, 1, 80, 8),
@@ -65,6 +73,34 @@ SIM_SCRIPT = textwrap.dedent(r'''
         t0 = time.perf_counter()
         out[name] = run(fn, ref, sq, sk, seed=i, **kw)
         out[name]['seconds'] = time.perf_counter() - t0
+    import geobook.attention as A
+    out['tiled_keys'] = sorted(map(list, A._TILED))
+    out['tiled_bwd_keys'] = sorted(map(list, A._TILED_BWD))
+    # the simulator's row reductions on their own: 2 rows of values per thread, groups of _TX consecutive threads
+    from numba import cuda, float32
+    import numpy as np
+    rmax, rsum = cuda.jit(device=True)(A._rowmax_smem_py), cuda.jit(device=True)(A._rowsum_smem_py)
+    @cuda.jit
+    def red_kernel(x, mx, sm):
+        t = cuda.threadIdx.x
+        red = cuda.shared.array((2, A._NT), float32)
+        for r in range(2):
+            mx[r, t] = rmax(x[r, t], red, r, t)
+            sm[r, t] = rsum(x[r, t], red, r, t)
+    x = np.random.default_rng(0).normal(size=(2, A._NT)).astype(np.float32)
+    mx, sm = np.zeros_like(x), np.zeros_like(x)
+    red_kernel[1, A._NT](x, mx, sm)
+    g = x.reshape(2, A._NT // A._TX, A._TX)
+    out['reduce'] = {'max_err': float(np.abs(mx - np.repeat(g.max(-1), A._TX, axis=1)).max()),
+                     'sum_err': float(np.abs(sm - np.repeat(g.astype(np.float64).sum(-1), A._TX, axis=1)).max())}
+    # the tiled and the simple forward agree (both float32 under the simulator)
+    gen = torch.Generator().manual_seed(11)
+    q, k, v = (torch.randn(1, 2, n, 16, generator=gen) for n in (50, 70, 70))
+    A._TILED_FORWARD = False
+    o_simple = flash_attention(q, k, v, causal=True, backend='cuda')
+    A._TILED_FORWARD = True
+    o_tiled = flash_attention(q, k, v, causal=True, backend='cuda')
+    out['tiled_vs_simple'] = float((o_tiled - o_simple).abs().max())
     print('RESULT' + json.dumps(out))
 ''')
 
@@ -83,6 +119,24 @@ PTX_SCRIPT = textwrap.dedent(r'''
             '_bwd_dkdv_cuda_py': (a3, a3, a3, a3, a2, a2, a3, a3, float32, a1, a1, a1),
             '_bwd_dq_cuda_py': (a3, a3, a3, a3, a2, a2, a3, float32, a1, a1, a1)}
     out = {}
+    for D in (64, 128):
+        for causal in (False, True):
+            name = f'tiled_D{D}_{"causal" if causal else "full"}'
+            ptx, _ = compile_ptx(A._flash_fwd_tiled_py(D, causal, True), (a3, a3, a3, a3, a2, float32, int32),
+                                 cc=(9, 0), launch_bounds=A._LAUNCH_BOUNDS)
+            f64 = [l.strip() for l in ptx.splitlines() if re.search(r'\.f64\b', l)]
+            out[name] = {'bytes': len(ptx), 'f64_lines': f64[:5], 'n_f64': len(f64), 'shfl': 'shfl.sync.bfly' in ptx,
+                         'smem_expected': A._tiled_smem(*A._tiled_shape(D))}
+            (Path(os.environ['GEOBOOK_PTX_DIR']) / f'{name}.ptx').write_text(ptx)
+            for keys in (False, True):
+                name = f'tiled_{"dkdv" if keys else "dq"}_D{D}_{"causal" if causal else "full"}'
+                ptx, _ = compile_ptx(A._flash_bwd_tiled_py(D, causal, keys),
+                                     (a3, a3, a3, a3, a2, a2, a3, a3, float32, float32, int32),
+                                     cc=(9, 0), launch_bounds=A._LAUNCH_BOUNDS)
+                f64 = [l.strip() for l in ptx.splitlines() if re.search(r'\.f64\b', l)]
+                out[name] = {'bytes': len(ptx), 'f64_lines': f64[:5], 'n_f64': len(f64),
+                             'shfl': 'shfl.sync.bfly' in ptx, 'smem_expected': A._bwd_smem(*A._bwd_shape(D), keys)}
+                (Path(os.environ['GEOBOOK_PTX_DIR']) / f'{name}.ptx').write_text(ptx)
     for name, sig in sigs.items():
         ptx, _ = compile_ptx(getattr(A, name), sig, cc=(9, 0))
         f64 = [l.strip() for l in ptx.splitlines() if re.search(r'\.f64\b', l)]
@@ -107,7 +161,8 @@ def sim_results():
     return res
 
 
-CASES = ['full_ragged', 'causal_ragged', 'causal_nq_gt_nk', 'full_nq_lt_nk_d32', 'na1d_dilated', 'na1d_causal', 'na2d']
+CASES = ['full_ragged', 'causal_ragged', 'causal_nq_gt_nk', 'full_nq_lt_nk_d32', 'causal_nq_lt_nk', 'causal_d64',
+         'full_d12_padded', 'na1d_dilated', 'na1d_causal', 'na2d']
 
 
 @pytest.mark.parametrize('case', CASES)
@@ -122,6 +177,26 @@ def test_cuda_kernels_match_reference_under_simulator(sim_results, case):
 def test_fully_masked_rows_present(sim_results):
     "Nq=90 > Nk=45 causal: the first 45 queries see no key (lse = -inf, output 0, no NaN)."
     assert sim_results['causal_nq_gt_nk']['masked_rows'] == 45
+
+
+def test_tiled_forward_was_dispatched(sim_results):
+    """backend='cuda' full and causal forwards ran the tiled kernel: one compiled kernel per (D_p, causal, shuffle), with
+    the shared-memory reduction (shuffle False) under the simulator; D = 12 was padded to D_p = 16."""
+    keys = {tuple(k) for k in sim_results['tiled_keys']}
+    dc = {(16, False), (16, True), (8, True), (32, False), (64, True)}           # (D_p, causal) of the flash cases
+    assert {(d, c, False) for d, c in dc} == keys
+    assert {(d, c, r) for d, c in dc for r in (False, True)} == {tuple(k) for k in sim_results['tiled_bwd_keys']}
+
+
+def test_shared_memory_row_reduction(sim_results):
+    "The simulator's row max and row sum over groups of _TX threads equal numpy's (float32 sum of 8: error < 1e-6)."
+    r = sim_results['reduce']
+    assert r['max_err'] == 0 and r['sum_err'] < 1e-6, r
+
+
+def test_tiled_agrees_with_simple_kernel(sim_results):
+    "Tiled and simple forward, both float32, causal N_q = 50 < N_k = 70, D = 16: equal to float32 rounding."
+    assert sim_results['tiled_vs_simple'] < 2e-6, sim_results['tiled_vs_simple']
 
 
 def _nvvm_available():
@@ -150,6 +225,7 @@ def ptx(tmp_path_factory):
 
 def test_ptx_has_no_float64(ptx):
     res, _ = ptx
+    assert sum(n.startswith('tiled_') for n in res) == 12, sorted(res)
     for name, r in res.items():
         assert r['bytes'] > 1000, (name, r)
         assert r['n_f64'] == 0, f'{name} has float64 instructions: {r["f64_lines"]}'
@@ -187,3 +263,30 @@ def test_ptxas_no_spills_and_shared_memory_fits(ptx, kernel):
     assert facts['spill_st'] == 0 and facts['spill_ld'] == 0, f'{kernel} spills registers: {facts}'
     assert facts['regs'] <= 255, facts
     assert facts['smem'] <= 48 * 1024, f'{kernel} declares {facts["smem"]} bytes of static shared memory: {facts}'
+
+
+TILED = [f'tiled_{k}D{D}_{m}' for k in ('', 'dq_', 'dkdv_') for D in (64, 128) for m in ('full', 'causal')]
+
+
+@pytest.mark.parametrize('kernel', TILED)
+def test_tiled_ptxas_registers_and_no_stack(ptx, kernel):
+    """The tiled kernels' GPU builds for sm_90 (forward, dQ, dK dV; D ∈ {64, 128}, full and causal): the forward's row
+    max by warp shuffles (`shfl.sync.bfly` in the PTX; the backward reduces no rows), a 0-byte stack frame, no spills,
+    at most 128 registers (the launch bounds' cap 65536/(128·4): 4 blocks of 128 threads per SM, 16 of 64 warps) and
+    exactly the shared memory `_tiled_smem` / `_bwd_smem` give."""
+    exe = _find_ptxas()
+    if exe is None:
+        pytest.skip('ptxas not found: `pip install "nvidia-cuda-nvcc>=13,<14"` (in the `ptx` extra) or put it on PATH')
+    res, folder = ptx
+    forward = not kernel.startswith(('tiled_dq_', 'tiled_dkdv_'))
+    assert res[kernel]['shfl'] == forward, f'{kernel}: warp shuffles in the forward only'
+    p = subprocess.run([exe, '-arch=sm_90', '-v', str(folder / f'{kernel}.ptx'), '-o', str(folder / f'{kernel}.cubin')],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, f'ptxas failed on {kernel}:\n{p.stderr[-3000:]}'
+    facts = {k: int(m.group(1)) for k, rx in PTXAS_RE.items() if (m := re.search(rx, p.stderr + p.stdout))}
+    assert {'stack', 'spill_st', 'spill_ld', 'regs', 'smem'} <= facts.keys(), f'unexpected ptxas report:\n{p.stderr}'
+    print(kernel, facts)
+    assert facts['stack'] == 0, f'{kernel} has a stack frame: {facts}'
+    assert facts['spill_st'] == 0 and facts['spill_ld'] == 0, f'{kernel} spills registers: {facts}'
+    assert facts['regs'] <= 128, facts
+    assert facts['smem'] == res[kernel]['smem_expected'], facts
