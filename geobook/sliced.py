@@ -648,14 +648,23 @@ def generalized_sliced_wasserstein(X, Y, kind: str = 'circular', p: float = 2, n
     th = (sample_projections(d, n_projections, sampler, seed, X.dtype, X.device) if projections is None
           else _check_projections(projections, d, X))
     if 4 * r > torch.finfo(X.dtype).max: raise OverflowError(f"`radius` = {r:g} overflows {X.dtype}")
+    data = max(float(X.abs().max()), float(Y.abs().max()))
+    if r * torch.finfo(X.dtype).eps > 0.01 * data:                        # ‖x − rθ‖ rounds off ≥ 1 % of the data's scale
+        raise ValueError(f"`radius` = {r:g} is so large against the data (max |x| = {data:g}) that ‖x − rθ‖ rounds the "
+                         f"data away in {X.dtype}; as the radius grows GSW tends to sliced_wasserstein: use that")
+    big = max(data, r)                                                   # ‖x − rθ‖ is 1-homogeneous in (x, r): work at
+    s = 2.0 ** math.ceil(math.log2(big)) if big > 0 else 1.0              # scale ≤ 1 (a power of 2: exact) so that
+    Xs, Ys, rs = X / s, Y / s, r / s                                      # cdist's squares never overflow
     chunk = _balanced(th.shape[1], _auto_chunk(max(n, Y.shape[0]), d, X.element_size()))
     w = []
-    for s in range(0, th.shape[1], chunk):
-        centres = r * th[:, s:s + chunk].T                                  # (c, d)
-        PX = torch.cdist(centres, X, compute_mode='donot_use_mm_for_euclid_dist')   # exact, no ‖x‖² − 2⟨x, c⟩ + ‖c‖²
-        PY = torch.cdist(centres, Y, compute_mode='donot_use_mm_for_euclid_dist')
+    for c0 in range(0, th.shape[1], chunk):
+        centres = rs * th[:, c0:c0 + chunk].T                               # (c, d)
+        PX = torch.cdist(centres, Xs, compute_mode='donot_use_mm_for_euclid_dist')  # exact, no ‖x‖² − 2⟨x, c⟩ + ‖c‖²
+        PY = torch.cdist(centres, Ys, compute_mode='donot_use_mm_for_euclid_dist')
         w.append(_wasserstein_1d(PX, PY, a, b, p))
-    return _power_mean(torch.cat(w), p).to(out)
+    res = s * _power_mean(torch.cat(w), p)
+    if not bool(torch.isfinite(res).all()): raise OverflowError(f"GSW overflows {X.dtype}: rescale `X`, `Y` and `radius`")
+    return res.to(out)
 
 # %% ../nbs/04_sliced_wasserstein.ipynb #lib-dsw
 def distributional_sliced_wasserstein(X, Y, p: float = 2, n_projections: int = 128, lam: float = 1.0,
@@ -1007,6 +1016,9 @@ def sliced_barycenter(clouds, weights=None, n_support: int = 256, seed=None, n_p
     _check_size(N * d, 'n_support', 'the (n_support, d) support')
     _check_size(L * (N + max(X.shape[0] for X in Xs)) * 4, 'n_projections', 'the projections of the support and the clouds')
     g = as_generator(seed)
+    big = max(float(X.detach().abs().max()) for X in Xs)                 # F is 2-homogeneous and its gradient step
+    sc = 2.0 ** math.ceil(math.log2(big)) if big > 0 else 1.0            # 1-homogeneous: work at scale ≤ 1 (a power
+    Xs = [X / sc for X in Xs]                                            # of 2, exact), so SW₂² never overflows
     which = torch.multinomial(w.detach().double().cpu(), N, replacement=True, generator=g).to(Xs[0].device)
     Z = torch.empty(N, d, dtype=Xs[0].dtype, device=Xs[0].device)
     for k, X in enumerate(Xs):                           # start: N draws from the mixture Σ w_k μ_k, distinct points
@@ -1023,6 +1035,8 @@ def sliced_barycenter(clouds, weights=None, n_support: int = 256, seed=None, n_p
             F = sum(w[k] * _slice_distances(Zg, X, th, 2.0).pow(2).mean() for k, X in enumerate(Xs))
             G, = torch.autograd.grad(F, Zg)
         Z = Z - lr / (1 + 10 * t / max(n_iters, 1)) * (N * d / 2) * G
+    Z = Z * sc
+    if not bool(torch.isfinite(Z).all()): raise OverflowError(f"the barycenter overflows {Z.dtype}: rescale `clouds`")
     return Z.to(out)
 
 # %% ../nbs/04_sliced_wasserstein.ipynb #lib-sphere
