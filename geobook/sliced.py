@@ -237,6 +237,8 @@ def sample_projections(d: int, n_projections: int = 128, sampler: str = 'gaussia
     d = check_int(d, 'd', minimum=1)
     L = check_int(n_projections, 'n_projections', minimum=1)
     check_choice(sampler, 'sampler', SAMPLERS)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"`dtype` must be a floating torch dtype (directions are unit vectors), got {dtype!r}")
     _check_size(d * L, 'd' if d > L else 'n_projections', f'a (d, L) = ({d}, {L}) matrix of directions')
     g = as_generator(seed)
     if sampler == 'gaussian':
