@@ -373,6 +373,8 @@ def nngp_ntk(x1, x2=None, depth: int | None = None, activation='relu', C_W: floa
     N2 = N1 if same else (x2 * x2).sum(1)
     for N, name in ((N1, 'x1'), (N2, 'x2')):
         if not all_finite(N): raise OverflowError(f"nngp_ntk: the squared row norms of `{name}` overflow: rescale the inputs")
+        if bool((N == 0).any()) and bool(((N == 0) & (x1 if name == 'x1' else x2).ne(0).any(1)).any()):
+            raise ValueError(f"nngp_ntk: the squared row norms of `{name}` underflow to 0: rescale the inputs")
     d1, t1 = _diag_kernels(x1, N1, depth, activation, C_W, C_b, n_points)
     d2 = d1 if same else _diag_kernels(x2, N2, depth, activation, C_W, C_b, n_points)[0]
     n1, n2 = len(x1), len(x2)
