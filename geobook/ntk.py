@@ -143,6 +143,9 @@ def _check_callable(f):
     if not isinstance(y, torch.Tensor) or y.shape != z.shape or not y.is_floating_point():
         raise TypeError("`activation` must map a float tensor to a float tensor of the same shape (elementwise)")
     if not all_finite(y): raise ValueError("`activation` returned non-finite values on [-2, 2]")
+    perm = torch.tensor([3, 0, 4, 1, 2])
+    if not torch.allclose(f(z[perm]), y[perm], rtol=1e-12, atol=1e-12):   # σ(z)_i may depend on z_i only
+        raise TypeError("`activation` must act elementwise: permuting its input must permute its output the same way")
 
 def activation_fns(activation) -> tuple[Callable, Callable]:
     "(σ, σ') for a name in `ACTIVATIONS` or an elementwise callable σ (σ' then by autograd)."
