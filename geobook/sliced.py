@@ -105,8 +105,13 @@ def _check_weights(w, n: int, name: str, like: torch.Tensor, batch=None):
         raise ValueError(f"`{name}` must sum to 1 (got {s.flatten()[0].item():.6g}); divide it by its sum to normalise")
     return w
 
-def _check_unit_columns(th: torch.Tensor, name: str, tol: float = 1e-5) -> torch.Tensor:
+def _unit_tol(dtype: torch.dtype) -> float:
+    "How far from 1 a unit vector's norm may be in `dtype`: 1e-5, or 8 ulps for half precision (float16 rounds at 1e-3)."
+    return max(1e-5, 8 * torch.finfo(dtype).eps)
+
+def _check_unit_columns(th: torch.Tensor, name: str, tol: float | None = None) -> torch.Tensor:
     "Refuse directions that are not unit vectors (columns of `th`; zero columns included) instead of rescaling them."
+    tol = _unit_tol(th.dtype) if tol is None else tol
     nrm = th.norm(dim=0)
     bad = (nrm - 1).abs() > tol
     if bool(bad.any()):
@@ -487,7 +492,8 @@ def _check_projections(projections, d: int, like: torch.Tensor, name: str = 'pro
     _amax(th, name)
     if th.shape[0] != d: raise ValueError(f"`{name}` must have shape (d, L) with d = {d}, got {tuple(th.shape)}")
     if th.shape[1] == 0: raise ValueError(f"`{name}` must contain at least one direction (L >= 1)")
-    return _check_unit_columns(th.to(dtype=like.dtype, device=like.device), name)
+    tol = _unit_tol(th.dtype if th.is_floating_point() and th.element_size() < like.element_size() else like.dtype)
+    return _check_unit_columns(th.to(dtype=like.dtype, device=like.device), name, tol)   # half-precision θ: its own ulps
 
 def _slice_distances(X, Y, th, p: float, a=None, b=None, chunk_size=None) -> torch.Tensor:
     "w_l = W_p(θ_l♯μ, θ_l♯ν) (L,) for checked inputs: the fast Function for equal uniform clouds, else the quantiles."
@@ -1097,7 +1103,7 @@ def _circle_distance(tu, tv, uw, vw, p: float, n_iters: int = 80) -> torch.Tenso
 
 def _check_sphere_points(Z, name: str) -> torch.Tensor:
     nrm = Z.norm(dim=1)
-    bad = (nrm - 1).abs() > 1e-5
+    bad = (nrm - 1).abs() > _unit_tol(Z.dtype)
     if bool(bad.any()):
         i = int(bad.nonzero()[0, 0])
         raise ValueError(f"`{name}` must have unit rows (points on S^(d-1)); row {i} has norm {float(nrm[i]):.6g}")
@@ -1127,7 +1133,7 @@ def sliced_wasserstein_sphere(X, Y, p: float = 2, n_projections: int = 128, seed
         if U.shape[1:] != (d, 2) or U.shape[0] == 0:
             raise ValueError(f"`projections` must have shape (L, {d}, 2), got {tuple(U.shape)}")
         gram = U.transpose(1, 2) @ U
-        if bool(((gram - torch.eye(2, dtype=U.dtype, device=U.device)).abs() > 1e-5).any()):
+        if bool(((gram - torch.eye(2, dtype=U.dtype, device=U.device)).abs() > _unit_tol(U.dtype)).any()):
             raise ValueError("`projections` must have orthonormal columns (Uᵀ U = I for each slice)")
     _check_size(U.shape[0] * (n + Y.shape[0]) * 8, 'n_projections', 'the projected coordinates')
     def coord(Z):
