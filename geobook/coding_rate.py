@@ -729,21 +729,23 @@ class ReduNet(nn.Module):
         r = torch.einsum('kde,ne->knd', self.C[layer], Z).norm(dim=2)
         return torch.softmax(-self.lam * (r - r.amin(0)), dim=0)
 
+    def _layers(self, Z: torch.Tensor) -> torch.Tensor:
+        "Checked samples Z through all layers, each with its estimated membership."
+        for l in range(self.n_layers):
+            Z = self._step(Z, self.E[l], self.C[l], self.gamma, self._membership(Z, l), self.eta)
+        return Z
+
     @torch.no_grad()
     def forward(self, Z) -> torch.Tensor:
         "Features (n, d) after all layers for (new) samples Z (n, d), with the estimated membership at each layer."
         Z, dtype = self._check_fitted_Z(Z)
-        for l in range(self.n_layers):
-            Z = self._step(Z, self.E[l], self.C[l], self.gamma, self._membership(Z, l), self.eta)
-        return Z.to(dtype)
+        return self._layers(Z).to(dtype)
 
     @torch.no_grad()
     def predict(self, Z) -> torch.Tensor:
         "Class labels (n,) of samples Z (n, d): argmax of the estimated membership after the last layer."
         Z, _ = self._check_fitted_Z(Z)
-        for l in range(self.n_layers):
-            Z = self._step(Z, self.E[l], self.C[l], self.gamma, self._membership(Z, l), self.eta)
-        return self._membership(Z, self.n_layers - 1).argmax(0)
+        return self._membership(self._layers(Z), self.n_layers - 1).argmax(0)
 
 # %% ../nbs/03_coding_rate.ipynb #891edb08
 _SHAPES = {'line': 1, 'plane': 2, 'circle': 2, 'knot': 4}
