@@ -54,6 +54,16 @@ def _inaccurate(G: torch.Tensor, L: torch.Tensor, scale, logdet: torch.Tensor) -
     I = torch.eye(L.shape[-1], dtype=L.dtype, device=L.device).expand_as(L)
     return bool((err * torch.linalg.solve_triangular(L, I, upper=False).pow(2).sum((-2, -1)) > tol).any())
 
+def _refuse_nonfinite(G: torch.Tensor, M: torch.Tensor, Z: torch.Tensor, eps: float):
+    "Raise the error that names why M = I + cG is not finite (non-finite Z, G overflowing, c·G overflowing); else return."
+    if bool(torch.isfinite(M).all()): return
+    if not bool(torch.isfinite(Z).all()): raise ValueError("`Z` contains non-finite values (NaN or inf)")
+    if not bool(torch.isfinite(G).all()):
+        raise ValueError(f"`Z`: its Gram matrix overflows {Z.dtype} (entries up to {Z.abs().max().item():.3g}); "
+                         "rescale the features")
+    raise ValueError(f"`eps` = {eps:g} is too small for {Z.dtype}: d/(nε²) times the Gram matrix overflows; "
+                     "use a larger `eps` or float64")
+
 def _logdet_eye_plus(G: torch.Tensor, scale, Z: torch.Tensor, eps: float, gram64=None) -> torch.Tensor:
     """log det(I + c·G) for symmetric PSD G (..., m, m) and c = `scale` (a number or one per matrix): 2 Σ log diag L,
     with I + cG = L Lᵀ (Cholesky). A failure names its cause: non-finite `Z`, a Gram matrix that overflows the dtype,
@@ -61,25 +71,21 @@ def _logdet_eye_plus(G: torch.Tensor, scale, Z: torch.Tensor, eps: float, gram64
 
     In float32 the rounding error is estimated (`_inaccurate`); where it exceeds `_F32_RTOL` of the result,
     `gram64()` re-forms the same Gram matrices from float64 features and they are factored in float64 (the result is
-    then accurate to float32's own precision). Z's finiteness is checked here, on the small Gram matrix: a NaN or inf in
-    Z always reaches a diagonal entry of G (it contains z_ia²), and this costs O(m²) instead of a pass over Z."""
+    then accurate to float32's own precision). Z's finiteness is checked here, and only when the factorisation fails: a
+    NaN or inf in Z always reaches a diagonal entry of G (it contains z_ia²), hence a diagonal entry of L, so a finite
+    log-determinant proves Z finite without a pass over Z (and without one over M on the common path)."""
     if isinstance(scale, torch.Tensor): scale = scale[..., None, None]
-    M = torch.eye(G.shape[-1], dtype=G.dtype, device=G.device) + scale * G
-    if not bool(torch.isfinite(M).all()):
-        if not bool(torch.isfinite(Z).all()): raise ValueError("`Z` contains non-finite values (NaN or inf)")
-        if not bool(torch.isfinite(G).all()):
-            raise ValueError(f"`Z`: its Gram matrix overflows {Z.dtype} (entries up to {Z.abs().max().item():.3g}); "
-                             "rescale the features")
-        raise ValueError(f"`eps` = {eps:g} is too small for {Z.dtype}: d/(nε²) times the Gram matrix overflows; "
-                         "use a larger `eps` or float64")
+    M = scale * G
+    M.diagonal(dim1=-2, dim2=-1).add_(1)                                     # I + cG without forming I
     L, info = torch.linalg.cholesky_ex(M)
-    if bool((info > 0).any()):
+    logdet = 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
+    if bool((info > 0).any()) or not bool(torch.isfinite(logdet).all()):   # failed: find out why (rare, so checked last)
+        _refuse_nonfinite(G, M, Z, eps)
         if gram64 is not None and G.dtype != torch.float64:
             return _logdet_eye_plus(gram64(), _as_double(scale), Z, eps).to(G.dtype)
         raise ValueError(f"I + αG is not positive definite to {G.dtype} precision (α·max G = "
                          f"{(scale * G).abs().max().item():.3g}): `eps` = {eps:g} is too small or `Z` too large for "
                          "this dtype; use float64 or a larger `eps`")
-    logdet = 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
     if gram64 is not None and G.dtype != torch.float64:
         with torch.no_grad():
             c = scale[..., 0, 0] if isinstance(scale, torch.Tensor) else scale
@@ -183,14 +189,16 @@ def _compress_hard(Z: torch.Tensor, labels: torch.Tensor, counts: torch.Tensor, 
     sizes, reps = torch.unique_consecutive(counts[by_size], return_counts=True)
     blocks = [(s, min(r - first, max(1, _BLOCK // (s * d))))               # (class size, classes in the block)
               for s, r in zip(sizes.tolist(), reps.tolist()) for first in range(0, r, max(1, _BLOCK // (s * d)))]
+    sizes_ = [s * kb for s, kb in blocks]
     if torch.is_grad_enabled() and Z.requires_grad:                         # one gather, blocks as views (one backward)
-        parts = Z[order].split([s * kb for s, kb in blocks])
+        parts = zip(order.split(sizes_), Z[order].split(sizes_))
     else:                                                                   # gather each block when it is used
-        parts = (Z[rows] for rows in order.split([s * kb for s, kb in blocks]))
+        parts = ((rows, Z[rows]) for rows in order.split(sizes_))
     Rc, c = Z.new_zeros(()), _scale(d, eps)
-    for (s, kb), B in zip(blocks, parts):
-        B = B.view(kb, s, d)
-        Rc = Rc + s / (2 * n) * _logdet_eye_plus(_gram(B), c / s, Z, eps, gram64=lambda B=B: _gram(B.double())).sum()
+    for (s, kb), (rows, B) in zip(blocks, parts):
+        G = _gram(B.view(kb, s, d)); del B                                  # without autograd the block is freed here
+        gram64 = lambda rows=rows, s=s, kb=kb: _gram(Z[rows].double().view(kb, s, d))
+        Rc = Rc + s / (2 * n) * _logdet_eye_plus(G, c / s, Z, eps, gram64=gram64).sum()
     return Rc
 
 def _soft_grams(Y: torch.Tensor, Pi: torch.Tensor) -> torch.Tensor:

@@ -68,15 +68,6 @@ SETTINGS = {'@jupyterlab/notebook-extension/tracker': {'windowingMode': 'none'},
 RESTART_RE = re.compile(r'KernelRestarter|kernel \S+ restarted|restarted failed|died, removing', re.I)
 
 @pytest.fixture(scope='module')
-def shots(tmp_path_factory) -> Path:
-    "Where screenshots go: a temporary folder (or GEOBOOK_SCREENSHOTS), never the repository."
-    d = Path(os.environ['GEOBOOK_SCREENSHOTS']) if os.environ.get('GEOBOOK_SCREENSHOTS') else \
-        tmp_path_factory.mktemp('lab-screenshots')
-    d.mkdir(parents=True, exist_ok=True)
-    print(f'\nscreenshots of JupyterLab: {d}')
-    return d
-
-@pytest.fixture(scope='module')
 def lab(tmp_path_factory, shots):
     root = tmp_path_factory.mktemp('lab')
     work, state = root / 'nbs', root / 'state'

@@ -113,15 +113,6 @@ def server(manifest):
     yield f'http://127.0.0.1:{httpd.server_address[1]}/'
     httpd.shutdown(); httpd.server_close(); t.join(5)
 
-@pytest.fixture(scope='module')
-def shots(tmp_path_factory) -> Path:
-    "Where screenshots go: a temporary folder (or GEOBOOK_SCREENSHOTS), never the site."
-    d = Path(os.environ['GEOBOOK_SCREENSHOTS']) if os.environ.get('GEOBOOK_SCREENSHOTS') else \
-        tmp_path_factory.mktemp('site-screenshots')
-    d.mkdir(parents=True, exist_ok=True)
-    print(f'\nscreenshots of the site: {d}')
-    return d
-
 def chromium_path() -> str:
     exe = os.environ.get('GEOBOOK_CHROMIUM') or shutil.which('chromium') or shutil.which('chromium-browser')
     if not exe:
