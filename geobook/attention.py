@@ -7,15 +7,14 @@ Docs: https://geobook.github.io/geobook/fused_attention.html.md"""
 # %% ../nbs/05_fused_attention.ipynb #f2a4bbb1
 from __future__ import annotations
 import math, os
-from functools import lru_cache
+from functools import lru_cache, wraps
 from typing import NamedTuple
 from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 import numba
-from numba import njit, cuda, float32
+from numba import njit, cuda, float32, int32
 from .core import as_tensor, check_int, check_positive, check_choice
 
 # %% auto #0
@@ -52,13 +51,20 @@ def _resolve_scale(scale, D):
     return check_positive(scale, 'scale')
 
 def _masked_attention(q, k, v, mask, scale):
-    "Dense softmax(τ·QKᵀ + M)·V with `mask` (N_q, N_k) boolean (True = allowed); rows with no allowed key give 0, lse −∞."
+    """Dense softmax(τ·QKᵀ + M)·V with `mask` (N_q, N_k) boolean (True = allowed); rows with no allowed key give 0, lse −∞.
+    O = exp(S − m)·V/ℓ divides by ℓ = Σⱼ exp(sⱼ − m) directly (m = maxⱼ sⱼ), never through the rounded L = m + log ℓ:
+    when |m| is huge L rounds to m and exp(S − L) would lose the factor 1/ℓ (all-equal scores would give the sum of V)."""
     s = torch.einsum('...id,...jd->...ij', q, k) * scale
     if mask is not None: s = s.masked_fill(~mask, float('-inf'))
-    lse = torch.logsumexp(s, dim=-1)                                           # L = log Σⱼ e^{sⱼ}
-    p = torch.exp(s - lse.clamp_min(torch.finfo(s.dtype).min).unsqueeze(-1))   # P = e^{S − L}
-    if mask is not None: p = p.masked_fill(~mask, 0.0)
-    return p @ v, lse
+    m = s.amax(dim=-1, keepdim=True).detach() if s.shape[-1] else s.new_zeros(*s.shape[:-1], 1)   # no gradient: O, L
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # a row with no key: e^{−∞ − 0} = 0
+    p = torch.exp(s - m)                                        # P̃ = e^{S − m} (0 where masked)
+    l = p.sum(dim=-1, keepdim=True)                             # ℓ = Σⱼ e^{sⱼ − m} ≥ 1 on a row with a key, 0 without
+    seen = l > 0
+    one = torch.ones_like(l)
+    o = (p @ v) / torch.where(seen, l, one)                     # O = P̃V/ℓ
+    lse = torch.where(seen, m + torch.log(torch.where(seen, l, one)), torch.full_like(l, float('-inf')))   # L = m + log ℓ
+    return o, lse.squeeze(-1)
 
 def _causal_mask(Nq, Nk, device):
     "(N_q, N_k) boolean: query i sees key j iff j ≤ i + N_k − N_q (bottom-right aligned)."
@@ -381,19 +387,24 @@ _in_window = njit(inline='always')(_in_window_py)
 # %% ../nbs/05_fused_attention.ipynb #75538459
 _BY_CPU = 64      # queries (or keys) along y per CPU work item of the neighborhood kernels
 
+@njit(inline='always')
+def _na_item(t, X, Y):
+    """Work item t of the neighborhood kernels on an X×Y grid: items run over (batch·head, x, block of _BY_CPU
+    consecutive y), ⌈Y/_BY_CPU⌉ blocks per row x. Returns (bh, x, y0, y1): the item covers y0 ≤ y < y1."""
+    nyb = -(-Y // _BY_CPU)
+    y0 = (t % nyb) * _BY_CPU
+    return t // (X * nyb), (t // nyb) % X, y0, min(Y, y0 + _BY_CPU)
+
 @njit(nogil=True, fastmath=True, cache=True)
 def _na_fwd_cpu(q, k, v, scale, X, Y, kx, ky, dx, dy, cx, cy, o, lse, w0, nw):
     "Fused neighborhood attention forward on an X×Y grid (flattened row-major), q, k, v (BH, X·Y, D); one work item per (batch·head, x, block of y)."
     BH, N, D = q.shape
-    nyb = (Y + _BY_CPU - 1) // _BY_CPU
     s = np.empty(kx * ky, np.float32)
     idx = np.empty(kx * ky, np.int64)
-    for t in range(w0, BH * X * nyb, nw):
-        bh = t // (X * nyb)
-        x = (t // nyb) % X
-        y0 = (t % nyb) * _BY_CPU
+    for t in range(w0, BH * X * -(-Y // _BY_CPU), nw):
+        bh, x, y0, y1 = _na_item(t, X, Y)
         fx, nx = _window(x, X, kx, dx, cx)
-        for y in range(y0, min(Y, y0 + _BY_CPU)):
+        for y in range(y0, y1):
             i = x * Y + y
             fy, ny = _window(y, Y, ky, dy, cy)
             n = 0
@@ -421,13 +432,10 @@ def _na_fwd_cpu(q, k, v, scale, X, Y, kx, ky, dx, dy, cx, cy, o, lse, w0, nw):
 def _na_bwd_dq_cpu(q, k, v, do, lse, delta, scale, X, Y, kx, ky, dx, dy, cx, cy, dq, w0, nw):
     "dQ of neighborhood attention, gathered over each query's window; work items as in the forward."
     BH, N, D = q.shape
-    nyb = (Y + _BY_CPU - 1) // _BY_CPU
-    for t in range(w0, BH * X * nyb, nw):
-        bh = t // (X * nyb)
-        x = (t // nyb) % X
-        y0 = (t % nyb) * _BY_CPU
+    for t in range(w0, BH * X * -(-Y // _BY_CPU), nw):
+        bh, x, y0, y1 = _na_item(t, X, Y)
         fx, nx = _window(x, X, kx, dx, cx)
-        for y in range(y0, min(Y, y0 + _BY_CPU)):
+        for y in range(y0, y1):
             i = x * Y + y
             fy, ny = _window(y, Y, ky, dy, cy)
             li = lse[bh, i]; di = delta[bh, i]
@@ -449,12 +457,9 @@ def _na_bwd_dkdv_cpu(q, k, v, do, lse, delta, scale, X, Y, kx, ky, dx, dy, cx, c
     """dK, dV of neighborhood attention, gathered per key over the queries whose window holds it (they lie within
     (k−1)δ of the key on each axis, so we test those candidates); one work item per (batch·head, x, block of y)."""
     BH, N, D = q.shape
-    nyb = (Y + _BY_CPU - 1) // _BY_CPU
-    for t in range(w0, BH * X * nyb, nw):
-        bh = t // (X * nyb)
-        xb = (t // nyb) % X
-        y0 = (t % nyb) * _BY_CPU
-        for yb in range(y0, min(Y, y0 + _BY_CPU)):
+    for t in range(w0, BH * X * -(-Y // _BY_CPU), nw):
+        bh, xb, y0, y1 = _na_item(t, X, Y)
+        for yb in range(y0, y1):
             j = xb * Y + yb
             for d in range(D):
                 dk[bh, j, d] = 0.0; dv[bh, j, d] = 0.0
@@ -719,11 +724,32 @@ def _rowsum_smem_py(x, red, r, t):
     cuda.syncthreads()
     return y
 
-def _flash_fwd_tiled_py(D: int, causal: bool, shuffle: bool):
+def _load_f32_py(x):
+    "A float32 or float16 element as float32 (exact)."
+    return float32(x)
+
+def _load_bf16_py(x):
+    """A bfloat16 element, given as the int16 holding its bits (sign, 8-bit exponent e, 7-bit fraction f), as float32
+    (exact): (−1)ˢ·(128 + f)·2^(e − 134) for e ≥ 1, (−1)ˢ·f·2^(−133) for e = 0 (subnormal)."""
+    u = int32(x) & 0xFFFF
+    e = (u >> 7) & 0xFF
+    f = u & 0x7F
+    a = float32(math.ldexp(float32(f + 128), int(e) - 134)) if e > 0 else float32(math.ldexp(float32(f), -133))
+    return -a if u >= 0x8000 else a
+
+_LOADERS = {'float32': _load_f32_py, 'float16': _load_f32_py, 'bfloat16': _load_bf16_py}
+_KERNEL_DTYPES = {torch.float32: 'float32', torch.float16: 'float16', torch.bfloat16: 'bfloat16'}
+
+def _kernel_view(t):
+    "What a tiled kernel reads for tensor t: t itself (float32, float16), or its bits as int16 (bfloat16)."
+    return t.view(torch.int16) if t.dtype == torch.bfloat16 else t
+
+def _flash_fwd_tiled_py(D: int, causal: bool, shuffle: bool, dtype: str = 'float32'):
     """The Python function of the tiled FlashAttention-2 forward kernel for head dimension D (a multiple of _TX),
     causal or full mask, row reductions by warp shuffles (shuffle=True) or shared memory; D, the tile sizes and the mask
-    mode are compile-time constants. Arguments: q (BH, N_q, D), k, v (BH, N_k, D), o (BH, N_q, D), lse (BH, N_q),
-    scale2 = τ·log₂e, off = N_k − N_q."""
+    mode are compile-time constants; q, k, v are read in `dtype` ('float32', 'float16', or 'bfloat16' as int16 bits)
+    and converted to float32 as they are loaded (everything after is float32). Arguments: q (BH, N_q, D),
+    k, v (BH, N_k, D), o (BH, N_q, D) float32, lse (BH, N_q) float32, scale2 = τ·log₂e, off = N_k − N_q."""
     BQ, BK, _ = _tiled_shape(D)
     RQ, RK, RD = BQ // _TY, BK // _TX, D // _TX        # register micro-tile: RQ rows × RK keys of S, RQ × RD of O
     RB = max(RK, RD)
@@ -732,6 +758,7 @@ def _flash_fwd_tiled_py(D: int, causal: bool, shuffle: bool):
     NEG = float32(_NEG)
     rowmax = cuda.jit(device=True)(_rowmax_shfl_py if shuffle else _rowmax_smem_py)
     rowsum = cuda.jit(device=True)(_rowsum_shfl_py if shuffle else _rowsum_smem_py)
+    load = cuda.jit(device=True)(_LOADERS[dtype])
 
     def kernel(q, k, v, o, lse, scale2, off):
         bh = cuda.blockIdx.y
@@ -753,7 +780,7 @@ def _flash_fwd_tiled_py(D: int, causal: bool, shuffle: bool):
         for idx in range(t, BQ * D, _NT):
             r = idx // D
             c = idx - r * D
-            qs[r, c] = q[bh, q0 + r, c] * scale2 if q0 + r < Nq else float32(0.0)
+            qs[r, c] = load(q[bh, q0 + r, c]) * scale2 if q0 + r < Nq else float32(0.0)
         for r in range(RQ):
             m[r] = NEG
             l[r] = float32(0.0)
@@ -765,7 +792,7 @@ def _flash_fwd_tiled_py(D: int, causal: bool, shuffle: bool):
             for idx in range(t, BK * D, _NT):
                 r = idx // D
                 c = idx - r * D
-                kvs[r, c] = k[bh, k0 + r, c] if k0 + r < Nk else float32(0.0)
+                kvs[r, c] = load(k[bh, k0 + r, c]) if k0 + r < Nk else float32(0.0)
             cuda.syncthreads()
             for r in range(RQ):
                 for c in range(RK):
@@ -807,7 +834,7 @@ def _flash_fwd_tiled_py(D: int, causal: bool, shuffle: bool):
             for idx in range(t, BK * D, _NT):
                 r = idx // D
                 c = idx - r * D
-                kvs[r, c] = v[bh, k0 + r, c] if k0 + r < Nk else float32(0.0)
+                kvs[r, c] = load(v[bh, k0 + r, c]) if k0 + r < Nk else float32(0.0)
             cuda.syncthreads()
             for j in range(BK):                          # O ← O + P V on the micro-tile
                 for c in range(RD):
@@ -828,20 +855,19 @@ def _flash_fwd_tiled_py(D: int, causal: bool, shuffle: bool):
     return kernel
 
 
-_TILED = {}               # (D, causal, shuffle) → compiled tiled forward kernel, made on first use and kept
+_TILED = {}               # (D, causal, shuffle, dtype) → compiled tiled forward kernel, made on first use and kept
 _TILED_FORWARD = True     # dispatch backend='cuda' full/causal forwards to the tiled kernel (False: the simple one)
 _TILED_BACKWARD = True    # the same for the backward pass
 
-def _flash_fwd_tiled(D: int, causal: bool, shuffle: bool):
-    """The compiled tiled forward kernel for (D, causal, shuffle), made once and cached in _TILED. On a GPU it is
-    compiled with launch bounds _LAUNCH_BOUNDS (128 threads, ≥ 4 blocks per SM), so ptxas keeps to 128 registers."""
-    key = (D, bool(causal), bool(shuffle))
+def _flash_fwd_tiled(D: int, causal: bool, shuffle: bool, dtype: str = 'float32'):
+    """The compiled tiled forward kernel for (D, causal, shuffle, input dtype), made once and cached in _TILED. On a
+    GPU it is compiled with launch bounds _LAUNCH_BOUNDS (128 threads, ≥ 4 blocks per SM), so ptxas keeps to 128 registers."""
+    key = (D, bool(causal), bool(shuffle), dtype)
     if key not in _TILED:
         fn = _flash_fwd_tiled_py(*key)
         _TILED[key] = (cuda.jit(fn) if numba.core.config.ENABLE_CUDASIM
                        else cuda.jit(fn, launch_bounds=_LAUNCH_BOUNDS))
     return _TILED[key]
-
 
 # %% ../nbs/05_fused_attention.ipynb #605c8e6e
 def _bwd_smem(rows: int, cols: int, Dp: int, keys: bool = True) -> int:
@@ -860,15 +886,17 @@ def _bwd_shape(D: int) -> tuple:
             return rows, cols, Dp
     raise ValueError(f'head dimension {D} is too large for the tiled kernel')
 
-def _flash_bwd_tiled_py(D: int, causal: bool, keys: bool):
+def _flash_bwd_tiled_py(D: int, causal: bool, keys: bool, dtype: str = 'float32'):
     """The Python function of a tiled FlashAttention-2 backward kernel for head dimension D (a multiple of _TX).
     keys=False: dQ (a block owns queries, streams keys); keys=True: dK and dV (a block owns keys, streams queries).
+    q, k, v are read in `dtype` as in the forward (dO and everything else is float32).
     Arguments: q, k, v, do (BH, N, D), lse2 (BH, N_q) = L·log₂e, delta (BH, N_q) = Δ, out1, out2 (dq and an unused (1, 1, 1) array, or
     dk and dv), scale (τ), scale2 (τ log₂e), off = N_k − N_q."""
     RW, CL, _ = _bwd_shape(D)
     RR, RC, RD = RW // _TY, CL // _TX, D // _TX
     DS, CS = D + 1, CL + 1
     NEG = float32(_NEG)
+    load = cuda.jit(device=True)(_LOADERS[dtype])
 
     def kernel(q, k, v, do, lse2, delta, out1, out2, scale, scale2, off):
         bh = cuda.blockIdx.y
@@ -900,10 +928,10 @@ def _flash_bwd_tiled_py(D: int, causal: bool, keys: bool):
             c = idx - r * D
             ok = r0 + r < Nr
             if keys:
-                a_s[r, c] = k[bh, r0 + r, c] * scale2 if ok else float32(0.0)
-                b_s[r, c] = v[bh, r0 + r, c] if ok else float32(0.0)
+                a_s[r, c] = load(k[bh, r0 + r, c]) * scale2 if ok else float32(0.0)
+                b_s[r, c] = load(v[bh, r0 + r, c]) if ok else float32(0.0)
             else:
-                a_s[r, c] = q[bh, r0 + r, c] * scale2 if ok else float32(0.0)
+                a_s[r, c] = load(q[bh, r0 + r, c]) * scale2 if ok else float32(0.0)
                 b_s[r, c] = do[bh, r0 + r, c] if ok else float32(0.0)
         for r in range(RR):
             i = r0 + ty * RR + r
@@ -925,11 +953,11 @@ def _flash_bwd_tiled_py(D: int, causal: bool, keys: bool):
                 c = idx - r * D
                 ok = c0 + r < Nc
                 if keys:
-                    c_s[r, c] = q[bh, c0 + r, c] if ok else float32(0.0)
+                    c_s[r, c] = load(q[bh, c0 + r, c]) if ok else float32(0.0)
                     e_s[r, c] = do[bh, c0 + r, c] if ok else float32(0.0)
                 else:
-                    c_s[r, c] = k[bh, c0 + r, c] if ok else float32(0.0)
-                    e_s[r, c] = v[bh, c0 + r, c] if ok else float32(0.0)
+                    c_s[r, c] = load(k[bh, c0 + r, c]) if ok else float32(0.0)
+                    e_s[r, c] = load(v[bh, c0 + r, c]) if ok else float32(0.0)
             if keys:
                 for idx in range(t, CL, _NT):
                     ok = c0 + idx < Nq
@@ -996,15 +1024,14 @@ def _flash_bwd_tiled_py(D: int, causal: bool, keys: bool):
 
 _TILED_BWD = {}
 
-def _flash_bwd_tiled(D: int, causal: bool, keys: bool):
-    "The compiled tiled backward kernel for (D, causal, keys), made once and cached in _TILED_BWD."
-    key = (D, bool(causal), bool(keys))
+def _flash_bwd_tiled(D: int, causal: bool, keys: bool, dtype: str = 'float32'):
+    "The compiled tiled backward kernel for (D, causal, keys, input dtype), made once and cached in _TILED_BWD."
+    key = (D, bool(causal), bool(keys), dtype)
     if key not in _TILED_BWD:
         fn = _flash_bwd_tiled_py(*key)
         _TILED_BWD[key] = (cuda.jit(fn) if numba.core.config.ENABLE_CUDASIM
                            else cuda.jit(fn, launch_bounds=_LAUNCH_BOUNDS))
     return _TILED_BWD[key]
-
 
 # %% ../nbs/05_fused_attention.ipynb #ee125139
 class _Mask(NamedTuple):
@@ -1115,18 +1142,22 @@ def _plans(mask: _Mask, Nq: int, Nk: int, device: str):
 def _device_key(x): return 'sim' if _cuda_mode() == 'sim' else str(x.device)
 
 def _forward_tiled(q, k, v, scale, mask):
-    """The tiled CUDA forward (full or causal mask): q, k, v (BH, N, D) float32 contiguous, D padded with zero columns
-    to D_p (they change no score; the extra output columns are dropped). Returns O (BH, N_q, D) and lse as below."""
+    """The tiled CUDA forward (full or causal mask): q, k, v (BH, N, D) contiguous, float32, float16 or bfloat16 (the
+    kernel compiled for that dtype reads them), D padded with zero columns to D_p (they change no score; the extra output
+    columns are dropped). Returns O (BH, N_q, D) float32 and lse as below."""
     BH, Nq, D = q.shape
     bq, _, Dp = _tiled_shape(D)
     if Dp != D: q, k, v = (F.pad(t, (0, Dp - D)) for t in (q, k, v))
-    o = torch.empty_like(q); lse = torch.empty((BH, Nq), dtype=torch.float32, device=q.device)
-    kernel = _flash_fwd_tiled(Dp, mask.kind == 'causal', _cuda_mode() == 'gpu')
-    _launch_cuda(kernel, (-(-Nq // bq), BH), _NT, q, k, v, o, lse, np.float32(scale * _LOG2E), np.int32(mask.off))
+    o = torch.empty(q.shape, dtype=torch.float32, device=q.device)
+    lse = torch.empty((BH, Nq), dtype=torch.float32, device=q.device)
+    kernel = _flash_fwd_tiled(Dp, mask.kind == 'causal', _cuda_mode() == 'gpu', _KERNEL_DTYPES[q.dtype])
+    _launch_cuda(kernel, (-(-Nq // bq), BH), _NT, *map(_kernel_view, (q, k, v)), o, lse, np.float32(scale * _LOG2E),
+                 np.int32(mask.off))
     return (o if Dp == D else o[..., :D].contiguous()), lse
 
 def _forward_impl(q, k, v, scale, mask, backend):
-    "O (BH, N_q, D) and lse (BH, N_q) in natural-log units (_NEG for rows with no key); q, k, v float32 contiguous."
+    """O (BH, N_q, D) float32 and lse (BH, N_q) in natural-log units (_NEG for rows with no key); q, k, v contiguous,
+    float32 (or float16, bfloat16 for the tiled CUDA kernels, which read them as they are)."""
     BH, Nq, D = q.shape
     if backend == 'cpu':
         qn, kn, vn = (t.detach().numpy() for t in (q, k, v))
@@ -1139,6 +1170,7 @@ def _forward_impl(q, k, v, scale, mask, backend):
         return torch.from_numpy(o), torch.from_numpy(lse)
     if _TILED_FORWARD and mask.kind != 'window':
         return _forward_tiled(q, k, v, scale, mask)
+    q, k, v = (t.float() for t in (q, k, v))
     o = torch.empty_like(q); lse = torch.empty((BH, Nq), dtype=torch.float32, device=q.device)
     mp, kv_lo, kv_hi, _, _ = _plans(mask, Nq, k.shape[1], _device_key(q))
     _launch_cuda(_fwd_cuda, (len(kv_lo), BH), _TQ, q, k, v, o, lse, np.float32(scale), mp, kv_lo, kv_hi)
@@ -1152,13 +1184,14 @@ def _backward_tiled(q, k, v, do, lse, delta, has_key, scale, mask):
     rows, _, Dp = _bwd_shape(D)
     if Dp != D: q, k, v, do = (F.pad(t, (0, Dp - D)) for t in (q, k, v, do))
     lse2 = torch.where(has_key, lse * _LOG2E, lse).float().contiguous()   # L·log₂e (−FLT_MAX kept on rows with no key)
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    dq, dk, dv = (torch.empty(t.shape, dtype=torch.float32, device=t.device) for t in (q, k, v))
     unused = torch.empty((1, 1, 1), dtype=torch.float32, device=q.device)   # dQ's second output (a distinct array)
     causal = mask.kind == 'causal'
     consts = (np.float32(scale), np.float32(scale * _LOG2E), np.int32(mask.off))
-    _launch_cuda(_flash_bwd_tiled(Dp, causal, False), (-(-Nq // rows), BH), _NT, q, k, v, do, lse2, delta, dq, unused,
+    dt, qkv = _KERNEL_DTYPES[q.dtype], tuple(map(_kernel_view, (q, k, v)))
+    _launch_cuda(_flash_bwd_tiled(Dp, causal, False, dt), (-(-Nq // rows), BH), _NT, *qkv, do, lse2, delta, dq, unused,
                  *consts)
-    _launch_cuda(_flash_bwd_tiled(Dp, causal, True), (-(-Nk // rows), BH), _NT, q, k, v, do, lse2, delta, dk, dv, *consts)
+    _launch_cuda(_flash_bwd_tiled(Dp, causal, True, dt), (-(-Nk // rows), BH), _NT, *qkv, do, lse2, delta, dk, dv, *consts)
     if Dp != D: dq, dk, dv = (t[..., :D].contiguous() for t in (dq, dk, dv))
     return dq, dk, dv
 
@@ -1184,6 +1217,7 @@ def _backward_impl(q, k, v, o, lse, do, dlse, scale, mask, backend):
         return torch.from_numpy(dq), torch.from_numpy(dk), torch.from_numpy(dv)
     if _TILED_BACKWARD and mask.kind != 'window':
         return _backward_tiled(q, k, v, do, lse, delta, has_key, scale, mask)
+    q, k, v = (t.float() for t in (q, k, v))
     lse = lse.contiguous()
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     mp, kv_lo, kv_hi, q_lo, q_hi = _plans(mask, Nq, k.shape[1], _device_key(q))
@@ -1193,8 +1227,25 @@ def _backward_impl(q, k, v, o, lse, do, dlse, scale, mask, backend):
                  kv_lo, kv_hi)
     return dq, dk, dv
 
+_TWICE = (b'flash_attention and neighborhood_attention are differentiable once: their backward kernels are not '
+          b'themselves differentiable (trying to differentiate twice a function marked @once_differentiable)')
+
+def _differentiable_once(backward):
+    """torch's `once_differentiable`, keyed on the inputs: run `backward` without a graph; when a graph is being built
+    (create_graph=True) and an input needs a gradient, the gradients get a node that raises a RuntimeError saying so if
+    they are differentiated again. (torch's version looks only at the incoming gradients: for o.sum() they need none,
+    it returns detached gradients, and a second backward fails with 'does not require grad'.)"""
+    @wraps(backward)
+    def wrapper(ctx, *grads):
+        with torch.no_grad(): out = backward(ctx, *grads)
+        if not (torch.is_grad_enabled() and any(ctx.needs_input_grad)): return out
+        fake = lambda t: None if t is None else t.detach().requires_grad_()
+        return torch._C._functions.DelayedError(_TWICE, len(out))(*map(fake, out))
+    return wrapper
+
 class _FusedAttentionFn(torch.autograd.Function):
-    "autograd wrapper: forward and backward kernels of either backend; q, k, v (BH, N, D) float32 contiguous."
+    """autograd wrapper: forward and backward kernels of either backend; q, k, v (BH, N, D) contiguous, float32 (or
+    float16/bfloat16 on the CUDA backend); O and L float32, gradients returned in the inputs' dtype."""
     @staticmethod
     def forward(ctx, q, k, v, scale, mask, backend):
         o, lse = _forward_impl(q, k, v, scale, mask, backend)
@@ -1203,7 +1254,7 @@ class _FusedAttentionFn(torch.autograd.Function):
         return o, lse
 
     @staticmethod
-    @once_differentiable          # the backward kernels are not themselves differentiable: say so, clearly
+    @_differentiable_once         # the backward kernels are not themselves differentiable: say so, clearly
     def backward(ctx, do, dlse):
         q, k, v, o, lse = ctx.saved_tensors
         if do is None: do = torch.zeros_like(o)
@@ -1227,7 +1278,8 @@ def _fused(q, k, v, scale, mask, backend):
     D, Dv = q.shape[-1], v.shape[-1]
     if Dv < D: v = F.pad(v, (0, D - Dv))
     elif Dv > D: q, k = F.pad(q, (0, Dv - D)), F.pad(k, (0, Dv - D))
-    f = lambda t: t.float().contiguous()
+    half = backend == 'cuda' and q.dtype in (torch.float16, torch.bfloat16)   # read as is by the tiled CUDA kernels
+    f = lambda t: (t if half else t.float()).contiguous()
     o, lse = _FusedAttentionFn.apply(f(q), f(k), f(v), scale, mask, backend)
     return o[..., :Dv], torch.where(lse > _NEG / 2, lse, torch.full_like(lse, float('-inf')))
 

@@ -152,6 +152,13 @@ def test_double_backward_fails_clearly(fn):
     (gq,) = torch.autograd.grad(f(q).square().sum(), q, create_graph=True)
     with pytest.raises(RuntimeError, match='once_differentiable'):
         gq.sum().backward()
+    # o.sum(): the incoming gradient needs none (torch's once_differentiable would return gq detached, and this backward
+    # would fail with 'does not require grad'); the inputs do, so the same clear error; and gq keeps its value
+    (gq,) = torch.autograd.grad(f(q).sum(), q, create_graph=True)
+    with pytest.raises(RuntimeError, match='differentiable once'):
+        gq.sum().backward()
+    (g1,) = torch.autograd.grad(f(q).sum(), q)
+    assert torch.equal(gq.detach(), g1) and not g1.requires_grad
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -170,9 +177,57 @@ def test_scores_far_below_zero(causal):
     expect = (seen.double() / seen.sum(1, keepdim=True)) @ v.detach().double()
     _close(o, expect.expand(1, 2, 5, 4), 1e-6)
     assert torch.isfinite(lse).all() and float((lse / -2e32 - 1).abs().max()) < 1e-6
-    # the float64 dense oracle fails here: L = m + log ℓ rounds to m, so P = e^{S − L} = 1 and O is the sum, not the mean
+    # the dense oracle too divides by ℓ directly (L = m + log ℓ rounds to m here, so e^{S − L} would give the sum)
     ref = attention_reference(q.double(), k.double(), v.detach().double(), causal=causal)
-    _close(ref, expect.expand(1, 2, 5, 4) * seen.sum(1, keepdim=True).double(), 1e-5)
+    _close(ref, expect.expand(1, 2, 5, 4), 1e-12)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+@pytest.mark.parametrize('a', [-2e32, -1e38, -3.0, 0.0, 50.0])
+@pytest.mark.parametrize('causal', [False, True])
+def test_reference_equal_scores_exact(dtype, a, causal):
+    """attention_reference on rows whose visible scores all equal a (q = 1, k = a/2 in every coordinate of D = 4, τ = ½):
+    O is the uniform average of the n visible values and L = a + log n, against a float64 computation: O to 4 ulps of
+    the dtype (a mean of ≤ 7 values), L equal to a + log n rounded to the dtype within 1 ulp (float32: both terms are
+    rounded before the sum). At a = −2·10³² and −10³⁸ the log n vanishes in the rounding (spacing ≫ log 7) and the old
+    oracle, which formed e^{S − L}, returned n times the mean."""
+    q = torch.ones(1, 2, 5, 4, dtype=dtype)
+    k = torch.full((1, 2, 7, 4), a / 2, dtype=dtype)
+    v = _randn(1, 2, 7, 4, seed=8, dtype=torch.float64).to(dtype)
+    o, lse = attention_reference(q, k, v, causal=causal, return_lse=True)
+    seen = torch.arange(7)[None, :] <= torch.arange(5)[:, None] + 2 if causal else torch.ones(5, 7, dtype=torch.bool)
+    n = seen.sum(1).double()
+    expect_o = (seen.double() / n[:, None]) @ v.double()
+    eps = torch.finfo(dtype).eps
+    assert float((o.double() - expect_o).abs().max()) <= 4 * eps * float(v.abs().max()), (o, expect_o)
+    expect_l = (torch.tensor(float(k[0, 0, 0, 0]) * 2, dtype=torch.float64) + n.log()).to(dtype).double()   # a + log n
+    err = (lse.double() - expect_l).abs() / expect_l.abs().clamp_min(1)
+    assert float(err.max()) <= eps, (lse, expect_l)
+    if abs(a) > 1e30: assert torch.equal(lse[0, 0], torch.full((5,), float(k[0, 0, 0, 0]) * 2, dtype=dtype))
+
+
+def test_reference_ordinary_scores_against_float64():
+    "Finite ordinary scores (unit-variance inputs, causal with N_q ≠ N_k and rows with no key): float32 reference O and L within 2e-6 of float64 softmax / logsumexp."
+    import math
+    q, k, v = _randn(2, 3, 9, 8, seed=11), _randn(2, 3, 6, 8, seed=12), _randn(2, 3, 6, 8, seed=13)
+    o, lse = attention_reference(q, k, v, causal=True, return_lse=True)
+    s = (q.double() @ k.double().transpose(-1, -2)) / math.sqrt(8)
+    s = s.masked_fill(~A._causal_mask(9, 6, 'cpu'), -math.inf)
+    L = torch.logsumexp(s, -1)
+    P = torch.nan_to_num(torch.exp(s - L[..., None]), nan=0.0)
+    fin = torch.isfinite(L)
+    assert torch.equal(fin, torch.isfinite(lse)) and int((~fin).sum()) == 2 * 3 * 3     # queries 0-2 see no key
+    _close(o, P @ v.double(), 2e-6)
+    _close(torch.where(fin, lse, 0.), torch.where(fin, L, 0.), 2e-6)
+    assert (o[~fin] == 0).all()
+
+
+def test_reference_gradients_finite_and_correct():
+    "The reference stays differentiable: gradcheck in float64 with a causal mask leaving rows without keys (N_q > N_k)."
+    q, k, v = (_randn(1, 1, n, 3, seed=s, dtype=torch.float64).requires_grad_() for n, s in ((5, 1), (3, 2), (3, 3)))
+    f = lambda q, k, v: tuple(torch.where(torch.isfinite(t), t, 0.) for t in attention_reference(q, k, v, causal=True,
+                                                                                               return_lse=True))
+    assert torch.autograd.gradcheck(f, (q, k, v))
 
 
 def test_scores_far_below_zero_neighborhood():
@@ -237,6 +292,28 @@ def test_work_items_of_the_neighborhood_kernels_cover_every_query_once():
     o, l = np.full_like(q, np.nan), np.full((2, 150), np.nan, np.float32)
     for w in range(3): A._na_fwd_cpu(q, k, v, np.float32(0.5), 1, 150, 1, 5, 1, 1, False, False, o, l, w, 3)
     assert np.isfinite(o).all() and np.isfinite(l).all()
+
+
+@pytest.mark.parametrize('BH,X,Y', [(1, 1, 300), (2, 9, 64), (3, 5, 65), (1, 7, 1)])
+def test_na_item_is_the_work_item_decomposition(BH, X, Y):
+    """`_na_item` (the work-item setup shared by the three neighborhood CPU kernels): item t = (bh·X + x)·⌈Y/64⌉ + block
+    covers columns [64·block, min(Y, 64·block + 64)) of row x of head bh; over all items every (bh, x, y) exactly once."""
+    nyb = -(-Y // A._BY_CPU)
+    seen = np.zeros((BH, X, Y), int)
+    for t in range(BH * X * nyb):
+        bh, x, y0, y1 = A._na_item(t, X, Y)
+        assert (bh * X + x) * nyb + y0 // A._BY_CPU == t and y0 % A._BY_CPU == 0
+        assert 0 < y1 - y0 <= A._BY_CPU and y1 == min(Y, y0 + A._BY_CPU)
+        seen[bh, x, y0:y1] += 1
+    assert (seen == 1).all()
+
+
+def test_na_kernels_share_one_work_item_helper():
+    "The three neighborhood CPU kernels take their work items from `_na_item`, and none repeats its arithmetic."
+    import inspect
+    for f in (A._na_fwd_cpu, A._na_bwd_dq_cpu, A._na_bwd_dkdv_cpu):
+        src = inspect.getsource(f.py_func)
+        assert '_na_item(t, X, Y)' in src and 'nyb' not in src, f.__name__
 
 
 @pytest.mark.parametrize('bad,match', [(dict(kernel_size=4), 'must be odd'), (dict(kernel_size=7, dilation=5), 'exceeds'),

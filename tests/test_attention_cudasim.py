@@ -101,6 +101,50 @@ SIM_SCRIPT = textwrap.dedent(r'''
     A._TILED_FORWARD = True
     o_tiled = flash_attention(q, k, v, causal=True, backend='cuda')
     out['tiled_vs_simple'] = float((o_tiled - o_simple).abs().max())
+    # one compiled tiled kernel per input dtype: float16 and bfloat16 inputs are read as they are (bfloat16 as int16
+    # bits) by kernels compiled for them, and give the bits the float32 kernel gives on the same (exactly widened) values
+    before_f, before_b = set(A._TILED), set(A._TILED_BWD)
+    gen = torch.Generator().manual_seed(12)
+    q, k, v = (torch.randn(2, n, 12, generator=gen) for n in (20, 27, 27))
+    do = torch.randn(2, 20, 12, generator=gen)
+    same = {}
+    for dt in (torch.float16, torch.bfloat16):
+        for causal in (False, True):
+            m = A._Mask('causal' if causal else 'full', off=7)
+            h = [t.to(dt).contiguous() for t in (q, k, v)]
+            w = [t.float() for t in h]
+            oh, lh = A._forward_impl(*h, 0.3, m, 'cuda')
+            of, lf = A._forward_impl(*w, 0.3, m, 'cuda')
+            gh = A._backward_impl(*h, of, lf, do, None, 0.3, m, 'cuda')
+            gf = A._backward_impl(*w, of, lf, do, None, 0.3, m, 'cuda')
+            same[f'{dt}_{causal}'] = [oh.dtype == torch.float32, torch.equal(oh, of), torch.equal(lh, lf),
+                                      *(a.dtype == torch.float32 and torch.equal(a, b) for a, b in zip(gh, gf))]
+    out['dtype_bitwise'] = same
+    out['dtype_new_fwd_keys'] = sorted(map(list, set(A._TILED) - before_f))
+    out['dtype_new_bwd_keys'] = sorted(map(list, set(A._TILED_BWD) - before_b))
+    out['dtype_distinct_objects'] = len({id(A._TILED[(16, True, False, d)]) for d in ('float32', 'float16', 'bfloat16')})
+    # end to end: half inputs give half outputs and gradients, within their rounding of the float64 answer
+    e2e = {}
+    for dt in (torch.float16, torch.bfloat16):
+        qq, kk, vv = (t[None].to(dt).requires_grad_() for t in (q, k, v))
+        o = flash_attention(qq, kk, vv, causal=True, backend='cuda')
+        (o.float() * do[None]).sum().backward()
+        q2, k2, v2 = (t.detach().double().requires_grad_() for t in (qq, kk, vv))
+        o2 = attention_reference(q2, k2, v2, causal=True)
+        (o2 * do[None].double()).sum().backward()
+        e2e[str(dt)] = {'dtypes': [str(t.dtype) for t in (o, qq.grad, kk.grad, vv.grad)],
+                        'o_rel': float(((o.double() - o2).abs() / o2.abs().clamp_min(1)).max()),
+                        'eps': torch.finfo(dt).eps,
+                        'grad_rel': max(float(((a.grad.double() - b.grad).abs() / b.grad.abs().clamp_min(1)).max())
+                                        for a, b in ((qq, q2), (kk, k2), (vv, v2)))}
+    out['dtype_e2e'] = e2e
+    # the bfloat16 decoder on every finite bit pattern
+    bits = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16)
+    vals = bits.view(torch.bfloat16).float()
+    fin = torch.isfinite(vals)
+    dec = torch.tensor([A._load_bf16_py(b) for b in bits[fin].numpy()], dtype=torch.float32)
+    out['bf16_decode'] = {'n': int(fin.sum()), 'exact': bool(torch.equal(dec, vals[fin])),
+                          'signs': bool(torch.equal(torch.signbit(dec), torch.signbit(vals[fin])))}
     print('RESULT' + json.dumps(out))
 ''')
 
@@ -137,6 +181,22 @@ PTX_SCRIPT = textwrap.dedent(r'''
                 out[name] = {'bytes': len(ptx), 'f64_lines': f64[:5], 'n_f64': len(f64),
                              'shfl': 'shfl.sync.bfly' in ptx, 'smem_expected': A._bwd_smem(*A._bwd_shape(D), keys)}
                 (Path(os.environ['GEOBOOK_PTX_DIR']) / f'{name}.ptx').write_text(ptx)
+    from numba import int16
+    from numba.core.types import float16
+    for dt, ty in (('float16', float16[:, :, ::1]), ('bfloat16', int16[:, :, ::1])):   # kernels that read half inputs
+        for kind in ('fwd', 'dq', 'dkdv'):
+            name = f'half_{kind}_D64_causal_{dt}'
+            if kind == 'fwd':
+                ptx, _ = compile_ptx(A._flash_fwd_tiled_py(64, True, True, dt), (ty, ty, ty, a3, a2, float32, int32),
+                                     cc=(9, 0), launch_bounds=A._LAUNCH_BOUNDS)
+            else:
+                ptx, _ = compile_ptx(A._flash_bwd_tiled_py(64, True, kind == 'dkdv', dt),
+                                     (ty, ty, ty, a3, a2, a2, a3, a3, float32, float32, int32),
+                                     cc=(9, 0), launch_bounds=A._LAUNCH_BOUNDS)
+            f64 = [l.strip() for l in ptx.splitlines() if re.search(r'\.f64\b', l)]
+            out[name] = {'bytes': len(ptx), 'f64_lines': f64[:5], 'n_f64': len(f64), 'u16_loads': 'ld.global.u16' in ptx
+                         or 'ld.global.nc.u16' in ptx}
+            (Path(os.environ['GEOBOOK_PTX_DIR']) / f'{name}.ptx').write_text(ptx)
     for name, sig in sigs.items():
         ptx, _ = compile_ptx(getattr(A, name), sig, cc=(9, 0))
         f64 = [l.strip() for l in ptx.splitlines() if re.search(r'\.f64\b', l)]
@@ -180,12 +240,42 @@ def test_fully_masked_rows_present(sim_results):
 
 
 def test_tiled_forward_was_dispatched(sim_results):
-    """backend='cuda' full and causal forwards ran the tiled kernel: one compiled kernel per (D_p, causal, shuffle), with
-    the shared-memory reduction (shuffle False) under the simulator; D = 12 was padded to D_p = 16."""
+    """backend='cuda' full and causal forwards ran the tiled kernel: one compiled kernel per (D_p, causal, shuffle,
+    dtype), with the shared-memory reduction (shuffle False) under the simulator; D = 12 was padded to D_p = 16."""
     keys = {tuple(k) for k in sim_results['tiled_keys']}
     dc = {(16, False), (16, True), (8, True), (32, False), (64, True)}           # (D_p, causal) of the flash cases
-    assert {(d, c, False) for d, c in dc} == keys
-    assert {(d, c, r) for d, c in dc for r in (False, True)} == {tuple(k) for k in sim_results['tiled_bwd_keys']}
+    assert {(d, c, False, 'float32') for d, c in dc} == keys
+    assert {(d, c, r, 'float32') for d, c in dc for r in (False, True)} == {tuple(k) for k in sim_results['tiled_bwd_keys']}
+
+
+def test_tiled_kernels_are_compiled_per_dtype(sim_results):
+    """Issue 18 part 1: one compiled kernel per (head dim, mask mode, dtype). float16 and bfloat16 inputs (D = 12 → 16,
+    N_q = 20, N_k = 27, full and causal) made new forward and backward kernels keyed by their dtype, distinct objects
+    from the float32 one; they read the half inputs directly and give bit for bit the O, L, dQ, dK, dV (float32) of the
+    float32 kernel on the same values widened to float32 (the widening is exact, and the arithmetic after the load is
+    the same)."""
+    new_f = {tuple(k) for k in sim_results['dtype_new_fwd_keys']}
+    new_b = {tuple(k) for k in sim_results['dtype_new_bwd_keys']}
+    assert new_f == {(16, c, False, d) for c in (False, True) for d in ('float16', 'bfloat16')}, new_f
+    assert new_b == {(16, c, r, d) for c in (False, True) for r in (False, True) for d in ('float16', 'bfloat16')}, new_b
+    assert sim_results['dtype_distinct_objects'] == 3
+    for case, flags in sim_results['dtype_bitwise'].items():
+        assert all(flags) and len(flags) == 6, (case, flags)
+
+
+def test_half_inputs_end_to_end(sim_results):
+    """flash_attention(backend='cuda') on float16/bfloat16 tensors returns O and gradients in that dtype, equal to the
+    float64 answer on the same (rounded) inputs up to rounding the float32 result to the dtype: relative error
+    ≤ ε (ε = 2⁻¹⁰ float16, 2⁻⁷ bfloat16; rounding to nearest gives ≤ ε/2, float32 accumulation adds ~1e-6)."""
+    for dt, r in sim_results['dtype_e2e'].items():
+        assert r['dtypes'] == [dt] * 4, r
+        assert r['o_rel'] <= r['eps'] and r['grad_rel'] <= r['eps'], (dt, r)
+
+
+def test_bfloat16_decoder_is_exact(sim_results):
+    "The kernels' bfloat16 loader (int16 bits → float32) on all 65 280 finite bit patterns: exact, signed zeros included."
+    r = sim_results['bf16_decode']
+    assert r == {'n': 65280, 'exact': True, 'signs': True}, r
 
 
 def test_shared_memory_row_reduction(sim_results):
@@ -226,6 +316,7 @@ def ptx(tmp_path_factory):
 def test_ptx_has_no_float64(ptx):
     res, _ = ptx
     assert sum(n.startswith('tiled_') for n in res) == 12, sorted(res)
+    assert sum(n.startswith('half_') for n in res) == 6, sorted(res)
     for name, r in res.items():
         assert r['bytes'] > 1000, (name, r)
         assert r['n_f64'] == 0, f'{name} has float64 instructions: {r["f64_lines"]}'
@@ -290,3 +381,24 @@ def test_tiled_ptxas_registers_and_no_stack(ptx, kernel):
     assert facts['spill_st'] == 0 and facts['spill_ld'] == 0, f'{kernel} spills registers: {facts}'
     assert facts['regs'] <= 128, facts
     assert facts['smem'] == res[kernel]['smem_expected'], facts
+
+
+HALF = [f'half_{k}_D64_causal_{dt}' for k in ('fwd', 'dq', 'dkdv') for dt in ('float16', 'bfloat16')]
+
+
+@pytest.mark.parametrize('kernel', HALF)
+def test_half_input_kernels_ptxas(ptx, kernel):
+    """The tiled kernels compiled for float16 and bfloat16 inputs (D = 64, causal, sm_90) load 16-bit words from global
+    memory, have no float64 instruction, a 0-byte stack frame, no spills and at most 128 registers, like the float32 ones."""
+    exe = _find_ptxas()
+    if exe is None:
+        pytest.skip('ptxas not found: `pip install "nvidia-cuda-nvcc>=13,<14"` (in the `ptx` extra) or put it on PATH')
+    res, folder = ptx
+    assert res[kernel]['u16_loads'] and res[kernel]['n_f64'] == 0, res[kernel]
+    p = subprocess.run([exe, '-arch=sm_90', '-v', str(folder / f'{kernel}.ptx'), '-o', str(folder / f'{kernel}.cubin')],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, f'ptxas failed on {kernel}:\n{p.stderr[-3000:]}'
+    facts = {k: int(m.group(1)) for k, rx in PTXAS_RE.items() if (m := re.search(rx, p.stderr + p.stdout))}
+    print(kernel, facts)
+    assert facts['stack'] == 0 and facts['spill_st'] == 0 and facts['spill_ld'] == 0, facts
+    assert facts['regs'] <= 128, facts
