@@ -26,6 +26,16 @@ def _float_kernel(t: torch.Tensor, name: str) -> torch.Tensor:
         raise TypeError(f"`{name}` must be float32 or float64, got {t.dtype}")
     return t
 
+def _common_dtype(**arrays) -> torch.dtype:
+    """The dtype several inputs are computed in: the widest float dtype among them, integers counting as torch's default
+    dtype (float32 + float64 → float64). Half precision and bfloat16 raise TypeError naming the argument."""
+    dtype = None
+    for name, a in arrays.items():
+        if a is None: continue
+        d = _float_kernel(as_tensor(a, name, finite=False), name).dtype      # integers → the default dtype
+        dtype = d if dtype is None else torch.promote_types(dtype, d)
+    return dtype
+
 def _moment_args(k11, k12, k22):
     "Entries of 2×2 covariances as broadcast tensors, checked: finite, k11, k22 ≥ 0 and |k12| ≤ √(k11 k22)."
     names = ('k11', 'k12', 'k22')
@@ -87,12 +97,13 @@ def _gelu(k11, k12, k22):
     p1, p2 = 1 / (1 + k11), 1 / (1 + k22)                                    # 1/(1 + Kᵢᵢ)
     q1, q2 = k11 * p1, k22 * p2                                              # Kᵢᵢ/(1 + Kᵢᵢ)
     g = (q1 * q2).sqrt()
-    a, rr = p1 + p2 - 1, rho * rho
+    rr = rho * rho
     w2 = p1 + p2 - p1 * p2 + q1 * q2 * (1 - rho) * (1 + rho)                 # 1 − r², r = K₁₂/√((1 + K₁₁)(1 + K₂₂))
     w = w2.sqrt()
     phi = torch.atan2(rho * g, w) / (2 * math.pi)                            # arcsin(r)/2π
-    S = s * (rho / 4 + rho * phi + g * (1 + a * rr) / (2 * math.pi * w))
-    Sd = 0.25 + phi + rho * g * ((1 + 2 * a) + q1 * q2 * (1 + a * rr) / w2) / (2 * math.pi * w)
+    c = (1 - rho) * (1 + rho) + (p1 + p2) * rr                               # 1 + aρ², without cancelling at large K
+    S = s * (rho / 4 + rho * phi + g * c / (2 * math.pi * w))
+    Sd = 0.25 + phi + rho * g * ((p1 + p2) + p1 * p2 / w2) / (2 * math.pi * w)
     return S, Sd
 
 def gelu_moments(k11, k12, k22) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,72 +167,124 @@ def activation_fns(activation) -> tuple[Callable, Callable]:
     raise TypeError(f"`activation` must be a name in {list(ACTIVATIONS)} or an elementwise callable, got {activation!r}")
 
 # %% ../nbs/01_ntk.ipynb #5e2f8a60
-_T = 9.0                # |ξ| ≤ 9 holds all of a standard normal but 2·10⁻¹⁹ of its mass
+_T = 9.0                # |η| ≤ 9 holds all of a standard normal but 2·10⁻¹⁹ of its mass
 _MAX_NODES = 1024       # intervals per axis: 10⁶ nodes per covariance; beyond that a closed form is the answer
+_H_START = 0.5          # a wide rule starts at t-spacing ≤ 0.5: coarser rules can agree with their halves by accident
+
+def _logcosh(t): a = t.abs(); return a + torch.log1p(torch.exp(-2 * a)) - math.log(2)
 
 @functools.lru_cache(maxsize=32)
-def _trapezoid(n: int, dtype: torch.dtype, device: torch.device):
-    "Nodes ξᵢ = −T + 2Ti/n (i = 0..n) and normalised weights ∝ φ(ξᵢ) of the trapezoidal rule for 𝔼g(ξ), ξ ~ N(0, 1)."
-    xi = torch.linspace(-_T, _T, n + 1, dtype=torch.float64)
-    w = torch.exp(-xi * xi / 2)
-    return xi.to(dtype=dtype, device=device), (w / w.sum()).to(dtype=dtype, device=device)
+def _uniform(n: int, dtype: torch.dtype, device: torch.device):
+    "Standard scores ηᵢ = −9 + 18i/n (i = 0..n) and unnormalised weights φ(ηᵢ)√(2π) of the trapezoid uniform in η."
+    eta = torch.linspace(-_T, _T, n + 1, dtype=torch.float64)
+    return eta.to(dtype=dtype, device=device), torch.exp(-eta * eta / 2).to(dtype=dtype, device=device)
 
-def _trap1(f, k, n):
-    "(𝔼f(z) with n intervals, the same with n/2): z ~ N(0, k), k any shape; the coarse rule is every other node."
-    xi, w = _trapezoid(n, k.dtype, k.device)
-    fz = f(k.clamp_min(0).sqrt()[..., None] * xi)
-    wc = w[::2] / w[::2].sum()
-    return (fz * w).sum(-1), (fz[..., ::2] * wc).sum(-1)
+def _gauss_rule(mu, tau, n):
+    """Nodes v (B, n+1), their standard scores η = (v − μ)/τ and unnormalised weights w (B, n+1) of the trapezoidal rule
+    for 𝔼g(v), v ~ N(μ, τ²), one row per entry of μ, τ (B,). Narrow (τ ≤ 1) or far from the origin (|μ| > 9τ): uniform
+    in η on |η| ≤ 9. Wide (τ > 1, |μ| ≤ 9τ): v = sinh t with t uniform on [asinh(μ − 9τ), asinh(μ + 9τ)], so the
+    spacing is ≈ h near v = 0, where σ varies on the unit scale, and ≈ h|v| out where the Gaussian varies on the scale τ."""
+    eta0, w0 = _uniform(n, mu.dtype, mu.device)
+    v = mu[:, None] + tau[:, None] * eta0
+    eta, w = eta0.expand_as(v), w0.expand_as(v)
+    wide = (tau > 1) & (mu.abs() <= _T * tau)
+    if bool(wide.any()):
+        eta, w = eta.clone(), w.clone()
+        m, s = mu[wide, None], tau[wide, None]
+        lo, hi = torch.asinh(m - _T * s), torch.asinh(m + _T * s)
+        t = lo + (hi - lo) * (torch.arange(n + 1, dtype=mu.dtype, device=mu.device) / n)
+        v_wide = torch.sinh(t)
+        eta_wide = (v_wide - m) / s
+        logw = -eta_wide * eta_wide / 2 + _logcosh(t)                              # φ(η) dη/dt, up to a constant
+        v[wide], eta[wide], w[wide] = v_wide, eta_wide, torch.exp(logw - logw.max(-1, keepdim=True).values)
+    return v, eta, w
 
-def _trap2(f, l11, l21, l22, n, chunk):
-    "(𝔼f(u)f(v) with n intervals per axis, the same with n/2) for u = l11 ξ₁, v = l21 ξ₁ + l22 ξ₂, batched (B,)."
-    xi, w = _trapezoid(n, l11.dtype, l11.device)
-    wc = w[::2] / w[::2].sum()
-    fine, coarse, step = [], [], max(1, chunk // (n + 1) ** 2)
-    for s in range(0, len(l11), step):
-        a, b, c = (t[s:s + step, None] for t in (l11, l21, l22))
-        fu = f(a * xi)                                                            # f(u): (b, n+1), u depends on ξ₁ only
-        fv = f((b * xi)[:, :, None] + (c * xi)[:, None, :])                       # f(v): (b, n+1, n+1)
-        fine.append((fu * (fv @ w)) @ w)
-        coarse.append((fu[:, ::2] * (fv[:, ::2, ::2] @ wc)) @ wc)
-    return torch.cat(fine), torch.cat(coarse)
+def _subrules(x, w):
+    "Σwᵢxᵢ/Σwᵢ over the last axis with n and n/2 intervals (every node, every other one): (2, ...)."
+    return torch.stack([(x[..., ::k] * w[..., ::k]).sum(-1) / w[..., ::k].sum(-1) for k in (1, 2)])
 
-def _refined(rule, scale, n_points, rtol, max_points, start):
-    """`rule(n)` → (estimate with n intervals, with n/2). `n_points` fixes n; else n = start, 2·start, … ≤ `max_points`
-    until their gap δ, the error of the n/2 rule, is at most √rtol·scale: the error of the n rule is then about
-    δ²/scale ≤ rtol·scale (halving h squares e^(−2πd/h)). Returns (estimate, n, converged)."""
-    if n_points is not None: return rule(n_points)[0], n_points, True
-    n = start
-    while True:
-        fine, coarse = rule(n)
-        gap = (fine - coarse).abs()
-        tol = math.sqrt(rtol) * scale(n) + torch.finfo(fine.dtype).tiny
-        if bool((gap <= tol).all()): return fine, n, True
-        if 2 * n > max_points: return fine, n, False
-        n *= 2
+def _min_intervals(k11, k22):
+    "The first n at which an entry may stop: t-spacing ≤ `_H_START` for its wide rules (the t-range ≤ 2 asinh(18√K))."
+    big = torch.maximum(k11, k22).clamp_min(0).sqrt()
+    return torch.where(big > 1, 2 * torch.asinh(2 * _T * big) / _H_START, torch.zeros_like(big))
+
+def _rule_level(f, k11, k12, k22, n):
+    """(𝔼f(u)f(v) with n and n/2 intervals per axis, and the scale √(𝔼f(u)² 𝔼f(v)²)): (3, B). Every entry is
+    computed from its own (k11, k12, k22) alone, so it comes out the same in any batch, and from the pair sorted so that
+    swapping u and v changes no bit. The wider of u, v (call it u) ~ N(0, k11) by the outer rule;
+    |ρ| = 1: v = ρ√(k22/k11) u on the same nodes; else v | u ~ N(ρ√k22 η, k22(1 − ρ²)) by an inner rule per outer node."""
+    k11, k22 = torch.maximum(k11, k22), torch.minimum(k11, k22)             # symmetric in (u, v): the wider one outside
+    s, rho = _correlation(k11, k12, k22)
+    zero = torch.zeros_like(k11)
+    u, eta, W = _gauss_rule(zero, k11.sqrt(), n)                                   # (B, n+1)
+    fu = f(u)
+    line = rho.abs() == 1
+    out = k11.new_empty(3, len(k11))
+    if bool(line.any()):
+        r = k22[line].sqrt() / k11[line].sqrt()                                   # k11 > 0 where |ρ| = 1
+        fl = f((rho[line] * r)[:, None] * u[line])
+        out[:2, line] = _subrules(fu[line] * fl, W[line])
+        out[2, line] = (_subrules(fu[line] ** 2, W[line])[0] * _subrules(fl * fl, W[line])[0]).sqrt()
+    plane = ~line
+    if bool(plane.any()):
+        b = int(plane.sum())
+        tau = k22[plane].sqrt() * ((1 - rho[plane]) * (1 + rho[plane])).clamp_min(0).sqrt()
+        mu = (rho[plane] * k22[plane].sqrt())[:, None] * eta[plane]                # 𝔼[v | u] at each outer node
+        v, _, w = _gauss_rule(mu.reshape(-1), tau[:, None].expand(-1, n + 1).reshape(-1), n)
+        fv, w = f(v).reshape(b, n + 1, n + 1), w.reshape(b, n + 1, n + 1)
+        inner = [(fv[:, ::k, ::k] * w[:, ::k, ::k]).sum(-1) / w[:, ::k, ::k].sum(-1) for k in (1, 2)]
+        Wp, fup = W[plane], fu[plane]
+        out[:2, plane] = torch.stack([(fup[:, ::k] * g * Wp[:, ::k]).sum(-1) / Wp[:, ::k].sum(-1)
+                                      for k, g in zip((1, 2), inner)])
+        sq_v = ((fv * fv * w).sum(-1) / w.sum(-1) * Wp).sum(-1) / Wp.sum(-1)
+        out[2, plane] = (_subrules(fup * fup, Wp)[0] * sq_v).sqrt()
+    return out
+
+def _refined(f, k11, k12, k22, n_points, rtol, max_points, chunk):
+    """𝔼f(u)f(v) per entry (B,) with its own refinement: n = 32, 64, … (from `_min_intervals` on) until the n and n/2
+    rules differ by at most rtol of the scale. The gap is the error of the n/2 rule, and the n rule is better still
+    (asymptotically its error is gap²/scale, but coarse rules can agree by accident, so the gap itself is the test).
+    `n_points` fixes n. Returns (estimate, intervals used (B,), converged (B,))."""
+    B = len(k12)
+    est, used = k12.new_empty(B), torch.zeros(B, dtype=torch.long, device=k12.device)
+    done = torch.zeros(B, dtype=torch.bool, device=k12.device)
+    levels = [n_points] if n_points is not None else [32 * 2**i for i in range(8) if 32 * 2**i <= max_points]
+    nmin = _min_intervals(k11, k22)
+    tiny = torch.finfo(k12.dtype).tiny
+    for n in levels:
+        todo = (~done).nonzero().flatten()
+        if n != levels[-1]: todo = todo[nmin[todo] <= n]
+        step = max(1, chunk // (n + 1) ** 2)
+        for c in range(0, len(todo), step):
+            i = todo[c:c + step]
+            fine, half, scale = _rule_level(f, k11[i], k12[i], k22[i], n)
+            ok = (fine - half).abs() <= rtol * scale + tiny
+            est[i], used[i], done[i] = fine, n, ok | (n_points is not None)
+        if bool(done.all()): break
+    return est, used, done
 
 # %% ../nbs/01_ntk.ipynb #0b3356b3
-def _quadrature(activation, k11, k12, k22, n_points=None, rtol=None, max_points=512, chunk=2**22, start=(32, 32)):
-    "Unchecked `quadrature_moments`; also returns the numbers of intervals per axis it ended with, (σσ, σ'σ')."
+def _quadrature(activation, k11, k12, k22, n_points=None, rtol=None, max_points=512, chunk=2**22):
+    """Unchecked `quadrature_moments`; also returns the largest numbers of intervals per axis it used, (σσ, σ'σ').
+    Raises ValueError naming the activation and the variance where the rule cannot converge."""
     sig, dsig = activation_fns(activation)
     k11, k12, k22 = torch.broadcast_tensors(k11, k12, k22)
     shape = k12.shape
-    if k12.numel() == 0: return k12.new_zeros(shape), k12.new_zeros(shape), start
-    k11, k12, k22 = k11.reshape(-1), k12.reshape(-1), k22.reshape(-1)
-    s, rho = _correlation(k11, k12, k22)
-    l11 = k11.sqrt()                                                              # Cholesky factor of [[k11, ρs], [ρs, k22]]
-    l21 = rho * k22.sqrt()
-    l22 = ((1 - rho) * (1 + rho)).clamp_min(0).sqrt() * k22.sqrt()
+    if k12.numel() == 0: return k12.new_zeros(shape), k12.new_zeros(shape), (0, 0)
+    k11, k12, k22 = (k.reshape(-1) for k in (k11, k12, k22))
     rtol = _rtol(k12.dtype) if rtol is None else rtol
     out, used = [], []
-    for f, st in zip((sig, dsig), start):
-        sq = lambda n: (_trap1(lambda z: f(z) ** 2, k11, n)[0] * _trap1(lambda z: f(z) ** 2, k22, n)[0]).sqrt()
-        m, n, ok = _refined(lambda n: _trap2(f, l11, l21, l22, n, chunk), sq, n_points, rtol, max_points, st)
-        if not ok:
-            warnings.warn(f"quadrature_moments: the trapezoidal rule with {n} and {n // 2} intervals per axis still differs "
-                          f"by more than rtol={rtol:.1e} of the kernel's scale: is the activation kinked, or steep on the "
-                          "scale of √K? Use a closed form, pass `n_points`, or raise `max_points`.", QuadratureWarning, stacklevel=4)
-        out.append(m.reshape(shape)); used.append(n)
+    for f in (sig, dsig):
+        m, n, ok = _refined(f, k11, k12, k22, n_points, rtol, max_points, chunk)
+        if not bool(ok.all()):
+            bad = ~ok
+            name = activation if isinstance(activation, str) else getattr(activation, '__name__', 'callable')
+            k = torch.maximum(k11[bad], k22[bad]).max().item()
+            raise ValueError(f"`activation` {name!r}: quadrature did not converge to rtol={rtol:.1e} with {int(n[bad].max())} "
+                             f"intervals per axis at variance K = {k:.3g}. The activation varies on a scale the rule cannot "
+                             "resolve there, or the variance is too large. Use a closed form ('relu', 'erf', 'gelu', "
+                             "'linear'), rescale the inputs or C_W, or raise `max_points`.")
+        out.append(m.reshape(shape)); used.append(int(n.max()))
     return out[0], out[1], tuple(used)
 
 def _rtol(dtype): return 1e-10 if dtype == torch.float64 else 32 * torch.finfo(dtype).eps
@@ -230,10 +293,13 @@ def quadrature_moments(activation, k11, k12, k22, n_points: int | None = None, c
                        rtol: float | None = None, max_points: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
     """(𝔼[σ(u)σ(v)], 𝔼[σ'(u)σ'(v)]) for (u, v) ~ N(0, [[k11, k12], [k12, k22]]) by the trapezoidal rule.
 
-    A tensor grid of n + 1 nodes per axis on |ξ| ≤ 9 in the Cholesky coordinates of the covariance. `activation`: a name
-    in `ACTIVATIONS` or an elementwise callable. `n_points`: n, the intervals per axis; None (default) refines n = 32,
-    64, … ≤ `max_points` until n and n/2 agree to `rtol` (1e-10 in float64) times √(𝔼σ(u)² 𝔼σ(v)²) in every entry,
-    warning (`QuadratureWarning`) if they never do. At most `chunk` integrand values are alive at once."""
+    u ~ N(0, k11) by an outer rule and v given u by an inner one; each rule is uniform in the standard score for
+    variances ≤ 1 and uniform in t with v = sinh t for larger ones (nodes where σ varies and where the Gaussian lives, so
+    n grows like log K). |ρ| = 1 uses the outer rule alone (the diagonal of `nngp_ntk` is this case). `activation`: a
+    name in `ACTIVATIONS` or an elementwise callable varying on the unit scale. `n_points`: n, the intervals per axis;
+    None (default) refines each entry on its own, n = 32, 64, … ≤ `max_points`, until n and n/2 agree to √rtol (rtol
+    1e-10 in float64) of √(𝔼σ(u)² 𝔼σ(v)²), and raises ValueError (naming the activation and the variance) where they
+    never do. About `chunk` nodes are alive at once."""
     activation_fns(activation)
     k11, k12, k22 = _moment_args(k11, k12, k22)
     if n_points is not None:
@@ -246,16 +312,9 @@ def quadrature_moments(activation, k11, k12, k22, n_points: int | None = None, c
     return _quadrature(activation, k11, k12, k22, n_points, rtol, max_points, chunk)[:2]
 
 def _diag_moments(activation, k, n_points=None):
-    "(𝔼[σ(z)²], 𝔼[σ'(z)²]) for z ~ N(0, k): the diagonal ρ = 1 of the moment maps, by the same formulas and rules."
+    "(𝔼[σ(z)²], 𝔼[σ'(z)²]) for z ~ N(0, k): the ρ = 1 entries of the moment maps, by the same code (bit for bit)."
     if isinstance(activation, str) and activation in _CLOSED: return _CLOSED[activation](k, k, k)
-    out = []
-    for f in activation_fns(activation):
-        scale = lambda n: _trap1(lambda z: f(z) ** 2, k, n)[0]
-        m, n, ok = _refined(lambda n: _trap1(lambda z: f(z) ** 2, k, n), scale, n_points, _rtol(k.dtype), 4096, 32)
-        if not ok: warnings.warn("nngp_ntk: the diagonal moments did not converge with 4096 intervals: the activation is "
-                                 "kinked or very steep on the scale of √K", QuadratureWarning, stacklevel=4)
-        out.append(m)
-    return tuple(out)
+    return _quadrature(activation, k, k, k, n_points)[:2]
 
 # %% ../nbs/01_ntk.ipynb #a615f9ea
 def _hide(show_progress, small: bool):
@@ -317,25 +376,24 @@ def _first_layer(x1, x2, N1, N2, C_W, C_b, chunk=2**20):
     return k
 
 # %% ../nbs/01_ntk.ipynb #8b2e7f15
-def _layer_moments(activation, k11, k12, k22, n_points, start, symmetric=False):
-    """One layer's (𝔼σσ, 𝔼σ'σ') under K^l (closed form when there is one, else quadrature) and the node counts used.
+def _layer_moments(activation, k11, k12, k22, n_points, symmetric=False):
+    """One layer's (𝔼σσ, 𝔼σ'σ') under K^l (closed form when there is one, else quadrature, entry by entry).
     `symmetric`: a diagonal tile (k11 = k22ᵀ, k12 symmetric), where quadrature is done on the upper triangle only."""
-    if isinstance(activation, str) and activation in _CLOSED: return (*_CLOSED[activation](k11, k12, k22), start)
-    if not symmetric: return _quadrature(activation, k11, k12, k22, n_points, start=start)
+    if isinstance(activation, str) and activation in _CLOSED: return _CLOSED[activation](k11, k12, k22)
+    if not symmetric: return _quadrature(activation, k11, k12, k22, n_points)[:2]
     i, j = torch.triu_indices(*k12.shape, device=k12.device)
-    m, md, used = _quadrature(activation, k11[i, 0], k12[i, j], k22[0, j], n_points, start=start)
+    m, md, _ = _quadrature(activation, k11[i, 0], k12[i, j], k22[0, j], n_points)
     out = [k12.new_empty(k12.shape) for _ in range(2)]
     for o, v in zip(out, (m, md)): o[i, j] = v; o[j, i] = v
-    return out[0], out[1], used
+    return out[0], out[1]
 
-def _kernel_tile(x1, x2, N1, N2, d1, d2, depth, activation, C_W, C_b, n_points, on_diagonal, starts):
+def _kernel_tile(x1, x2, N1, N2, d1, d2, depth, activation, C_W, C_b, n_points, on_diagonal):
     "(Kᴸ⁺¹, Θᴸ⁺¹) for one tile of rows x1 (b1, n₀) and columns x2 (b2, n₀), given their diagonals d1, d2 (L+1, b)."
     k = _first_layer(x1, x2, N1, N2, C_W, C_b)                              # K¹ = C_b + C_W x·x'/n₀
     theta = k.clone()                                                        # Θ¹ = K¹
     for l in range(depth):
         if on_diagonal: k.diagonal().copy_(d1[l])                            # x = x': exactly the 1-D recursion
-        m, md, used = _layer_moments(activation, d1[l][:, None], k, d2[l][None, :], n_points, starts[l], on_diagonal)
-        starts[l] = tuple(max(32, u // 2) for u in used)                     # the next tile starts one level lower
+        m, md = _layer_moments(activation, d1[l][:, None], k, d2[l][None, :], n_points, on_diagonal)
         k = C_b + C_W * m                                                    # K^{l+1} = C_b + C_W 𝔼[σ(u)σ(v)]
         theta = k + C_W * md * theta                                         # Θ^{l+1} = K^{l+1} + C_W 𝔼[σ'σ'] Θ^l
     return k, theta
@@ -347,19 +405,24 @@ def nngp_ntk(x1, x2=None, depth: int | None = None, activation='relu', C_W: floa
              ) -> tuple[torch.Tensor, torch.Tensor]:
     """Infinite-width NNGP kernel K and NTK Θ of a fully-connected network's output, each (n1, n2).
 
-    x1: (n1, n₀), x2: (n2, n₀) or None (x1 against itself), float32 or float64. `depth` (required) = L hidden layers;
+    x1: (n1, n₀), x2: (n2, n₀) or None (x1 against itself), float32 or float64 (integers are converted to torch's default
+    dtype; float32 with float64 computes in float64). `depth` (required) = L hidden layers;
     the readout is layer L+1 and the returned kernels are Kᴸ⁺¹, Θᴸ⁺¹ of the network output. K¹ = C_b + C_W x·x'/n₀,
     Θ¹ = K¹; Kˡ⁺¹ = C_b + C_W 𝔼[σ(u)σ(v)], Θˡ⁺¹ = Kˡ⁺¹ + C_W 𝔼[σ'(u)σ'(v)] Θ^l, (u, v) ~ N(0, K^l).
     `activation`: 'relu', 'erf', 'gelu', 'linear' (closed forms), another name in `ACTIVATIONS` or an elementwise
     callable (trapezoidal quadrature, refined to 1e-10 of the kernel's scale unless `n_points` fixes the intervals per
     axis). `batch_size`: edge of the square tiles the matrices are computed in (default 512), bounding memory.
     NTK parameterisation (see `MLP`). Raises OverflowError (or ValueError for underflow) when the kernels leave the
-    floating-point range; `show_progress` shows a bar over tiles (None: for 16 tiles or more)."""
+    floating-point range, and ValueError where quadrature cannot converge (see `quadrature_moments`); `show_progress` shows a bar over tiles (None: for 16 tiles or more)."""
     if depth is None: raise TypeError("nngp_ntk() needs `depth`, the number of hidden layers L (e.g. depth=2)")
     _check_flag(show_progress)
     x1 = _float_kernel(as_tensor(x1, 'x1', ndim=2, shape='(n1, n0)'), 'x1')
     same = x2 is None
-    x2 = x1 if same else _float_kernel(as_tensor(x2, 'x2', ndim=2, dtype=x1.dtype, device=x1.device, shape='(n2, n0)'), 'x2')
+    if not same:                                                             # mixed precisions: the wider one
+        x2 = _float_kernel(as_tensor(x2, 'x2', ndim=2, device=x1.device, shape='(n2, n0)'), 'x2')
+        dtype = torch.promote_types(x1.dtype, x2.dtype)
+        x1, x2 = x1.to(dtype), x2.to(dtype)
+    else: x2 = x1
     for x, name in ((x1, 'x1'), (x2, 'x2')):
         if x.shape[0] == 0 or x.shape[1] == 0: raise ValueError(f"`{name}` must be non-empty, got shape {tuple(x.shape)}")
     if x2.shape[1] != x1.shape[1]:
@@ -383,11 +446,10 @@ def nngp_ntk(x1, x2=None, depth: int | None = None, activation='relu', C_W: floa
     n1, n2 = len(x1), len(x2)
     K, Theta = x1.new_empty(n1, n2), x1.new_empty(n1, n2)
     tiles = [(i, j) for i in range(0, n1, bs) for j in range(i if same else 0, n2, bs)]
-    starts = [(32, 32)] * depth
     for i, j in progress(tiles, desc='nngp_ntk tiles', disable=_hide(show_progress, len(tiles) < 16)):
         I, J = slice(i, i + bs), slice(j, j + bs)
         k, th = _kernel_tile(x1[I], x2[J], N1[I], N2[J], d1[:, I], d2[:, J], depth, activation, C_W, C_b, n_points,
-                             same and i == j, starts)
+                             same and i == j)
         if same and i == j: k, th = (k + k.T) / 2, (th + th.T) / 2
         K[I, J], Theta[I, J] = k, th
         if same and i != j: K[J, I], Theta[J, I] = k.T, th.T
@@ -453,9 +515,13 @@ class MLP(nn.Module):
         layer = check_int(layer, 'layer', minimum=1)
         if layer > self.depth + 1: raise ValueError(f"`layer` must be <= depth + 1 = {self.depth + 1}, got {layer}")
         h = self._input(x)
+        check = not is_functorch_wrapped_tensor(h)                         # inside torch.func: empirical_ntk checks its result
         for l in range(layer):
             z = F.linear(h, self.weights[l]) * self.w_mult[l]
             if self.biases is not None: z = z + self.biases[l] * self.b_mult
+            if check and not all_finite(z):
+                raise OverflowError(f"MLP: the preactivations of layer {l + 1} exceed the {z.dtype} range (C_W = {self.C_W}, "
+                                    f"C_b = {self.C_b}): reduce `C_W`, `C_b` or the inputs' scale")
             h = self.sigma(z) if l < layer - 1 else z
         return h
 
@@ -525,8 +591,12 @@ def empirical_ntk(model: nn.Module, x1, x2=None, method: str = 'jacobian', trace
     outputs (1/out) Σ_i Θ̂_ii, (n1, n2) (neural-tangents' `trace_axes` convention). `method`: 'jacobian' (contract
     per-sample Jacobians) or 'ntk-vp' (NTK-vector products, vjp then jvp; no Jacobian is stored). `batch_size` tiles
     the samples; `param_scales` {name: λ_p} weights parameters (default 1; `MLP.param_scales()`). `show_progress`
-    shows a bar over row tiles (None: when there are several)."""
+    shows a bar over row tiles (None: when there are several). Models with batch normalisation must be in eval mode."""
     if not isinstance(model, nn.Module): raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
+    bn = [name for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    if bn: raise ValueError(f"`model` is in train mode with batch normalisation ({', '.join(bn) or 'the model'}): each output then "
+                            "depends on the whole batch and the running statistics change, so there is no per-sample NTK. "
+                            "Call model.eval() first.")
     method = check_choice(method, 'method', ['jacobian', 'ntk-vp'])
     if not isinstance(trace, bool): raise TypeError(f"`trace` must be True or False, got {trace!r}")
     _check_flag(show_progress)
@@ -562,14 +632,16 @@ def empirical_ntk(model: nn.Module, x1, x2=None, method: str = 'jacobian', trace
         cols = [tile_jacobian(x1[i:i + bs], x2[j:j + bs], same and i == j) if method == 'jacobian'
                 else tile_vp(x1[i:i + bs], x2[j:j + bs]) for j in range(0, n2, bs)]
         rows.append(torch.cat(cols, 1))
-    return torch.cat(rows, 0).detach()
+    out = torch.cat(rows, 0).detach()
+    if not all_finite(out): raise OverflowError("empirical_ntk: the kernel is not finite: the model's outputs or gradients overflow")
+    return out
 
 # %% ../nbs/01_ntk.ipynb #3884fea4
 def _sym_tol(dtype): return math.sqrt(torch.finfo(dtype).eps)         # 1.5e-8 in float64, 3.5e-4 in float32
 
-def _kernel_matrix(K, name, n=None, *, ref=None, psd=True):
+def _kernel_matrix(K, name, n=None, *, ref=None, psd=True, dtype=None):
     "A kernel matrix (n, n): finite, float32/float64, symmetric and (`psd`) positive semi-definite to a relative √ε."
-    K = as_tensor(K, name, ndim=2, shape='(n, n)', dtype=None if ref is None else ref.dtype,
+    K = as_tensor(K, name, ndim=2, shape='(n, n)', dtype=dtype if ref is None else ref.dtype,
                   device=None if ref is None else ref.device)
     _float_kernel(K, name)
     if K.shape[0] != K.shape[1] or K.shape[0] == 0: raise ValueError(f"`{name}` must be square and non-empty (n, n), got {tuple(K.shape)}")
@@ -629,8 +701,10 @@ def ntk_regression(Theta_train, Theta_test_train, y_train, t=None, lr: float = 1
 
     Theta_train Θ: (n, n) symmetric PSD; Theta_test_train Θ(X*, X): (m, n), or None for the training points; y_train:
     (n,) or (n, k). Returns f_t(X*) = Θ(X*, X)(Θ + rI)⁻¹(I − e^(−η(Θ + rI)t)) y, shape (m,) / (m, k), or (T, m, ...) for
-    T times in `t`; t = None (or ∞) is the converged kernel (ridge) regression Θ(X*, X)(Θ + rI)⁺ y. η = `lr`, r = `ridge`."""
-    Th = _kernel_matrix(Theta_train, 'Theta_train', psd=False)                   # PSD: checked by _spectral
+    T times in `t`; t = None (or ∞) is the converged kernel (ridge) regression Θ(X*, X)(Θ + rI)⁺ y. η = `lr`, r = `ridge`.
+    Computed in the widest float dtype of the inputs (integers count as torch's default dtype)."""
+    dtype = _common_dtype(Theta_train=Theta_train, Theta_test_train=Theta_test_train, y_train=y_train)
+    Th = _kernel_matrix(Theta_train, 'Theta_train', psd=False, dtype=dtype)      # PSD: checked by _spectral
     n = Th.shape[0]
     Ts = Th if Theta_test_train is None else _rows(Theta_test_train, 'Theta_test_train', None, n, Th)
     y = _targets(y_train, n, Th)
@@ -643,9 +717,11 @@ def ntk_regression(Theta_train, Theta_test_train, y_train, t=None, lr: float = 1
     return pred[0] if tt is None or tt.ndim == 0 else pred
 
 # %% ../nbs/01_ntk.ipynb #2d8c5f10
-def _gp_inputs(K_train, K_test_train, K_test, y_train):
-    "The NNGP blocks, checked: K (n, n), K(X*, X) (m, n), K(X*, X*) (m, m), jointly PSD, and the targets."
-    K = _kernel_matrix(K_train, 'K_train', psd=False)
+def _gp_inputs(K_train, K_test_train, K_test, y_train, dtype=None):
+    """The NNGP blocks, checked: K (n, n), K(X*, X) (m, n), K(X*, X*) (m, m), jointly PSD, and the targets, all in `dtype`
+    (default: the widest float dtype among them)."""
+    if dtype is None: dtype = _common_dtype(K_train=K_train, K_test_train=K_test_train, K_test=K_test, y_train=y_train)
+    K = _kernel_matrix(K_train, 'K_train', psd=False, dtype=dtype)
     n = K.shape[0]
     Kst = _rows(K_test_train, 'K_test_train', None, n, K)
     Kss = _kernel_matrix(K_test, 'K_test', Kst.shape[0], ref=K, psd=False)
@@ -672,8 +748,11 @@ def ntk_ensemble(K_train, K_test_train, K_test, Theta_train, Theta_test_train, y
     Theta_train Θ(X, X): (n, n), Theta_test_train Θ(X*, X): (m, n); y_train: (n,) or (n, k). With
     A_t = Θ(X*, X) Θ⁻¹ (I − e^(−ηΘt)): mean A_t y, shape (m,) or (m, k); covariance (m, m)
     K(X*, X*) − A_t K(X, X*) − K(X*, X) A_tᵀ + A_t K A_tᵀ, shared by the k outputs. t = None (or ∞): converged
-    (A = Θ(X*, X)Θ⁺); t = 0: the prior, mean 0 and covariance K_test."""
-    K, Kst, Kss, root, y = _gp_inputs(K_train, K_test_train, K_test, y_train)
+    (A = Θ(X*, X)Θ⁺); t = 0: the prior, mean 0 and covariance K_test. Computed in the widest float dtype of the inputs
+    (integers count as torch's default dtype)."""
+    dtype = _common_dtype(K_train=K_train, K_test_train=K_test_train, K_test=K_test, Theta_train=Theta_train,
+                          Theta_test_train=Theta_test_train, y_train=y_train)
+    K, Kst, Kss, root, y = _gp_inputs(K_train, K_test_train, K_test, y_train, dtype)
     n, m = K.shape[0], Kss.shape[0]
     Th = _kernel_matrix(Theta_train, 'Theta_train', n, ref=K, psd=False)
     Tst = _rows(Theta_test_train, 'Theta_test_train', m, n, K)
@@ -687,7 +766,8 @@ def nngp_posterior(K_train, K_test_train, K_test, y_train, noise: float = 0.0) -
     """Bayesian posterior of the NNGP f ~ GP(0, K) given y = f(X) + ε, ε ~ N(0, σ²I): mean (m,) or (m, k) and
     covariance (m, m) of f(X*). Blocks as in `ntk_ensemble`; σ² = `noise` (0: exact interpolation, K⁺ on its range).
 
-    mean K(X*, X)(K + σ²I)⁻¹ y, covariance K(X*, X*) − K(X*, X)(K + σ²I)⁻¹ K(X, X*), computed as a Gram matrix (PSD)."""
+    mean K(X*, X)(K + σ²I)⁻¹ y, covariance K(X*, X*) − K(X*, X)(K + σ²I)⁻¹ K(X, X*), computed as a Gram matrix (PSD), in the
+    widest float dtype of the inputs (integers count as torch's default dtype)."""
     K, Kst, Kss, root, y = _gp_inputs(K_train, K_test_train, K_test, y_train)
     noise = check_positive(noise, 'noise', strict=False)
     mu, V, tiny = _spectral(K, 'K_train', noise)
