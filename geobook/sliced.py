@@ -647,7 +647,7 @@ def generalized_sliced_wasserstein(X, Y, kind: str = 'circular', p: float = 2, n
         if k % 2 == 0: raise ValueError(f"`degree` must be odd (even polynomials cannot separate x from -x), got {k}")
         M = math.comb(d + k - 1, k)
         _check_size(M * max(n, Y.shape[0]), 'degree', f'the (n, {M}) monomial features')
-        big = max(float(X.abs().max()), float(Y.abs().max()))
+        big = max(float(X.detach().abs().max()), float(Y.detach().abs().max()))
         s = 2.0 ** math.ceil(math.log2(big)) if big > 0 else 1.0
         FX, FY = _monomials(X / s, k), _monomials(Y / s, k)
         th = (sample_projections(M, n_projections, sampler, seed, FX.dtype, FX.device) if projections is None
@@ -656,7 +656,7 @@ def generalized_sliced_wasserstein(X, Y, kind: str = 'circular', p: float = 2, n
     th = (sample_projections(d, n_projections, sampler, seed, X.dtype, X.device) if projections is None
           else _check_projections(projections, d, X))
     if 4 * r > torch.finfo(X.dtype).max: raise OverflowError(f"`radius` = {r:g} overflows {X.dtype}")
-    data = max(float(X.abs().max()), float(Y.abs().max()))
+    data = max(float(X.detach().abs().max()), float(Y.detach().abs().max()))
     if r * torch.finfo(X.dtype).eps > 0.01 * data:                        # ‖x − rθ‖ rounds off ≥ 1 % of the data's scale
         raise ValueError(f"`radius` = {r:g} is so large against the data (max |x| = {data:g}) that ‖x − rθ‖ rounds the "
                          f"data away in {X.dtype}; as the radius grows GSW tends to sliced_wasserstein: use that")
@@ -754,19 +754,21 @@ def augmented_sliced_wasserstein(X, Y, p: float = 2, n_projections: int = 128, a
     return (dist, h) if return_lift else dist
 
 # %% ../nbs/04_sliced_wasserstein.ipynb #lib-vmf
-_MAX_KAPPA = 1e6
+_MAX_KAPPA = 1e10          # the sampler and the Hankel branch; the series branch stops at _SERIES_KAPPA
+_SERIES_KAPPA = 1e6
 
 def _check_kappa(kappa, name: str = 'kappa') -> torch.Tensor:
     k = as_tensor(kappa, name, dtype=torch.float64 if not isinstance(kappa, torch.Tensor) else None)
     if bool((k < 0).any()): raise ValueError(f"`{name}` must be >= 0, got {k.min().item():g}")
     if bool((k > _MAX_KAPPA).any()):
-        raise ValueError(f"`{name}` must be <= {_MAX_KAPPA:g} (the series behind the normaliser grows with κ), got {k.max().item():g}")
+        raise ValueError(f"`{name}` must be <= {_MAX_KAPPA:g}, got {k.max().item():g}")
     return k
 
 def _log_bessel_ratio_series(kappa: torch.Tensor, nu: float) -> torch.Tensor:
     """log M_ν(κ) with M_ν(κ) = Γ(ν+1) (2/κ)^ν I_ν(κ) = Σ_k Γ(ν+1) (κ/2)^(2k) / (k! Γ(k+ν+1)), a series of positive
     terms summed in log space (the k = 0 term is 1, so small κ keep full relative precision through log1p)."""
-    K = int(float(kappa.max()) / 2 + 10 * math.sqrt(float(kappa.max()) / 2 + 1) + 30)
+    kmax = float(kappa.detach().max())
+    K = int(kmax / 2 + 10 * math.sqrt(kmax / 2 + 1) + 30)
     _check_size(K * max(kappa.numel(), 1), 'kappa', 'the terms of the Bessel series')
     k = torch.arange(1, K + 1, dtype=kappa.dtype, device=kappa.device)
     x = kappa[..., None]
@@ -777,21 +779,46 @@ def _log_bessel_ratio_series(kappa: torch.Tensor, nu: float) -> torch.Tensor:
     first = torch.arange(K + 1, device=kappa.device) == torch.argmax(logt, -1, keepdim=True)
     return m[..., 0] + torch.log1p(torch.where(first, torch.zeros_like(e), e).sum(-1))
 
-def vmf_mean_resultant_length(kappa, d: int) -> torch.Tensor:
-    """A_d(κ) = E⟨μ, θ⟩ for θ ~ vMF(μ, κ) on Sᵈ⁻¹: I_(d/2)(κ)/I_(d/2-1)(κ), from κ/d (κ → 0) to 1 − (d−1)/(2κ)."""
-    d = check_int(d, 'd', minimum=2)
-    k = _check_kappa(kappa)
+def _hankel_threshold(nu: float) -> float:
+    "The κ from which Hankel's expansion of I_ν is used: there |t_k/t_(k−1)| < 0.05/k + 0.015 for k ≤ 30."
+    return max(1e3, 10 * (nu + 1) ** 2)
+
+def _hankel_terms(kappa: torch.Tensor, nu: float, K: int = 30) -> torch.Tensor:
+    """t_k = (−1)ᵏ a_k(ν)/κᵏ, k = 1..K, of I_ν(κ) = e^κ/√(2πκ) (1 + Σ_k t_k), a_k(ν) = Π_(j≤k) (4ν² − (2j−1)²)/(8j)."""
+    j = torch.arange(1, K + 1, dtype=kappa.dtype, device=kappa.device)
+    return torch.cumprod(-(4 * nu * nu - (2 * j - 1) ** 2) / (8 * j) / kappa[..., None], -1)
+
+def _vmf_A_kl(k: torch.Tensor, d: int):
+    """A_d(κ) and KL(vMF(μ, κ) ‖ σ) elementwise: the log-space series below the Hankel threshold, Hankel's expansion
+    (with κ(1 − A_d) summed term by term, so κA_d − log M_d never subtracts two numbers of size κ) above it."""
     nu = d / 2 - 1
-    return torch.where(k > 0, k / d * torch.exp(_log_bessel_ratio_series(k, nu + 1) - _log_bessel_ratio_series(k, nu)),
-                       torch.zeros_like(k))
+    thr = _hankel_threshold(nu)
+    big = k >= thr
+    if bool((~big & (k > _SERIES_KAPPA)).any()):
+        raise ValueError(f"`kappa` = {k[~big].max().item():g} is not supported for d = {d}: between {_SERIES_KAPPA:g} "
+                         f"and {thr:g} the series needs more than κ/2 terms and Hankel's expansion is not yet accurate")
+    ks = torch.where(big, torch.zeros_like(k), k)                    # safe arguments for each branch: no NaN gradients
+    kh = torch.where(big, k, torch.full_like(k, thr))
+    lm0, lm1 = _log_bessel_ratio_series(ks, nu), _log_bessel_ratio_series(ks, nu + 1)
+    A_s = torch.where(ks > 0, ks / d * torch.exp(lm1 - lm0), torch.zeros_like(ks))
+    t0, t1 = _hankel_terms(kh, nu), _hankel_terms(kh, nu + 1)
+    gap = (t0 - t1).sum(-1) / (1 + t0.sum(-1))                       # 1 − A_d = (S_ν − S_(ν+1))/S_ν
+    kl_h = (-kh * gap - math.lgamma(nu + 1) - nu * math.log(2) + (nu + 0.5) * torch.log(kh)
+            + 0.5 * math.log(2 * math.pi) - torch.log1p(t0.sum(-1)))
+    return torch.where(big, 1 - gap, A_s), torch.where(big, kl_h, ks * A_s - lm0)
+
+def vmf_mean_resultant_length(kappa, d: int) -> torch.Tensor:
+    """A_d(κ) = E⟨μ, θ⟩ for θ ~ vMF(μ, κ) on Sᵈ⁻¹: I_(d/2)(κ)/I_(d/2-1)(κ), from κ/d (κ → 0) to 1 − (d−1)/(2κ).
+    κ ≥ 0 (scalar or tensor, ≤ 1e10; between 1e6 and 10(d/2)² refused), d ≥ 2; differentiable in κ."""
+    d = check_int(d, 'd', minimum=2)
+    return _vmf_A_kl(_check_kappa(kappa), d)[0]
 
 def vmf_kl_uniform(kappa, d: int) -> torch.Tensor:
     """KL(vMF(μ, κ) ‖ Unif(Sᵈ⁻¹)) = κ A_d(κ) − log M(κ), with M(κ) = E_(θ~Unif)[exp(κ⟨μ,θ⟩)] = Γ(d/2)(2/κ)^(d/2-1)
-    I_(d/2-1)(κ) the normaliser and A_d the mean resultant length; independent of μ. κ ≥ 0 (scalar or tensor, ≤ 1e6),
-    d ≥ 2; differentiable in κ. Small κ: κ²/(2d); large κ: ((d−1)/2) log κ + O(1)."""
+    I_(d/2-1)(κ) the normaliser and A_d the mean resultant length; independent of μ. κ ≥ 0 (scalar or tensor, ≤ 1e10;
+    between 1e6 and 10(d/2)² refused), d ≥ 2; differentiable in κ. Small κ: κ²/(2d); large κ: ((d−1)/2) log κ + O(1)."""
     d = check_int(d, 'd', minimum=2)
-    k = _check_kappa(kappa)
-    return k * vmf_mean_resultant_length(k, d) - _log_bessel_ratio_series(k, d / 2 - 1)
+    return _vmf_A_kl(_check_kappa(kappa), d)[1]
 
 def _householder_to(mu: torch.Tensor, Z: torch.Tensor) -> torch.Tensor:
     """Rows of Z (n, d) mapped by an orthogonal map that sends e_1 to the unit vector μ: the reflection H = I − 2uuᵀ with
@@ -807,7 +834,7 @@ def vmf_sample(mu, kappa, n: int, seed=None) -> torch.Tensor:
 
     Wood's (1994) algorithm: the component w = ⟨μ, θ⟩ by rejection from a transformed Beta((d−1)/2, (d−1)/2) variable
     (acceptance ≥ 0.6 for every κ and d), the rest uniform on the orthogonal sphere, then a Householder reflection
-    e_1 ↦ μ (differentiable in μ). `mu` (d,) a unit vector, d ≥ 2; κ = `kappa` ∈ [0, 1e6]; `seed`: None, int or
+    e_1 ↦ μ (differentiable in μ). `mu` (d,) a unit vector, d ≥ 2; κ = `kappa` ∈ [0, 1e10]; `seed`: None, int or
     Generator. In μ's dtype and device."""
     mu = as_tensor(mu, 'mu', ndim=1, shape='(d,)')
     d = mu.shape[0]
@@ -849,7 +876,7 @@ def _check_pac(X, Y, diameter, p, delta):
     X, Y, out = _check_clouds(X, Y)
     D = check_positive(diameter, 'diameter')
     Z = torch.cat([X, Y])
-    far = float((Z - Z[0]).norm(dim=1).max())
+    far = float((Z - Z[0]).detach().norm(dim=1).max())
     if far > D * (1 + 1e-12):
         raise ValueError(f"`diameter` = {D:g} is smaller than the spread of the samples ({far:g}): it must bound the "
                          f"diameter of the union of the supports of μ and ν")
@@ -859,16 +886,20 @@ def _check_pac(X, Y, diameter, p, delta):
 
 def _pac_terms(kl: torch.Tensor, n: int, m: int, D: float, p: float, delta: float, L: int, n_lams: int = 32):
     """The slack of the bound for KL = `kl`: Hoeffding over L slices (δ/2), the PAC-Bayes complexity minimised over a
-    fixed grid of n_lams λ's (δ/2 shared by a union bound), and the sampling bias p Δ^p (n^(-1/2) + m^(-1/2))/2."""
+    fixed grid of n_lams λ's (δ/2 shared by a union bound), and the sampling bias p Δ^p (n^(-1/2) + m^(-1/2))/2.
+    Every term is Δ^p times a term of unit diameter (λ = λ₁/Δ^p), so only Δ^p itself must be finite."""
+    if p * math.log(D) > 690:                                      # Δ^p > 1e299.7: the slack's sum would overflow
+        raise ValueError(f"`diameter`^p = {D:g}^{p:g} is beyond 1e299 (float64 overflows): rescale X, Y and "
+                         f"`diameter` together (every term of the bound scales by s^p)")
     Dp = D ** p
-    v = D ** (2 * p) * (1 / n + 1 / m) / 8                        # log E exp(λ(E f − f)) ≤ λ² v (McDiarmid)
+    v1 = (1 / n + 1 / m) / 8                                      # v = Δ^(2p) v₁: log E exp(λ(E f − f)) ≤ λ² v (McDiarmid)
     log_term = math.log(2 * n_lams / delta)
-    lams = math.sqrt(log_term / v) * 2.0 ** (torch.arange(n_lams, dtype=torch.float64) / 2)
-    comp = (kl[..., None] + log_term) / lams + lams * v
-    best = comp.argmin(-1)
+    lams1 = math.sqrt(log_term / v1) * 2.0 ** (torch.arange(n_lams, dtype=torch.float64) / 2)
+    comp1 = (kl[..., None] + log_term) / lams1 + lams1 * v1
+    best = comp1.argmin(-1)
     mc = Dp * math.sqrt(math.log(2 / delta) / (2 * L))
     bias = p * Dp * (n ** -0.5 + m ** -0.5) / 2
-    return comp.gather(-1, best[..., None])[..., 0], lams[best], mc, bias
+    return Dp * comp1.gather(-1, best[..., None])[..., 0], lams1[best] / Dp, mc, bias
 
 def pac_sliced_bound(X, Y, mu, kappa, diameter: float, p: float = 2, delta: float = 0.05,
                      n_projections: int = 1000, seed=None) -> PACBound:
@@ -892,7 +923,11 @@ def pac_sliced_bound(X, Y, mu, kappa, diameter: float, p: float = 2, delta: floa
     kl = vmf_kl_uniform(torch.as_tensor(float(kappa), dtype=torch.float64), X.shape[1])
     comp, lam, mc, bias = _pac_terms(kl, X.shape[0], Y.shape[0], D, p, delta, L)
     bound = emp.double() - mc - comp - bias
-    return PACBound(*(torch.as_tensor(v, dtype=torch.float64).to(out) for v in (bound, emp, kl, lam, comp, bias, mc)))
+    res = PACBound(*(torch.as_tensor(v, dtype=torch.float64).to(out) for v in (bound, emp, kl, lam, comp, bias, mc)))
+    if not all(bool(torch.isfinite(v).all()) for v in res):
+        raise OverflowError(f"the bound's terms (of size Δ^p = {D ** p:.3g}) overflow {out}: rescale X, Y and `diameter` "
+                            f"together (every term scales by s^p) or pass float64 samples")
+    return res
 
 SliceDistribution = namedtuple('SliceDistribution', ['mu', 'kappa', 'bound'])
 SliceDistribution.__doc__ = "A learnt vMF slice distribution: mean direction mu (d,), concentration kappa, training bound."
@@ -1224,10 +1259,17 @@ class SWAE(nn.Module):
             rs, ss = [], []
             for s in range(0, N, B):
                 x = data[perm[s:s + B]]
-                z = self.encoder(x); xr = self.decoder(z)
+                z = self.encoder(x)
+                if not bool(torch.isfinite(z).all()):
+                    raise OverflowError(f"the codes φ(x) of `data` overflow {dt} (|data| reaches "
+                                        f"{data.abs().max().item():.3g}): standardise `data` before fitting")
+                xr = self.decoder(z)
                 zp = sample_prior(self.prior, x.shape[0], self.latent_dim, g, dt, dev)
                 sw2 = sliced_wasserstein(z, zp, 2, n_projections, seed=g) ** 2
                 rec = ((x - xr)**2).sum(1).mean()
+                if not (bool(torch.isfinite(rec)) and bool(torch.isfinite(sw2))):
+                    raise OverflowError(f"the loss of `data` overflows {dt} (reconstruction {rec.item():.3g}, SW₂² "
+                                        f"{sw2.item():.3g}): standardise `data` or lower `lr`")
                 opt.zero_grad(); (rec + sw_weight * sw2).backward(); opt.step(); sched.step()
                 rs.append(rec.item()); ss.append(sw2.item())
             hist['recon'].append(float(np.mean(rs))); hist['sw2'].append(float(np.mean(ss)))
