@@ -25,10 +25,21 @@ def _check_flag(value, name):
     if not isinstance(value, (bool, np.bool_)): raise TypeError(f'`{name}` must be True or False, got {value!r}')
     return bool(value)
 
-def _check_attention_inputs(q, k, v):
+_INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+def _refuse_integers(q, k, v):
+    "Integer q, k or v: a TypeError naming it, as SDPA refuses them (rather than converting them silently)."
+    for n, x in (('q', q), ('k', k), ('v', v)):
+        if ((isinstance(x, torch.Tensor) and x.dtype in _INT_DTYPES)
+                or (isinstance(x, np.ndarray) and np.issubdtype(x.dtype, np.integer))):
+            raise TypeError(f'`{n}` must be a floating-point tensor (as in SDPA), got {x.dtype}')
+
+def _check_attention_inputs(q, k, v, finite: bool = True):
     """q (…, N_q, D), k (…, N_k, D), v (…, N_k, D_v) with broadcastable batch dimensions `…` (SDPA's contract), one
-    dtype and one device; returns them and the broadcast batch shape."""
-    q, k, v = as_tensor(q, 'q'), as_tensor(k, 'k'), as_tensor(v, 'v')
+    dtype and one device; returns them and the broadcast batch shape. finite=False leaves the NaN/inf test to the
+    caller (the fused functions fold it into `_fit_float32`'s one reduction: no device sync per tensor)."""
+    _refuse_integers(q, k, v)
+    q, k, v = (as_tensor(t, n, finite=finite) for t, n in ((q, 'q'), (k, 'k'), (v, 'v')))
     for n, t in (('q', q), ('k', k), ('v', v)):
         if t.ndim < 2: raise ValueError(f'`{n}` must have at least 2 dimensions (…, N, D), got shape {tuple(t.shape)}')
         if t.dtype != q.dtype:
@@ -57,9 +68,9 @@ def _masked_attention(q, k, v, mask, scale):
     s = torch.einsum('...id,...jd->...ij', q, k) * scale
     if mask is not None: s = s.masked_fill(~mask, float('-inf'))
     m = s.amax(dim=-1, keepdim=True).detach() if s.shape[-1] else s.new_zeros(*s.shape[:-1], 1)   # no gradient: O, L
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # a row with no key: e^{−∞ − 0} = 0
-    p = torch.exp(s - m)                                        # P̃ = e^{S − m} (0 where masked)
-    l = p.sum(dim=-1, keepdim=True)                             # ℓ = Σⱼ e^{sⱼ − m} ≥ 1 on a row with a key, 0 without
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # a row with no key: e^(−∞ − 0) = 0
+    p = torch.exp(s - m)                                        # P̃ = e^(S − m) (0 where masked)
+    l = p.sum(dim=-1, keepdim=True)                             # ℓ = Σⱼ e^(sⱼ − m) ≥ 1 on a row with a key, 0 without
     seen = l > 0
     one = torch.ones_like(l)
     o = (p @ v) / torch.where(seen, l, one)                     # O = P̃V/ℓ
@@ -103,13 +114,16 @@ def _on_threads(kernel, *args):
 _LOG2E = 1.4426950408889634                # log₂ e: eˣ = 2^(x·log₂ e)
 _NEG = float(np.finfo(np.float32).min)     # −FLT_MAX: finite stand-in for −∞ (fastmath assumes no infinities)
 _SCORE_MAX = float(np.finfo(np.float32).max) / 4   # |τ q·k| bound: a difference of two scores stays finite
+_LN2 = math.log(2.0)                       # ln 2 = 1/log₂ e
 _BQ_CPU, _BK_CPU = 128, 128
 
 @njit(inline='always', fastmath=True)
-def _exp2_row(s, p, eb, r, jl, mx):
-    "p[r, :jl] = 2**(s[r, :jl] - mx) with a vectorisable polynomial; returns the row sum."
+def _exp2_row(s, p, eb, r, jl, mx, w):
+    """p[r, :jl] = w·2**(s[r, :jl] − mx) with a vectorisable polynomial; returns the row sum. The forward passes w = 1;
+    the backward passes w = 2^(−log₂ ℓ) = 1/ℓ, so that P = 2^(s − m)/ℓ never forms the rounded m + log₂ ℓ. (Not
+    2^((s − m) − log₂ ℓ): under fastmath LLVM may reassociate that to s − (m + log₂ ℓ), which is the rounding we avoid.)"""
     for j in range(jl):
-        x = max(s[r, j] - mx, np.float32(-125.0))              # x = s − m (2ˣ below 2⁻¹²⁵ is 0)
+        x = max(s[r, j] - mx, np.float32(-125.0))               # x = s − m, clamped: 2ˣ ≥ 2⁻¹²⁵ (negligible)
         xf = np.floor(x + np.float32(0.5))
         f = x - xf                                                # x = n + f, |f| ≤ ½
         eb[j] = (np.int32(xf) + np.int32(127)) << 23             # 2ⁿ: n + 127 in the exponent bits
@@ -120,7 +134,7 @@ def _exp2_row(s, p, eb, r, jl, mx):
     ef = eb.view(np.float32)
     tot = np.float32(0.0)
     for j in range(jl):
-        p[r, j] *= ef[j]                                          # p = 2ⁿ·2ᶠ
+        p[r, j] *= ef[j] * w                                      # p = w·2ⁿ·2ᶠ
         tot += p[r, j]                                            # Σⱼ pⱼ
     return tot
 
@@ -147,8 +161,9 @@ def _row_key_limits(jlr, i0, i_end, nc, causal, off, k0):
 
 # %% ../nbs/05_fused_attention.ipynb #80932113
 @njit(nogil=True, fastmath=True, cache=True)
-def _flash_fwd_cpu(q, k, v, scale, causal, off, o, lse, w0, nw):
-    "O, L for q (BH, Nq, D), k, v (BH, Nk, D): online softmax over key blocks, one work item per query block."
+def _flash_fwd_cpu(q, k, v, scale, causal, off, o, mrow, lrow, w0, nw):
+    """O and the row statistics for q (BH, Nq, D), k, v (BH, Nk, D): online softmax over key blocks, one work item per
+    query block; mrow = m (the row max of the base-2 scores S·log₂e) and lrow = log₂ ℓ (L = (m + log₂ ℓ)·ln 2)."""
     BH, Nq, D = q.shape
     Nk = k.shape[1]
     nqb = (Nq + _BQ_CPU - 1) // _BQ_CPU
@@ -198,7 +213,7 @@ def _flash_fwd_cpu(q, k, v, scale, causal, off, o, lse, w0, nw):
                         for j in range(jl):
                             mx = max(mx, s[r, j])                    # m_new = max(m, maxⱼ sⱼ)
                         al[r] = np.exp2(m[i] - mx) if m[i] > np.float32(_NEG) else np.float32(0.0)  # α = 2^(m − m_new)
-                        l[i] = l[i] * al[r] + _exp2_row(s, s, eb, r, jl, mx)  # ℓ ← αℓ + ΣP, P = 2^(S − m_new)
+                        l[i] = l[i] * al[r] + _exp2_row(s, s, eb, r, jl, mx, np.float32(1.0))  # ℓ ← αℓ + ΣP, P = 2^(S − m_new)
                         m[i] = mx
                     for j in range(max(jl, 0), jmax):
                         s[r, j] = 0.0
@@ -215,16 +230,19 @@ def _flash_fwd_cpu(q, k, v, scale, causal, off, o, lse, w0, nw):
                 inv = np.float32(1.0) / l[i]
                 for d in range(D):
                     o[bh, q0 + i, d] = acc[i, d] * inv                # O = acc/ℓ
-                lse[bh, q0 + i] = (m[i] + np.log2(l[i])) / _LOG2E    # L = (m + log₂ ℓ)/log₂ e
+                mrow[bh, q0 + i] = m[i]                                 # m and log₂ ℓ, kept apart
+                lrow[bh, q0 + i] = np.log2(l[i])
             else:
                 for d in range(D):
                     o[bh, q0 + i, d] = 0.0
-                lse[bh, q0 + i] = _NEG                                  # no key: O = 0, L = −∞
+                mrow[bh, q0 + i] = _NEG                                 # no key: O = 0, L = −∞
+                lrow[bh, q0 + i] = 0.0
 
 # %% ../nbs/05_fused_attention.ipynb #f463ef05
 @njit(nogil=True, fastmath=True, cache=True)
-def _flash_bwd_dkdv_cpu(q, k, v, do, lse2, delta, scale, causal, off, dk, dv, w0, nw):
-    "dK, dV for one (batch·head, key block) per work item: dV = Pᵀ dO, dK = τ dSᵀ Q, P recomputed."
+def _flash_bwd_dkdv_cpu(q, k, v, do, mrow, lrow, delta, scale, causal, off, dk, dv, w0, nw):
+    """dK, dV for one (batch·head, key block) per work item: dV = Pᵀ dO, dK = τ dSᵀ Q, P = 2^((S − m) − log₂ ℓ)
+    recomputed with S bit-identical to the forward's (τ·log₂e folded into Q, the same loops)."""
     BH, Nq, D = q.shape
     Nk = k.shape[1]
     nkb = (Nk + _BK_CPU - 1) // _BK_CPU
@@ -235,7 +253,7 @@ def _flash_bwd_dkdv_cpu(q, k, v, do, lse2, delta, scale, causal, off, dk, dv, w0
         nc = min(_BK_CPU, Nk - k0)
         kt = np.zeros((D + 3, _BK_CPU), np.float32)
         vt = np.zeros((D + 3, _BK_CPU), np.float32)
-        _load_kv_tile(k, v, bh, k0, nc, c, kt, vt)                  # Kᵀ·τ·log₂e, Vᵀ
+        _load_kv_tile(k, v, bh, k0, nc, np.float32(1.0), kt, vt)    # Kᵀ, Vᵀ
         dka = np.zeros((_BK_CPU, D), np.float32)
         dva = np.zeros((_BK_CPU, D), np.float32)
         s = np.empty((4, _BK_CPU), np.float32)
@@ -251,7 +269,7 @@ def _flash_bwd_dkdv_cpu(q, k, v, do, lse2, delta, scale, causal, off, dk, dv, w0
             for r in range(4):
                 i = g0 + r
                 for d in range(D):
-                    qr[r, d] = q[bh, i, d] if jlr[r] > 0 else np.float32(0.0)
+                    qr[r, d] = q[bh, i, d] * c if jlr[r] > 0 else np.float32(0.0)   # q·τ·log₂e, as in the forward
                     gr[r, d] = do[bh, i, d] if jlr[r] > 0 else np.float32(0.0)
             if jmax <= 0:
                 continue
@@ -273,7 +291,7 @@ def _flash_bwd_dkdv_cpu(q, k, v, do, lse2, delta, scale, causal, off, dk, dv, w0
             for r in range(4):
                 jl = jlr[r]
                 if jl > 0:
-                    _exp2_row(s, p, eb, r, jl, lse2[bh, g0 + r])          # P = 2^(S − L·log₂e)
+                    _exp2_row(s, p, eb, r, jl, mrow[bh, g0 + r], np.exp2(-lrow[bh, g0 + r]))   # P = 2^(S − m)/ℓ
                     di = delta[bh, g0 + r]
                     for j in range(jl):
                         dp[r, j] = p[r, j] * (dp[r, j] - di)              # dS = P∘(dP − Δ), in place
@@ -284,15 +302,15 @@ def _flash_bwd_dkdv_cpu(q, k, v, do, lse2, delta, scale, causal, off, dk, dv, w0
                 e0 = dp[0, j]; e1 = dp[1, j]; e2 = dp[2, j]; e3 = dp[3, j]
                 for d in range(D):
                     dva[j, d] += p0 * gr[0, d] + p1 * gr[1, d] + p2 * gr[2, d] + p3 * gr[3, d]   # dV += Pᵀ dO
-                    dka[j, d] += e0 * qr[0, d] + e1 * qr[1, d] + e2 * qr[2, d] + e3 * qr[3, d]   # dK += dSᵀ Q
+                    dka[j, d] += e0 * qr[0, d] + e1 * qr[1, d] + e2 * qr[2, d] + e3 * qr[3, d]   # dK += dSᵀ Q·τ log₂e
         for j in range(nc):
             for d in range(D):
-                dk[bh, k0 + j, d] = dka[j, d] * scale                  # dK = τ·dSᵀ Q
+                dk[bh, k0 + j, d] = dka[j, d] * np.float32(_LN2)       # dK = τ·dSᵀ Q = ln 2·dSᵀ (Q·τ log₂e)
                 dv[bh, k0 + j, d] = dva[j, d]
 
 @njit(nogil=True, fastmath=True, cache=True)
-def _flash_bwd_dq_cpu(q, k, v, do, lse2, delta, scale, causal, off, dq, w0, nw):
-    "dQ = τ dS K for one (batch·head, query block) per work item, P and dP recomputed."
+def _flash_bwd_dq_cpu(q, k, v, do, mrow, lrow, delta, scale, causal, off, dq, w0, nw):
+    "dQ = τ dS K for one (batch·head, query block) per work item, P = 2^((S − m) − log₂ ℓ) and dP recomputed."
     BH, Nq, D = q.shape
     Nk = k.shape[1]
     nqb = (Nq + _BQ_CPU - 1) // _BQ_CPU
@@ -340,7 +358,7 @@ def _flash_bwd_dq_cpu(q, k, v, do, lse2, delta, scale, causal, off, dq, w0, nw):
                 for r in range(4):
                     jl = jlr[r]
                     if jl > 0:
-                        _exp2_row(s, p, eb, r, jl, lse2[bh, q0 + g0 + r])   # P = 2^(S − L·log₂e)
+                        _exp2_row(s, p, eb, r, jl, mrow[bh, q0 + g0 + r], np.exp2(-lrow[bh, q0 + g0 + r]))   # P = 2^(S − m)/ℓ
                         di = delta[bh, q0 + g0 + r]
                         for j in range(jl):
                             dp[r, j] = p[r, j] * (dp[r, j] - di)          # dS = P∘(dP − Δ)
@@ -396,9 +414,11 @@ def _na_item(t, X, Y):
     return t // (X * nyb), (t // nyb) % X, y0, min(Y, y0 + _BY_CPU)
 
 @njit(nogil=True, fastmath=True, cache=True)
-def _na_fwd_cpu(q, k, v, scale, X, Y, kx, ky, dx, dy, cx, cy, o, lse, w0, nw):
-    "Fused neighborhood attention forward on an X×Y grid (flattened row-major), q, k, v (BH, X·Y, D); one work item per (batch·head, x, block of y)."
+def _na_fwd_cpu(q, k, v, scale, X, Y, kx, ky, dx, dy, cx, cy, o, mrow, lrow, w0, nw):
+    """Fused neighborhood attention forward on an X×Y grid (flattened row-major), q, k, v (BH, X·Y, D); one work item
+    per (batch·head, x, block of y). Scores in base 2, sⱼ = (q·kⱼ)·τ log₂e; mrow = m, lrow = log₂ ℓ."""
     BH, N, D = q.shape
+    c = np.float32(scale * _LOG2E)
     s = np.empty(kx * ky, np.float32)
     idx = np.empty(kx * ky, np.int64)
     for t in range(w0, BH * X * -(-Y // _BY_CPU), nw):
@@ -415,48 +435,54 @@ def _na_fwd_cpu(q, k, v, scale, X, Y, kx, ky, dx, dy, cx, cy, o, lse, w0, nw):
                     acc = np.float32(0.0)
                     for d in range(D):
                         acc += q[bh, i, d] * k[bh, j, d]
-                    s[n] = acc * scale; idx[n] = j                     # sⱼ = τ q·kⱼ over the window
+                    s[n] = acc * c; idx[n] = j                         # sⱼ = τ log₂e q·kⱼ over the window
                     mx = max(mx, s[n]); n += 1                         # m = maxⱼ sⱼ
             tot = np.float32(0.0)
             for u in range(n):
-                s[u] = np.exp(s[u] - mx); tot += s[u]                 # ℓ = Σⱼ e^{sⱼ − m}
+                s[u] = np.exp2(s[u] - mx); tot += s[u]                # ℓ = Σⱼ 2^(sⱼ − m)
             for d in range(D):
                 o[bh, i, d] = 0.0
             for u in range(n):
-                w = s[u] / tot                                         # Pⱼ = e^{sⱼ − m}/ℓ
+                w = s[u] / tot                                         # Pⱼ = 2^(sⱼ − m)/ℓ
                 for d in range(D):
                     o[bh, i, d] += w * v[bh, idx[u], d]                # O = Σⱼ Pⱼ vⱼ
-            lse[bh, i] = mx + np.log(tot)                              # L = m + log ℓ
+            mrow[bh, i] = mx; lrow[bh, i] = np.log2(tot)               # m and log₂ ℓ, kept apart
 
 @njit(nogil=True, fastmath=True, cache=True)
-def _na_bwd_dq_cpu(q, k, v, do, lse, delta, scale, X, Y, kx, ky, dx, dy, cx, cy, dq, w0, nw):
-    "dQ of neighborhood attention, gathered over each query's window; work items as in the forward."
+def _na_bwd_dq_cpu(q, k, v, do, mrow, wrow, delta, scale, X, Y, kx, ky, dx, dy, cx, cy, dq, w0, nw):
+    """dQ of neighborhood attention, gathered over each query's window; work items as in the forward; the score loop is
+    the forward's (bit-identical S) and P = 2^(s − m)·w with w = 2^(−log₂ ℓ) = 1/ℓ per row, read from `wrow` (computed
+    outside: inside, fastmath would fold 2^a·2^b into 2^(a+b) and round m + log₂ ℓ after all)."""
     BH, N, D = q.shape
+    c = np.float32(scale * _LOG2E)
     for t in range(w0, BH * X * -(-Y // _BY_CPU), nw):
         bh, x, y0, y1 = _na_item(t, X, Y)
         fx, nx = _window(x, X, kx, dx, cx)
         for y in range(y0, y1):
             i = x * Y + y
             fy, ny = _window(y, Y, ky, dy, cy)
-            li = lse[bh, i]; di = delta[bh, i]
+            mi = mrow[bh, i]; wi = wrow[bh, i]; di = delta[bh, i]   # 1/ℓ = 2^(−log₂ ℓ)
             for d in range(D):
                 dq[bh, i, d] = 0.0
             for a in range(nx):
                 for b in range(ny):
                     j = (fx + a * dx) * Y + fy + b * dy
-                    sv = np.float32(0.0); dpv = np.float32(0.0)
+                    sv = np.float32(0.0)
                     for d in range(D):
-                        sv += q[bh, i, d] * k[bh, j, d]
+                        sv += q[bh, i, d] * k[bh, j, d]                # the forward's loop: the same bits
+                    dpv = np.float32(0.0)
+                    for d in range(D):
                         dpv += do[bh, i, d] * v[bh, j, d]              # dPᵢⱼ = dOᵢ·vⱼ
-                    ds = np.exp(sv * scale - li) * (dpv - di)          # dSᵢⱼ = Pᵢⱼ(dPᵢⱼ − Δᵢ)
+                    ds = np.exp2(sv * c - mi) * wi * (dpv - di)        # dSᵢⱼ = Pᵢⱼ(dPᵢⱼ − Δᵢ), Pᵢⱼ = 2^(sᵢⱼ − mᵢ)/ℓᵢ
                     for d in range(D):
                         dq[bh, i, d] += ds * scale * k[bh, j, d]       # dQᵢ = τ Σⱼ dSᵢⱼ kⱼ
 
 @njit(nogil=True, fastmath=True, cache=True)
-def _na_bwd_dkdv_cpu(q, k, v, do, lse, delta, scale, X, Y, kx, ky, dx, dy, cx, cy, dk, dv, w0, nw):
+def _na_bwd_dkdv_cpu(q, k, v, do, mrow, wrow, delta, scale, X, Y, kx, ky, dx, dy, cx, cy, dk, dv, w0, nw):
     """dK, dV of neighborhood attention, gathered per key over the queries whose window holds it (they lie within
     (k−1)δ of the key on each axis, so we test those candidates); one work item per (batch·head, x, block of y)."""
     BH, N, D = q.shape
+    c = np.float32(scale * _LOG2E)
     for t in range(w0, BH * X * -(-Y // _BY_CPU), nw):
         bh, xb, y0, y1 = _na_item(t, X, Y)
         for yb in range(y0, y1):
@@ -472,11 +498,13 @@ def _na_bwd_dkdv_cpu(q, k, v, do, lse, delta, scale, X, Y, kx, ky, dx, dy, cx, c
                     if ya < 0 or ya >= Y or not _in_window(ya, yb, Y, ky, dy, cy):
                         continue
                     i = xa * Y + ya
-                    sv = np.float32(0.0); dpv = np.float32(0.0)
+                    sv = np.float32(0.0)
                     for d in range(D):
-                        sv += q[bh, i, d] * k[bh, j, d]
+                        sv += q[bh, i, d] * k[bh, j, d]                # the forward's loop: the same bits
+                    dpv = np.float32(0.0)
+                    for d in range(D):
                         dpv += do[bh, i, d] * v[bh, j, d]              # dPᵢⱼ = dOᵢ·vⱼ
-                    p = np.exp(sv * scale - lse[bh, i])                # Pᵢⱼ = e^{sᵢⱼ − Lᵢ}
+                    p = np.exp2(sv * c - mrow[bh, i]) * wrow[bh, i]    # Pᵢⱼ = 2^(sᵢⱼ − mᵢ)/ℓᵢ
                     ds = p * (dpv - delta[bh, i]) * scale              # τ·dSᵢⱼ = τ Pᵢⱼ(dPᵢⱼ − Δᵢ)
                     for d in range(D):
                         dv[bh, j, d] += p * do[bh, i, d]               # dVⱼ = Σᵢ Pᵢⱼ dOᵢ
@@ -516,7 +544,7 @@ def _allowed(i, j, mp):
     return (_in_window_dev(xi, xj, mp[_M_X], mp[_M_KX], mp[_M_DX], mp[_M_CX] != 0)
             and _in_window_dev(i - xi * Y, j - xj * Y, Y, mp[_M_KY], mp[_M_DY], mp[_M_CY] != 0))
 
-def _fwd_cuda_py(q, k, v, o, lse, scale, mp, kv_lo, kv_hi):
+def _fwd_cuda_py(q, k, v, o, mrow, lrow, scale2, mp, kv_lo, kv_hi):
     qt = cuda.blockIdx.x
     bh = cuda.blockIdx.y
     tid = cuda.threadIdx.x
@@ -529,7 +557,7 @@ def _fwd_cuda_py(q, k, v, o, lse, scale, mp, kv_lo, kv_hi):
     acc = cuda.local.array(_DMAX, float32)
     valid = i < Nq
     for d in range(D):
-        qr[d] = q[bh, i, d] * scale if valid else float32(0.0)
+        qr[d] = q[bh, i, d] * scale2 if valid else float32(0.0)   # q·τ log₂e: base-2 scores
         acc[d] = float32(0.0)
     m = float32(_NEG)                                                # m ← −∞
     l = float32(0.0)                                                 # ℓ ← 0
@@ -545,14 +573,14 @@ def _fwd_cuda_py(q, k, v, o, lse, scale, mp, kv_lo, kv_hi):
                 if _allowed(i, k0 + j, mp):
                     sc = float32(0.0)
                     for d in range(D):
-                        sc += qr[d] * ks[j, d]                       # s = τ q·kⱼ
+                        sc += qr[d] * ks[j, d]                       # s = τ log₂e q·kⱼ
                     if sc > m:                                       # m_new = max(m, s)
-                        alpha = math.exp(m - sc) if m > float32(_NEG) else float32(0.0)   # α = e^{m − m_new}
+                        alpha = math.exp2(m - sc) if m > float32(_NEG) else float32(0.0)   # α = 2^(m − m_new)
                         l *= alpha                                   # ℓ ← αℓ
                         for d in range(D):
                             acc[d] *= alpha                          # acc ← α·acc
                         m = sc
-                    p = math.exp(sc - m)                             # P = e^{s − m}
+                    p = math.exp2(sc - m)                            # P = 2^(s − m)
                     l += p                                           # ℓ ← ℓ + P
                     for d in range(D):
                         acc[d] += p * vs[j, d]                       # acc ← acc + P vⱼ
@@ -561,16 +589,18 @@ def _fwd_cuda_py(q, k, v, o, lse, scale, mp, kv_lo, kv_hi):
             inv = float32(1.0) / l
             for d in range(D):
                 o[bh, i, d] = acc[d] * inv                           # O = acc/ℓ
-            lse[bh, i] = m + math.log(l)                             # L = m + log ℓ
+            mrow[bh, i] = m                                          # m and log₂ ℓ, kept apart
+            lrow[bh, i] = math.log2(l)
         else:
             for d in range(D):
                 o[bh, i, d] = float32(0.0)
-            lse[bh, i] = float32(_NEG)
+            mrow[bh, i] = float32(_NEG)
+            lrow[bh, i] = float32(0.0)
 
 _fwd_cuda = cuda.jit(_fwd_cuda_py)
 
 # %% ../nbs/05_fused_attention.ipynb #cb50210c
-def _bwd_dkdv_cuda_py(q, k, v, do, lse, delta, dk, dv, scale, mp, q_lo, q_hi):
+def _bwd_dkdv_cuda_py(q, k, v, do, mrow, lrow, delta, dk, dv, scale, scale2, mp, q_lo, q_hi):
     kt = cuda.blockIdx.x
     bh = cuda.blockIdx.y
     tid = cuda.threadIdx.x
@@ -579,6 +609,7 @@ def _bwd_dkdv_cuda_py(q, k, v, do, lse, delta, dk, dv, scale, mp, q_lo, q_hi):
     j = kt * _TKB + tid
     qs = cuda.shared.array((_TQB, _DMAX), float32)
     dos = cuda.shared.array((_TQB, _DMAX), float32)
+    ms = cuda.shared.array(_TQB, float32)
     ls = cuda.shared.array(_TQB, float32)
     dls = cuda.shared.array(_TQB, float32)
     kr = cuda.local.array(_DMAX, float32)
@@ -587,7 +618,7 @@ def _bwd_dkdv_cuda_py(q, k, v, do, lse, delta, dk, dv, scale, mp, q_lo, q_hi):
     dvr = cuda.local.array(_DMAX, float32)
     valid = j < Nk
     for d in range(D):
-        kr[d] = k[bh, j, d] * scale if valid else float32(0.0)
+        kr[d] = k[bh, j, d] if valid else float32(0.0)
         vr[d] = v[bh, j, d] if valid else float32(0.0)
         dkr[d] = float32(0.0)
         dvr[d] = float32(0.0)
@@ -598,7 +629,8 @@ def _bwd_dkdv_cuda_py(q, k, v, do, lse, delta, dk, dv, scale, mp, q_lo, q_hi):
         cuda.syncthreads()
         _load_rows(q, do, bh, q0, nr, qs, dos, tid, _TKB)
         for r in range(tid, nr, _TKB):
-            ls[r] = lse[bh, q0 + r]
+            ms[r] = mrow[bh, q0 + r]
+            ls[r] = lrow[bh, q0 + r]
             dls[r] = delta[bh, q0 + r]
         cuda.syncthreads()
         if valid:
@@ -607,9 +639,9 @@ def _bwd_dkdv_cuda_py(q, k, v, do, lse, delta, dk, dv, scale, mp, q_lo, q_hi):
                     sc = float32(0.0)
                     dp = float32(0.0)
                     for d in range(D):
-                        sc += qs[r, d] * kr[d]                       # s = τ qᵢ·k
+                        sc += (qs[r, d] * scale2) * kr[d]            # s = τ log₂e qᵢ·k, the forward's bits
                         dp += dos[r, d] * vr[d]                      # dP = dOᵢ·v
-                    p = math.exp(sc - ls[r])                         # P = e^{s − Lᵢ}
+                    p = math.exp2((sc - ms[r]) - ls[r])              # P = 2^((s − mᵢ) − log₂ ℓᵢ)
                     dsv = p * (dp - dls[r])                          # dS = P(dP − Δᵢ)
                     for d in range(D):
                         dvr[d] += p * dos[r, d]                      # dv += P dOᵢ
@@ -619,7 +651,7 @@ def _bwd_dkdv_cuda_py(q, k, v, do, lse, delta, dk, dv, scale, mp, q_lo, q_hi):
             dk[bh, j, d] = dkr[d] * scale                            # dk = τ Σᵢ dS qᵢ
             dv[bh, j, d] = dvr[d]
 
-def _bwd_dq_cuda_py(q, k, v, do, lse, delta, dq, scale, mp, kv_lo, kv_hi):
+def _bwd_dq_cuda_py(q, k, v, do, mrow, lrow, delta, dq, scale, scale2, mp, kv_lo, kv_hi):
     qt = cuda.blockIdx.x
     bh = cuda.blockIdx.y
     tid = cuda.threadIdx.x
@@ -633,10 +665,11 @@ def _bwd_dq_cuda_py(q, k, v, do, lse, delta, dq, scale, mp, kv_lo, kv_hi):
     dqr = cuda.local.array(_DMAX, float32)
     valid = i < Nq
     for d in range(D):
-        qr[d] = q[bh, i, d] * scale if valid else float32(0.0)
+        qr[d] = q[bh, i, d] * scale2 if valid else float32(0.0)   # as in the forward
         dor[d] = do[bh, i, d] if valid else float32(0.0)
         dqr[d] = float32(0.0)
-    li = lse[bh, i] if valid else float32(0.0)
+    mi = mrow[bh, i] if valid else float32(0.0)
+    li = lrow[bh, i] if valid else float32(0.0)
     di = delta[bh, i] if valid else float32(0.0)
     lo = kv_lo[qt]
     hi = kv_hi[qt]
@@ -651,9 +684,9 @@ def _bwd_dq_cuda_py(q, k, v, do, lse, delta, dq, scale, mp, kv_lo, kv_hi):
                     sc = float32(0.0)
                     dp = float32(0.0)
                     for d in range(D):
-                        sc += qr[d] * ks[j, d]                       # s = τ q·kⱼ
+                        sc += qr[d] * ks[j, d]                       # s = τ log₂e q·kⱼ
                         dp += dor[d] * vs[j, d]                      # dP = dO·vⱼ
-                    dsv = math.exp(sc - li) * (dp - di)              # dS = P(dP − Δ), P = e^{s − L}
+                    dsv = math.exp2((sc - mi) - li) * (dp - di)      # dS = P(dP − Δ), P = 2^((s − m) − log₂ ℓ)
                     for d in range(D):
                         dqr[d] += dsv * ks[j, d]                     # dq += dS kⱼ
     if valid:
@@ -666,7 +699,6 @@ _bwd_dq_cuda = cuda.jit(_bwd_dq_cuda_py)
 # %% ../nbs/05_fused_attention.ipynb #bb5274d7
 _TY, _TX = 16, 8          # tiled kernels: a block is a _TY × _TX grid of threads (ty, tx), 128 in all
 _NT = _TY * _TX
-_LN2 = math.log(2.0)
 _SMEM_MAX = 48 * 1024     # bytes of static shared memory a block may declare
 _LAUNCH_BOUNDS = (_NT, 4) # ≤ 128 threads per block, ≥ 4 blocks per SM: ptxas keeps to 65536/(128·4) = 128 registers
 
@@ -749,7 +781,8 @@ def _flash_fwd_tiled_py(D: int, causal: bool, shuffle: bool, dtype: str = 'float
     causal or full mask, row reductions by warp shuffles (shuffle=True) or shared memory; D, the tile sizes and the mask
     mode are compile-time constants; q, k, v are read in `dtype` ('float32', 'float16', or 'bfloat16' as int16 bits)
     and converted to float32 as they are loaded (everything after is float32). Arguments: q (BH, N_q, D),
-    k, v (BH, N_k, D), o (BH, N_q, D) float32, lse (BH, N_q) float32, scale2 = τ·log₂e, off = N_k − N_q."""
+    k, v (BH, N_k, D), o (BH, N_q, D) float32, mrow, lrow (BH, N_q) float32 (m and log₂ ℓ per row, in base-2 units),
+    scale2 = τ·log₂e, off = N_k − N_q."""
     BQ, BK, _ = _tiled_shape(D)
     RQ, RK, RD = BQ // _TY, BK // _TX, D // _TX        # register micro-tile: RQ rows × RK keys of S, RQ × RD of O
     RB = max(RK, RD)
@@ -760,7 +793,7 @@ def _flash_fwd_tiled_py(D: int, causal: bool, shuffle: bool, dtype: str = 'float
     rowsum = cuda.jit(device=True)(_rowsum_shfl_py if shuffle else _rowsum_smem_py)
     load = cuda.jit(device=True)(_LOADERS[dtype])
 
-    def kernel(q, k, v, o, lse, scale2, off):
+    def kernel(q, k, v, o, mrow, lrow, scale2, off):
         bh = cuda.blockIdx.y
         t = cuda.threadIdx.x
         tx = t % _TX
@@ -850,8 +883,9 @@ def _flash_fwd_tiled_py(D: int, causal: bool, shuffle: bool, dtype: str = 'float
                 inv = float32(1.0) / lr if lr > float32(0.0) else float32(0.0)
                 for c in range(RD):
                     o[bh, i, tx + _TX * c] = acc[r, c] * inv             # O = acc/ℓ (0 on a row with no key)
-                if tx == 0:                                              # L = (m + log₂ ℓ)·ln 2
-                    lse[bh, i] = (m[r] + math.log2(lr)) * float32(_LN2) if lr > float32(0.0) else NEG
+                if tx == 0:                                              # m and log₂ ℓ (L = (m + log₂ ℓ)·ln 2)
+                    mrow[bh, i] = m[r] if lr > float32(0.0) else NEG
+                    lrow[bh, i] = math.log2(lr) if lr > float32(0.0) else float32(0.0)
     return kernel
 
 
@@ -872,8 +906,8 @@ def _flash_fwd_tiled(D: int, causal: bool, shuffle: bool, dtype: str = 'float32'
 # %% ../nbs/05_fused_attention.ipynb #605c8e6e
 def _bwd_smem(rows: int, cols: int, Dp: int, keys: bool = True) -> int:
     """Bytes of shared memory of a tiled backward kernel: two row tiles and two streamed tiles of D_p (+1) floats, the dS
-    tile and, for dK and dV (keys=True), the P tile and the streamed queries' L·log₂e and Δ."""
-    return 4 * (2 * (rows + cols) * (Dp + 1) + (2 if keys else 1) * rows * (cols + 1) + (2 * cols if keys else 0))
+    tile and, for dK and dV (keys=True), the P tile and the streamed queries' m, log₂ ℓ and Δ."""
+    return 4 * (2 * (rows + cols) * (Dp + 1) + (2 if keys else 1) * rows * (cols + 1) + (3 * cols if keys else 0))
 
 def _bwd_shape(D: int) -> tuple:
     """(rows, cols, D_p) of the tiled backward kernels: a block owns `rows` queries (dQ) or keys (dK, dV) and streams
@@ -890,15 +924,18 @@ def _flash_bwd_tiled_py(D: int, causal: bool, keys: bool, dtype: str = 'float32'
     """The Python function of a tiled FlashAttention-2 backward kernel for head dimension D (a multiple of _TX).
     keys=False: dQ (a block owns queries, streams keys); keys=True: dK and dV (a block owns keys, streams queries).
     q, k, v are read in `dtype` as in the forward (dO and everything else is float32).
-    Arguments: q, k, v, do (BH, N, D), lse2 (BH, N_q) = L·log₂e, delta (BH, N_q) = Δ, out1, out2 (dq and an unused (1, 1, 1) array, or
-    dk and dv), scale (τ), scale2 (τ log₂e), off = N_k − N_q."""
+    Arguments: q, k, v, do (BH, N, D), mrow, lrow (BH, N_q) = m and log₂ ℓ of the forward, delta (BH, N_q) = Δ, out1,
+    out2 (dq and an unused (1, 1, 1) array, or dk and dv), scale (τ), scale2 (τ log₂e), off = N_k − N_q. S is formed
+    exactly as in the forward (the product of τ log₂e·q and k, summed over d in order), so S − m is the forward's and
+    P = 2^((S − m) − log₂ ℓ) is accurate however large |S| is."""
     RW, CL, _ = _bwd_shape(D)
     RR, RC, RD = RW // _TY, CL // _TX, D // _TX
     DS, CS = D + 1, CL + 1
     NEG = float32(_NEG)
+    LN2 = float32(_LN2)                                # dK = τ Σ dS q = ln 2·Σ dS (τ log₂e q)
     load = cuda.jit(device=True)(_LOADERS[dtype])
 
-    def kernel(q, k, v, do, lse2, delta, out1, out2, scale, scale2, off):
+    def kernel(q, k, v, do, mrow, lrow, delta, out1, out2, scale, scale2, off):
         bh = cuda.blockIdx.y
         t = cuda.threadIdx.x
         tx = t % _TX
@@ -906,17 +943,18 @@ def _flash_bwd_tiled_py(D: int, causal: bool, keys: bool, dtype: str = 'float32'
         Nq = q.shape[1]
         Nk = k.shape[1]
         r0 = cuda.blockIdx.x * RW
-        a_s = cuda.shared.array((RW, DS), float32)    # rows: τ log₂e·K and V (keys) or τ log₂e·Q and dO (queries)
+        a_s = cuda.shared.array((RW, DS), float32)    # rows: K and V (keys) or τ log₂e·Q and dO (queries)
         b_s = cuda.shared.array((RW, DS), float32)
-        c_s = cuda.shared.array((CL, DS), float32)    # streamed: Q and dO (keys) or K and V (queries)
+        c_s = cuda.shared.array((CL, DS), float32)    # streamed: τ log₂e·Q and dO (keys) or K and V (queries)
         e_s = cuda.shared.array((CL, DS), float32)
         p_s = cuda.shared.array((RW, CS), float32)    # P (dK, dV only)
         d_s = cuda.shared.array((RW, CS), float32)    # dS
-        st = cuda.shared.array((2, CL), float32)      # L·log₂e and Δ of the streamed queries (dK, dV)
+        st = cuda.shared.array((3, CL), float32)      # m, log₂ ℓ and Δ of the streamed queries (dK, dV)
         sv = cuda.local.array((RR, RC), float32)
         dp = cuda.local.array((RR, RC), float32)
         acc1 = cuda.local.array((RR, RD), float32)
         acc2 = cuda.local.array((RR, RD), float32)
+        mr = cuda.local.array(RR, float32)
         lr = cuda.local.array(RR, float32)
         dr = cuda.local.array(RR, float32)
         b1 = cuda.local.array(RC, float32)
@@ -928,14 +966,15 @@ def _flash_bwd_tiled_py(D: int, causal: bool, keys: bool, dtype: str = 'float32'
             c = idx - r * D
             ok = r0 + r < Nr
             if keys:
-                a_s[r, c] = load(k[bh, r0 + r, c]) * scale2 if ok else float32(0.0)
+                a_s[r, c] = load(k[bh, r0 + r, c]) if ok else float32(0.0)
                 b_s[r, c] = load(v[bh, r0 + r, c]) if ok else float32(0.0)
             else:
                 a_s[r, c] = load(q[bh, r0 + r, c]) * scale2 if ok else float32(0.0)
                 b_s[r, c] = do[bh, r0 + r, c] if ok else float32(0.0)
         for r in range(RR):
             i = r0 + ty * RR + r
-            lr[r] = lse2[bh, i] if (not keys and i < Nr) else float32(0.0)
+            mr[r] = mrow[bh, i] if (not keys and i < Nr) else float32(0.0)
+            lr[r] = lrow[bh, i] if (not keys and i < Nr) else float32(0.0)
             dr[r] = delta[bh, i] if (not keys and i < Nr) else float32(0.0)
             for c in range(RD):
                 acc1[r, c] = float32(0.0)
@@ -953,7 +992,7 @@ def _flash_bwd_tiled_py(D: int, causal: bool, keys: bool, dtype: str = 'float32'
                 c = idx - r * D
                 ok = c0 + r < Nc
                 if keys:
-                    c_s[r, c] = load(q[bh, c0 + r, c]) if ok else float32(0.0)
+                    c_s[r, c] = load(q[bh, c0 + r, c]) * scale2 if ok else float32(0.0)
                     e_s[r, c] = do[bh, c0 + r, c] if ok else float32(0.0)
                 else:
                     c_s[r, c] = load(k[bh, c0 + r, c]) if ok else float32(0.0)
@@ -961,14 +1000,15 @@ def _flash_bwd_tiled_py(D: int, causal: bool, keys: bool, dtype: str = 'float32'
             if keys:
                 for idx in range(t, CL, _NT):
                     ok = c0 + idx < Nq
-                    st[0, idx] = lse2[bh, c0 + idx] if ok else float32(0.0)
-                    st[1, idx] = delta[bh, c0 + idx] if ok else float32(0.0)
+                    st[0, idx] = mrow[bh, c0 + idx] if ok else float32(0.0)
+                    st[1, idx] = lrow[bh, c0 + idx] if ok else float32(0.0)
+                    st[2, idx] = delta[bh, c0 + idx] if ok else float32(0.0)
             cuda.syncthreads()
             for r in range(RR):
                 for c in range(RC):
                     sv[r, c] = float32(0.0)
                     dp[r, c] = float32(0.0)
-            for d in range(D):                        # S = τ log₂e·(row)·(col), dP = dO·V on the micro-tile
+            for d in range(D):                        # S = (τ log₂e Q)·K (either order: fma is symmetric), dP = dO·V
                 for c in range(RC):
                     b1[c] = c_s[tx + _TX * c, d]
                     b2[c] = e_s[tx + _TX * c, d]
@@ -987,9 +1027,11 @@ def _flash_bwd_tiled_py(D: int, causal: bool, keys: bool, dtype: str = 'float32'
                     row = ty * RR + r
                     col = tx + _TX * c
                     if keys:
-                        li = st[0, col]
-                        di = st[1, col]
+                        mi = st[0, col]
+                        li = st[1, col]
+                        di = st[2, col]
                     else:
+                        mi = mr[r]
                         li = lr[r]
                         di = dr[r]
                     allowed = True
@@ -997,7 +1039,7 @@ def _flash_bwd_tiled_py(D: int, causal: bool, keys: bool, dtype: str = 'float32'
                         i = c0 + col if keys else r0 + row
                         j = r0 + row if keys else c0 + col
                         allowed = i < Nq and j < Nk and not (causal and j > i + off)
-                    p = math.exp2(sv[r, c] - li) if allowed else float32(0.0)   # P = 2^(s − L log₂e)
+                    p = math.exp2((sv[r, c] - mi) - li) if allowed else float32(0.0)   # P = 2^((s − m) − log₂ ℓ)
                     d_s[row, col] = p * (dp[r, c] - di)   # dS = P(dP − Δ)
                     if keys:
                         p_s[row, col] = p
@@ -1017,7 +1059,7 @@ def _flash_bwd_tiled_py(D: int, causal: bool, keys: bool, dtype: str = 'float32'
             i = r0 + ty * RR + r
             if i < Nr:
                 for c in range(RD):
-                    out1[bh, i, tx + _TX * c] = acc1[r, c] * scale    # dQ = τ Σ dS k, dK = τ Σ dS q
+                    out1[bh, i, tx + _TX * c] = acc1[r, c] * (LN2 if keys else scale)   # dK = ln 2·Σ dS (τ log₂e q), dQ = τ Σ dS k
                     if keys:
                         out2[bh, i, tx + _TX * c] = acc2[r, c]        # dV = Σ P dO
     return kernel
@@ -1144,87 +1186,95 @@ def _device_key(x): return 'sim' if _cuda_mode() == 'sim' else str(x.device)
 def _forward_tiled(q, k, v, scale, mask):
     """The tiled CUDA forward (full or causal mask): q, k, v (BH, N, D) contiguous, float32, float16 or bfloat16 (the
     kernel compiled for that dtype reads them), D padded with zero columns to D_p (they change no score; the extra output
-    columns are dropped). Returns O (BH, N_q, D) float32 and lse as below."""
+    columns are dropped). Returns O (BH, N_q, D) float32 and the row statistics as below."""
     BH, Nq, D = q.shape
     bq, _, Dp = _tiled_shape(D)
     if Dp != D: q, k, v = (F.pad(t, (0, Dp - D)) for t in (q, k, v))
     o = torch.empty(q.shape, dtype=torch.float32, device=q.device)
-    lse = torch.empty((BH, Nq), dtype=torch.float32, device=q.device)
+    ml = torch.empty((2, BH, Nq), dtype=torch.float32, device=q.device)
     kernel = _flash_fwd_tiled(Dp, mask.kind == 'causal', _cuda_mode() == 'gpu', _KERNEL_DTYPES[q.dtype])
-    _launch_cuda(kernel, (-(-Nq // bq), BH), _NT, *map(_kernel_view, (q, k, v)), o, lse, np.float32(scale * _LOG2E),
-                 np.int32(mask.off))
-    return (o if Dp == D else o[..., :D].contiguous()), lse
+    _launch_cuda(kernel, (-(-Nq // bq), BH), _NT, *map(_kernel_view, (q, k, v)), o, ml[0], ml[1],
+                 np.float32(scale * _LOG2E), np.int32(mask.off))
+    return (o if Dp == D else o[..., :D].contiguous()), ml
 
 def _forward_impl(q, k, v, scale, mask, backend):
-    """O (BH, N_q, D) float32 and lse (BH, N_q) in natural-log units (_NEG for rows with no key); q, k, v contiguous,
-    float32 (or float16, bfloat16 for the tiled CUDA kernels, which read them as they are)."""
+    """O (BH, N_q, D) float32 and the row statistics ml (2, BH, N_q) float32: ml[0] = m, the row max of the base-2
+    scores S·log₂e (_NEG for rows with no key), ml[1] = log₂ ℓ (0 there); L = (m + log₂ ℓ)·ln 2 (`_lse`). Every kernel
+    works in base 2, so the backward of any kernel can use them. q, k, v contiguous, float32 (or float16, bfloat16 for
+    the tiled CUDA kernels, which read them as they are)."""
     BH, Nq, D = q.shape
     if backend == 'cpu':
         qn, kn, vn = (t.detach().numpy() for t in (q, k, v))
-        o = np.empty_like(qn); lse = np.empty((BH, Nq), np.float32)
+        o = np.empty_like(qn); ml = np.empty((2, BH, Nq), np.float32)
         if mask.kind == 'window':
             _on_threads(_na_fwd_cpu, qn, kn, vn, np.float32(scale), *mask.grid, *mask.kernel, *mask.dilation,
-                        *mask.causal, o, lse)
+                        *mask.causal, o, ml[0], ml[1])
         else:
-            _on_threads(_flash_fwd_cpu, qn, kn, vn, np.float32(scale), mask.kind == 'causal', mask.off, o, lse)
-        return torch.from_numpy(o), torch.from_numpy(lse)
+            _on_threads(_flash_fwd_cpu, qn, kn, vn, np.float32(scale), mask.kind == 'causal', mask.off, o, ml[0], ml[1])
+        return torch.from_numpy(o), torch.from_numpy(ml)
     if _TILED_FORWARD and mask.kind != 'window':
         return _forward_tiled(q, k, v, scale, mask)
     q, k, v = (t.float() for t in (q, k, v))
-    o = torch.empty_like(q); lse = torch.empty((BH, Nq), dtype=torch.float32, device=q.device)
+    o = torch.empty_like(q); ml = torch.empty((2, BH, Nq), dtype=torch.float32, device=q.device)
     mp, kv_lo, kv_hi, _, _ = _plans(mask, Nq, k.shape[1], _device_key(q))
-    _launch_cuda(_fwd_cuda, (len(kv_lo), BH), _TQ, q, k, v, o, lse, np.float32(scale), mp, kv_lo, kv_hi)
-    return o, lse
+    _launch_cuda(_fwd_cuda, (len(kv_lo), BH), _TQ, q, k, v, o, ml[0], ml[1], np.float32(scale * _LOG2E), mp, kv_lo,
+                 kv_hi)
+    return o, ml
 
-def _backward_tiled(q, k, v, do, lse, delta, has_key, scale, mask):
+def _lse(ml):
+    "L = (m + log₂ ℓ)·ln 2 (BH, N_q) float32 from the row statistics, summed in float64; −FLT_MAX on rows with no key."
+    m, lam = ml.double()
+    return torch.where(m > _NEG / 2, (m + lam) * _LN2, _NEG).float()
+
+def _backward_tiled(q, k, v, do, ml, delta, scale, mask):
     """dQ, dK, dV by the tiled CUDA kernels (full or causal mask); D padded to D_p as in the forward (zero columns of q,
     k give zero gradient columns, dropped)."""
     BH, Nq, D = q.shape
     Nk = k.shape[1]
     rows, _, Dp = _bwd_shape(D)
     if Dp != D: q, k, v, do = (F.pad(t, (0, Dp - D)) for t in (q, k, v, do))
-    lse2 = torch.where(has_key, lse * _LOG2E, lse).float().contiguous()   # L·log₂e (−FLT_MAX kept on rows with no key)
     dq, dk, dv = (torch.empty(t.shape, dtype=torch.float32, device=t.device) for t in (q, k, v))
     unused = torch.empty((1, 1, 1), dtype=torch.float32, device=q.device)   # dQ's second output (a distinct array)
     causal = mask.kind == 'causal'
     consts = (np.float32(scale), np.float32(scale * _LOG2E), np.int32(mask.off))
     dt, qkv = _KERNEL_DTYPES[q.dtype], tuple(map(_kernel_view, (q, k, v)))
-    _launch_cuda(_flash_bwd_tiled(Dp, causal, False, dt), (-(-Nq // rows), BH), _NT, *qkv, do, lse2, delta, dq, unused,
-                 *consts)
-    _launch_cuda(_flash_bwd_tiled(Dp, causal, True, dt), (-(-Nk // rows), BH), _NT, *qkv, do, lse2, delta, dk, dv, *consts)
+    _launch_cuda(_flash_bwd_tiled(Dp, causal, False, dt), (-(-Nq // rows), BH), _NT, *qkv, do, ml[0], ml[1], delta, dq,
+                 unused, *consts)
+    _launch_cuda(_flash_bwd_tiled(Dp, causal, True, dt), (-(-Nk // rows), BH), _NT, *qkv, do, ml[0], ml[1], delta, dk,
+                 dv, *consts)
     if Dp != D: dq, dk, dv = (t[..., :D].contiguous() for t in (dq, dk, dv))
     return dq, dk, dv
 
-def _backward_impl(q, k, v, o, lse, do, dlse, scale, mask, backend):
-    "dQ, dK, dV by recomputation; Δ = rowsum(dO∘O) − dL."
+def _backward_impl(q, k, v, o, ml, do, dlse, scale, mask, backend):
+    "dQ, dK, dV by recomputation from the forward's row statistics ml = (m, log₂ ℓ); Δ = rowsum(dO∘O) − dL."
     BH, Nq, D = q.shape
-    has_key = lse > _NEG / 2
+    has_key = ml[0] > _NEG / 2
+    ml = ml.contiguous()
     delta = (do * o).sum(-1)                                             # Δ = rowsum(dO∘O) − dL
     if dlse is not None: delta = delta - torch.where(has_key, dlse, torch.zeros_like(dlse))
     delta = delta.float().contiguous()
     if backend == 'cpu':
-        qn, kn, vn, don, ln, dn = (t.detach().contiguous().numpy() for t in (q, k, v, do, lse, delta))
+        qn, kn, vn, don, mn, dn = (t.detach().contiguous().numpy() for t in (q, k, v, do, ml, delta))
         dq, dk, dv = np.empty_like(qn), np.empty_like(kn), np.empty_like(vn)
         if mask.kind == 'window':
             geo = (*mask.grid, *mask.kernel, *mask.dilation, *mask.causal)
-            _on_threads(_na_bwd_dq_cpu, qn, kn, vn, don, ln, dn, np.float32(scale), *geo, dq)
-            _on_threads(_na_bwd_dkdv_cpu, qn, kn, vn, don, ln, dn, np.float32(scale), *geo, dk, dv)
+            wn = np.exp2(-mn[1])                                            # 1/ℓ = 2^(−log₂ ℓ) per row
+            _on_threads(_na_bwd_dq_cpu, qn, kn, vn, don, mn[0], wn, dn, np.float32(scale), *geo, dq)
+            _on_threads(_na_bwd_dkdv_cpu, qn, kn, vn, don, mn[0], wn, dn, np.float32(scale), *geo, dk, dv)
         else:
-            l2 = torch.where(has_key, lse * _LOG2E, lse).float().contiguous().numpy()   # L·log₂e (base-2 units)
             causal = mask.kind == 'causal'
-            _on_threads(_flash_bwd_dkdv_cpu, qn, kn, vn, don, l2, dn, np.float32(scale), causal, mask.off, dk, dv)
-            _on_threads(_flash_bwd_dq_cpu, qn, kn, vn, don, l2, dn, np.float32(scale), causal, mask.off, dq)
+            _on_threads(_flash_bwd_dkdv_cpu, qn, kn, vn, don, mn[0], mn[1], dn, np.float32(scale), causal, mask.off,
+                        dk, dv)
+            _on_threads(_flash_bwd_dq_cpu, qn, kn, vn, don, mn[0], mn[1], dn, np.float32(scale), causal, mask.off, dq)
         return torch.from_numpy(dq), torch.from_numpy(dk), torch.from_numpy(dv)
     if _TILED_BACKWARD and mask.kind != 'window':
-        return _backward_tiled(q, k, v, do, lse, delta, has_key, scale, mask)
+        return _backward_tiled(q, k, v, do, ml, delta, scale, mask)
     q, k, v = (t.float() for t in (q, k, v))
-    lse = lse.contiguous()
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     mp, kv_lo, kv_hi, q_lo, q_hi = _plans(mask, Nq, k.shape[1], _device_key(q))
-    _launch_cuda(_bwd_dkdv_cuda, (len(q_lo), BH), _TKB, q, k, v, do, lse, delta, dk, dv, np.float32(scale), mp,
-                 q_lo, q_hi)
-    _launch_cuda(_bwd_dq_cuda, (len(kv_lo), BH), _TQ, q, k, v, do, lse, delta, dq, np.float32(scale), mp,
-                 kv_lo, kv_hi)
+    sc = (np.float32(scale), np.float32(scale * _LOG2E))
+    _launch_cuda(_bwd_dkdv_cuda, (len(q_lo), BH), _TKB, q, k, v, do, ml[0], ml[1], delta, dk, dv, *sc, mp, q_lo, q_hi)
+    _launch_cuda(_bwd_dq_cuda, (len(kv_lo), BH), _TQ, q, k, v, do, ml[0], ml[1], delta, dq, *sc, mp, kv_lo, kv_hi)
     return dq, dk, dv
 
 _TWICE = (b'flash_attention and neighborhood_attention are differentiable once: their backward kernels are not '
@@ -1248,28 +1298,64 @@ class _FusedAttentionFn(torch.autograd.Function):
     float16/bfloat16 on the CUDA backend); O and L float32, gradients returned in the inputs' dtype."""
     @staticmethod
     def forward(ctx, q, k, v, scale, mask, backend):
-        o, lse = _forward_impl(q, k, v, scale, mask, backend)
-        ctx.save_for_backward(q, k, v, o, lse)
+        o, ml = _forward_impl(q, k, v, scale, mask, backend)
+        ctx.save_for_backward(q, k, v, o, ml)      # m and log₂ ℓ, not their rounded sum: P = 2^((S − m) − log₂ ℓ)
         ctx.scale, ctx.mask, ctx.backend = scale, mask, backend
-        return o, lse
+        return o, _lse(ml)
 
     @staticmethod
     @_differentiable_once         # the backward kernels are not themselves differentiable: say so, clearly
     def backward(ctx, do, dlse):
-        q, k, v, o, lse = ctx.saved_tensors
+        q, k, v, o, ml = ctx.saved_tensors
         if do is None: do = torch.zeros_like(o)
-        dq, dk, dv = _backward_impl(q, k, v, o, lse, do.float().contiguous(), dlse, ctx.scale, ctx.mask, ctx.backend)
+        dq, dk, dv = _backward_impl(q, k, v, o, ml, do.float().contiguous(), dlse, ctx.scale, ctx.mask, ctx.backend)
         return dq, dk, dv, None, None, None
 
-def _check_ranges(q, k, v, scale):
-    """Raise unless every score fits float32 with room: |τ q·k| ≤ τ·D·max|q|·max|k| ≤ FLT_MAX/4 (so the difference of two
-    scores stays finite), and |v| ≤ FLT_MAX. One reduction per tensor, no temporaries."""
-    amax = lambda t: max(abs(float(x)) for x in torch.aminmax(t.detach()))
-    bound = scale * q.shape[-1] * amax(q) * amax(k)
+def _lse_dtype(dtype):
+    "The dtype of the returned L: float64 for float64 inputs, else float32 (in float16, L ≈ 10⁴ would have spacing 8)."
+    return torch.promote_types(dtype, torch.float32)
+
+def _ldexp(t, e: int):
+    "t·2ᵉ, exact (barring underflow): factors 2^(±100) at most, each representable in float32, all one way."
+    while e:
+        step = max(-100, min(100, e))
+        t, e = t * 2.0 ** step, e - step
+    return t
+
+def _fit_float32(q, k, v, scale):
+    """Bring q, k, v into the float32 kernels' range exactly, or raise. One device reduction, read back once (the only
+    device→host sync of a call): a = (max|q|, max|k|, max|v|), NaN or inf when a tensor holds one.
+    - Finite: raise a ValueError naming the tensor holding NaN or inf.
+    - Scores: raise unless |τ q·k| ≤ τ·D·max|q|·max|k| ≤ FLT_MAX/4 (the difference of two scores stays finite).
+    - q, k: when τ·max|q| or max|k| lies outside [2⁻⁶⁴, 2⁶⁴] (float64 inputs can hold q = 10³⁰⁰, k = 10⁻³⁰⁰ whose
+      scores fit float32 though neither does), q·2ᵉ and k·2⁻ᵉ with e = round(½ log₂(max|k|/(τ max|q|))): every product
+      qₐkₐ, hence every score, is unchanged and both factors are near √(τ·max|q|·max|k|).
+    - v: when max|v| > FLT_MAX/(2N_k) (the sum Σⱼ 2^(sⱼ−m) vⱼ of up to N_k terms would overflow) or max|v| < 2⁻⁶⁴,
+      v·2^(−e_v) with e_v = ⌊log₂ max|v|⌋, and the output is scaled back by 2^(e_v) in the caller.
+    Powers of two scale exactly, so inside [2⁻⁶⁴, 2⁶⁴] nothing is done and outside the kernels see the same scores.
+    Returns q, k, v (rescaled; autograd carries the factors into the gradients) and e_v."""
+    a = torch.stack([torch.linalg.vector_norm(t.detach(), float('inf')) for t in (q, k, v)]).tolist()   # one sync
+    aq, ak, av = (float(x) for x in a)
+    for n, x in (('q', aq), ('k', ak), ('v', av)):
+        if not math.isfinite(x): raise ValueError(f'`{n}` contains non-finite values (NaN or inf)')
+    bound = scale * q.shape[-1] * aq * ak
     if not bound <= _SCORE_MAX:
         raise ValueError(f'`q`, `k` and `scale` allow scores up to {bound:.3g}, beyond float32 range (≤ {_SCORE_MAX:.3g}):'
                          ' rescale them')
-    if not amax(v) <= -_NEG: raise ValueError(f'`v` holds values beyond float32 range ({amax(v):.3g})')
+    ev = 0
+    if q.dtype in (torch.float16, torch.bfloat16): return q, k, v, ev       # within float32's range already
+    tq, box = scale * aq, lambda x: 2.0 ** -64 <= x <= 2.0 ** 64
+    if tq > 0 and ak > 0 and not (box(tq) and box(ak)):
+        e = round((math.log2(ak) - math.log2(tq)) / 2)
+        lo, hi = math.ceil(math.log2(ak)) - 126, 126 - math.ceil(math.log2(aq))
+        if lo > hi:                 # (a tiny τ with huge q and k): no exact rescaling brings both into float32
+            raise ValueError(f'`q` and `k` hold values (max {aq:.3g}, {ak:.3g}) that no rescaling brings into float32')
+        e = min(max(e, lo), hi)     # q·2ᵉ ≤ 2¹²⁶ and k·2⁻ᵉ ≤ 2¹²⁶ in float32
+        q, k = _ldexp(q, e), _ldexp(k, -e)
+    if av > 0 and not 2.0 ** -64 <= av <= -_NEG / (2 * k.shape[-2]):
+        ev = math.floor(math.log2(av))
+        v = _ldexp(v, -ev)
+    return q, k, v, ev
 
 def _fused(q, k, v, scale, mask, backend):
     """q (BH, N_q, D), k (BH, N_k, D), v (BH, N_k, D_v) in any float dtype → O (BH, N_q, D_v) and L (BH, N_q) in float32
@@ -1297,7 +1383,7 @@ def flash_attention(q, k, v, causal: bool = False, scale: float | None = None, r
     D) needs CPU tensors; 'cuda' (Numba CUDA kernels, D, D_v ≤ 128) needs GPU tensors, or CPU tensors under the
     simulator (NUMBA_ENABLE_CUDASIM=1). Empty inputs give empty (or all-masked) results. Differentiable once (fused
     backward by recomputation). Returns O (…, N_q, D_v) [and the log-sum-exp L (…, N_q)]."""
-    q, k, v, batch = _check_attention_inputs(q, k, v)
+    q, k, v, batch = _check_attention_inputs(q, k, v, finite=False)   # NaN/inf: tested in _fit_float32
     causal, return_lse = _check_flag(causal, 'causal'), _check_flag(return_lse, 'return_lse')
     scale = _resolve_scale(scale, q.shape[-1])
     backend = _resolve_backend(backend, q)
@@ -1307,11 +1393,12 @@ def flash_attention(q, k, v, causal: bool = False, scale: float | None = None, r
     BH = math.prod(batch)
     if min(Nq, Nk, BH) == 0:           # nothing to fuse: the dense oracle gives the empty or all-masked answer
         return attention_reference(q, k, v, causal, scale, return_lse)
-    _check_ranges(q, k, v, scale)
+    dtype = q.dtype
+    q, k, v, ev = _fit_float32(q, k, v, scale)
     flat = lambda t: t.expand(*batch, *t.shape[-2:]).reshape(BH, *t.shape[-2:])
     o, lse = _fused(flat(q), flat(k), flat(v), scale, _Mask('causal' if causal else 'full', off=Nk - Nq), backend)
-    o = o.reshape(*batch, Nq, Dv).to(q.dtype)
-    return (o, lse.reshape(*batch, Nq).to(q.dtype)) if return_lse else o
+    o = _ldexp(o.reshape(*batch, Nq, Dv).to(dtype), ev)
+    return (o, lse.reshape(*batch, Nq).to(_lse_dtype(dtype))) if return_lse else o
 
 # %% ../nbs/05_fused_attention.ipynb #d0546c18
 def _per_axis(val, name, nd, kind):
@@ -1322,13 +1409,14 @@ def _per_axis(val, name, nd, kind):
         return tuple(bool(x) for x in vals)
     return tuple(check_int(x, name, minimum=1) for x in vals)
 
-def _check_na(q, k, v, kernel_size, dilation, causal, scale, return_lse):
+def _check_na(q, k, v, kernel_size, dilation, causal, scale, return_lse, finite: bool = True):
     """The checks shared by `neighborhood_attention` and its reference: q, k (B, H, N, D) or (B, H, X, Y, D), v of the
     same shape up to its head dimension D_v; odd kernel sizes, dilations with kernel_size·δ ≤ axis length."""
-    q = as_tensor(q, 'q')
+    _refuse_integers(q, k, v)
+    q = as_tensor(q, 'q', finite=finite)
     if q.ndim not in (4, 5):
         raise ValueError(f'`q` must have 4 dimensions (B, H, N, D) or 5 (B, H, X, Y, D), got shape {tuple(q.shape)}')
-    q, k, v, _ = _check_attention_inputs(q, k, v)
+    q, k, v, _ = _check_attention_inputs(q, k, v, finite)
     if k.shape != q.shape: raise ValueError(f'`k` must have the shape of `q` {tuple(q.shape)}, got {tuple(k.shape)}')
     if v.shape[:-1] != q.shape[:-1]:
         raise ValueError(f'`v` must have the shape of `q` {tuple(q.shape)} up to its last axis, got {tuple(v.shape)}')
@@ -1349,7 +1437,8 @@ def neighborhood_attention(q, k, v, kernel_size, dilation=1, causal=False, scale
     1-D: q, k (B, H, N, D), v (B, H, N, D_v); 2-D: (B, H, X, Y, D). kernel_size k (odd), dilation δ and causal: one
     value or one per axis, with k·δ ≤ axis length. Windows are shifted (not truncated) at the borders. Same dtype,
     device and backend rules as `flash_attention`; differentiable once. Returns O (q's shape with D_v) [and L]."""
-    q, k, v, dims, ks, dil, cz, scale, return_lse = _check_na(q, k, v, kernel_size, dilation, causal, scale, return_lse)
+    q, k, v, dims, ks, dil, cz, scale, return_lse = _check_na(q, k, v, kernel_size, dilation, causal, scale, return_lse,
+                                                              finite=False)   # NaN/inf: tested in _fit_float32
     backend = _resolve_backend(backend, q)
     D, Dv = q.shape[-1], v.shape[-1]
     if backend == 'cuda' and max(D, Dv) > _DMAX:
@@ -1358,12 +1447,13 @@ def neighborhood_attention(q, k, v, kernel_size, dilation=1, causal=False, scale
     if B * H == 0:
         o, lse = v.new_zeros(v.shape), q.new_zeros(q.shape[:-1])
         return (o, lse) if return_lse else o
-    _check_ranges(q, k, v, scale)
+    dtype = q.dtype
+    q, k, v, ev = _fit_float32(q, k, v, scale)
     if len(dims) == 1: dims, ks, dil, cz = (1,) + dims, (1,) + ks, (1,) + dil, (False,) + cz
     flat = lambda t: t.reshape(B * H, N, t.shape[-1])
     o, lse = _fused(flat(q), flat(k), flat(v), scale, _Mask('window', 0, dims, ks, dil, cz), backend)
-    o = o.reshape(v.shape).to(q.dtype)
-    return (o, lse.reshape(q.shape[:-1]).to(q.dtype)) if return_lse else o
+    o = _ldexp(o.reshape(v.shape).to(dtype), ev)
+    return (o, lse.reshape(q.shape[:-1]).to(_lse_dtype(dtype))) if return_lse else o
 
 def neighborhood_attention_reference(q, k, v, kernel_size, dilation=1, causal=False, scale: float | None = None,
                                      return_lse: bool = False):
