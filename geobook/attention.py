@@ -1222,9 +1222,9 @@ def _forward_impl(q, k, v, scale, mask, backend):
     return o, ml
 
 def _lse(ml):
-    "L = (m + log₂ ℓ)·ln 2 (BH, N_q) float32 from the row statistics, summed in float64; −FLT_MAX on rows with no key."
-    m, lam = ml.double()
-    return torch.where(m > _NEG / 2, (m + lam) * _LN2, _NEG).float()
+    "L = (m + log₂ ℓ)·ln 2 (BH, N_q) float32 from the row statistics, summed in float64; −∞ on rows with no key."
+    m, lam = ml.double()                                        # one float64 copy; the rest in place (memory: O(N) small)
+    return m.add_(lam).mul_(_LN2).masked_fill_(ml[0] <= _NEG / 2, float('-inf')).float()
 
 def _backward_tiled(q, k, v, do, ml, delta, scale, mask):
     """dQ, dK, dV by the tiled CUDA kernels (full or causal mask); D padded to D_p as in the forward (zero columns of q,
@@ -1334,7 +1334,8 @@ def _fit_float32(q, k, v, scale):
       v·2^(−e_v) with e_v = ⌊log₂ max|v|⌋, and the output is scaled back by 2^(e_v) in the caller.
     Powers of two scale exactly, so inside [2⁻⁶⁴, 2⁶⁴] nothing is done and outside the kernels see the same scores.
     Returns q, k, v (rescaled; autograd carries the factors into the gradients) and e_v."""
-    a = torch.stack([torch.linalg.vector_norm(t.detach(), float('inf')) for t in (q, k, v)]).tolist()   # one sync
+    # max|t| from aminmax: one pass and no temporary the size of t (|t| would be one); NaN propagates through it
+    a = torch.stack([torch.stack(torch.aminmax(t.detach())).abs().max() for t in (q, k, v)]).tolist()   # one sync
     aq, ak, av = (float(x) for x in a)
     for n, x in (('q', aq), ('k', ak), ('v', av)):
         if not math.isfinite(x): raise ValueError(f'`{n}` contains non-finite values (NaN or inf)')
@@ -1367,7 +1368,7 @@ def _fused(q, k, v, scale, mask, backend):
     half = backend == 'cuda' and q.dtype in (torch.float16, torch.bfloat16)   # read as is by the tiled CUDA kernels
     f = lambda t: (t if half else t.float()).contiguous()
     o, lse = _FusedAttentionFn.apply(f(q), f(k), f(v), scale, mask, backend)
-    return o[..., :Dv], torch.where(lse > _NEG / 2, lse, torch.full_like(lse, float('-inf')))
+    return o[..., :Dv], lse                                  # L = −∞ on rows with no key (see _lse)
 
 # %% ../nbs/05_fused_attention.ipynb #6540891c
 def flash_attention(q, k, v, causal: bool = False, scale: float | None = None, return_lse: bool = False,

@@ -179,18 +179,23 @@ def _compress_hard(Z: torch.Tensor, labels: torch.Tensor, counts: torch.Tensor, 
     """R_c for integer labels. Samples are grouped by class and the classes by size; classes of one size n_j are
     stacked into a (k', n_j, d) block (no padding), a block holding one class or at most `_BLOCK` elements, and each
     block's Gram matrices (the smaller of Z_jᵀZ_j and Z_jZ_jᵀ) are factored in one batched Cholesky. Without autograd
-    a block is gathered only when used, so memory stays at one block; with autograd Z is permuted once (the class
-    copies would be kept for the backward pass anyway)."""
+    a block is gathered only when used and freed once its Gram matrices are formed, and blocks hold at most `_BLOCK`/2
+    elements, so that the peak (a block's Gram matrices, I + cG and its Cholesky factor) stays at a per-class loop's
+    footprint (measured: `benchmarks/bench_coding_rate.py`); with autograd Z is permuted once (the class copies would
+    be kept for the backward pass anyway) and the larger blocks mean fewer nodes in the graph."""
     (n, d), dev = Z.shape, Z.device
     labels, counts = labels.to(dev), counts.to(dev)
     by_size = torch.argsort(counts, stable=True)                            # classes, smallest first
     rank = torch.empty_like(by_size); rank[by_size] = torch.arange(by_size.numel(), device=dev)
     order = torch.argsort(rank[labels], stable=True)                        # samples: by class, classes by size
     sizes, reps = torch.unique_consecutive(counts[by_size], return_counts=True)
-    blocks = [(s, min(r - first, max(1, _BLOCK // (s * d))))               # (class size, classes in the block)
-              for s, r in zip(sizes.tolist(), reps.tolist()) for first in range(0, r, max(1, _BLOCK // (s * d)))]
+    grad = torch.is_grad_enabled() and Z.requires_grad
+    budget = _BLOCK if grad else _BLOCK // 2                                # see the docstring
+    per = lambda s: max(1, budget // (s * d))                               # classes of size s in one block
+    blocks = [(s, min(r - first, per(s)))                                   # (class size, classes in the block)
+              for s, r in zip(sizes.tolist(), reps.tolist()) for first in range(0, r, per(s))]
     sizes_ = [s * kb for s, kb in blocks]
-    if torch.is_grad_enabled() and Z.requires_grad:                         # one gather, blocks as views (one backward)
+    if grad:                                                                # one gather, blocks as views (one backward)
         parts = zip(order.split(sizes_), Z[order].split(sizes_))
     else:                                                                   # gather each block when it is used
         parts = ((rows, Z[rows]) for rows in order.split(sizes_))

@@ -108,7 +108,9 @@ def _gelu(k11, k12, k22):
 
 def gelu_moments(k11, k12, k22) -> tuple[torch.Tensor, torch.Tensor]:
     """Closed-form moments (𝔼[gelu(u)gelu(v)], 𝔼[gelu'(u)gelu'(v)]) for gelu(z) = zΦ(z) (the exact, erf-based GELU)
-    and (u, v) ~ N(0, [[k11, k12], [k12, k22]]); derived in the chapter. Arguments as in `relu_moments`."""
+    and (u, v) ~ N(0, [[k11, k12], [k12, k22]]); derived in the chapter. Arguments as in `relu_moments`. Accurate
+    relative to the scale √(𝔼gelu(u)² 𝔼gelu(v)²), not to the moment itself: near ρ = −1 at large variances the moment
+    is a tiny difference (at k = 10¹⁵, ρ = −1 its own relative error is large)."""
     return _gelu(*_moment_args(k11, k12, k22))
 
 # %% ../nbs/01_ntk.ipynb #c83b1e4f
@@ -208,8 +210,14 @@ def _min_intervals(k11, k22):
     big = torch.maximum(k11, k22).clamp_min(0).sqrt()
     return torch.where(big > 1, 2 * torch.asinh(2 * _T * big) / _H_START, torch.zeros_like(big))
 
+def _edge(x, w):
+    "The share of Σwᵢxᵢ/Σwᵢ (x ≥ 0) carried by the two end nodes of the window, over the last axis."
+    return (x[..., 0] * w[..., 0] + x[..., -1] * w[..., -1]) / w.sum(-1)
+
 def _rule_level(f, k11, k12, k22, n):
-    """(𝔼f(u)f(v) with n and n/2 intervals per axis, and the scale √(𝔼f(u)² 𝔼f(v)²)): (3, B). Every entry is
+    """(𝔼f(u)f(v) with n and n/2 intervals per axis, the scale √(𝔼f(u)² 𝔼f(v)²), and the tail at the cut): (4, B).
+    The tail is the larger of the end nodes' shares of 𝔼f(u)² and of 𝔼f(v)² (for v, the inner rules' end nodes,
+    averaged over u): a rule cut at |η| = 9 is only right when it is negligible. Every entry is
     computed from its own (k11, k12, k22) alone, so it comes out the same in any batch, and from the pair sorted so that
     swapping u and v changes no bit. The wider of u, v (call it u) ~ N(0, k11) by the outer rule;
     |ρ| = 1: v = ρ√(k22/k11) u on the same nodes; else v | u ~ N(ρ√k22 η, k22(1 − ρ²)) by an inner rule per outer node."""
@@ -219,12 +227,15 @@ def _rule_level(f, k11, k12, k22, n):
     u, eta, W = _gauss_rule(zero, k11.sqrt(), n)                                   # (B, n+1)
     fu = f(u)
     line = rho.abs() == 1
-    out = k11.new_empty(3, len(k11))
+    out = k11.new_empty(4, len(k11))
+    tiny = torch.finfo(k11.dtype).tiny
     if bool(line.any()):
         r = k22[line].sqrt() / k11[line].sqrt()                                   # k11 > 0 where |ρ| = 1
         fl = f((rho[line] * r)[:, None] * u[line])
         out[:2, line] = _subrules(fu[line] * fl, W[line])
-        out[2, line] = (_subrules(fu[line] ** 2, W[line])[0] * _subrules(fl * fl, W[line])[0]).sqrt()
+        su, sv = _subrules(fu[line] ** 2, W[line])[0], _subrules(fl * fl, W[line])[0]
+        out[2, line] = (su * sv).sqrt()
+        out[3, line] = torch.maximum(_edge(fu[line] ** 2, W[line]) / su.clamp_min(tiny), _edge(fl * fl, W[line]) / sv.clamp_min(tiny))
     plane = ~line
     if bool(plane.any()):
         b = int(plane.sum())
@@ -237,17 +248,23 @@ def _rule_level(f, k11, k12, k22, n):
         out[:2, plane] = torch.stack([(fup[:, ::k] * g * Wp[:, ::k]).sum(-1) / Wp[:, ::k].sum(-1)
                                       for k, g in zip((1, 2), inner)])
         sq_v = ((fv * fv * w).sum(-1) / w.sum(-1) * Wp).sum(-1) / Wp.sum(-1)
-        out[2, plane] = (_subrules(fup * fup, Wp)[0] * sq_v).sqrt()
+        su = _subrules(fup * fup, Wp)[0]
+        out[2, plane] = (su * sq_v).sqrt()
+        edge_v = (_edge(fv * fv, w) * Wp).sum(-1) / Wp.sum(-1)
+        out[3, plane] = torch.maximum(_edge(fup * fup, Wp) / su.clamp_min(tiny), edge_v / sq_v.clamp_min(tiny))
     return out
 
 def _refined(f, k11, k12, k22, n_points, rtol, max_points, chunk):
     """𝔼f(u)f(v) per entry (B,) with its own refinement: n = 32, 64, … (from `_min_intervals` on) until the n and n/2
     rules differ by at most rtol of the scale. The gap is the error of the n/2 rule, and the n rule is better still
     (asymptotically its error is gap²/scale, but coarse rules can agree by accident, so the gap itself is the test).
-    `n_points` fixes n. Returns (estimate, intervals used (B,), converged (B,))."""
+    An entry whose tail at the cut exceeds rtol (σ grows so fast that the Gaussian does not tame it within 9 standard
+    deviations) is never accepted. `n_points` fixes n. Returns (estimate, intervals used (B,), converged (B,), tail
+    not negligible (B,))."""
     B = len(k12)
     est, used = k12.new_empty(B), torch.zeros(B, dtype=torch.long, device=k12.device)
     done = torch.zeros(B, dtype=torch.bool, device=k12.device)
+    cut = torch.zeros(B, dtype=torch.bool, device=k12.device)
     levels = [n_points] if n_points is not None else [32 * 2**i for i in range(8) if 32 * 2**i <= max_points]
     nmin = _min_intervals(k11, k22)
     tiny = torch.finfo(k12.dtype).tiny
@@ -257,11 +274,12 @@ def _refined(f, k11, k12, k22, n_points, rtol, max_points, chunk):
         step = max(1, chunk // (n + 1) ** 2)
         for c in range(0, len(todo), step):
             i = todo[c:c + step]
-            fine, half, scale = _rule_level(f, k11[i], k12[i], k22[i], n)
+            fine, half, scale, tail = _rule_level(f, k11[i], k12[i], k22[i], n)
             ok = (fine - half).abs() <= rtol * scale + tiny
-            est[i], used[i], done[i] = fine, n, ok | (n_points is not None)
+            short = ~(tail <= rtol)                                             # NaN (an overflow) counts as a cut tail
+            est[i], used[i], done[i], cut[i] = fine, n, (ok | (n_points is not None)) & ~short, short
         if bool(done.all()): break
-    return est, used, done
+    return est, used, done, cut
 
 # %% ../nbs/01_ntk.ipynb #0b3356b3
 def _quadrature(activation, k11, k12, k22, n_points=None, rtol=None, max_points=512, chunk=2**22):
@@ -275,15 +293,23 @@ def _quadrature(activation, k11, k12, k22, n_points=None, rtol=None, max_points=
     rtol = _rtol(k12.dtype) if rtol is None else rtol
     out, used = [], []
     for f in (sig, dsig):
-        m, n, ok = _refined(f, k11, k12, k22, n_points, rtol, max_points, chunk)
+        m, n, ok, cut = _refined(f, k11, k12, k22, n_points, rtol, max_points, chunk)
         if not bool(ok.all()):
-            bad = ~ok
             name = activation if isinstance(activation, str) else getattr(activation, '__name__', 'callable')
+            bad = ~ok & cut if bool((~ok & cut).any()) else ~ok
             k = torch.maximum(k11[bad], k22[bad]).max().item()
-            raise ValueError(f"`activation` {name!r}: quadrature did not converge to rtol={rtol:.1e} with {int(n[bad].max())} "
-                             f"intervals per axis at variance K = {k:.3g}. The activation varies on a scale the rule cannot "
-                             "resolve there, or the variance is too large. Use a closed form ('relu', 'erf', 'gelu', "
-                             "'linear'), rescale the inputs or C_W, or raise `max_points`.")
+            if bool(cut[bad].all()):
+                raise ValueError(f"`activation` {name!r} grows too fast for the Gaussian at variance K = {k:.3g}: its "
+                                 f"integrand is not negligible (above rtol={rtol:.1e} of the integral) at the quadrature's "
+                                 "cut, 9 standard deviations out, so the moment would be wrong (or is infinite). Rescale "
+                                 "the inputs or C_W, or use an activation that grows at most polynomially.")
+            raise ValueError(f"`activation` {name!r}: quadrature did not converge: with {int(n[bad].max())} intervals per "
+                             f"axis at variance K = {k:.3g} the refinement's rules with n and n/2 intervals still differ by "
+                             f"more than rtol={rtol:.1e} of the scale. This happens for a non-smooth activation (a kink "
+                             "or jump: relu, abs, leaky_relu, hardtanh, relu6, elu; the rule needs σ smooth), for one "
+                             "steep on a scale far below 1, or for variances beyond about 1e20. Use a closed form ('relu', "
+                             f"'erf', 'gelu', 'linear'), rescale the inputs or C_W, or raise `max_points` (≤ {_MAX_NODES}) "
+                             "or `rtol`.")
         out.append(m.reshape(shape)); used.append(int(n.max()))
     return out[0], out[1], tuple(used)
 
@@ -296,10 +322,13 @@ def quadrature_moments(activation, k11, k12, k22, n_points: int | None = None, c
     u ~ N(0, k11) by an outer rule and v given u by an inner one; each rule is uniform in the standard score for
     variances ≤ 1 and uniform in t with v = sinh t for larger ones (nodes where σ varies and where the Gaussian lives, so
     n grows like log K). |ρ| = 1 uses the outer rule alone (the diagonal of `nngp_ntk` is this case). `activation`: a
-    name in `ACTIVATIONS` or an elementwise callable varying on the unit scale. `n_points`: n, the intervals per axis;
-    None (default) refines each entry on its own, n = 32, 64, … ≤ `max_points`, until n and n/2 agree to √rtol (rtol
-    1e-10 in float64) of √(𝔼σ(u)² 𝔼σ(v)²), and raises ValueError (naming the activation and the variance) where they
-    never do. About `chunk` nodes are alive at once."""
+    name in `ACTIVATIONS` or an elementwise callable that is smooth (no kinks or jumps: for relu, abs, leaky_relu,
+    hardtanh, relu6 or elu the refinement does not converge and it raises; use the closed forms), varies on the unit
+    scale and grows at most polynomially (the rule is cut at 9 standard deviations; a callable whose integrand is not
+    negligible there, e.g. torch.exp at large K, raises). `n_points`: n, the intervals per axis; None (default) refines
+    each entry on its own, n = 32, 64, … ≤ `max_points`, until n and n/2 agree to rtol (default 1e-10 in float64) of
+    √(𝔼σ(u)² 𝔼σ(v)²), and raises ValueError (naming the activation and the variance) where they never do. About
+    `chunk` nodes are alive at once."""
     activation_fns(activation)
     k11, k12, k22 = _moment_args(k11, k12, k22)
     if n_points is not None:
