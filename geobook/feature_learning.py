@@ -386,11 +386,14 @@ def kernel_change(model_before: nn.Module, model_after: nn.Module, x, *, param_s
     if len(x) ** 2 * out[0].numel() ** 2 > 2**26:
         raise ValueError(f"`x` has {len(x)} rows: the tangent kernels ({len(x)}² × {out[0].numel()}² numbers) would exceed 2^26 entries")
     bs = max(1, min(len(x), 2**26 // max(1, n_par * max(1, out[0].numel()))))      # Jacobian tiles of <= 2^26 numbers
-    T0 = empirical_ntk(model_before, x, batch_size=bs, param_scales=scales)
-    T1 = empirical_ntk(model_after, x.to(_first_param(model_after, 'model_after').dtype), batch_size=bs, param_scales=scales)
-    if not (all_finite(T0) and all_finite(T1)):
-        raise ValueError(f"`x`: the tangent kernels overflowed {T0.dtype} (Θ̂ grows like ‖x‖²; inputs of size "
-                         f"{x.abs().max().item():.3g}): rescale `x` or use float64 models")
+    overflow = lambda dtype: ValueError(f"`x`: the tangent kernels overflowed {dtype} (Θ̂ grows like ‖x‖²; inputs of "
+                                        f"size {x.abs().max().item():.3g}): rescale `x` or use float64 models")
+    try:                                          # empirical_ntk refuses a non-finite kernel itself (OverflowError)
+        T0 = empirical_ntk(model_before, x, batch_size=bs, param_scales=scales)
+        T1 = empirical_ntk(model_after, x.to(_first_param(model_after, 'model_after').dtype), batch_size=bs,
+                           param_scales=scales)
+    except OverflowError as e: raise overflow(x.dtype) from e
+    if not (all_finite(T0) and all_finite(T1)): raise overflow(T0.dtype)
     den = T0.double().norm()
     if not den > 0: raise ValueError("the tangent kernel of `model_before` is zero on `x`: the relative change is undefined")
     return ((T1.double() - T0.double()).norm() / den).item()
