@@ -467,7 +467,9 @@ def _kernel_input(K0):
         if bool(((K0[..., 0, 1] - K0[..., 1, 0]).abs() > 1e-9 * d.amax()).any()): raise ValueError("`K0` must be symmetric")
         if bool((K0[..., 0, 1]**2 > d[..., 0] * d[..., 1] * (1 + 1e-9)).any()):
             raise ValueError("`K0` must be positive semi-definite (|K12| <= sqrt(K11 K22))")
-    elif bool((K0 <= 0).any()): raise ValueError("`K0` must be > 0 (a variance)")
+    elif bool((K0 <= 0).any()):
+        raise ValueError(f"`K0` must be > 0 (a variance): a K0 of shape {tuple(K0.shape)} is a batch of one-input variances, "
+                         "only (..., 2, 2) is read as two inputs' covariances (flow a Gram matrix of m inputs pair by pair)")
     return K0, pairs
 
 class _Overflow:
@@ -533,14 +535,23 @@ def _flow_setup(activation, C_W, C_b, K0, depth, n_points=None):
     return act, C_W, C_b, torch.broadcast_to(K, shape).clone(), pairs, depth
 
 def input_kernel(x, C_W: float, C_b: float) -> torch.Tensor:
-    """First-layer kernel K⁽¹⁾ = C_b + C_W x·xᵀ/n₀ for one input x (n₀,) -> () or inputs x (m, n₀) -> (m, m), in x's dtype.
+    """First-layer kernel K⁽¹⁾ = C_b + C_W x·xᵀ/n₀ of one input x (n₀,) -> () or of a pair x (2, n₀) -> (2, 2), in x's dtype:
+    the `K0` that `kernel_flow` takes (x (1, n₀) gives (1, 1), a batch of one variance).
+
+    More rows raise a ValueError naming `x`: `kernel_flow` reads every K0 but (..., 2, 2) as a batch of one-input variances,
+    so an (m, m) Gram matrix would flow entry by entry, wrong off the diagonal. For m inputs flow pairs: stack the kernels
+    `input_kernel(x[[i, j]], C_W, C_b)` into a batch (..., 2, 2).
 
     Computed as C_W(s²/n₀)(x/s)·(x/s)ᵀ, s = max|x|, so no product overflows or underflows on the way; raises a ValueError
     naming `x` when the kernel itself leaves the dtype's range (a variance of a nonzero input that is inf or below the
     smallest normal float)."""
-    x = as_tensor(x, 'x', ndim=(1, 2), shape='(n_0,) or (m, n_0)')
+    x = as_tensor(x, 'x', ndim=(1, 2), shape='(n_0,) or (2, n_0)')
     if x.numel() == 0: raise ValueError(f"`x` must not be empty, got shape {tuple(x.shape)}")
     C_W = check_positive(C_W, 'C_W'); C_b = check_positive(C_b, 'C_b', strict=False)
+    if x.ndim == 2 and len(x) > 2:
+        raise ValueError(f"`x` has {len(x)} rows: input_kernel gives the kernel of one input (n₀,) or one pair (2, n₀), the "
+                         "K0 that kernel_flow takes (it would read an (m, m) Gram matrix as m² separate variances); pass "
+                         "pairs x[[i, j]] and stack their 2×2 kernels")
     X = x if x.ndim == 2 else x[None]
     s = float(X.abs().max())
     G = (X / s) @ (X / s).T if s > 0 else X @ X.T
@@ -557,9 +568,11 @@ def input_kernel(x, C_W: float, C_b: float) -> torch.Tensor:
 def kernel_flow(activation, C_W, C_b, K0, depth: int, n_points: int | None = None, on_overflow: str = 'raise') -> torch.Tensor:
     """Kernel K⁽ˡ⁾ at layers l = 1..depth from K⁽¹⁾ = `K0` by K⁽ˡ⁺¹⁾ = C_b + C_W⟨σσ⟩_(K⁽ˡ⁾), eq. (3).
 
-    `K0`: variances (scalar or any shape) for one input, or covariances (..., 2, 2) for two; `C_W` (> 0), `C_b` (>= 0)
-    broadcast against its batch shape. Returns (depth, *batch) or (depth, *batch, 2, 2). Gaussian averages: closed forms,
-    else Gauss–Hermite refined until n and 2n nodes agree to 1e-10 relative (`n_points`: a fixed rule instead).
+    `K0`: variances (scalar or any shape) for one input, or covariances (..., 2, 2) for two (e.g. `input_kernel` of a pair);
+    m ≥ 3 inputs flow as a batch of their pairs' 2×2 kernels (an (m, m) Gram matrix would be read as m² variances).
+    `C_W` (> 0), `C_b` (>= 0) broadcast against the batch shape. Returns (depth, *batch) or (depth, *batch, 2, 2).
+    Gaussian averages: closed forms, else Gauss–Hermite refined until n and 2n nodes agree to 1e-10 relative (`n_points`:
+    a fixed rule instead).
     `on_overflow`: 'raise' (OverflowError naming the layer) or 'inf' (inf from there on, with one RuntimeWarning)."""
     check_choice(on_overflow, 'on_overflow', ['raise', 'inf'])
     act, C_W, C_b, K, pairs, depth = _flow_setup(activation, C_W, C_b, K0, depth, n_points)
