@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import measure, write_results, RESULTS
+from _bench import PeakRSS, measure, write_results, RESULTS
 import ot
 from threadpoolctl import threadpool_limits
 from geobook.sliced import sliced_wasserstein, sample_projections
@@ -34,18 +34,18 @@ GRAD_MAX_NL = 5 * 10**7        # forward+backward comparisons up to n·L = 5e7
 GOAL_POT, GOAL_NAIVE = 15.0, 1.0
 
 
-def traced_mb(fn) -> float:
-    """Peak of NumPy's (and Python's) heap allocations during one run, by tracemalloc: unlike RSS, it also counts memory
-    that the allocator reuses from earlier runs. torch's own allocations are not traced (geobook hands work to NumPy)."""
-    tracemalloc.start(); fn(); peak = tracemalloc.get_traced_memory()[1]; tracemalloc.stop()
-    return peak / 2**20
-
-
-def timed(fn, budget_s: float, repeats: int):
-    "measure() with fewer repeats (and no warm-up) when one run already takes more than `budget_s`."
-    t0 = time.perf_counter(); fn(); first = time.perf_counter() - t0
-    if first > budget_s: return measure(fn, repeats=1, warmup=0) | {'first_s': first}
-    return measure(fn, repeats=repeats, warmup=0) | {'first_s': first}
+def timed(fn, budget_s: float, repeats: int) -> dict:
+    """One first run under both memory probes: its time, its value, the peak extra RSS (which undercounts memory the
+    allocator reuses from earlier runs) and tracemalloc's peak of NumPy's and Python's heap allocations (which counts
+    it; torch's own allocations are not traced: geobook hands its work to NumPy). When that run took more than
+    `budget_s` it is the measurement (POT takes about a minute at n = 1e5, L = 500: running it again would only
+    repeat the minute); otherwise `repeats` more runs give the median."""
+    with PeakRSS() as pk:
+        tracemalloc.start(); t0 = time.perf_counter(); value = fn(); first = time.perf_counter() - t0
+        traced = tracemalloc.get_traced_memory()[1] / 2**20; tracemalloc.stop()
+    res = ({'median_s': first, 'min_s': first, 'runs': [first], 'peak_mb': pk.peak_mb} if first > budget_s
+           else measure(fn, repeats=repeats, warmup=0))
+    return res | {'first_s': first, 'traced_mb': traced, 'value': value}
 
 
 def naive_single_thread(X, Y, th):
@@ -74,22 +74,20 @@ def run_grid(grid, repeats, with_pot, condition, quick):
         th = sample_projections(d, L, seed=0).numpy()
         Xt, Yt, tht = torch.from_numpy(X), torch.from_numpy(Y), torch.from_numpy(th)
         row = {'condition': condition, 'n': n, 'd': d, 'L': L, 'load': [round(x, 2) for x in os.getloadavg()]}
-        ours = timed(lambda: sliced_wasserstein(Xt, Yt, projections=tht), 5.0, repeats)
+        ours = timed(lambda: sliced_wasserstein(Xt, Yt, projections=tht).item(), 5.0, repeats)
         row.update(ours_s=ours['median_s'], ours_min_s=ours['min_s'], ours_mb=ours['peak_mb'], ours_runs=ours['runs'],
-                   ours_traced_mb=traced_mb(lambda: sliced_wasserstein(Xt, Yt, projections=tht)))
-        val = sliced_wasserstein(Xt, Yt, projections=tht).item()
+                   ours_traced_mb=ours['traced_mb'])
+        val = ours['value']
         if with_pot and 2 * n * L * 8 * 2 <= POT_MAX_BYTES:
-            pot = timed(lambda: ot.sliced_wasserstein_distance(X, Y, projections=th), 5.0, repeats)
+            pot = timed(lambda: float(ot.sliced_wasserstein_distance(X, Y, projections=th)), 5.0, repeats)
             row.update(pot_s=pot['median_s'], pot_min_s=pot['min_s'], pot_mb=pot['peak_mb'], pot_runs=pot['runs'],
-                       pot_traced_mb=traced_mb(lambda: ot.sliced_wasserstein_distance(X, Y, projections=th)),
-                       speedup_vs_pot=pot['median_s'] / ours['median_s'],
-                       rel_diff_vs_pot=abs(val - ot.sliced_wasserstein_distance(X, Y, projections=th)) / val)
+                       pot_traced_mb=pot['traced_mb'], speedup_vs_pot=pot['median_s'] / ours['median_s'],
+                       rel_diff_vs_pot=abs(val - pot['value']) / val)
         if 2 * n * L * 8 <= NAIVE_MAX_BYTES:
-            nn_ = timed(lambda: naive_single_thread(X, Y, th), 5.0, repeats)
+            nn_ = timed(lambda: float(naive_single_thread(X, Y, th)), 5.0, repeats)
             row.update(naive_numpy_s=nn_['median_s'], naive_numpy_mb=nn_['peak_mb'],
-                       naive_numpy_traced_mb=traced_mb(lambda: naive_single_thread(X, Y, th)),
-                       ratio_vs_naive=ours['median_s'] / nn_['median_s'],
-                       rel_diff_vs_naive=abs(val - naive_single_thread(X, Y, th)) / val)
+                       naive_numpy_traced_mb=nn_['traced_mb'], ratio_vs_naive=ours['median_s'] / nn_['median_s'],
+                       rel_diff_vs_naive=abs(val - nn_['value']) / val)
         if n * L <= (GRAD_MAX_NL // 10 if quick else GRAD_MAX_NL):
             Xg = Xt.clone().requires_grad_(True)
             def ours_grad():

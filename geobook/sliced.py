@@ -105,6 +105,14 @@ def _check_weights(w, n: int, name: str, like: torch.Tensor, batch=None):
         raise ValueError(f"`{name}` must sum to 1 (got {s.flatten()[0].item():.6g}); divide it by its sum to normalise")
     return w
 
+def _to_out(t: torch.Tensor, out: torch.dtype) -> torch.Tensor:
+    "t in the output dtype `out`; OverflowError when a finite result is beyond that dtype's range (half precision)."
+    r = t.to(out)
+    if out != t.dtype and bool(torch.isfinite(t).all()) and not bool(torch.isfinite(r).all()):
+        raise OverflowError(f"the result ({float(t.detach().abs().max()):.4g}) is beyond the range of {out} (largest "
+                            f"{torch.finfo(out).max:g}): pass the inputs in float32 or float64")
+    return r
+
 def _unit_tol(dtype: torch.dtype) -> float:
     "How far from 1 a unit vector's norm may be in `dtype`: 1e-5, or 8 ulps for half precision (float16 rounds at 1e-3)."
     return max(1e-5, 8 * torch.finfo(dtype).eps)
@@ -198,7 +206,7 @@ def wasserstein_1d(u, v, u_weights=None, v_weights=None, p: float = 2) -> torch.
     u, v, batch, out = _check_1d(u, v)
     uw = _check_weights(u_weights, u.shape[-1], 'u_weights', u, batch)
     vw = _check_weights(v_weights, v.shape[-1], 'v_weights', u, batch)
-    return _wasserstein_1d(u, v, uw, vw, p).to(out)
+    return _to_out(_wasserstein_1d(u, v, uw, vw, p), out)
 
 # %% ../nbs/04_sliced_wasserstein.ipynb #lib-plan1d
 def wasserstein_1d_plan(u, v, u_weights=None, v_weights=None, sparse: bool = False) -> torch.Tensor:
@@ -515,7 +523,7 @@ def sliced_costs(X, Y, projections, p: float = 2, a=None, b=None, chunk_size: in
     th = _check_projections(projections, X.shape[1], X)
     a = _check_weights(a, X.shape[0], 'a', X); b = _check_weights(b, Y.shape[0], 'b', X)
     _check_size(th.shape[1], 'projections', 'a vector of costs')
-    return _slice_distances(X, Y, th, p, a, b, chunk_size).pow(p).to(out)
+    return _to_out(_slice_distances(X, Y, th, p, a, b, chunk_size).pow(p), out)
 
 # %% ../nbs/04_sliced_wasserstein.ipynb #lib-sw
 def sliced_wasserstein(X, Y, p: float = 2, n_projections: int = 128, projections=None, a=None, b=None, seed=None,
@@ -525,14 +533,15 @@ def sliced_wasserstein(X, Y, p: float = 2, n_projections: int = 128, projections
     Directions: `projections` (d, L) with unit columns when given, else `n_projections` drawn by `sampler`
     ('gaussian', 'orthogonal', 'qmc') from `seed` (None: fresh entropy; int or Generator: reproducible). `a` (n,),
     `b` (m,): probability weights (None: uniform). Differentiable; on X's device, in X's dtype (half precision is
-    computed in float32). Overflow-safe: the slices' p-th powers are scaled by their maximum."""
+    computed in float32). Overflow-safe: the slices' p-th powers are scaled by their maximum; a distance beyond the
+    range of X's dtype (half precision: 65504) raises OverflowError instead of returning inf."""
     p = _check_p(p)
     X, Y, out = _check_clouds(X, Y)
     if projections is None:
         projections = sample_projections(X.shape[1], n_projections, sampler, seed, dtype=X.dtype, device=X.device)
     th = _check_projections(projections, X.shape[1], X)
     a = _check_weights(a, X.shape[0], 'a', X); b = _check_weights(b, Y.shape[0], 'b', X)
-    return _power_mean(_slice_distances(X, Y, th, p, a, b, chunk_size), p).to(out)
+    return _to_out(_power_mean(_slice_distances(X, Y, th, p, a, b, chunk_size), p), out)
 
 # %% ../nbs/04_sliced_wasserstein.ipynb #lib-maxsw
 def _unit(v: torch.Tensor, dim: int = 0) -> torch.Tensor:
@@ -617,7 +626,7 @@ def max_sliced_wasserstein(X, Y, p: float = 2, n_starts: int = 8, n_candidates: 
         active &= ~pending & (step > 1e-9)                           # no ascent step found: a (local) maximum
     Th, val = _polish(f, Th, val, g)
     best = Th[:, int(torch.argmax(val))]
-    dist = _slice_distances(X, Y, best[:, None], p, a, b)[0].to(out)
+    dist = _to_out(_slice_distances(X, Y, best[:, None], p, a, b)[0], out)
     return (dist, best.to(out)) if return_direction else dist
 
 # %% ../nbs/04_sliced_wasserstein.ipynb #lib-gsw
@@ -652,12 +661,12 @@ def generalized_sliced_wasserstein(X, Y, kind: str = 'circular', p: float = 2, n
         FX, FY = _monomials(X / s, k), _monomials(Y / s, k)
         th = (sample_projections(M, n_projections, sampler, seed, FX.dtype, FX.device) if projections is None
               else _check_projections(projections, M, FX))
-        return (s ** k * _power_mean(_slice_distances(FX, FY, th, p, a, b), p)).to(out)
+        return _to_out(s ** k * _power_mean(_slice_distances(FX, FY, th, p, a, b), p), out)
     th = (sample_projections(d, n_projections, sampler, seed, X.dtype, X.device) if projections is None
           else _check_projections(projections, d, X))
     if 4 * r > torch.finfo(X.dtype).max: raise OverflowError(f"`radius` = {r:g} overflows {X.dtype}")
     data = max(float(X.detach().abs().max()), float(Y.detach().abs().max()))
-    if r * torch.finfo(X.dtype).eps > 0.01 * data:                        # ‖x − rθ‖ rounds off ≥ 1 % of the data's scale
+    if data > 0 and r * torch.finfo(X.dtype).eps > 0.01 * data:           # ‖x − rθ‖ rounds off ≥ 1 % of the data's scale
         raise ValueError(f"`radius` = {r:g} is so large against the data (max |x| = {data:g}) that ‖x − rθ‖ rounds the "
                          f"data away in {X.dtype}; as the radius grows GSW tends to sliced_wasserstein: use that")
     big = max(data, r)                                                   # ‖x − rθ‖ is 1-homogeneous in (x, r): work at
@@ -672,7 +681,7 @@ def generalized_sliced_wasserstein(X, Y, kind: str = 'circular', p: float = 2, n
         w.append(_wasserstein_1d(PX, PY, a, b, p))
     res = s * _power_mean(torch.cat(w), p)
     if not bool(torch.isfinite(res).all()): raise OverflowError(f"GSW overflows {X.dtype}: rescale `X`, `Y` and `radius`")
-    return res.to(out)
+    return _to_out(res, out)
 
 # %% ../nbs/04_sliced_wasserstein.ipynb #lib-dsw
 def distributional_sliced_wasserstein(X, Y, p: float = 2, n_projections: int = 128, lam: float = 1.0,
@@ -701,7 +710,7 @@ def distributional_sliced_wasserstein(X, Y, p: float = 2, n_projections: int = 1
             obj = _power_mean(_slice_distances(Xd, Yd, th, p, a, b), p) - lam * (th.T @ th).abs().mean()
             opt.zero_grad(); (-obj).backward(); opt.step()
     with torch.no_grad(): th = push(sample_projections(d, L, 'gaussian', g, X.dtype, X.device))
-    dist = _power_mean(_slice_distances(X, Y, th, p, a, b), p).to(out)
+    dist = _to_out(_power_mean(_slice_distances(X, Y, th, p, a, b), p), out)
     return (dist, th.to(out)) if return_projections else dist
 
 # %% ../nbs/04_sliced_wasserstein.ipynb #lib-asw
@@ -750,7 +759,7 @@ def augmented_sliced_wasserstein(X, Y, p: float = 2, n_projections: int = 128, a
     HX, HY = h(X), h(Y)
     if not (bool(torch.isfinite(HX).all()) and bool(torch.isfinite(HY).all())):
         raise OverflowError("the lifted points h(x) overflow: lower `lr` or rescale X and Y")
-    dist = _power_mean(_slice_distances(HX, HY, th, p, a, b), p).to(out)
+    dist = _to_out(_power_mean(_slice_distances(HX, HY, th, p, a, b), p), out)
     return (dist, h) if return_lift else dist
 
 # %% ../nbs/04_sliced_wasserstein.ipynb #lib-vmf
@@ -788,6 +797,11 @@ def _hankel_terms(kappa: torch.Tensor, nu: float, K: int = 30) -> torch.Tensor:
     j = torch.arange(1, K + 1, dtype=kappa.dtype, device=kappa.device)
     return torch.cumprod(-(4 * nu * nu - (2 * j - 1) ** 2) / (8 * j) / kappa[..., None], -1)
 
+def _vmf_half_safe(k: torch.Tensor, d: int):
+    "_vmf_A_kl computed in float32 for half-precision κ, returned in κ's dtype."
+    if not (k.is_floating_point() and k.element_size() < 4): return _vmf_A_kl(k, d)
+    return tuple(t.to(k.dtype) for t in _vmf_A_kl(k.float(), d))
+
 def _vmf_A_kl(k: torch.Tensor, d: int):
     """A_d(κ) and KL(vMF(μ, κ) ‖ σ) elementwise: the log-space series below the Hankel threshold, Hankel's expansion
     (with κ(1 − A_d) summed term by term, so κA_d − log M_d never subtracts two numbers of size κ) above it."""
@@ -811,14 +825,14 @@ def vmf_mean_resultant_length(kappa, d: int) -> torch.Tensor:
     """A_d(κ) = E⟨μ, θ⟩ for θ ~ vMF(μ, κ) on Sᵈ⁻¹: I_(d/2)(κ)/I_(d/2-1)(κ), from κ/d (κ → 0) to 1 − (d−1)/(2κ).
     κ ≥ 0 (scalar or tensor, ≤ 1e10; between 1e6 and 10(d/2)² refused), d ≥ 2; differentiable in κ."""
     d = check_int(d, 'd', minimum=2)
-    return _vmf_A_kl(_check_kappa(kappa), d)[0]
+    return _vmf_half_safe(_check_kappa(kappa), d)[0]
 
 def vmf_kl_uniform(kappa, d: int) -> torch.Tensor:
     """KL(vMF(μ, κ) ‖ Unif(Sᵈ⁻¹)) = κ A_d(κ) − log M(κ), with M(κ) = E_(θ~Unif)[exp(κ⟨μ,θ⟩)] = Γ(d/2)(2/κ)^(d/2-1)
     I_(d/2-1)(κ) the normaliser and A_d the mean resultant length; independent of μ. κ ≥ 0 (scalar or tensor, ≤ 1e10;
     between 1e6 and 10(d/2)² refused), d ≥ 2; differentiable in κ. Small κ: κ²/(2d); large κ: ((d−1)/2) log κ + O(1)."""
     d = check_int(d, 'd', minimum=2)
-    return _vmf_A_kl(_check_kappa(kappa), d)[1]
+    return _vmf_half_safe(_check_kappa(kappa), d)[1]
 
 def _householder_to(mu: torch.Tensor, Z: torch.Tensor) -> torch.Tensor:
     """Rows of Z (n, d) mapped by an orthogonal map that sends e_1 to the unit vector μ: the reflection H = I − 2uuᵀ with
@@ -871,15 +885,30 @@ PACBound = namedtuple('PACBound', ['bound', 'empirical', 'kl', 'lam', 'complexit
 PACBound.__doc__ = ("A PAC-Bayesian lower bound on SW_p^p(μ, ν; ρ) and its terms: bound = empirical − monte_carlo − "
                     "complexity − bias; kl = KL(ρ‖σ), lam the λ of the grid that attains the complexity.")
 
+def _sample_diameter_exceeds(Z: torch.Tensor, D: float):
+    """A distance ‖z_i − z_j‖ > D between two rows of Z (N, d) if there is one (the largest found), else None.
+    Exact, in O(N·|C|·d) with C = {i : ‖z_i − z_0‖ > D/2}: a pair farther apart than D has a point in C, since
+    ‖z_i − z_j‖ ≤ ‖z_i − z_0‖ + ‖z_0 − z_j‖. Scaled by max |z| first, so the squares cannot overflow."""
+    s = float(Z.abs().max())
+    if s == 0: return None
+    Zs, Ds = Z / s, D / s
+    r0 = (Zs - Zs[0]).norm(dim=1)
+    C = Zs[r0 > Ds / 2]
+    far = None
+    step = max(1, (1 << 22) // max(1, Zs.shape[0]))
+    for c0 in range(0, C.shape[0], step):
+        dmax = float(torch.cdist(C[c0:c0 + step], Zs, compute_mode='donot_use_mm_for_euclid_dist').max())
+        if dmax > Ds: far = max(far or 0.0, dmax * s)
+    return far
+
 def _check_pac(X, Y, diameter, p, delta):
     p = _check_p(p)
     X, Y, out = _check_clouds(X, Y)
     D = check_positive(diameter, 'diameter')
-    Z = torch.cat([X, Y])
-    far = float((Z - Z[0]).detach().norm(dim=1).max())
-    if far > D * (1 + 1e-12):
-        raise ValueError(f"`diameter` = {D:g} is smaller than the spread of the samples ({far:g}): it must bound the "
-                         f"diameter of the union of the supports of μ and ν")
+    far = _sample_diameter_exceeds(torch.cat([X, Y]).detach(), D * (1 + 1e-12))
+    if far is not None:
+        raise ValueError(f"`diameter` = {D:g} is smaller than the distance between two sample points ({far:g}): it must "
+                         f"bound the diameter of the union of the supports of μ and ν")
     delta = check_positive(delta, 'delta')
     if delta >= 1: raise ValueError(f"`delta` must be in (0, 1), got {delta}")
     return X, Y, out, D, p, delta
@@ -1136,9 +1165,10 @@ def _circle_distance(tu, tv, uw, vw, p: float, n_iters: int = 80) -> torch.Tenso
         best = torch.where(dist(a_kink) <= dist(a_mid), a_kink, a_mid)
     return dist(best)
 
-def _check_sphere_points(Z, name: str) -> torch.Tensor:
+def _check_sphere_points(Z, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+    "Unit rows, to the tolerance of `dtype` (the caller's input dtype: half-precision points have half-precision ulps)."
     nrm = Z.norm(dim=1)
-    bad = (nrm - 1).abs() > _unit_tol(Z.dtype)
+    bad = (nrm - 1).abs() > _unit_tol(dtype or Z.dtype)
     if bool(bad.any()):
         i = int(bad.nonzero()[0, 0])
         raise ValueError(f"`{name}` must have unit rows (points on S^(d-1)); row {i} has norm {float(nrm[i]):.6g}")
@@ -1155,7 +1185,7 @@ def sliced_wasserstein_sphere(X, Y, p: float = 2, n_projections: int = 128, seed
     X, Y, out = _check_clouds(X, Y)
     n, d = X.shape
     if d < 2: raise ValueError(f"`X` must have dimension d >= 2 (points on S^(d-1)), got {d}")
-    _check_sphere_points(X, 'X'); _check_sphere_points(Y, 'Y')
+    _check_sphere_points(X, 'X', out); _check_sphere_points(Y, 'Y', out)
     a = _check_weights(a, n, 'a', X); b = _check_weights(b, Y.shape[0], 'b', X)
     if projections is None:
         L = check_int(n_projections, 'n_projections', minimum=1)
@@ -1175,7 +1205,7 @@ def sliced_wasserstein_sphere(X, Y, p: float = 2, n_projections: int = 128, seed
         P = torch.einsum('ldk,nd->lnk', U, Z)                      # (L, n, 2): Uᵀx, on S^1 after normalising
         t = torch.remainder(torch.atan2(P[..., 1], P[..., 0]) / (2 * math.pi), 1.0)
         return torch.where(t >= 1, t - 1, t)                       # the angle as a coordinate in [0, 1)
-    return _power_mean(_circle_distance(coord(X), coord(Y), a, b, p), p).to(out)
+    return _to_out(_power_mean(_circle_distance(coord(X), coord(Y), a, b, p), p), out)
 
 # %% ../nbs/04_sliced_wasserstein.ipynb #lib-prior
 PRIORS = ('gaussian', 'ring', 'uniform')
@@ -1262,7 +1292,10 @@ class SWAE(nn.Module):
                 z = self.encoder(x)
                 if not bool(torch.isfinite(z).all()):
                     raise OverflowError(f"the codes φ(x) of `data` overflow {dt} (|data| reaches "
-                                        f"{data.abs().max().item():.3g}): standardise `data` before fitting")
+                                        f"{data.abs().max().item():.3g}): standardise `data` before fitting"
+                                        if not (rs or hist['recon']) else
+                                        f"the codes φ(x) overflowed {dt} during training: lower `lr` "
+                                        f"(got {lr:g}) or standardise `data`")
                 xr = self.decoder(z)
                 zp = sample_prior(self.prior, x.shape[0], self.latent_dim, g, dt, dev)
                 sw2 = sliced_wasserstein(z, zp, 2, n_projections, seed=g) ** 2
