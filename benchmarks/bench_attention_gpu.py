@@ -11,7 +11,13 @@
    False) beside the tiled FlashAttention-2 kernels that backend='cuda' dispatches (`flash_s`); then 2-D neighborhood attention
    (64×64 grid, 7×7 window) against full attention over the same 4096 tokens. Configurations run from small to large
    until the time budget (--budget-s) is spent; the rest are listed under `skipped`.
+   These rows run with geobook.attention._TENSOR_CORES = 'never' (the tiled kernels of part 1).
 4. Registers, local memory (stack/spills) and shared memory per compiled kernel, from numba-cuda.
+5. Tensor cores (part 2; run after 2, before 3, key `tensor_cores`): the first-call check as a user meets it, the
+   tensor-core GEMM (bfloat16, float16, TF32, 3xTF32) and attention forward (bfloat16, float16; gradients through the
+   tiled backward) against float64 and against the NumPy emulator, CUDA-event timings for N in {1024, 4096, 16384},
+   D = 64, full mask: tensor cores vs the tiled kernels vs SDPA (bfloat16 and float16 forward, bfloat16 fwd+bwd,
+   float32 forward: tiled vs SDPA), and the tensor-core kernels' registers. Dry run: the emulator stands in for them.
 
 The JSON (default benchmarks/results/attention_gpu.json) is rewritten after every step, so a run cut short by the
 outer `timeout` still leaves what it measured. `--dry` runs everything under Numba's CUDA simulator on tiny shapes on
@@ -23,6 +29,7 @@ import argparse, json, os, sys, time
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 import torch
 from _bench import machine_info, _version
 import geobook.attention as A
@@ -164,6 +171,14 @@ SIMPLE_MAX_N = 4096      # the simple kernels are timed up to this N (beyond, on
 
 
 def timings(run: Run, quick: bool):
+    A._TENSOR_CORES = 'never'       # these rows measure the tiled kernels (part 1); tensor cores: see tensor_cores()
+    try:
+        _timings(run, quick)
+    finally:
+        A._TENSOR_CORES = 'auto'
+
+
+def _timings(run: Run, quick: bool):
     B, H = (1, 1) if run.dry else (1, 8)
     for N, D, dname, causal, passes in configs(run, quick):
         cfg = {'pass': passes, 'N': N, 'D': D, 'dtype': dname, 'causal': causal, 'B': B, 'H': H}
@@ -211,6 +226,164 @@ def neighborhood(run: Run):
     print('NA 2-D', side, 'x', side, 'k=7:', na['median_s'], 's; full attention:', full['median_s'], 's', flush=True)
 
 
+# ---------------------------------------------------------------- tensor cores (issue 18, part 2)
+TC_DTYPES = {'bfloat16': torch.bfloat16, 'float16': torch.float16}
+TC_CHECKS = [(2, 80, 100), (3, 200, 300), (1, 1, 1), (2, 1000, 1500)]     # (BH, N_q, N_k), D = 64, full mask
+TC_DRY_CHECKS = [(1, 20, 70), (1, 1, 1)]
+TC_NS = [1024, 4096, 16384]
+
+
+def _emulated_forward_mma(q, k, v, scale):
+    "The dry run's stand-in for A._forward_mma: the NumPy emulator of the same kernel (CPU tensors, D ≤ 64)."
+    D = q.shape[-1]
+    if D != A._MMA_D: q, k, v = (torch.nn.functional.pad(t, (0, A._MMA_D - D)) for t in (q, k, v))
+    bits = lambda t: t.detach().contiguous().view(torch.int16).numpy().view(np.uint16)
+    o, m, lam = A._emulate_flash_fwd(bits(q), bits(k), bits(v), scale, A._KERNEL_DTYPES[q.dtype])
+    return torch.from_numpy(o)[..., :D].contiguous(), torch.from_numpy(np.stack([m, lam]))
+
+
+def _bits16(t):
+    return t.detach().cpu().contiguous().view(torch.int16).numpy().view(np.uint16)
+
+
+def _gemm_mma(run, X, Y, dtype):
+    "C = X @ Y by the tensor-core GEMM kernel (16-bit X, Y for 'bfloat16'/'float16', float32 for 'tf32'/'3xtf32')."
+    half = dtype in TC_DTYPES
+    if run.dry:
+        return torch.from_numpy(A._emulate_gemm(_bits16(X) if half else X.numpy(), _bits16(Y) if half else Y.numpy(),
+                                                dtype))
+    from numba import cuda
+    M, N = X.shape[0], Y.shape[1]
+    C = torch.empty(M, N, device=X.device, dtype=torch.float32)
+    arr = lambda t: (cuda.as_cuda_array(t.contiguous().view(torch.int16)).view(np.uint16) if half
+                     else cuda.as_cuda_array(t.contiguous()))
+    A._launch_cuda(A._mma_kernel('gemm', dtype), (-(-N // (8 * A._MMA_WARPS)), -(-M // 16)), 32 * A._MMA_WARPS,
+                   arr(X), arr(Y), C)
+    return C
+
+
+def tensor_cores(run: Run) -> dict:
+    """The tensor-core kernels on this GPU: the first-call check under the default switch, GEMM and attention forward
+    (then the tiled backward from its statistics) against float64 and against the NumPy emulator, timings against the
+    tiled kernels and SDPA (bfloat16 and float16 forward, bfloat16 fwd+bwd, float32 forward: tiled only), and the
+    kernels' resources. In the dry run the emulator stands in for the kernels (shapes shrunk): it tests the plumbing."""
+    import warnings
+    out = {'checks': {}, 'rows': [], 'failures': []}
+    saved = A._forward_mma, A._mma_applies
+    if run.dry:
+        A._forward_mma, A._mma_applies = _emulated_forward_mma, (lambda q, mask: mask.kind == 'full' and q.dtype in A._MMA_U)
+        out['note'] = 'dry run: the NumPy emulator stands in for the tensor-core kernels'
+    else:
+        out['capability'] = list(torch.cuda.get_device_capability())
+        if tuple(out['capability']) < (8, 0):
+            out['note'] = 'compute capability < 8.0: no mma.sync; the tiled kernels run'; return out
+    dev = run.device
+    def record(name, err, tol, **extra):
+        ok = bool(np.isfinite(err) and err <= tol)
+        out['checks'][name] = {'max_err': float(err), 'tol': float(tol), 'ok': ok, **extra}
+        print(f'tc {name:52s} max err {err:.3e}  tol {tol:.2e}  {"ok" if ok else "FAIL"}', flush=True)
+        if not ok: out['failures'].append(name)
+    # 1. the first-call check, as a user meets it (default switch 'auto')
+    A._TENSOR_CORES, A._MMA_STATUS = 'auto', {}
+    g = torch.Generator().manual_seed(0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        for dt in TC_DTYPES.values():
+            q = torch.randn(1, 2, 64, 64, generator=g).to(dev, dt)
+            flash_attention(q, q, q, backend='cuda')
+    out['first_call_check'] = {f'{d} {str(t)[6:]}': s for (d, t), s in A._MMA_STATUS.items()}
+    out['first_call_warnings'] = [str(w.message)[:500] for w in caught if 'tensor-core' in str(w.message)]
+    print('tc first-call check:', out['first_call_check'], out['first_call_warnings'], flush=True)
+    A._TENSOR_CORES = 'always'                     # from here on: the tensor-core forward wherever it applies
+    try:
+        # 2. GEMM: the hardware's fragment layout against float64 and the emulator
+        for dname, dt in [*TC_DTYPES.items(), ('tf32', torch.float32), ('3xtf32', torch.float32)]:
+            for M, K, N in ([(33, 17, 9)] if run.dry else [(33, 17, 9), (1000, 520, 300)]):
+                X, Y = (torch.randn(*s, generator=g).to(dt) for s in ((M, K), (K, N)))
+                C = _gemm_mma(run, X.to(dev), Y.to(dev), dname).cpu().double()
+                exact = X.double() @ Y.double()
+                tol = {'bfloat16': 1e-5, 'float16': 1e-5, '3xtf32': 2e-5, 'tf32': 5e-3}[dname] * K ** 0.5
+                record(f'gemm {dname} {M}x{K}x{N} vs float64', float((C - exact).abs().max()), tol)
+            X, Y = (torch.randn(*s, generator=g).to(dt) for s in ((40, 56), (56, 20)))
+            emu = A._emulate_gemm(_bits16(X) if dname in TC_DTYPES else X.numpy(),
+                                  _bits16(Y) if dname in TC_DTYPES else Y.numpy(), dname)
+            record(f'gemm {dname} 40x56x20 vs emulator', float(np.abs(_gemm_mma(run, X.to(dev), Y.to(dev), dname)
+                                                                         .cpu().numpy() - emu).max()), 5e-5)
+        # 3. attention: O and L against float64, gradients (tiled backward from the tensor-core statistics), emulator
+        for dname, dt in TC_DTYPES.items():
+            for BH, Nq, Nk in (TC_DRY_CHECKS if run.dry else TC_CHECKS):
+                q, k, v, do = (torch.randn(1, BH, n, 64, generator=g).to(dt) for n in (Nq, Nk, Nk, Nq))
+                qc, kc, vc = (t.detach().clone().to(dev).requires_grad_() for t in (q, k, v))
+                o, lse = flash_attention(qc, kc, vc, return_lse=True, backend='cuda')
+                (o.float() * do.to(dev).float()).sum().backward()
+                q2, k2, v2 = (t.detach().double().requires_grad_() for t in (q, k, v))
+                o2, lse2 = attention_reference(q2, k2, v2, return_lse=True)
+                (o2 * do.double()).sum().backward()
+                e = lambda a, b: float((a.detach().cpu().double() - b.detach()).abs().max())
+                tag = f'fwd {dname} BH={BH} Nq={Nq} Nk={Nk}'
+                u = A._MMA_U[dt]          # P rounded to 16 bits (the derived bound) + O returned in q's dtype
+                record(f'{tag}: O vs float64', e(o, o2), A._mma_o_bound(dt, float(v.abs().max()), Nk)
+                       + u * float(o2.detach().abs().max()))
+                record(f'{tag}: L vs float64', e(lse, lse2), 1e-4)
+                for n, a, b in (('dq', qc, q2), ('dk', kc, k2), ('dv', vc, v2)) if Nk > 1 else ():   # N_k = 1: dq = dk = 0
+                    rel = e(a.grad, b.grad) / max(float(b.grad.abs().max()), 1e-30)
+                    record(f'{tag}: {n} vs float64 (relative)', rel, 4 * u)   # P, O, the gradients in 16 bits
+                if not run.dry and Nq * Nk <= 80 * 100:
+                    oe, me, le = A._emulate_flash_fwd(*(_bits16(t[0]) for t in (q, k, v)), 1 / 8, dname)
+                    o_raw, ml = A._forward_mma(*(t[0].to(dev).contiguous() for t in (q, k, v)), 1 / 8)
+                    record(f'{tag}: O vs emulator', float(np.abs(o_raw.cpu().numpy() - oe).max()), 2e-3)
+                    record(f'{tag}: m, log2 l vs emulator', float(np.abs(ml.cpu().numpy() - np.stack([me, le])).max()), 1e-4)
+                run.save()
+        # 4. timings: forward (and bfloat16 fwd+bwd) of the tensor-core path, the tiled kernels and SDPA, same dtype
+        B, H = (1, 1) if run.dry else (1, 8)
+        Ns = [64] if run.dry else TC_NS
+        cases = [(N, dn, p) for N in Ns for dn, p in (('bfloat16', 'forward'), ('float16', 'forward'),
+                                                       ('bfloat16', 'fwd+bwd'), ('float32', 'forward'))]
+        for N, dname, passes in cases:
+            cfg = {'N': N, 'D': 64, 'dtype': dname, 'pass': passes, 'B': B, 'H': H, 'causal': False}
+            if run.left() <= 0:
+                out['rows'].append({**cfg, 'skipped': 'time budget spent'}); continue
+            dt = {**TC_DTYPES, 'float32': torch.float32}[dname]
+            q, k, v, do = (torch.randn(B, H, N, 64, generator=g).to(dev, dt) for _ in range(4))
+            if passes == 'fwd+bwd':
+                for t in (q, k, v): t.requires_grad_()
+            def make(f):
+                if passes == 'forward': return lambda: f(q, k, v)
+                def step():
+                    q.grad = k.grad = v.grad = None
+                    f(q, k, v).backward(do)
+                return step
+            row = dict(cfg)
+            for name, mode in (('tensor_cores_s', 'always'), ('tiled_s', 'never')):
+                if name == 'tensor_cores_s' and dname == 'float32': continue      # no float32 tensor-core attention
+                A._TENSOR_CORES = mode
+                r = run.time(make(lambda a, b, c: flash_attention(a, b, c, backend='cuda')))
+                row.update({name: r['median_s'], name[:-2] + '_reps': r['reps']})
+            A._TENSOR_CORES = 'always'
+            r = run.time(make(lambda a, b, c: sdpa(a, b, c)))
+            row.update(sdpa_s=r['median_s'], sdpa_reps=r['reps'])
+            for name in ('tensor_cores_s', 'tiled_s'):
+                if name in row: row[name[:-2] + '_ratio'] = row[name] / row['sdpa_s']
+            flops = 4 * B * H * N * N * 64 * (1 if passes == 'forward' else 3.5)
+            row['tflops'] = {n: flops / row[n] / 1e12 for n in ('tensor_cores_s', 'tiled_s', 'sdpa_s') if n in row}
+            out['rows'].append(row); run.result['tensor_cores'] = out; run.save()
+            print('tc timing', {k_: (f'{x:.3g}' if isinstance(x, float) else x) for k_, x in row.items()}, flush=True)
+    finally:
+        A._TENSOR_CORES = 'auto'
+        A._forward_mma, A._mma_applies = saved
+    # 5. resources of the compiled tensor-core kernels
+    if not run.dry:
+        for (kind, dname), kern in A._MMA_KERNELS.items():
+            for sig in list(kern.overloads):
+                try:
+                    out.setdefault('kernels', {})[f'{kind} {dname}'] = {
+                        'registers': kern.get_regs_per_thread(sig), 'local_bytes': kern.get_local_mem_per_thread(sig),
+                        'shared_bytes': kern.get_shared_mem_per_block(sig)}
+                except Exception as e:      # noqa: BLE001 - report, do not lose the run
+                    out.setdefault('kernels', {})[f'{kind} {dname}'] = {'error': repr(e)[:200]}
+    return out
+
+
 def kernel_resources(run: Run) -> dict:
     "Registers, local memory and shared memory per compiled kernel (numba-cuda's report of the compiled cubin)."
     if run.dry: return {'note': 'the simulator compiles nothing: see tests/test_attention_cudasim.py (ptxas)'}
@@ -253,6 +426,13 @@ def main(argv=None):
         import traceback
         run.result['check'], run.result['check_error'] = {}, traceback.format_exc()[-3000:]
         print('correctness check failed:', run.result['check_error'], flush=True)
+    run.save()
+    try:
+        run.result['tensor_cores'] = tensor_cores(run)
+    except Exception as e:                      # noqa: BLE001 - keep the error, still measure the rest
+        import traceback
+        run.result['tensor_cores_error'] = traceback.format_exc()[-3000:]
+        print('tensor-core section failed:', run.result['tensor_cores_error'], flush=True)
     run.save()
     timings(run, args.quick)
     neighborhood(run); run.save()

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Chapter 5's GPU measurement in one command (issue 18, part 3): correctness of the Numba CUDA kernels against float64,
 # CUDA-event timings against torch SDPA (N ∈ {1024, 4096, 16384}, D ∈ {64, 128}, float32 and bfloat16, causal and not,
-# forward and forward+backward), 2-D neighborhood attention, registers per kernel -> benchmarks/results/attention_gpu.json
-# (rewritten after every step). See benchmarks/bench_attention_gpu.py.
+# forward and forward+backward), 2-D neighborhood attention, registers per kernel; and (part 2) the tensor-core kernels:
+# their first-call check, GEMM and attention against float64 and the NumPy emulator, timings against the tiled kernels and
+# SDPA (bfloat16, float16, float32) -> benchmarks/results/attention_gpu.json (rewritten after every step). See
+# benchmarks/bench_attention_gpu.py. The tensor-core kernels link CUDA C++ with LTO: they need nvJitLink and NVRTC
+# (numba-cuda[cu12] or [cu13]); without them the check records why and the tiled kernels run.
 #
 #   benchmarks/gpu_run.sh          on a machine with an NVIDIA GPU: at most 7 minutes (timings stop starting after
 #                                  --budget-s, default 330 s; the whole run is killed at 420 s)

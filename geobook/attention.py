@@ -6,7 +6,7 @@ Docs: https://geobook.github.io/geobook/fused_attention.html.md"""
 
 # %% ../nbs/05_fused_attention.ipynb #f2a4bbb1
 from __future__ import annotations
-import math, os
+import math, os, importlib.resources, types as pytypes, warnings
 from functools import lru_cache, wraps
 from typing import NamedTuple
 from concurrent.futures import ThreadPoolExecutor
@@ -1075,6 +1075,606 @@ def _flash_bwd_tiled(D: int, causal: bool, keys: bool, dtype: str = 'float32'):
                            else cuda.jit(fn, launch_bounds=_LAUNCH_BOUNDS))
     return _TILED_BWD[key]
 
+# %% ../nbs/05_fused_attention.ipynb #9603dc08
+_MMA_D = 64                   # head dimension of the tensor-core forward (q, k, v with D_p = 64 are padded to it)
+_MMA_WARPS = 4                # warps per block of the tensor-core kernels (128 threads)
+_MMA_BQ, _MMA_BK = 16 * _MMA_WARPS, 64     # query rows per block (16 per warp), keys per K/V tile
+_MMA_KS = _MMA_D // 2 + 4     # 32-bit words per row of the shared K and Q tiles (+4: conflict-free fragment reads)
+_MMA_VT = _MMA_BK // 2 + 4    # 32-bit words per row of the shared Vᵀ tile
+_MMA_U = {torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}   # unit roundoff of P rounded to 16 bits
+
+def _mma_o_bound(dtype, vmax: float, Nk: int) -> float:
+    """Bound on |O_tc − O| from rounding P to `dtype` before P V (ℓ sums the unrounded P; the kernels agree otherwise
+    to float32 rounding): each P ≤ 1 moves by ≤ u·P, or by ≤ 2⁻²⁵ where float16 goes subnormal, so
+    |ΔO| ≤ Σⱼ |ΔPⱼ|·max|v| / ℓ ≤ (u + N_k·2⁻²⁵ [float16]) · max|v|, as ℓ ≥ 1 (the row maximum contributes 2⁰)."""
+    return (_MMA_U[dtype] + (Nk * 2.0 ** -25 if dtype == torch.float16 else 0.0)) * vmax
+
+def _mma_cu_path() -> str:
+    "Path of the CUDA C++ helper file, geobook/attention_mma.cu (package data), that the tensor-core kernels link."
+    return str(importlib.resources.files('geobook').joinpath('attention_mma.cu'))
+
+@lru_cache(maxsize=None)
+def _mma_ops():
+    """(mma, pack): Numba handles of the helpers in attention_mma.cu, declared on first use (never under the simulator,
+    which cannot run linked code). mma[dtype] for 'bfloat16', 'float16' (mma.m16n8k16: 4 + 2 packed uint32 registers of
+    A and B, 4 float32 accumulators in, 4 out), 'tf32', '3xtf32' (mma.m16n8k8 on float32 registers); pack[dtype] rounds
+    two float32 to one uint32 of two 16-bit values (low half: the first)."""
+    cu, u32, f4 = _mma_cu_path(), numba.uint32, numba.types.UniTuple(float32, 4)
+    dev = lambda name, sig: cuda.declare_device(name, sig, link=[cu])
+    sig16, sig32 = f4(*[u32] * 6, *[float32] * 4), f4(*[float32] * 10)
+    mma = {'bfloat16': dev('geobook_mma_bf16_16816', sig16), 'float16': dev('geobook_mma_f16_16816', sig16),
+           'tf32': dev('geobook_mma_tf32_1688', sig32), '3xtf32': dev('geobook_mma_3xtf32_1688', sig32)}
+    pack = {d: dev(f'geobook_pack_{n}x2', u32(float32, float32)) for d, n in (('bfloat16', 'bf16'), ('float16', 'f16'))}
+    return mma, pack
+
+# %% ../nbs/05_fused_attention.ipynb #5fae8efd
+def _ld16(X, r, c):
+    "The 16 bits of X[r, c] (X a 2-D uint16 array) as uint32, or 0 outside X."
+    if r < X.shape[0] and c < X.shape[1]:
+        return np.uint32(X[r, c])
+    return np.uint32(0)
+
+def _ldf(X, r, c):
+    "X[r, c] of a 2-D float32 array, or 0 outside X."
+    if r < X.shape[0] and c < X.shape[1]:
+        return X[r, c]
+    return np.float32(0.0)
+
+def _pack2(lo, hi):
+    "Two 16-bit patterns in one 32-bit register: lo in bits 0..15 (the smaller k), hi in bits 16..31."
+    return np.uint32(lo | (hi << np.uint32(16)))
+
+def _pack_pair(lo, hi):
+    "Two float32 rounded to 16 bits in one register: bound to the device helper in kernels, to NumPy in the emulator."
+    raise NotImplementedError('bound by _mma_bind')
+
+def _a_frag(A, r0, k0, lane):
+    """Registers a0..a3 of `lane` for the 16×16 tile A[r0:r0+16, k0:k0+16] (A row-major uint16 bits): lane = 4g + t
+    holds rows g, g+8 and columns k = 2t, 2t+1 (a0: row g, a1: row g+8) and 2t+8, 2t+9 (a2: row g, a3: row g+8)."""
+    g = lane >> 2
+    t = lane & 3
+    r = r0 + g
+    k = k0 + 2 * t
+    return (_pack2(_ld16(A, r, k), _ld16(A, r, k + 1)), _pack2(_ld16(A, r + 8, k), _ld16(A, r + 8, k + 1)),
+            _pack2(_ld16(A, r, k + 8), _ld16(A, r, k + 9)), _pack2(_ld16(A, r + 8, k + 8), _ld16(A, r + 8, k + 9)))
+
+def _b_frag(B, k0, n0, lane):
+    """b0, b1 of `lane` for the 16×8 tile B[k0:k0+16, n0:n0+8] (B row-major uint16 bits): column g, rows k = 2t, 2t+1
+    (b0) and 2t+8, 2t+9 (b1), two rows apart in memory, so packed here."""
+    g = lane >> 2
+    t = lane & 3
+    n = n0 + g
+    k = k0 + 2 * t
+    return _pack2(_ld16(B, k, n), _ld16(B, k + 1, n)), _pack2(_ld16(B, k + 8, n), _ld16(B, k + 9, n))
+
+def _a_frag_tf32(A, r0, k0, lane):
+    "a0..a3 of `lane` for the 16×8 float32 tile A[r0:r0+16, k0:k0+8] of mma.m16n8k8 (.tf32): rows g, g+8, columns t, t+4."
+    g = lane >> 2
+    t = lane & 3
+    return (_ldf(A, r0 + g, k0 + t), _ldf(A, r0 + g + 8, k0 + t), _ldf(A, r0 + g, k0 + t + 4),
+            _ldf(A, r0 + g + 8, k0 + t + 4))
+
+def _b_frag_tf32(B, k0, n0, lane):
+    "b0, b1 of `lane` for the 8×8 float32 tile B[k0:k0+8, n0:n0+8]: column g, rows t and t+4."
+    g = lane >> 2
+    t = lane & 3
+    return _ldf(B, k0 + t, n0 + g), _ldf(B, k0 + t + 4, n0 + g)
+
+def _c_store(C, r0, n0, lane, d0, d1, d2, d3):
+    "Write `lane`'s accumulators of the 16×8 tile C[r0:r0+16, n0:n0+8]: d0, d1 at row g, d2, d3 at row g+8, columns 2t, 2t+1."
+    g = lane >> 2
+    t = lane & 3
+    r = r0 + g
+    n = n0 + 2 * t
+    M, N = C.shape
+    if r < M:
+        if n < N:
+            C[r, n] = d0
+        if n + 1 < N:
+            C[r, n + 1] = d1
+    if r + 8 < M:
+        if n < N:
+            C[r + 8, n] = d2
+        if n + 1 < N:
+            C[r + 8, n + 1] = d3
+
+def _kt_b_frag(Ks, j, s, lane):
+    """b0, b1 of `lane` for B = Kᵀ, keys 8j..8j+7 (n) × head dims 16s..16s+15 (k), from the shared K tile Ks[key, d/2]
+    (uint32: pairs of neighbouring head dims, exactly a B register's pair)."""
+    g = lane >> 2
+    t = lane & 3
+    return Ks[8 * j + g, 8 * s + t], Ks[8 * j + g, 8 * s + t + 4]
+
+def _vt_b_frag(Vt, j, s, lane):
+    """b0, b1 of `lane` for B = V, keys 16s..16s+15 (k) × head dims 8j..8j+7 (n), from the shared transposed tile
+    Vt[d, key/2] (uint32: pairs of neighbouring keys, packed when the tile was loaded)."""
+    g = lane >> 2
+    t = lane & 3
+    return Vt[8 * j + g, 8 * s + t], Vt[8 * j + g, 8 * s + t + 4]
+
+def _qs_a_frag(Qs, w, s, lane):
+    "a0..a3 of `lane` for warp w's query rows 16w..16w+15 × head dims 16s..16s+15, from the shared Q tile Qs[row, d/2]."
+    g = lane >> 2
+    t = lane & 3
+    r = 16 * w + g
+    return Qs[r, 8 * s + t], Qs[r + 8, 8 * s + t], Qs[r, 8 * s + t + 4], Qs[r + 8, 8 * s + t + 4]
+
+def _ks_word(x32, bh, k0, kr, kc):
+    "Word kc (head dims 2kc, 2kc+1) of row k0 + kr of x32 (BH, N, D/2) uint32, for a shared Q or K tile; 0 past N."
+    return x32[bh, k0 + kr, kc] if k0 + kr < x32.shape[1] else np.uint32(0)
+
+def _vt_word(v16, bh, k0, kp, d):
+    "Word (d, kp) of the shared Vᵀ tile: V[k0 + 2kp, d] in the low half, V[k0 + 2kp + 1, d] in the high half; 0 past N_k."
+    kk = k0 + 2 * kp
+    n = v16.shape[1]
+    lo = np.uint32(v16[bh, kk, d]) if kk < n else np.uint32(0)
+    hi = np.uint32(v16[bh, kk + 1, d]) if kk + 1 < n else np.uint32(0)
+    return _pack2(lo, hi)
+
+def _p_a_frag(s, u):
+    """a0..a3 of this lane for P's k-step u (keys 16u..16u+15) from its S/P accumulators s (n-tile j in s[4j:4j+4]):
+    n-tiles 2u and 2u+1 give rows (g | g+8) × columns (2t, 2t+1) each, rounded pairwise to 16 bits by _pack_pair."""
+    return (_pack_pair(s[8 * u], s[8 * u + 1]), _pack_pair(s[8 * u + 2], s[8 * u + 3]),
+            _pack_pair(s[8 * u + 4], s[8 * u + 5]), _pack_pair(s[8 * u + 6], s[8 * u + 7]))
+
+def _mma_bind(f, env: dict):
+    "A copy of the plain function f whose global names in env are replaced (how the kernels and the emulator share code)."
+    g = dict(f.__globals__)
+    g.update(env)
+    return pytypes.FunctionType(f.__code__, g, f.__name__, f.__defaults__)
+
+# %% ../nbs/05_fused_attention.ipynb #50801fe3
+_MMA_KERNELS = {}         # ('fwd' | 'gemm', dtype) → compiled tensor-core kernel, made on first use and kept
+_MMA_DEV = {}             # (function, dtype) → its force-inlined device version
+
+def _mma_dev(f, dtype: str):
+    """f as a force-inlined CUDA device function whose plain helpers (_ld16, _ldf, _pack2, _pack_pair) are swapped for
+    device versions (Numba resolves a function's globals through f.__globals__, where they are plain Python)."""
+    if (f, dtype) not in _MMA_DEV:
+        jit = lambda h: cuda.jit(device=True, forceinline=True)(h)
+        env = {'_ld16': jit(_ld16), '_ldf': jit(_ldf), '_pack2': jit(_pack2), '_pack_pair': _mma_ops()[1].get(dtype)}
+        _MMA_DEV[f, dtype] = jit(_mma_bind(f, env))
+    return _MMA_DEV[f, dtype]
+
+def _mma_gemm_py(dtype: str):
+    """The Python function of gemm(A, B, C): C (M, N) float32 = A (M, K) @ B (K, N) on tensor cores, one warp per 16×8
+    tile of C, any M, N, K. dtype 'bfloat16' or 'float16': A, B are the uint16 bits, mma.m16n8k16 per k-step of 16;
+    'tf32' or '3xtf32': A, B float32, mma.m16n8k8 per k-step of 8 (3xTF32: three of them, float32-class accuracy).
+    Grid (⌈N/(8·_MMA_WARPS)⌉, ⌈M/16⌉), 32·_MMA_WARPS threads."""
+    mma = _mma_ops()[0][dtype]
+    half = dtype in ('bfloat16', 'float16')
+    KS = 16 if half else 8
+    lda = _mma_dev(_a_frag if half else _a_frag_tf32, dtype)
+    ldb = _mma_dev(_b_frag if half else _b_frag_tf32, dtype)
+    stc = _mma_dev(_c_store, dtype)
+
+    def gemm(A, B, C):
+        lane = cuda.threadIdx.x & 31
+        K = A.shape[1]
+        N = B.shape[1]
+        r0 = 16 * cuda.blockIdx.y
+        n0 = 8 * (cuda.blockIdx.x * _MMA_WARPS + (cuda.threadIdx.x >> 5))
+        if n0 >= N:                   # the same for the 32 lanes of a warp: whole warps leave
+            return
+        c0 = c1 = c2 = c3 = float32(0.0)
+        for k0 in range(0, K, KS):
+            a0, a1, a2, a3 = lda(A, r0, k0, lane)
+            b0, b1 = ldb(B, k0, n0, lane)
+            c0, c1, c2, c3 = mma(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3)
+        stc(C, r0, n0, lane, c0, c1, c2, c3)
+    return gemm
+
+def _flash_fwd_mma_py(dtype: str):
+    """The Python function of the tensor-core FlashAttention-2 forward (full mask, D = 64), for 16-bit `dtype`
+    ('bfloat16' or 'float16'): fwd(q32, k32, v16, o, mrow, lrow, scale2) with q32 (BH, N_q, 32), k32 (BH, N_k, 32) uint32
+    (q, k with pairs of neighbouring head dims in one word), v16 (BH, N_k, 64) uint16 bits, o (BH, N_q, 64) float32,
+    mrow, lrow (BH, N_q) float32 (m and log₂ ℓ in base-2 units, as the tiled kernels write them), scale2 = τ·log₂e.
+    Grid (⌈N_q/64⌉, BH), 128 threads: warp w owns query rows 16w..16w+15 of the block's Q tile; S = Q Kᵀ and O += P V
+    on tensor cores (mma.m16n8k16, float32 accumulators), the online softmax in float32 on the accumulator fragments,
+    P rounded to `dtype` and reused from registers as the A operand of P V. Any N_q, N_k ≥ 1."""
+    mma = _mma_ops()[0][dtype]
+    qsa, ktb, vtb, pa, ksw, vtw = (_mma_dev(f, dtype) for f in (_qs_a_frag, _kt_b_frag, _vt_b_frag, _p_a_frag,
+                                                                 _ks_word, _vt_word))
+    D2 = _MMA_D // 2
+    NJ_S, NS_S = _MMA_BK // 8, _MMA_D // 16      # S: 8 n-tiles of keys, 4 k-steps of head dims
+    NJ_O, NS_O = _MMA_D // 8, _MMA_BK // 16      # O: 8 n-tiles of head dims, 4 k-steps of keys
+    PF, SF, OF = 4 * NS_O, 4 * NJ_S, 4 * NJ_O    # local array sizes (compile-time constants: registers)
+    NEG_INF = float32(-math.inf)
+    NT = 32 * _MMA_WARPS
+
+    def fwd(q32, k32, v16, o, mrow, lrow, scale2):
+        tid = cuda.threadIdx.x
+        lane = tid & 31
+        warp = tid >> 5
+        bh = cuda.blockIdx.y
+        Nq = q32.shape[1]
+        Nk = k32.shape[1]
+        r0 = cuda.blockIdx.x * _MMA_BQ + 16 * warp        # this warp's first query row
+        g = lane >> 2
+        t = lane & 3
+        Qs = cuda.shared.array((_MMA_BQ, _MMA_KS), numba.uint32)
+        Ks = cuda.shared.array((_MMA_BK, _MMA_KS), numba.uint32)
+        Vt = cuda.shared.array((_MMA_D, _MMA_VT), numba.uint32)
+        pf = cuda.local.array(PF, numba.uint32)       # P fragments (16-bit pairs) of the current tile
+        s = cuda.local.array(SF, float32)             # S accumulators (16 rows × 64 keys per warp)
+        acc = cuda.local.array(OF, float32)           # O accumulators (16 rows × 64 head dims per warp)
+        m = cuda.local.array(2, float32)              # running max of rows g, g+8 (base-2 units)
+        l = cuda.local.array(2, float32)              # this lane's part of the running sums of rows g, g+8
+        for idx in range(tid, _MMA_BQ * D2, NT):      # the Q tile, once
+            qr = idx // D2
+            Qs[qr, idx - qr * D2] = ksw(q32, bh, cuda.blockIdx.x * _MMA_BQ, qr, idx - qr * D2)
+        for i in range(OF):
+            acc[i] = float32(0.0)
+        for h in range(2):
+            m[h] = NEG_INF
+            l[h] = float32(0.0)
+        for k0 in range(0, Nk, _MMA_BK):
+            cuda.syncthreads()                        # the previous tiles are no longer read
+            for idx in range(tid, _MMA_BK * D2, NT):  # K tile: 32-bit pairs of head dims, copied
+                kr = idx // D2
+                Ks[kr, idx - kr * D2] = ksw(k32, bh, k0, kr, idx - kr * D2)
+            for idx in range(tid, _MMA_D * (_MMA_BK // 2), NT):   # Vᵀ tile: pairs of neighbouring keys, packed
+                kp = idx // _MMA_D
+                Vt[idx - kp * _MMA_D, kp] = vtw(v16, bh, k0, kp, idx - kp * _MMA_D)
+            cuda.syncthreads()
+            for j in range(NJ_S):                     # S = Q Kᵀ on tensor cores, scaled to base 2
+                c0 = c1 = c2 = c3 = float32(0.0)
+                for ss in range(NS_S):
+                    b0, b1 = ktb(Ks, j, ss, lane)
+                    a0, a1, a2, a3 = qsa(Qs, warp, ss, lane)
+                    c0, c1, c2, c3 = mma(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3)
+                s[4 * j] = c0 * scale2
+                s[4 * j + 1] = c1 * scale2
+                s[4 * j + 2] = c2 * scale2
+                s[4 * j + 3] = c3 * scale2
+            if k0 + _MMA_BK > Nk:                     # only the last tile holds keys past N_k
+                for j in range(NJ_S):
+                    col = k0 + 8 * j + 2 * t
+                    if col >= Nk:
+                        s[4 * j] = NEG_INF
+                        s[4 * j + 2] = NEG_INF
+                    if col + 1 >= Nk:
+                        s[4 * j + 1] = NEG_INF
+                        s[4 * j + 3] = NEG_INF
+            for h in range(2):                        # online softmax: row g (registers 0, 1), row g+8 (2, 3)
+                mx = NEG_INF
+                for j in range(NJ_S):
+                    mx = max(mx, max(s[4 * j + 2 * h], s[4 * j + 2 * h + 1]))
+                mx = max(mx, cuda.shfl_xor_sync(0xffffffff, mx, 1))   # the 4 lanes of a group share the row
+                mx = max(mx, cuda.shfl_xor_sync(0xffffffff, mx, 2))
+                mnew = max(m[h], mx)                  # finite: every tile has a key < N_k
+                alpha = math.exp2(m[h] - mnew)
+                m[h] = mnew
+                ls = float32(0.0)
+                for j in range(NJ_S):
+                    p0 = math.exp2(s[4 * j + 2 * h] - mnew)
+                    p1 = math.exp2(s[4 * j + 2 * h + 1] - mnew)
+                    s[4 * j + 2 * h] = p0
+                    s[4 * j + 2 * h + 1] = p1
+                    ls += p0 + p1
+                l[h] = l[h] * alpha + ls
+                for j in range(NJ_O):
+                    acc[4 * j + 2 * h] *= alpha
+                    acc[4 * j + 2 * h + 1] *= alpha
+            for u in range(NS_O):                     # P: accumulators of n-tiles 2u, 2u+1 = A fragment of k-step u
+                a0, a1, a2, a3 = pa(s, u)
+                pf[4 * u] = a0
+                pf[4 * u + 1] = a1
+                pf[4 * u + 2] = a2
+                pf[4 * u + 3] = a3
+            for j in range(NJ_O):                     # O += P V on tensor cores
+                c0 = acc[4 * j]
+                c1 = acc[4 * j + 1]
+                c2 = acc[4 * j + 2]
+                c3 = acc[4 * j + 3]
+                for u in range(NS_O):
+                    b0, b1 = vtb(Vt, j, u, lane)
+                    c0, c1, c2, c3 = mma(pf[4 * u], pf[4 * u + 1], pf[4 * u + 2], pf[4 * u + 3], b0, b1, c0, c1, c2, c3)
+                acc[4 * j] = c0
+                acc[4 * j + 1] = c1
+                acc[4 * j + 2] = c2
+                acc[4 * j + 3] = c3
+        for h in range(2):                            # full row sums, normalise, store O, m and log₂ ℓ
+            lt = l[h]
+            lt += cuda.shfl_xor_sync(0xffffffff, lt, 1)
+            lt += cuda.shfl_xor_sync(0xffffffff, lt, 2)
+            r = r0 + g + 8 * h
+            if r < Nq:
+                inv = float32(1.0) / lt
+                for j in range(NJ_O):
+                    o[bh, r, 8 * j + 2 * t] = acc[4 * j + 2 * h] * inv
+                    o[bh, r, 8 * j + 2 * t + 1] = acc[4 * j + 2 * h + 1] * inv
+                if t == 0:
+                    mrow[bh, r] = m[h]
+                    lrow[bh, r] = math.log2(lt)
+    return fwd
+
+def _mma_sig(kind: str, dtype: str) -> tuple:
+    "Numba argument types of a tensor-core kernel ('fwd' or 'gemm' for `dtype`), for compiling it without arguments."
+    a = lambda t, n: numba.types.Array(t, n, 'C')
+    if kind == 'fwd':
+        return (a(numba.uint32, 3), a(numba.uint32, 3), a(numba.uint16, 3), a(float32, 3), a(float32, 2), a(float32, 2),
+                float32)
+    x = a(numba.uint16, 2) if dtype in ('bfloat16', 'float16') else a(float32, 2)
+    return x, x, a(float32, 2)
+
+def _mma_kernel(kind: str, dtype: str):
+    """The compiled tensor-core kernel ('fwd': _flash_fwd_mma_py, 'gemm': _mma_gemm_py) for `dtype`, made once and kept
+    in _MMA_KERNELS: cuda.jit with lto=True (nvJitLink inlines the linked helpers), the forward with launch bounds
+    (128 threads, ≥ 4 blocks per SM: at most 128 registers). Real GPUs only: the simulator cannot run linked code."""
+    key = (kind, dtype)
+    if key not in _MMA_KERNELS:
+        if numba.core.config.ENABLE_CUDASIM:
+            raise RuntimeError("the tensor-core kernels link CUDA C++, which Numba's CUDA simulator cannot run")
+        fn = _flash_fwd_mma_py(dtype) if kind == 'fwd' else _mma_gemm_py(dtype)
+        _MMA_KERNELS[key] = (cuda.jit(fn, lto=True, launch_bounds=_LAUNCH_BOUNDS) if kind == 'fwd'
+                             else cuda.jit(fn, lto=True))
+    return _MMA_KERNELS[key]
+
+# %% ../nbs/05_fused_attention.ipynb #c474b2c1
+def _bf16_bits(x):
+    "float32 → bfloat16 bits (uint16), rounded to nearest even (finite inputs), as cvt.rn.bf16x2.f32 does."
+    u = np.asarray(x, np.float32).view(np.uint32).astype(np.uint64)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+
+_MMA_ENCODE = {'bfloat16': _bf16_bits, 'float16': lambda x: np.asarray(x, np.float32).astype(np.float16).view(np.uint16)}
+_MMA_DECODE = {'bfloat16': lambda b: (np.asarray(b, np.uint16).astype(np.uint32) << 16).view(np.float32),
+               'float16': lambda b: np.asarray(b, np.uint16).view(np.float16).astype(np.float32)}
+
+def _tf32_round(x):
+    "cvt.rna.tf32.f32: keep 10 fraction bits, round to nearest with ties away from zero (finite inputs)."
+    u = np.asarray(x, np.float32).view(np.uint32).astype(np.uint64)
+    return ((u + 0x1000) & 0xFFFFE000).astype(np.uint32).view(np.float32)
+
+def _mma_layout():
+    """The fragment tables of mma.m16n8k16 (.f16/.bf16 in, .f32 accumulators) and mma.m16n8k8 (.tf32), element by element
+    as the PTX ISA states them, independently of the loaders: groupID = lane >> 2, tig = lane % 4.
+    m16n8k16: A element a_i (i < 8; a_2r low half of register r): row groupID (i ∈ {0,1,4,5}) or groupID + 8, column
+    2·tig + (i & 1) (+ 8 for i ≥ 4); B element b_i (i < 4): row 2·tig + (i & 1) (+ 8 for i ≥ 2), column groupID;
+    C/D element c_i: row groupID (i < 2) or groupID + 8, column 2·tig + (i & 1).
+    m16n8k8 .tf32: a_i (i < 4): row groupID (i ∈ {0, 2}) or groupID + 8, column tig (i < 2) or tig + 4; b_i (i < 2):
+    row tig + 4i, column groupID. Returns a dict of (32, n) integer arrays of rows and columns."""
+    L = {k: np.zeros((32, n), int) for k, n in (('AR', 8), ('AC', 8), ('BR', 4), ('BC', 4), ('CR', 4), ('CC', 4),
+                                                 ('AR8', 4), ('AC8', 4), ('BR8', 2), ('BC8', 2))}
+    for lane in range(32):
+        gid, tig = lane >> 2, lane % 4
+        for i in range(8):
+            L['AR'][lane, i] = gid if i in (0, 1, 4, 5) else gid + 8
+            L['AC'][lane, i] = 2 * tig + (i & 1) + (8 if i >= 4 else 0)
+        for i in range(4):
+            L['BR'][lane, i] = 2 * tig + (i & 1) + (8 if i >= 2 else 0)
+            L['BC'][lane, i] = gid
+            L['CR'][lane, i] = gid if i < 2 else gid + 8
+            L['CC'][lane, i] = 2 * tig + (i & 1)
+            L['AR8'][lane, i] = gid if i in (0, 2) else gid + 8
+            L['AC8'][lane, i] = tig if i < 2 else tig + 4
+        for i in range(2):
+            L['BR8'][lane, i] = tig + 4 * i
+            L['BC8'][lane, i] = gid
+    return L
+
+_MMA_LAYOUT = _mma_layout()
+
+def _emu_mma(a, b, c, dtype: str):
+    """One warp's mma, emulated: a (32, 4), b (32, 2) registers, c (32, 4) float32 → d (32, 4) float32. dtype 'bfloat16'
+    or 'float16': mma.m16n8k16 on uint32 registers of two 16-bit values; 'tf32', '3xtf32': what the helpers
+    geobook_mma_tf32_1688 / geobook_mma_3xtf32_1688 compute from float32 registers (mma.m16n8k8 on TF32-rounded operands;
+    3xTF32: big + small split, the small·small term dropped). Products summed in float64 (the hardware's order and its
+    rounding inside the instruction are not modelled: compare with a tolerance)."""
+    L = _MMA_LAYOUT
+    C = np.zeros((16, 8)); C[L['CR'], L['CC']] = np.asarray(c, np.float32)
+    if dtype in ('bfloat16', 'float16'):
+        halves = lambda r: np.stack([r & 0xFFFF, r >> 16], -1).reshape(32, -1).astype(np.uint16)
+        A, B = np.zeros((16, 16)), np.zeros((16, 8))
+        A[L['AR'], L['AC']] = _MMA_DECODE[dtype](halves(np.asarray(a, np.uint32)))
+        B[L['BR'], L['BC']] = _MMA_DECODE[dtype](halves(np.asarray(b, np.uint32)))
+        return (A @ B + C).astype(np.float32)[L['CR'], L['CC']]
+    def mma8(a_, b_, c_):
+        A, B, C_ = np.zeros((16, 8)), np.zeros((8, 8)), np.zeros((16, 8))
+        A[L['AR8'], L['AC8']], B[L['BR8'], L['BC8']], C_[L['CR'], L['CC']] = a_, b_, c_
+        return (A @ B + C_).astype(np.float32)[L['CR'], L['CC']]
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    ab, bb = _tf32_round(a), _tf32_round(b)
+    if dtype == 'tf32': return mma8(ab, bb, c)
+    c = mma8(_tf32_round(a - ab), bb, c)
+    c = mma8(ab, _tf32_round(b - bb), c)
+    return mma8(ab, bb, c)
+
+def _emu_helpers(dtype: str) -> dict:
+    "The kernels' fragment functions bound for NumPy (_pack_pair: cvt.rn.{bf16,f16}x2.f32 emulated), by name."
+    enc = _MMA_ENCODE.get(dtype, _bf16_bits)
+    pack = lambda lo, hi: np.uint32(int(enc(np.float32(lo))) | (int(enc(np.float32(hi))) << 16))
+    fs = (_a_frag, _b_frag, _a_frag_tf32, _b_frag_tf32, _c_store, _qs_a_frag, _kt_b_frag, _vt_b_frag, _ks_word,
+          _vt_word, _p_a_frag)
+    return {f.__name__: _mma_bind(f, {'_pack_pair': pack}) for f in fs}
+
+def _emulate_gemm(A, B, dtype: str, helpers=None):
+    """What the kernel _mma_gemm_py(dtype) computes, lane by lane: A (M, K), B (K, N) as uint16 bits ('bfloat16',
+    'float16') or float32 ('tf32', '3xtf32'); each lane's registers from the kernel's own loaders, the mma emulated,
+    the result stored by the kernel's own _c_store. `helpers` (default _emu_helpers(dtype)) lets a test swap a loader."""
+    h = helpers or _emu_helpers(dtype)
+    half = dtype in ('bfloat16', 'float16')
+    lda, ldb = (h['_a_frag'], h['_b_frag']) if half else (h['_a_frag_tf32'], h['_b_frag_tf32'])
+    (M, K), N = A.shape, B.shape[1]
+    C = np.full((M, N), np.nan, np.float32)
+    for r0 in range(0, M, 16):
+        for n0 in range(0, N, 8):
+            acc = np.zeros((32, 4), np.float32)
+            for k0 in range(0, K, 16 if half else 8):
+                a = np.array([lda(A, r0, k0, lane) for lane in range(32)])
+                b = np.array([ldb(B, k0, n0, lane) for lane in range(32)])
+                acc = _emu_mma(a, b, acc, dtype)
+            for lane in range(32):
+                h['_c_store'](C, r0, n0, lane, *acc[lane])
+    return C
+
+def _emulate_flash_fwd(q16, k16, v16, scale: float, dtype: str, helpers=None):
+    """What _flash_fwd_mma_py(dtype) computes, step for step: q16 (BH, N_q, 64), k16, v16 (BH, N_k, 64) uint16 bits →
+    o (BH, N_q, 64), mrow, lrow (BH, N_q) float32 (m and log₂ ℓ, base 2). Shared tiles through _ks_word / _vt_word,
+    fragments through _qs_a_frag / _kt_b_frag / _vt_b_frag / _p_a_frag, the mma emulated, the online softmax on each
+    lane's accumulators written for a whole warp at once (arrays over 32 lanes), row reductions over the 4 lanes of a
+    group as the kernel's two shfl_xor steps."""
+    h = helpers or _emu_helpers(dtype)
+    BH, Nq, D = q16.shape
+    Nk = k16.shape[1]
+    q32, k32 = (np.ascontiguousarray(x).view(np.uint32) for x in (q16, k16))
+    scale2 = np.float32(scale * _LOG2E)
+    o = np.full((BH, Nq, D), np.nan, np.float32)
+    mrow, lrow = np.full((BH, Nq), np.nan, np.float32), np.full((BH, Nq), np.nan, np.float32)
+    lanes = np.arange(32)
+    g, t = lanes >> 2, lanes & 3
+    quad = lambda x, op: (lambda y: op(y, y[lanes ^ 2]))(op(x, x[lanes ^ 1]))   # shfl_xor 1, then 2
+    cols = [np.array([4 * j + 2 * hh + e for j in range(8) for e in range(2)]) for hh in range(2)]
+    for bh in range(BH):
+        tiles = [(k0, np.array([[h['_ks_word'](k32, bh, k0, kr, kc) for kc in range(D // 2)] for kr in range(_MMA_BK)],
+                               np.uint32),
+                  np.array([[h['_vt_word'](v16, bh, k0, kp, d) for kp in range(_MMA_BK // 2)] for d in range(D)],
+                           np.uint32)) for k0 in range(0, Nk, _MMA_BK)]
+        for qb in range(0, Nq, _MMA_BQ):
+            Qs = np.array([[h['_ks_word'](q32, bh, qb, qr, c) for c in range(D // 2)] for qr in range(_MMA_BQ)], np.uint32)
+            for w in range(_MMA_WARPS):
+                qf = np.array([[h['_qs_a_frag'](Qs, w, ss, lane) for ss in range(4)] for lane in range(32)], np.uint32)
+                acc, s = np.zeros((32, 32), np.float32), np.zeros((32, 32), np.float32)
+                m, l = np.full((32, 2), -np.inf, np.float32), np.zeros((32, 2), np.float32)
+                for k0, Ks, Vt in tiles:
+                    for j in range(8):
+                        c = np.zeros((32, 4), np.float32)
+                        for ss in range(4):
+                            b = np.array([h['_kt_b_frag'](Ks, j, ss, lane) for lane in range(32)], np.uint32)
+                            c = _emu_mma(qf[:, ss], b, c, dtype)
+                        s[:, 4 * j:4 * j + 4] = c * scale2
+                    for j in range(8):                 # keys past N_k (the kernel tests only the last tile: same)
+                        col = k0 + 8 * j + 2 * t
+                        s[col >= Nk, 4 * j], s[col >= Nk, 4 * j + 2] = -np.inf, -np.inf
+                        s[col + 1 >= Nk, 4 * j + 1], s[col + 1 >= Nk, 4 * j + 3] = -np.inf, -np.inf
+                    for hh in range(2):
+                        mnew = np.maximum(m[:, hh], quad(s[:, cols[hh]].max(axis=1), np.maximum))
+                        alpha = np.exp2(m[:, hh] - mnew).astype(np.float32)
+                        m[:, hh] = mnew
+                        p = np.exp2(s[:, cols[hh]] - mnew[:, None]).astype(np.float32)
+                        s[:, cols[hh]] = p
+                        l[:, hh] = l[:, hh] * alpha + p.sum(axis=1, dtype=np.float32)
+                        acc[:, cols[hh]] *= alpha[:, None]
+                    pf = np.array([[h['_p_a_frag'](s[lane], u) for u in range(4)] for lane in range(32)], np.uint32)
+                    for j in range(8):
+                        c = acc[:, 4 * j:4 * j + 4]
+                        for u in range(4):
+                            b = np.array([h['_vt_b_frag'](Vt, j, u, lane) for lane in range(32)], np.uint32)
+                            c = _emu_mma(pf[:, u], b, c, dtype)
+                        acc[:, 4 * j:4 * j + 4] = c
+                for hh in range(2):
+                    lt = quad(l[:, hh], np.add)
+                    r = qb + 16 * w + g + 8 * hh
+                    for lane in np.flatnonzero(r < Nq):
+                        o[bh, r[lane], 8 * np.arange(8) + 2 * t[lane]] = acc[lane, 4 * np.arange(8) + 2 * hh] / lt[lane]
+                        o[bh, r[lane], 8 * np.arange(8) + 2 * t[lane] + 1] = acc[lane, 4 * np.arange(8) + 2 * hh + 1] / lt[lane]
+                        if t[lane] == 0:
+                            mrow[bh, r[lane]], lrow[bh, r[lane]] = m[lane, hh], np.log2(lt[lane])
+    return o, mrow, lrow
+
+# %% ../nbs/05_fused_attention.ipynb #9024c867
+def _nvidia_tool(name: str):
+    """Path of NVIDIA's command-line tool `name` (ptxas, nvdisasm, cuobjdump), or None: first NVIDIA's pip wheels
+    (nvidia/cu*/bin: the `ptx` extra installs them), then the folders in GEOBOOK_NV_TOOLS (os.pathsep-separated; each
+    searched as is, as bin/ and as nvidia/cu*/bin/), then PATH."""
+    import glob, shutil
+    dirs = []
+    try:
+        import nvidia
+        dirs += [d for b in nvidia.__path__ for d in sorted(glob.glob(os.path.join(b, 'cu*', 'bin')))]
+    except ImportError:
+        pass
+    for b in filter(None, os.environ.get('GEOBOOK_NV_TOOLS', '').split(os.pathsep)):
+        dirs += [b, os.path.join(b, 'bin'), *sorted(glob.glob(os.path.join(b, 'nvidia', 'cu*', 'bin')))]
+    for d in dirs:
+        p = os.path.join(d, name)
+        if os.path.isfile(p) and os.access(p, os.X_OK): return p
+    return shutil.which(name)
+
+_MMA_OFFLINE_KERNELS = (('fwd', 'bfloat16'), ('fwd', 'float16'), ('gemm', 'bfloat16'), ('gemm', 'float16'),
+                        ('gemm', 'tf32'), ('gemm', '3xtf32'))
+_MMA_PTX = {'bfloat16': 'mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32',
+            'float16': 'mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32',
+            'tf32': 'mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32',
+            '3xtf32': 'mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32'}
+_MMA_SASS = {'bfloat16': 'HMMA.16816.F32.BF16', 'float16': 'HMMA.16816.F32', 'tf32': 'HMMA.1688.F32.TF32',
+             '3xtf32': 'HMMA.1688.F32.TF32'}
+
+def _nvjitlink(pieces, cc: tuple, ptx: bool):
+    "Link LTO-IR pieces for sm_XY with nvJitLink (-lto): (linked PTX text, log) or (cubin bytes, ptxas -v log)."
+    from cuda.bindings import nvjitlink
+    opts = [f'-arch=sm_{cc[0]}{cc[1]}', '-lto', '-ptx' if ptx else '-Xptxas=-v']
+    h = nvjitlink.create(len(opts), opts)
+    def log(size, get):
+        buf = bytearray(size(h)); get(h, buf); return bytes(buf).decode(errors='replace').rstrip('\x00')
+    try:
+        for i, p in enumerate(pieces):
+            nvjitlink.add_data(h, nvjitlink.InputType.LTOIR, p, len(p), f'piece{i}')
+        try:
+            nvjitlink.complete(h)
+        except Exception as e:      # noqa: BLE001 - re-raised with nvJitLink's own log
+            raise RuntimeError(f'nvJitLink failed: {e}\n{log(nvjitlink.get_error_log_size, nvjitlink.get_error_log)}') from None
+        info = log(nvjitlink.get_info_log_size, nvjitlink.get_info_log)
+        if ptx: return log(nvjitlink.get_linked_ptx_size, nvjitlink.get_linked_ptx), info
+        buf = bytearray(nvjitlink.get_linked_cubin_size(h)); nvjitlink.get_linked_cubin(h, buf)
+        return bytes(buf), info
+    finally:
+        nvjitlink.destroy(h)
+
+def _sass_opcodes(sass: str) -> dict:
+    "{opcode: count} over the instruction lines of nvdisasm/cuobjdump SASS (predicates stripped)."
+    import re
+    counts = {}
+    for line in sass.splitlines():
+        mt = re.match(r'\s*/\*[0-9a-f]{4,}\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)', line)
+        if mt: counts[mt.group(2)] = counts.get(mt.group(2), 0) + 1
+    return counts
+
+def _mma_offline_facts(cc: tuple, kernels=_MMA_OFFLINE_KERNELS) -> dict:
+    """Compile the tensor-core kernels for compute capability cc = (major, minor) without a GPU and return, per kernel
+    'fwd_bfloat16_sm90', …: numba-cuda → LTO-IR of the kernel + LTO-IR of attention_mma.cu (NVRTC) → nvJitLink -lto →
+    linked PTX (mma.sync count, `call` and `.local` counts) and cubin (ptxas -v: registers, stack, spills, shared memory)
+    → nvdisasm SASS (HMMA, LDL/STL, CALL targets other than local labels, instruction count); plus a control: the
+    unlinked PTX of one kernel, where the helper is an external call. Needs the `ptx` extra and nvdisasm (or cuobjdump);
+    patches numba's current device to cc while it runs (device functions compile for it): use a process of its own."""
+    import re, subprocess, tempfile
+    from numba.cuda.compiler import compile_all
+    disp = importlib.import_module('numba.cuda.dispatcher')
+    tool = _nvidia_tool('nvdisasm') or _nvidia_tool('cuobjdump')
+    if tool is None: raise RuntimeError('neither nvdisasm nor cuobjdump found: pip install "geobook[ptx]"')
+    disp.get_current_device = lambda: type('FakeDevice', (), {'compute_capability': tuple(cc)})()
+    sm, out = f'sm{cc[0]}{cc[1]}', {}
+    call = re.compile(r'\s*(@%p\d+\s+)?call(\.uni)?\b')
+    for kind, dtype in kernels:
+        fn = _flash_fwd_mma_py(dtype) if kind == 'fwd' else _mma_gemm_py(dtype)
+        codes, _ = compile_all(fn, _mma_sig(kind, dtype), device=False, cc=tuple(cc), output='ltoir', abi='numba',
+                               launch_bounds=_LAUNCH_BOUNDS if kind == 'fwd' else None)
+        pieces = [bytes(c.code if hasattr(c, 'code_type') else c) for c in codes]
+        ptx, _ = _nvjitlink(pieces, cc, ptx=True)
+        cubin, log = _nvjitlink(pieces, cc, ptx=False)
+        with tempfile.TemporaryDirectory() as tmp:
+            f = os.path.join(tmp, 'k.cubin')
+            with open(f, 'wb') as fh: fh.write(cubin)
+            args = [tool, '-c', f] if tool.endswith('nvdisasm') else [tool, '-sass', f]
+            sass = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+        ops = _sass_opcodes(sass)
+        num = lambda rx: int(re.search(rx, log).group(1)) if re.search(rx, log) else -1
+        lines = [ln for ln in ptx.splitlines() if ln.strip() and not ln.strip().startswith(('//', '.', '{', '}', ')'))]
+        out[f'{kind}_{dtype}_{sm}'] = dict(
+            ltoir_pieces=len(pieces), ptx_mma=ptx.count(_MMA_PTX[dtype]), ptx_calls=sum(bool(call.match(ln)) for ln in lines),
+            ptx_local=ptx.count('.local'), regs=num(r'Used (\d+) registers'), stack=num(r'(\d+) bytes stack frame'),
+            spill_st=num(r'(\d+) bytes spill stores'), spill_ld=num(r'(\d+) bytes spill loads'),
+            smem=max(num(r'(\d+) bytes smem'), 0), sass_tool=os.path.basename(tool),
+            sass_instructions=sum(ops.values()),
+            sass_hmma=sum(v for k, v in ops.items() if k.startswith(_MMA_SASS[dtype]) and ('BF16' in k) == (dtype == 'bfloat16')),
+            sass_ldl_stl=sum(v for k, v in ops.items() if k.startswith(('LDL', 'STL'))),
+            sass_calls=[c for c in re.findall(r'CALL\.\S+\s+`\(([^)]*)\)', sass) if not c.startswith('.L_')],
+            sass_shfl=sum(v for k, v in ops.items() if k.startswith('SHFL')), sass_ex2=ops.get('MUFU.EX2', 0))
+    ptx0, _ = cuda.compile_ptx(_mma_gemm_py('bfloat16'), _mma_sig('gemm', 'bfloat16'), cc=tuple(cc))
+    out[f'control_unlinked_gemm_bfloat16_{sm}'] = dict(ptx_calls=sum(bool(call.match(ln)) for ln in ptx0.splitlines()),
+                                                       ptx_mma=ptx0.count('mma.sync'))
+    return out
+
 # %% ../nbs/05_fused_attention.ipynb #ee125139
 class _Mask(NamedTuple):
     """Which (query i, key j) pairs may interact. kind: 'full', 'causal' (j ≤ i + off, off = N_k − N_q) or 'window'
@@ -1213,6 +1813,7 @@ def _forward_impl(q, k, v, scale, mask, backend):
             _on_threads(_flash_fwd_cpu, qn, kn, vn, np.float32(scale), mask.kind == 'causal', mask.off, o, ml[0], ml[1])
         return torch.from_numpy(o), torch.from_numpy(ml)
     if _TILED_FORWARD and mask.kind != 'window':
+        if _use_mma(q, mask): return _forward_mma(q, k, v, scale)   # tensor cores (GPU, sm_80+): see below
         return _forward_tiled(q, k, v, scale, mask)
     q, k, v = (t.float() for t in (q, k, v))
     o = torch.empty_like(q); ml = torch.empty((2, BH, Nq), dtype=torch.float32, device=q.device)
@@ -1369,6 +1970,65 @@ def _fused(q, k, v, scale, mask, backend):
     f = lambda t: (t if half else t.float()).contiguous()
     o, lse = _FusedAttentionFn.apply(f(q), f(k), f(v), scale, mask, backend)
     return o[..., :Dv], lse                                  # L = −∞ on rows with no key (see _lse)
+
+# %% ../nbs/05_fused_attention.ipynb #1ad30db6
+_TENSOR_CORES = 'auto'    # 'auto': the tensor-core forward where it applies, once its first-call check passed;
+                          # 'never': the tiled kernels only; 'always': where it applies, without the check
+_MMA_STATUS = {}          # (device, dtype) → True (checked, in use) or the reason it is not used (a string)
+
+def _mma_applies(q, mask) -> bool:
+    """Whether the tensor-core forward can run for these (BH, N, D) inputs on the 'cuda' backend: bfloat16 or float16,
+    the full mask, D_p = 64 (padded with zero columns), a real GPU (never the simulator) of compute capability ≥ 8.0."""
+    if mask.kind != 'full' or q.dtype not in _MMA_U or _tiled_shape(q.shape[-1])[2] != _MMA_D: return False
+    return _cuda_mode() == 'gpu' and torch.cuda.get_device_capability(q.device) >= (8, 0)
+
+def _forward_mma(q, k, v, scale):
+    """The tensor-core forward: q (BH, N_q, D), k, v (BH, N_k, D) contiguous bfloat16 or float16 on a GPU, D ≤ 64
+    (padded to 64 with zero columns) → O (BH, N_q, D) float32 and the row statistics ml (2, BH, N_q) = (m, log₂ ℓ) in
+    base 2, as _forward_tiled returns them (so the tiled backward can use them)."""
+    BH, Nq, D = q.shape
+    if D != _MMA_D: q, k, v = (F.pad(t, (0, _MMA_D - D)).contiguous() for t in (q, k, v))
+    o = torch.empty((BH, Nq, _MMA_D), dtype=torch.float32, device=q.device)
+    ml = torch.empty((2, BH, Nq), dtype=torch.float32, device=q.device)
+    bits = lambda t, tt, nt: cuda.as_cuda_array(t.detach().view(tt), sync=False).view(nt)   # no copy
+    kernel = _mma_kernel('fwd', _KERNEL_DTYPES[q.dtype])
+    _launch_cuda(kernel, (-(-Nq // _MMA_BQ), BH), 32 * _MMA_WARPS, bits(q, torch.int32, np.uint32),
+                 bits(k, torch.int32, np.uint32), bits(v, torch.int16, np.uint16), o, ml[0], ml[1],
+                 np.float32(scale * _LOG2E))
+    return (o if D == _MMA_D else o[..., :D].contiguous()), ml
+
+def _mma_first_call_check(device, dtype, forward_mma, forward_plain):
+    """Run `forward_mma` and `forward_plain` ((q, k, v, τ) → (O, ml)) on one seeded problem (BH = 2, N_q = 80, N_k = 100,
+    D = 64, τ = 1/8: a partial Q block and a partial K tile) in `dtype` on `device`. True when both are finite and agree
+    within _mma_o_bound (P's rounding to 16 bits) + 10⁻⁴ on O and 10⁻³ on L; otherwise (or when forward_mma raises)
+    the reason, a string, after one RuntimeWarning that names it."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, n, _MMA_D, generator=g).to(device, dtype) for n in (80, 100, 100))
+    try:
+        (o1, ml1), (o2, ml2) = forward_mma(q, k, v, 0.125), forward_plain(q, k, v, 0.125)
+        eo, el = (float((a - b).abs().max()) for a, b in ((o1, o2), (_lse(ml1), _lse(ml2))))
+        tol = _mma_o_bound(dtype, float(v.abs().max()), v.shape[-2]) + 1e-4
+    except Exception as e:          # noqa: BLE001 - any failure (compiler, linker, launch) means: do not use it
+        reason = f'it failed with {type(e).__name__}: {str(e)[:300]}'
+    else:
+        if eo <= tol and el <= 1e-3: return True       # (NaN fails both comparisons)
+        reason = (f'on a check problem it disagrees with the tiled kernel: max |ΔO| = {eo:.3g} (tolerance '
+                  f'{tol:.3g}), max |ΔL| = {el:.3g} (tolerance 0.001)')
+    warnings.warn(f'geobook.attention: the tensor-core forward is not used for {str(dtype)[6:]} on {device}: {reason}; '
+                  'the tiled kernels run instead', RuntimeWarning, stacklevel=2)
+    return reason
+
+def _use_mma(q, mask) -> bool:
+    """Whether this forward runs on tensor cores: _TENSOR_CORES 'never' → no; where _mma_applies, 'always' → yes,
+    'auto' → after the first-call check per (device, dtype), made once and remembered in _MMA_STATUS."""
+    check_choice(_TENSOR_CORES, '_TENSOR_CORES', ['auto', 'never', 'always'])
+    if _TENSOR_CORES == 'never' or not _mma_applies(q, mask): return False
+    if _TENSOR_CORES == 'always': return True
+    key = (str(q.device), q.dtype)
+    if key not in _MMA_STATUS:
+        plain = lambda q_, k_, v_, s_: _forward_tiled(q_, k_, v_, s_, _Mask('full'))
+        _MMA_STATUS[key] = _mma_first_call_check(q.device, q.dtype, _forward_mma, plain)
+    return _MMA_STATUS[key] is True
 
 # %% ../nbs/05_fused_attention.ipynb #6540891c
 def flash_attention(q, k, v, causal: bool = False, scale: float | None = None, return_lse: bool = False,

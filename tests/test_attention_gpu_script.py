@@ -1,7 +1,8 @@
 """benchmarks/gpu_run.sh must run unchanged on the next GPU: here it runs in its dry mode, under Numba's CUDA simulator on
 tiny shapes (CPU only), and must write a JSON with every section the GPU run writes, correct kernels and no error.
 Tolerances of the correctness section: float32 kernels against float64, 2e-5 on outputs and 1e-4 on gradients (as in
-the chapter); the bfloat16 case is judged relative to the largest entry, within bfloat16's epsilon 2⁻⁷."""
+the chapter); the bfloat16 case is judged relative to the largest entry, within bfloat16's epsilon 2⁻⁷. The tensor-core
+section runs with the NumPy emulator in place of the kernels (the simulator cannot run linked CUDA C++)."""
 import json, os, shutil, subprocess
 from pathlib import Path
 import pytest
@@ -33,6 +34,17 @@ def test_gpu_run_dry(tmp_path):
     assert {(r['dtype'], r['causal'], r['pass']) for r in rows} == {(d, c, p) for d in ('float32', 'bfloat16')
                                                                    for c in (False, True) for p in ('forward', 'fwd+bwd')}
     assert all(r['flash_s'] > 0 and r['sdpa_s'] > 0 and r['flash_reps'] >= 1 for r in rows)
+    # the tensor-core section, with the NumPy emulator standing in for the kernels: the first-call check (emulator
+    # against the tiled kernels under the simulator) passes for both dtypes, every comparison is within its tolerance
+    assert 'tensor_cores_error' not in res, res.get('tensor_cores_error')
+    tc = res['tensor_cores']
+    assert tc['failures'] == [] and tc['checks'] and all(c['ok'] for c in tc['checks'].values()), tc['failures']
+    assert tc['first_call_check'] == {'cpu bfloat16': True, 'cpu float16': True} and tc['first_call_warnings'] == []
+    assert {n.split()[1] for n in tc['checks'] if n.startswith('gemm')} == {'bfloat16', 'float16', 'tf32', '3xtf32'}
+    assert {(r['dtype'], r['pass']) for r in tc['rows']} == {('bfloat16', 'forward'), ('float16', 'forward'),
+                                                             ('bfloat16', 'fwd+bwd'), ('float32', 'forward')}
+    for r in tc['rows']:
+        assert r['tiled_s'] > 0 and r['sdpa_s'] > 0 and (r['dtype'] == 'float32') == ('tensor_cores_s' not in r), r
 
 
 def test_gpu_run_refuses_without_a_gpu_and_says_what_to_do():

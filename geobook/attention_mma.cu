@@ -1,4 +1,6 @@
-// Tensor-core helpers for Numba CUDA kernels (prototype for geobook chapter 5, issue 18 part 2).
+// Tensor-core helpers for geobook's Numba CUDA attention kernels (chapter 5, nbs/05_fused_attention.ipynb).
+// Package data of geobook: geobook/attention.py links this file into its kernels with
+// numba.cuda.declare_device(..., link=[<this file>]) and compiles them with lto=True, so the helpers are inlined.
 //
 // Each function wraps ONE warp-wide PTX instruction in inline asm. They follow Numba's device-function ABI
 // (declare_device(..., abi='numba')): the first argument points at the return value, the int result is a status

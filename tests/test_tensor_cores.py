@@ -1,0 +1,270 @@
+"""Chapter 5's tensor-core forward, checked without a GPU (the simulator cannot run linked CUDA C++).
+
+1. Offline compilation (needs the `ptx` extra: numba-cuda[cu13] with NVRTC and nvJitLink, and nvdisasm or cuobjdump):
+   every tensor-core kernel (attention forward and GEMM in bfloat16 and float16, GEMM through TF32 and 3xTF32) is
+   compiled for sm_80 and sm_90 as `cuda.jit(lto=True)` would on a GPU, by `geobook.attention._mma_offline_facts` — the
+   two compute capabilities in two processes side by side, once per test session (a module-scoped fixture). Asserted:
+   the linked PTX holds the mma.sync instructions and no call (the CUDA C++ helper was inlined; a control shows the call
+   in the unlinked PTX), the SASS as many HMMA as the PTX has mma.sync (64 per key tile in the forward) and no local
+   memory, ptxas a 0-byte stack frame, no spills and ≤ 128 registers (the launch bounds' cap).
+2. The NumPy emulator (`_emulate_gemm`, `_emulate_flash_fwd`: the kernels' own fragment functions run lane by lane,
+   the mma instruction emulated from the PTX ISA's table) against float64 A @ B and softmax attention on ragged shapes,
+   and two negative controls: a loader with two registers swapped must fail the same comparison.
+3. The dispatch: the first-call check and the module switch, with stand-ins for the kernels (any device).
+"""
+import json, os, re, subprocess, sys, warnings
+import numpy as np
+import pytest
+import torch
+
+import geobook.attention as A
+
+CCS = ((8, 0), (9, 0))
+SLOW_PATH = re.compile(r'__cuda_sm20_(rcp|div)_rn_f32_slowpath')   # ptxas's own IEEE-division slow path
+
+
+def _toolchain_missing():
+    "Why the offline compilation cannot run here (a string), or None."
+    try:
+        import cuda.bindings.nvjitlink  # noqa: F401
+        from numba.cuda.cudadrv import nvrtc  # noqa: F401
+    except ImportError as e:
+        return f'nvJitLink/NVRTC missing ({e}): pip install "geobook[ptx]"'
+    if A._nvidia_tool('nvdisasm') is None and A._nvidia_tool('cuobjdump') is None:
+        return 'neither nvdisasm nor cuobjdump found: pip install "geobook[ptx]" (nvidia-cuda-nvdisasm)'
+    return None
+
+
+@pytest.fixture(scope='module')
+def facts():
+    why = _toolchain_missing()
+    if why: pytest.skip(why)
+    code = ('import json, sys; from geobook.attention import _mma_offline_facts as f; '
+            'print("RESULT" + json.dumps(f((int(sys.argv[1]), int(sys.argv[2])))))')
+    env = {k: v for k, v in os.environ.items() if k != 'NUMBA_ENABLE_CUDASIM'}
+    procs = [subprocess.Popen([sys.executable, '-c', code, str(a), str(b)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for a, b in CCS]
+    out = {}
+    for p in procs:
+        so, se = p.communicate(timeout=900)
+        assert p.returncode == 0, f'offline compilation failed:\n{se[-4000:]}'
+        out.update(json.loads(next(ln for ln in so.splitlines() if ln.startswith('RESULT'))[6:]))
+    return out
+
+
+KERNELS = [f'{kind}_{dt}_sm{a}{b}' for kind, dt in A._MMA_OFFLINE_KERNELS for a, b in CCS]
+
+
+@pytest.mark.parametrize('name', KERNELS)
+def test_helper_inlined_and_mma_in_sass(facts, name):
+    f = facts[name]
+    assert f['ltoir_pieces'] == 2, f                                # the kernel and attention_mma.cu (NVRTC)
+    assert f['ptx_calls'] == 0 and f['ptx_local'] == 0, f           # inlined: no call, no local memory in PTX
+    per_tile = 64 if name.startswith('fwd') else (3 if '3xtf32' in name else 1)   # mma per key tile / per k-step
+    assert f['ptx_mma'] >= per_tile and f['ptx_mma'] % per_tile == 0, f
+    assert f['sass_hmma'] == f['ptx_mma'], f                        # each mma.sync became one HMMA
+    assert f['sass_ldl_stl'] == 0, f
+    assert all(SLOW_PATH.search(c) for c in f['sass_calls']), f
+
+
+@pytest.mark.parametrize('name', KERNELS)
+def test_ptxas_resources(facts, name):
+    f = facts[name]
+    assert f['stack'] == 0 and f['spill_st'] == 0 and f['spill_ld'] == 0, f
+    assert 0 < f['regs'] <= 128, f
+    if name.startswith('fwd'):     # Q (64 rows) and K (64 keys) tiles of 36 words, Vᵀ 64 rows of 36 words
+        assert f['smem'] == 4 * (A._MMA_BQ * A._MMA_KS + A._MMA_BK * A._MMA_KS + A._MMA_D * A._MMA_VT), f
+        assert f['sass_shfl'] >= 6 and f['sass_ex2'] >= 32, f        # row max/sum by shuffles, exp2 per score
+
+
+@pytest.mark.parametrize('cc', CCS)
+def test_call_detector_control(facts, cc):
+    "Unlinked, the helper is an external call: the regex that finds no call after linking does find it here."
+    f = facts[f'control_unlinked_gemm_bfloat16_sm{cc[0]}{cc[1]}']
+    assert f['ptx_calls'] >= 1 and f['ptx_mma'] == 0, f
+
+
+# ---------------------------------------------------------------- the emulator
+L = A._MMA_LAYOUT
+
+
+def test_ptx_table_spot_checks():
+    "Entries of the PTX ISA's m16n8k16 and m16n8k8 (.tf32) fragment figures, written out by hand."
+    assert [(L['AR'][0, i], L['AC'][0, i]) for i in range(8)] == [(0, 0), (0, 1), (8, 0), (8, 1), (0, 8), (0, 9),
+                                                                  (8, 8), (8, 9)]
+    assert [(L['BR'][5, i], L['BC'][5, i]) for i in range(4)] == [(2, 1), (3, 1), (10, 1), (11, 1)]
+    assert [(L['CR'][5, i], L['CC'][5, i]) for i in range(4)] == [(1, 2), (1, 3), (9, 2), (9, 3)]
+    assert (L['CR'][31, 3], L['CC'][31, 3]) == (15, 7)
+    assert [(L['AR8'][6, i], L['AC8'][6, i]) for i in range(4)] == [(1, 2), (9, 2), (1, 6), (9, 6)]
+    assert [(L['BR8'][6, i], L['BC8'][6, i]) for i in range(2)] == [(2, 1), (6, 1)]
+    for r, c, n in (('AR', 'AC', 256), ('BR', 'BC', 128), ('CR', 'CC', 128), ('AR8', 'AC8', 128), ('BR8', 'BC8', 64)):
+        assert len(set(zip(L[r].ravel(), L[c].ravel()))) == n       # every element owned exactly once
+
+
+@pytest.mark.parametrize('dtype', ['bfloat16', 'float16'])
+def test_mma_emulator_alone(dtype):
+    "The emulated instruction on registers built straight from the table computes A @ B + C (float64 of 16-bit values)."
+    rng = np.random.default_rng(0)
+    A16, B16 = A._MMA_ENCODE[dtype](rng.standard_normal((16, 16))), A._MMA_ENCODE[dtype](rng.standard_normal((16, 8)))
+    C = rng.standard_normal((16, 8)).astype(np.float32)
+    ae, be = A16[L['AR'], L['AC']].astype(np.uint32), B16[L['BR'], L['BC']].astype(np.uint32)
+    d = A._emu_mma(ae[:, 0::2] | (ae[:, 1::2] << 16), be[:, 0::2] | (be[:, 1::2] << 16), C[L['CR'], L['CC']], dtype)
+    D = np.zeros((16, 8), np.float32)
+    D[L['CR'], L['CC']] = d
+    dec = A._MMA_DECODE[dtype]
+    np.testing.assert_allclose(D, dec(A16).astype(np.float64) @ dec(B16) + C, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize('dtype', ['bfloat16', 'float16'])
+@pytest.mark.parametrize('shape', [(16, 16, 8), (48, 64, 24), (40, 56, 20), (1, 5, 3)])
+def test_gemm_emulation_matches_matmul(dtype, shape):
+    """The GEMM kernel's loads + emulated mma + its stores reproduce A @ B of the 16-bit values, ragged M, K, N included:
+    products exact, sums of ≤ 64 terms in float32 (≤ 1e-5 at these sizes)."""
+    M, K, N = shape
+    rng = np.random.default_rng(M * 1000 + K * 10 + N)
+    A16, B16 = A._MMA_ENCODE[dtype](rng.standard_normal((M, K))), A._MMA_ENCODE[dtype](rng.standard_normal((K, N)))
+    C = A._emulate_gemm(A16, B16, dtype)
+    dec = A._MMA_DECODE[dtype]
+    assert not np.isnan(C).any()
+    np.testing.assert_allclose(C, dec(A16).astype(np.float64) @ dec(B16).astype(np.float64), rtol=1e-5, atol=1e-5)
+
+
+def test_wrong_a_loader_is_caught():
+    "Negative control: an A loader that swaps registers a1 and a2 (a plausible slip) fails the same comparison."
+    rng = np.random.default_rng(1)
+    A16, B16 = A._bf16_bits(rng.standard_normal((16, 32))), A._bf16_bits(rng.standard_normal((32, 8)))
+    h = A._emu_helpers('bfloat16')
+    good = h['_a_frag']
+    h['_a_frag'] = lambda *a: (lambda r: (r[0], r[2], r[1], r[3]))(good(*a))
+    C = A._emulate_gemm(A16, B16, 'bfloat16', helpers=h)
+    assert np.abs(C - A._MMA_DECODE['bfloat16'](A16).astype(np.float64) @ A._MMA_DECODE['bfloat16'](B16)).max() > 0.1
+
+
+@pytest.mark.parametrize('shape', [(16, 8, 8), (48, 40, 24), (37, 21, 13)])
+def test_gemm_tf32_emulation(shape):
+    """TF32: equals the float64 product of the TF32-rounded inputs (the indexing is right), and differs visibly but
+    within TF32's error from the exact product; 3xTF32 is within float32-class error of the exact product."""
+    M, K, N = shape
+    rng = np.random.default_rng(K)
+    X, Y = rng.standard_normal((M, K)).astype(np.float32), rng.standard_normal((K, N)).astype(np.float32)
+    exact = X.astype(np.float64) @ Y.astype(np.float64)
+    c1 = A._emulate_gemm(X, Y, 'tf32')
+    np.testing.assert_allclose(c1, A._tf32_round(X).astype(np.float64) @ A._tf32_round(Y), rtol=1e-5, atol=1e-5)
+    assert np.abs(c1 - exact).max() > 1e-5
+    np.testing.assert_allclose(c1, exact, atol=2e-3 * np.sqrt(K))
+    np.testing.assert_allclose(A._emulate_gemm(X, Y, '3xtf32'), exact, rtol=1e-5, atol=1e-5)
+
+
+def _reference(q16, k16, v16, dtype, scale):
+    q, k, v = (torch.from_numpy(A._MMA_DECODE[dtype](x)).double() for x in (q16, k16, v16))
+    return A.attention_reference(q, k, v, scale=scale, return_lse=True), float(v.abs().max())
+
+
+@pytest.mark.parametrize('dtype', ['bfloat16', 'float16'])
+@pytest.mark.parametrize('bh,nq,nk', [(1, 80, 100), (2, 16, 64), (1, 1, 1), (1, 70, 129)])
+def test_flash_fwd_emulation_matches_softmax(dtype, bh, nq, nk):
+    """The attention kernel, emulated lane by lane, against float64 softmax attention of the same 16-bit inputs:
+    L = (m + log₂ ℓ)·ln 2 to float32 rounding, O within _mma_o_bound (P rounded to 16 bits before P V); ragged N_q, N_k
+    (partial Q blocks and K tiles, one key, more than two K tiles)."""
+    rng = np.random.default_rng(nq * 1000 + nk)
+    q16, k16, v16 = (A._MMA_ENCODE[dtype](rng.standard_normal((bh, n, 64))) for n in (nq, nk, nk))
+    o, m, lam = A._emulate_flash_fwd(q16, k16, v16, 0.125, dtype)
+    (oref, lref), vmax = _reference(q16, k16, v16, dtype, 0.125)
+    assert not np.isnan(o).any() and not np.isnan(m).any()
+    np.testing.assert_allclose((m + lam) * A._LN2, lref.numpy(), rtol=1e-5, atol=1e-5)
+    assert np.abs(o - oref.numpy()).max() <= A._mma_o_bound(getattr(torch, dtype), vmax, nk)
+
+
+def test_flash_fwd_wrong_v_fragment_is_caught():
+    "Negative control for the attention path: a V loader that swaps b0 and b1 (keys 2t.. and 2t+8..) is detected."
+    rng = np.random.default_rng(3)
+    q16, k16, v16 = (A._bf16_bits(rng.standard_normal((1, n, 64))) for n in (16, 64, 64))
+    h = A._emu_helpers('bfloat16')
+    good = h['_vt_b_frag']
+    h['_vt_b_frag'] = lambda *a: good(*a)[::-1]
+    o, _, _ = A._emulate_flash_fwd(q16, k16, v16, 0.125, 'bfloat16', helpers=h)
+    (oref, _), vmax = _reference(q16, k16, v16, 'bfloat16', 0.125)
+    assert np.abs(o - oref.numpy()).max() > 10 * A._mma_o_bound(torch.bfloat16, vmax, 64)
+
+
+# ---------------------------------------------------------------- dispatch
+def _stand_in(shift=0.0):
+    def fwd(q, k, v, s):
+        o, lse = A.attention_reference(q.float(), k.float(), v.float(), scale=s, return_lse=True)
+        return o + shift, torch.stack([lse * A._LOG2E, torch.zeros_like(lse)])
+    return fwd
+
+
+def test_first_call_check_accepts_agreement_and_warns_once_on_failure():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        assert A._mma_first_call_check('cpu', torch.float16, _stand_in(), _stand_in()) is True
+        shifted = A._mma_first_call_check('cpu', torch.bfloat16, _stand_in(0.05), _stand_in())
+        nan = A._mma_first_call_check('cpu', torch.bfloat16, _stand_in(float('nan')), _stand_in())
+        broken = A._mma_first_call_check('cpu', torch.bfloat16, lambda *a: 1 / 0, _stand_in())
+    assert 'disagrees' in shifted and 'disagrees' in nan and 'ZeroDivisionError' in broken
+    assert len(caught) == 3 and all(issubclass(w.category, RuntimeWarning) for w in caught)
+    # the tolerance is the derived bound (+1e-4): a shift of 0.9× the bound passes, 1.1× the bound + 1e-4 does not
+    g = torch.Generator().manual_seed(0)
+    vmax = float([torch.randn(2, n, 64, generator=g) for n in (80, 100, 100)][2].to(torch.bfloat16).abs().max())
+    bound = A._mma_o_bound(torch.bfloat16, vmax, 100)
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter('always')
+        assert A._mma_first_call_check('cpu', torch.bfloat16, _stand_in(0.9 * bound), _stand_in()) is True
+        assert A._mma_first_call_check('cpu', torch.bfloat16, _stand_in(1.1 * bound + 1e-4), _stand_in()) is not True
+
+
+def test_use_mma_checks_once_per_device_and_dtype(monkeypatch):
+    calls = []
+    monkeypatch.setattr(A, '_mma_applies', lambda q, mask: True)
+    monkeypatch.setattr(A, '_forward_mma', lambda *a: (calls.append(1), _stand_in(0.05)(*a))[1])
+    monkeypatch.setattr(A, '_forward_tiled', lambda q, k, v, s, mask: _stand_in()(q, k, v, s))
+    monkeypatch.setattr(A, '_MMA_STATUS', {})
+    q = torch.zeros(1, 4, 64, dtype=torch.bfloat16)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        assert [A._use_mma(q, A._Mask('full')) for _ in range(3)] == [False] * 3
+    assert len(calls) == 1 and len(caught) == 1 and 'bfloat16' in str(caught[0].message)
+    monkeypatch.setattr(A, '_TENSOR_CORES', 'always')
+    assert A._use_mma(q, A._Mask('full')) is True                    # forced: no check
+    monkeypatch.setattr(A, '_TENSOR_CORES', 'never')
+    monkeypatch.setattr(A, '_MMA_STATUS', {})
+    assert A._use_mma(q, A._Mask('full')) is False and len(calls) == 1
+    monkeypatch.setattr(A, '_TENSOR_CORES', 'sometimes')
+    with pytest.raises(ValueError, match='_TENSOR_CORES'):
+        A._use_mma(q, A._Mask('full'))
+
+
+def test_tensor_cores_never_apply_off_their_domain():
+    "Causal or windowed masks, float32 inputs and head dims other than D_p = 64 stay on the tiled kernels (no GPU query)."
+    q = torch.zeros(1, 4, 64, dtype=torch.bfloat16)
+    assert not A._mma_applies(q, A._Mask('causal'))
+    assert not A._mma_applies(q.float(), A._Mask('full'))
+    assert not A._mma_applies(torch.zeros(1, 4, 128, dtype=torch.float16), A._Mask('full'))
+    assert not A._mma_applies(torch.zeros(1, 4, 48, dtype=torch.float16), A._Mask('full'))
+
+
+def test_simulator_never_dispatches_to_tensor_cores():
+    "Under NUMBA_ENABLE_CUDASIM=1 a bfloat16 full forward with D = 64 runs the tiled kernel and matches float64."
+    code = r'''
+import torch, geobook.attention as A
+assert A._cuda_mode() == 'sim'
+q, k, v = (torch.randn(1, 1, n, 64, generator=torch.Generator().manual_seed(n)).to(torch.bfloat16) for n in (5, 9, 9))
+assert not A._mma_applies(q[0], A._Mask('full'))
+o = A.flash_attention(q, k, v, backend='cuda')
+ref = A.attention_reference(q.double(), k.double(), v.double())
+assert (o.double() - ref).abs().max() < 2 ** -7 * ref.abs().max(), (o, ref)
+assert A._MMA_KERNELS == {} and A._MMA_STATUS == {}
+print('OK')
+'''
+    env = {**os.environ, 'NUMBA_ENABLE_CUDASIM': '1', 'GEOBOOK_NO_PROGRESS': '1'}
+    p = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0 and 'OK' in p.stdout, p.stderr[-3000:]
+
+
+def test_cu_helper_is_package_data():
+    "The helper ships inside the package (pyproject package-data) and defines the six functions the kernels declare."
+    text = open(A._mma_cu_path()).read()
+    for name in ('geobook_mma_bf16_16816', 'geobook_mma_f16_16816', 'geobook_pack_bf16x2', 'geobook_pack_f16x2',
+                 'geobook_mma_tf32_1688', 'geobook_mma_3xtf32_1688'):
+        assert f'extern "C" __device__ int {name}(' in text
