@@ -1,6 +1,7 @@
 """Chapter 1 benchmark: geobook.ntk against neural-tangents, side by side on the same inputs and weights.
 
-  nngp_ntk      4096 x 4096 inputs (d = 64), depth 5, ReLU, erf, GELU vs  neural_tangents.stax kernel_fn (jit)
+  nngp_ntk      4096 x 4096 inputs (d = 64), depth 5, ReLU, erf, GELU,   vs  neural_tangents.stax kernel_fn (jit)
+                leaky ReLU (slope 0.1: geobook's LeakyReLU, neural-tangents' LeakyRelu)
   empirical_ntk width-512 MLP, 3 dense layers (depth 2), 256 x 256   vs  neural_tangents.empirical_ntk_fn (jit)
   baseline      geobook's own quadrature path (refined trapezoidal rule; erf given as a callable, and tanh) on fewer
                 inputs: what an activation without a closed form costs
@@ -25,7 +26,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench import measure, write_results
-from geobook.ntk import nngp_ntk, empirical_ntk, MLP
+from geobook.ntk import nngp_ntk, empirical_ntk, MLP, LeakyReLU
+
+ACTIVATIONS = {'relu': 'relu', 'erf': 'erf', 'gelu': 'gelu', 'leaky_relu': LeakyReLU(0.1)}   # case name -> geobook's
 
 NT_SCRIPT = r'''
 import json, math, sys, time
@@ -44,7 +47,8 @@ data = np.load(tmp / 'inputs.npz')
 out, rows = {}, []
 sw = math.sqrt(2.0)
 
-ACTS = {'relu': stax.Relu, 'erf': stax.Erf, 'gelu': lambda: stax.Gelu(approximate=False)}
+ACTS = {'relu': stax.Relu, 'erf': stax.Erf, 'gelu': lambda: stax.Gelu(approximate=False),
+        'leaky_relu': lambda: stax.LeakyRelu(0.1)}
 
 def kernel_fn(act, depth):
     layers = []
@@ -53,7 +57,7 @@ def kernel_fn(act, depth):
 
 X32 = jnp.asarray(data['X'], dtype=jnp.float32)
 Xc64 = jnp.asarray(data['X'][:cfg['n_check']], dtype=jnp.float64)
-for act in ('relu', 'erf', 'gelu'):
+for act in ACTS:
     kfn = kernel_fn(act, cfg['depth'])
     print(f'[nt] kernel_fn {act} n={len(X32)}', flush=True)
     m = measure(lambda: jax.block_until_ready(kfn(X32, None, ('nngp', 'ntk'))), repeats=cfg['repeats'], warmup=1)
@@ -101,11 +105,11 @@ def main():
     Xt, Xet = torch.from_numpy(X), torch.from_numpy(Xe)
     rows, values = [], {}
 
-    for act in ('relu', 'erf', 'gelu'):
+    for act, fn in ACTIVATIONS.items():
         print(f'[geobook] nngp_ntk {act} n={cfg["n"]}', flush=True)
-        m = measure(lambda: nngp_ntk(Xt, None, cfg['depth'], act, show_progress=False), repeats=cfg['repeats'], warmup=1)
+        m = measure(lambda: nngp_ntk(Xt, None, cfg['depth'], fn, show_progress=False), repeats=cfg['repeats'], warmup=1)
         rows.append({'case': f'nngp_ntk {act} depth {cfg["depth"]}', 'library': 'geobook', 'n': cfg['n'], **m})
-        values[act] = nngp_ntk(Xt[:cfg['n_check']].double(), None, cfg['depth'], act)
+        values[act] = nngp_ntk(Xt[:cfg['n_check']].double(), None, cfg['depth'], fn)
     for act, fn in (('erf', torch.erf), ('tanh', 'tanh')):      # erf as a callable: quadrature + autograd σ'
         print(f'[geobook] quadrature baseline {act} n={cfg["n_quad"]}', flush=True)
         m = measure(lambda: nngp_ntk(Xt[:cfg['n_quad']], None, cfg['depth'], fn, show_progress=False), repeats=1, warmup=0)
@@ -139,7 +143,7 @@ def main():
                 res = json.loads((tmp / 'nt_rows.json').read_text()); versions = res['versions']
                 nt_out = np.load(tmp / 'nt_out.npz')
                 diffs, offdiag = {}, {}
-                for act in ('relu', 'erf', 'gelu'):
+                for act in ACTIVATIONS:
                     K, T = values[act]
                     case = f'nngp_ntk {act} depth {cfg["depth"]}'
                     diffs[case] = max(rel_diff(K, nt_out[f'K_{act}']), rel_diff(T, nt_out[f'T_{act}']))

@@ -6,7 +6,8 @@ Docs: https://geobook.github.io/geobook/ntk.html.md"""
 
 # %% ../nbs/01_ntk.ipynb #b39a1d63
 from __future__ import annotations
-import functools, math, warnings
+import functools, math, numbers, warnings
+from dataclasses import dataclass
 from typing import Callable
 import torch
 from torch import nn
@@ -16,8 +17,9 @@ from .core import (as_tensor, all_finite, check_positive, check_int, check_choic
 from torch._C._functorch import is_functorch_wrapped_tensor      # inside torch.func transforms: no data-dependent checks
 
 # %% auto #0
-__all__ = ['ACTIVATIONS', 'CLOSED_FORMS', 'relu_moments', 'erf_moments', 'gelu_moments', 'linear_moments', 'activation_fns',
-           'quadrature_moments', 'nngp_ntk', 'MLP', 'empirical_ntk', 'ntk_regression', 'ntk_ensemble', 'nngp_posterior']
+__all__ = ['ACTIVATIONS', 'CLOSED_FORMS', 'relu_moments', 'erf_moments', 'gelu_moments', 'linear_moments', 'leaky_relu_moments',
+           'activation_fns', 'LeakyReLU', 'quadrature_moments', 'nngp_ntk', 'MLP', 'empirical_ntk', 'ntk_regression',
+           'ntk_ensemble', 'nngp_posterior']
 
 # %% ../nbs/01_ntk.ipynb #e0d41c7a
 def _float_kernel(t: torch.Tensor, name: str) -> torch.Tensor:
@@ -120,6 +122,30 @@ def linear_moments(k11, k12, k22) -> tuple[torch.Tensor, torch.Tensor]:
     "Moments (𝔼[uv], 𝔼[1·1]) = (k12, 1) of the identity activation. Arguments as in `relu_moments`."
     return _linear(*_moment_args(k11, k12, k22))
 
+# %% ../nbs/01_ntk.ipynb #6b4ba21a
+def _check_slope(slope) -> float:
+    "The leaky ReLU slope a as a float in [0, 1]; bools, strings, tensors and non-finite numbers are refused naming `slope`."
+    if isinstance(slope, bool) or not isinstance(slope, numbers.Real):
+        raise TypeError(f"`slope` must be a real number in [0, 1], got {slope!r}")
+    a = float(slope)
+    if not 0 <= a <= 1:                                                       # NaN fails this too
+        raise ValueError(f"`slope` must be a finite number in [0, 1] (max(z, a z) is leaky ReLU only there), got {slope!r}")
+    return a
+
+def _leaky(k11, k12, k22, slope):
+    S, Sd = _relu(k11, k12, k22)
+    b = (1 - slope) ** 2
+    return slope * k12 + b * S, slope + b * Sd                               # a = 0: ReLU's bits; a = 1: (k12, 1)
+
+def leaky_relu_moments(k11, k12, k22, slope: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Moments (𝔼[σ(u)σ(v)], 𝔼[σ'(u)σ'(v)]) of leaky ReLU σ(z) = max(z, a z), a = `slope` ∈ [0, 1], for
+    (u, v) ~ N(0, [[k11, k12], [k12, k22]]): Σ = a k12 + (1 − a)² Σ_relu and Σ̇ = a + (1 − a)² Σ̇_relu with ReLU's
+    arc-cosine moments (`relu_moments`); a = 0 gives ReLU's and a = 1 the identity's moments exactly. Arguments as in
+    `relu_moments`. Accurate relative to the scale √(k11 k22)(1 + a²)/2 (for k12 < 0 the two terms cancel where Σ
+    crosses 0). `nngp_ntk` uses it for `activation=LeakyReLU(slope)`."""
+    a = _check_slope(slope)
+    return _leaky(*_moment_args(k11, k12, k22), a)
+
 # %% ../nbs/01_ntk.ipynb #faf939fd
 def _gelu_grad(z): return 0.5 * (1 + torch.erf(z / math.sqrt(2))) + z * torch.exp(-z * z / 2) / math.sqrt(2 * math.pi)
 def _sigmoid_grad(z): s = torch.sigmoid(z); return s * (1 - s)
@@ -161,12 +187,49 @@ def _check_callable(f):
         raise TypeError("`activation` must act elementwise: permuting its input must permute its output the same way")
 
 def activation_fns(activation) -> tuple[Callable, Callable]:
-    "(σ, σ') for a name in `ACTIVATIONS` or an elementwise callable σ (σ' then by autograd)."
+    "(σ, σ') for a name in `ACTIVATIONS`, a `LeakyReLU`, or an elementwise callable σ (σ' then by autograd)."
+    if isinstance(activation, LeakyReLU): return activation, activation.derivative
     if isinstance(activation, str): return ACTIVATIONS[check_choice(activation, 'activation', list(ACTIVATIONS))]
     if callable(activation) and not isinstance(activation, type):
         _check_callable(activation)
         return activation, _autograd_derivative(activation)
-    raise TypeError(f"`activation` must be a name in {list(ACTIVATIONS)} or an elementwise callable, got {activation!r}")
+    raise TypeError(f"`activation` must be a name in {list(ACTIVATIONS)}, a LeakyReLU or an elementwise callable, "
+                    f"got {activation!r}")
+
+# %% ../nbs/01_ntk.ipynb #fddae5c9
+@dataclass(frozen=True)
+class LeakyReLU:
+    """Leaky ReLU σ(z) = max(z, a z) with slope a = `slope` ∈ [0, 1] (default 0.01, torch's), an activation with
+    closed-form moments (`leaky_relu_moments`): pass it as `activation` to `nngp_ntk`, `MLP` or `activation_fns`.
+    Calling it applies σ elementwise to a float tensor (or array), like torch.nn.functional.leaky_relu."""
+    slope: float = 0.01
+    def __post_init__(self): object.__setattr__(self, 'slope', _check_slope(self.slope))
+
+    def __call__(self, z) -> torch.Tensor:
+        "σ(z) = max(z, a z), elementwise: z a float tensor or array of any shape."
+        return F.leaky_relu(_float_input(z), self.slope)
+
+    def derivative(self, z) -> torch.Tensor:
+        "σ'(z) = 1 for z > 0 and a for z ≤ 0 (the value at the kink is a convention, as for relu' in `ACTIVATIONS`)."
+        z = _float_input(z)
+        return torch.where(z > 0, torch.ones_like(z), torch.full_like(z, self.slope))
+
+    def moments(self, k11, k12, k22) -> tuple[torch.Tensor, torch.Tensor]:
+        "`leaky_relu_moments(k11, k12, k22, slope)` with this slope."
+        return leaky_relu_moments(k11, k12, k22, self.slope)
+
+def _float_input(z):
+    "An activation's input: a float tensor as it is (inside torch.func transforms too), else converted, naming `z`."
+    if isinstance(z, torch.Tensor):
+        if not z.is_floating_point(): raise TypeError(f"`z` must be a float tensor, got {z.dtype}")
+        return z
+    return as_tensor(z, 'z', finite=False)
+
+def _closed_form(activation):
+    "The unchecked closed-form moment map (k11, k12, k22) ↦ (Σ, Σ̇) of `activation`, or None (then quadrature)."
+    if isinstance(activation, LeakyReLU): return functools.partial(_leaky, slope=activation.slope)
+    if isinstance(activation, str): return _CLOSED.get(activation)
+    return None
 
 # %% ../nbs/01_ntk.ipynb #5e2f8a60
 _T = 9.0                # |η| ≤ 9 holds all of a standard normal but 2·10⁻¹⁹ of its mass
@@ -308,7 +371,8 @@ def _quadrature(activation, k11, k12, k22, n_points=None, rtol=None, max_points=
                              f"more than rtol={rtol:.1e} of the scale. This happens for a non-smooth activation (a kink "
                              "or jump: relu, abs, leaky_relu, hardtanh, relu6, elu; the rule needs σ smooth), for one "
                              "steep on a scale far below 1, or for variances beyond about 1e20. Use a closed form ('relu', "
-                             f"'erf', 'gelu', 'linear'), rescale the inputs or C_W, or raise `max_points` (≤ {_MAX_NODES}) "
+                             "'erf', 'gelu', 'linear', or LeakyReLU(slope) for leaky ReLU, whose moments are "
+                             f"leaky_relu_moments), rescale the inputs or C_W, or raise `max_points` (≤ {_MAX_NODES}) "
                              "or `rtol`.")
         out.append(m.reshape(shape)); used.append(int(n.max()))
     return out[0], out[1], tuple(used)
@@ -323,13 +387,16 @@ def quadrature_moments(activation, k11, k12, k22, n_points: int | None = None, c
     variances ≤ 1 and uniform in t with v = sinh t for larger ones (nodes where σ varies and where the Gaussian lives, so
     n grows like log K). |ρ| = 1 uses the outer rule alone (the diagonal of `nngp_ntk` is this case). `activation`: a
     name in `ACTIVATIONS` or an elementwise callable that is smooth (no kinks or jumps: for relu, abs, leaky_relu,
-    hardtanh, relu6 or elu the refinement does not converge and it raises; use the closed forms), varies on the unit
+    hardtanh, relu6 or elu the refinement does not converge and it raises; use the closed forms, `LeakyReLU` included), varies on the unit
     scale and grows at most polynomially (the rule is cut at 9 standard deviations; a callable whose integrand is not
     negligible there, e.g. torch.exp at large K, raises). `n_points`: n, the intervals per axis; None (default) refines
     each entry on its own, n = 32, 64, … ≤ `max_points`, until n and n/2 agree to rtol (default 1e-10 in float64) of
     √(𝔼σ(u)² 𝔼σ(v)²), and raises ValueError (naming the activation and the variance) where they never do. About
     `chunk` nodes are alive at once."""
     activation_fns(activation)
+    if isinstance(activation, LeakyReLU):
+        raise ValueError(f"`activation` {activation!r} has a kink, which the trapezoidal rule cannot integrate to rtol; its "
+                         f"moments are in closed form: leaky_relu_moments(k11, k12, k22, {activation.slope!r}) (nngp_ntk uses them)")
     k11, k12, k22 = _moment_args(k11, k12, k22)
     if n_points is not None:
         n_points = check_int(n_points, 'n_points', minimum=2)
@@ -342,7 +409,8 @@ def quadrature_moments(activation, k11, k12, k22, n_points: int | None = None, c
 
 def _diag_moments(activation, k, n_points=None):
     "(𝔼[σ(z)²], 𝔼[σ'(z)²]) for z ~ N(0, k): the ρ = 1 entries of the moment maps, by the same code (bit for bit)."
-    if isinstance(activation, str) and activation in _CLOSED: return _CLOSED[activation](k, k, k)
+    closed = _closed_form(activation)
+    if closed is not None: return closed(k, k, k)
     return _quadrature(activation, k, k, k, n_points)[:2]
 
 # %% ../nbs/01_ntk.ipynb #a615f9ea
@@ -408,7 +476,8 @@ def _first_layer(x1, x2, N1, N2, C_W, C_b, chunk=2**20):
 def _layer_moments(activation, k11, k12, k22, n_points, symmetric=False):
     """One layer's (𝔼σσ, 𝔼σ'σ') under K^l (closed form when there is one, else quadrature, entry by entry).
     `symmetric`: a diagonal tile (k11 = k22ᵀ, k12 symmetric), where quadrature is done on the upper triangle only."""
-    if isinstance(activation, str) and activation in _CLOSED: return _CLOSED[activation](k11, k12, k22)
+    closed = _closed_form(activation)
+    if closed is not None: return closed(k11, k12, k22)
     if not symmetric: return _quadrature(activation, k11, k12, k22, n_points)[:2]
     i, j = torch.triu_indices(*k12.shape, device=k12.device)
     m, md, _ = _quadrature(activation, k11[i, 0], k12[i, j], k22[0, j], n_points)
@@ -438,7 +507,7 @@ def nngp_ntk(x1, x2=None, depth: int | None = None, activation='relu', C_W: floa
     dtype; float32 with float64 computes in float64). `depth` (required) = L hidden layers;
     the readout is layer L+1 and the returned kernels are Kᴸ⁺¹, Θᴸ⁺¹ of the network output. K¹ = C_b + C_W x·x'/n₀,
     Θ¹ = K¹; Kˡ⁺¹ = C_b + C_W 𝔼[σ(u)σ(v)], Θˡ⁺¹ = Kˡ⁺¹ + C_W 𝔼[σ'(u)σ'(v)] Θ^l, (u, v) ~ N(0, K^l).
-    `activation`: 'relu', 'erf', 'gelu', 'linear' (closed forms), another name in `ACTIVATIONS` or an elementwise
+    `activation`: 'relu', 'erf', 'gelu', 'linear' or `LeakyReLU(slope)` (closed forms), another name in `ACTIVATIONS` or an elementwise
     callable (trapezoidal quadrature, refined to 1e-10 of the kernel's scale unless `n_points` fixes the intervals per
     axis). `batch_size`: edge of the square tiles the matrices are computed in (default 512), bounding memory.
     NTK parameterisation (see `MLP`). Raises OverflowError (or ValueError for underflow) when the kernels leave the

@@ -393,6 +393,8 @@ def _ntk_specs():
     return [
         *[Spec(f'ntk.{f}', mom, moments, accept=bcast) for f in ('relu_moments', 'erf_moments', 'gelu_moments', 'linear_moments')],
         Spec('ntk.activation_fns', lambda: dict(activation='tanh'), {'activation': 'activation'}),
+        Spec('ntk.leaky_relu_moments', lambda: dict(mom(), slope=0.1), moments | {'slope': 'unit'}, accept=bcast),
+        Spec('ntk.LeakyReLU', lambda: dict(slope=0.1), {'slope': 'unit'}),
         Spec('ntk.quadrature_moments', lambda: dict(mom(), activation='tanh'),
              moments | {'activation': 'activation', 'n_points': 'size', 'chunk': 'size', 'rtol': 'positive', 'max_points': 'size'},
              accept=bcast | {'chunk': {'huge'}}),                 # `chunk` bounds memory; a huge one allocates nothing more
