@@ -423,10 +423,15 @@ def _check_flag(show_progress):
     if show_progress is not None and not isinstance(show_progress, bool):
         raise TypeError(f"`show_progress` must be True, False or None, got {show_progress!r}")
 
-def _overflow(what, layer, C_W, dtype):
-    hint = ", or compute in float64" if dtype != torch.float64 else ""
-    return OverflowError(f"nngp_ntk: {what} exceeds the {dtype} range at layer {layer} (C_W = {C_W}): off criticality "
-                         f"it grows geometrically with depth. Reduce `depth` or `C_W`{hint}.")
+def _overflow(what, layer, C_W, C_b, k1, dtype):
+    "The OverflowError naming its cause: C_b or the first-layer kernel K¹ (|x|) near the dtype's top, else the depth."
+    hint, big = (", or compute in float64" if dtype != torch.float64 else ""), torch.finfo(dtype).max / 1e6
+    if C_b > big: cause = f"the bias variance C_b = {C_b:.3g} is within 10⁶ of the largest {dtype} value. Reduce `C_b`"
+    elif k1 > big: cause = (f"the first-layer kernel K¹ = C_b + C_W‖x‖²/n₀ is already {k1:.3g} (large |x|). Rescale the "
+                            "inputs")
+    else: cause = "off criticality it grows geometrically with depth. Reduce `depth` or `C_W`"
+    return OverflowError(f"nngp_ntk: {what} exceeds the {dtype} range at layer {layer} (C_W = {C_W}, C_b = {C_b:.3g}): "
+                         f"{cause}{hint}.")
 
 def _diag_kernels(x, N, depth, activation, C_W, C_b, n_points):
     "K^l(x, x) and Θ^l(x, x) for l = 1..L+1 from the one-dimensional recursions: two (L+1, n) tensors, checked."
@@ -439,8 +444,8 @@ def _diag_kernels(x, N, depth, activation, C_W, C_b, n_points):
         m, md = _diag_moments(activation, ks[-1], n_points)
         k = C_b + C_W * m
         t = k + C_W * md * ts[-1]
-        if not all_finite(k): raise _overflow('the NNGP kernel K', l + 2, C_W, k.dtype)
-        if not all_finite(t): raise _overflow('the NTK Θ', l + 2, C_W, t.dtype)
+        if not all_finite(k): raise _overflow('the NNGP kernel K', l + 2, C_W, C_b, float(ks[0].max()), k.dtype)
+        if not all_finite(t): raise _overflow('the NTK Θ', l + 2, C_W, C_b, float(ks[0].max()), t.dtype)
         if bool((alive & (k < tiny)).any()):
             raise ValueError(f"nngp_ntk: the kernel K underflows below {tiny:.1e} at layer {l + 2} (C_W = {C_W}): in the "
                              "ordered phase the signal dies geometrically with depth. Reduce `depth` or raise `C_W`.")
@@ -833,9 +838,9 @@ def _gp_inputs(K_train, K_test_train, K_test, y_train, dtype=None):
 
 def _predictive(A, root, m, y):
     "Mean A y and covariance [I, −A] J [I, −A]ᵀ of f(X*) − A f(X) + A y, PSD by construction (J = root rootᵀ)."
-    F = root[:m] - A @ root[m:]                                               # (m, m + n)
-    cov = F @ F.T
-    return A @ y, (cov + cov.T) / 2
+    F = root[:m] - A @ root[m:]                                               # (..., m, m + n)
+    cov = F @ F.mT
+    return A @ y, (cov + cov.mT) / 2
 
 def ntk_ensemble(K_train, K_test_train, K_test, Theta_train, Theta_test_train, y_train, t=None, lr: float = 1.0
                  ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -846,7 +851,8 @@ def ntk_ensemble(K_train, K_test_train, K_test, Theta_train, Theta_test_train, y
     Theta_train Θ(X, X): (n, n), Theta_test_train Θ(X*, X): (m, n); y_train: (n,) or (n, k). With
     A_t = Θ(X*, X) Θ⁻¹ (I − e^(−ηΘt)): mean A_t y, shape (m,) or (m, k); covariance (m, m)
     K(X*, X*) − A_t K(X, X*) − K(X*, X) A_tᵀ + A_t K A_tᵀ, shared by the k outputs. t = None (or ∞): converged
-    (A = Θ(X*, X)Θ⁺); t = 0: the prior, mean 0 and covariance K_test. Computed in the widest float dtype of the inputs
+    (A = Θ(X*, X)Θ⁺); t = 0: the prior, mean 0 and covariance K_test. A vector of T times in `t` (finite) gives
+    (T, m) or (T, m, k) means and (T, m, m) covariances, as `ntk_regression` does. Computed in the widest float dtype of the inputs
     (integers count as torch's default dtype)."""
     dtype = _common_dtype(K_train=K_train, K_test_train=K_test_train, K_test=K_test, Theta_train=Theta_train,
                           Theta_test_train=Theta_test_train, y_train=y_train)
@@ -855,10 +861,11 @@ def ntk_ensemble(K_train, K_test_train, K_test, Theta_train, Theta_test_train, y
     Th = _kernel_matrix(Theta_train, 'Theta_train', n, ref=K, psd=False)
     Tst = _rows(Theta_test_train, 'Theta_test_train', m, n, K)
     lr = check_positive(lr, 'lr')
-    tt = _times(t, K, scalar=True)
+    tt = _times(t, K)
     mu, V, tiny = _spectral(Th, 'Theta_train')
-    A = Tst @ (V * _flow_gain(mu, tiny, tt, lr)[0]) @ V.T                     # Θ(X*, X) Θ⁻¹(I − e^{−ηΘt}): (m, n)
-    return _predictive(A, root, m, y)
+    A = Tst @ (V * _flow_gain(mu, tiny, tt, lr)[:, None, :]) @ V.T            # Θ(X*, X) Θ⁻¹(I − e^{−ηΘt}): (T, m, n)
+    mean, cov = _predictive(A, root, m, y)
+    return (mean, cov) if tt is not None and tt.ndim == 1 else (mean[0], cov[0])
 
 def nngp_posterior(K_train, K_test_train, K_test, y_train, noise: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Bayesian posterior of the NNGP f ~ GP(0, K) given y = f(X) + ε, ε ~ N(0, σ²I): mean (m,) or (m, k) and
