@@ -16,14 +16,16 @@ batched matmul per layer); the two loops batch nothing beyond the minibatch. So 
     per-layer parameter groups against mup's MuSGD on nn.Linear + MuReadout: the cost of the μP implementation;
   - "abc_mlp loop / geobook lr_sweep" and "mup loop / geobook lr_sweep": what batching the sweep buys.
 The timed runs are interleaved (round r runs the three in an order rotated by r) so that a change of the machine's
-load hits all three alike; medians over the rounds. Peak extra memory is measured afterwards, one run each.
+load hits all three alike; medians over the rounds. Peak extra memory is measured afterwards, one sweep each in a fresh
+process (after the data are loaded): in the timing process, sweeps after the first reuse the pages earlier ones freed
+and read as ~0 MB.
 Results go to benchmarks/results/feature_learning.json, which chapter 6 reads.
 
     python benchmarks/bench_feature_learning.py            # widths 64..1024, 7 learning rates, 100 steps, 5 rounds
     python benchmarks/bench_feature_learning.py --quick    # widths 64..256, 3 rounds (a few minutes on a busy machine)
 """
 from __future__ import annotations
-import argparse, math, sys, time
+import argparse, json, math, subprocess, sys, time
 from pathlib import Path
 import numpy as np
 import torch
@@ -105,15 +107,34 @@ def rel_gap(a, b):
     return float(np.max(np.abs(a[both] - b[both]) / np.abs(b[both]))), bool((np.isfinite(a) == np.isfinite(b)).all())
 
 
+def sweeps(X, y, widths):
+    "name -> a function running that implementation's whole sweep."
+    return {'geobook lr_sweep': lambda: geobook_sweep(X, y, widths), 'abc_mlp loop': lambda: loop_sweep(X, y, widths, 'loop'),
+            'mup loop': lambda: loop_sweep(X, y, widths, 'mup')}
+
+
+def peak_in_fresh_process(name, widths, threads):
+    "Peak extra resident memory (MB, method) of one sweep of `name`, run alone in a new Python process."
+    out = subprocess.run([sys.executable, __file__, '--peak-of', name, '--widths', json.dumps(widths),
+                          '--threads', str(threads)], capture_output=True, text=True, check=True)
+    return tuple(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--quick', action='store_true', help='widths 64..256 and fewer repeats')
     ap.add_argument('--repeats', type=int, default=None, help='interleaved rounds (default 5, quick 3)')
     ap.add_argument('--threads', type=int, default=1,
                     help='torch threads for all three (default 1: repeatable on a shared machine; 0 = torch default)')
+    ap.add_argument('--peak-of', default=None, help=argparse.SUPPRESS)     # the child of peak_in_fresh_process
+    ap.add_argument('--widths', default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.threads > 0: torch.set_num_threads(args.threads)
     widths = [64, 128, 256] if args.quick else [64, 128, 256, 512, 1024]
+    if args.peak_of:
+        X, y = digits()
+        with PeakRSS() as pk: sweeps(X, y, json.loads(args.widths))[args.peak_of]()
+        print(json.dumps([pk.peak_mb, pk.method])); return
     repeats = args.repeats or (3 if args.quick else 5)
     X, y = digits()
     losses = {'geobook lr_sweep': geobook_sweep(X, y, widths), 'abc_mlp loop': loop_sweep(X, y, widths, 'loop'),
@@ -121,8 +142,7 @@ def main(argv=None):
     agreement = {k: rel_gap(v, losses['mup loop']) for k, v in losses.items() if k != 'mup loop'}
     for k, (gap, same) in agreement.items():
         print(f"{k} vs mup: largest relative difference of the final losses {gap:.2e}; same runs diverged: {same}")
-    fns = {'geobook lr_sweep': lambda: geobook_sweep(X, y, widths), 'abc_mlp loop': lambda: loop_sweep(X, y, widths, 'loop'),
-           'mup loop': lambda: loop_sweep(X, y, widths, 'mup')}
+    fns = sweeps(X, y, widths)
     names, times = list(fns), {k: [] for k in fns}
     for r in range(repeats):                                   # interleaved: A B C, B C A, C A B, ...
         for name in names[r % 3:] + names[:r % 3]:
@@ -130,16 +150,16 @@ def main(argv=None):
         print(f"round {r + 1}/{repeats}: " + ', '.join(f'{k} {v[-1]:.2f} s' for k, v in times.items()), flush=True)
     rows = []
     for name, fn in fns.items():
-        with PeakRSS() as pk: fn()
+        peak_mb, peak_method = peak_in_fresh_process(name, widths, args.threads)
         ts = times[name]
         rows.append({'implementation': name, 'widths': widths, 'n_lrs': len(LRS), 'steps': STEPS, 'batch_size': BATCH,
                      'batched': name == 'geobook lr_sweep',
-                     'median_s': float(np.median(ts)), 'min_s': min(ts), 'runs': ts, 'peak_mb': pk.peak_mb,
-                     'peak_method': pk.method,
+                     'median_s': float(np.median(ts)), 'min_s': min(ts), 'runs': ts, 'peak_mb': peak_mb,
+                     'peak_method': f'{peak_method}, one sweep in a fresh process',
                      'max_rel_loss_diff_vs_mup': None if name == 'mup loop' else agreement[name][0],
                      'same_divergence_as_mup': None if name == 'mup loop' else agreement[name][1]})
         print(f"{name:18s} median {rows[-1]['median_s']:7.2f} s  (runs {', '.join(f'{r:.2f}' for r in ts)}; "
-              f"peak +{pk.peak_mb:.0f} MB)", flush=True)
+              f"peak +{peak_mb:.0f} MB)", flush=True)
     t = {r['implementation']: r['median_s'] for r in rows}
     ratios = {'mup_over_geobook': t['mup loop'] / t['geobook lr_sweep'], 'loop_over_geobook': t['abc_mlp loop'] / t['geobook lr_sweep'],
               'mup_over_loop': t['mup loop'] / t['abc_mlp loop']}
@@ -153,7 +173,7 @@ def main(argv=None):
                   timing='interleaved rounds (order rotated each round), medians over rounds',
                   losses={k: [[x if math.isfinite(x) else None for x in row] for row in v.tolist()] for k, v in losses.items()},
                   note='same μP models (mup networks carry geobook\'s initial weights; base width 1), same minibatches, '
-                       'same steps; times are medians of whole sweeps over interleaved rounds; peak_mb is the extra resident memory of one sweep. '
+                       'same steps; times are medians of whole sweeps over interleaved rounds; peak_mb is the extra resident memory of one sweep in a fresh process. '
                        'lr_sweep batches the learning rates of a width into one network; the two loops train one network at a time. '
                        'Losses are float32, so the three agree to rounding amplified by 100 steps, not bit for bit; null = diverged.')
 
