@@ -135,3 +135,17 @@ def test_cells_that_import_only_import():
                any(not isinstance(n, (ast.Import, ast.ImportFrom)) for n in tree.body):
                 bad.append(f'{p.name} cell {i}')
     assert not bad, f'cells that mix imports with other code: {bad}'
+
+
+def test_no_cell_shows_an_object_repr():
+    """A cell whose last line returns a matplotlib object (`ax.legend(...)`, `plt.title(...)`) shows its repr, e.g.
+    `<matplotlib.legend.Legend at 0x7fd4e75b1350>`: the address changes from run to run, so the JupyterLab test's
+    identical-rerun check fails on it (it did, in chapter 2). End such cells with `plt.show()` or `;`."""
+    obj = re.compile(r'^<[\w.]+( object)?( at 0x[0-9a-f]+)?>$')
+    bad = []
+    for p in NOTEBOOKS:
+        for i, c in enumerate(read_nb(p)['cells']):
+            for o in c.get('outputs', []) if c['cell_type'] == 'code' else []:
+                text = ''.join(o.get('data', {}).get('text/plain', [])) if o.get('output_type') == 'execute_result' else ''
+                if obj.match(text.strip()): bad.append(f'{p.name} cell {i}: {text.strip()}')
+    assert not bad, f'cells that show an object repr (end them with plt.show() or ;): {bad}'
