@@ -74,15 +74,20 @@ chromium:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "The site check needs Chromium: install Debian's 'chromium' package (or set GEOBOOK_CHROMIUM)."; exit 1; fi; }
 
+# The site test runs in a pytest process of its own: after the rest of the suite in the same process, its local
+# server's pages stopped reaching 'networkidle' within 30 s (every page, twice on 2026-11-30; cause not found yet),
+# while the same build passes alone. Both runs must pass.
 test: $(STAMP) chromium
 	$(BIN)/python tools/check_sync.py
 	$(BIN)/python tools/build_site.py
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests --ignore=tests/test_site.py
+	$(BIN)/python -m pytest tests/test_site.py
 
 test-all: $(STAMP) chromium
 	$(BIN)/python tools/check_sync.py
 	$(BIN)/python tools/build_site.py
-	GEOBOOK_TEST_FLAGS="slow $(GPU_FLAG)" $(BIN)/python -m pytest tests
+	GEOBOOK_TEST_FLAGS="slow $(GPU_FLAG)" $(BIN)/python -m pytest tests --ignore=tests/test_site.py
+	$(BIN)/python -m pytest tests/test_site.py
 
 test-lab: $(STAMP) chromium
 	GEOBOOK_TEST_FLAGS=slow $(BIN)/python -m pytest tests/test_lab.py
