@@ -105,6 +105,10 @@ def _check_weights(w, n: int, name: str, like: torch.Tensor, batch=None):
         raise ValueError(f"`{name}` must sum to 1 (got {s.flatten()[0].item():.6g}); divide it by its sum to normalise")
     return w
 
+def _pow2_scale(big: float) -> float:
+    "A power of two ≥ big (1 for big = 0): dividing by it is exact."
+    return 2.0 ** math.ceil(math.log2(big)) if big > 0 else 1.0
+
 def _to_out(t: torch.Tensor, out: torch.dtype) -> torch.Tensor:
     "t in the output dtype `out`; OverflowError when a finite result is beyond that dtype's range (half precision)."
     r = t.to(out)
@@ -168,19 +172,36 @@ def _wasserstein_1d(u: torch.Tensor, v: torch.Tensor, uw=None, vw=None, p: float
     dq = torch.diff(q, dim=-1, prepend=torch.zeros_like(q[..., :1]))
     return _lp_rows(torch.gather(us, -1, ik) - torch.gather(vs, -1, jk), p, dq)
 
+_SLIVER_ULPS = 4               # weighted merges: a piece narrower than 4(n + m) ulps of its level is rounding
+
+def _cumulative(w, idx, batch, k: int) -> torch.Tensor:
+    """Cumulative weights (float64) of the sorted atoms: exactly i/k for uniform weights (a correctly rounded quotient
+    of integers, so equal levels i/k = j/m of two measures are one number), else the cumulative sum divided by its last
+    entry (which makes the last level exactly 1)."""
+    if w is None:
+        return (torch.arange(1, k + 1, dtype=torch.float64, device=idx.device) / k).expand(idx.shape)
+    c = torch.cumsum(torch.gather(w.to(torch.float64).expand(*batch, k), -1, idx), -1)
+    return c / c[..., -1:]
+
 def _merged_quantiles(iu, iv, uw, vw, batch, n, m, dtype):
     """The merged cumulative weights q_1 ≤ … ≤ q_K (K = n + m) of two sorted measures and, for each piece
-    (q_(k-1), q_k], the sorted indices i_k = min{i : A_i ≥ q_k} and j_k = min{j : B_j ≥ q_k}."""
-    aw = (torch.full(iu.shape, 1.0 / n, dtype=dtype, device=iu.device) if uw is None
-          else torch.gather(uw.expand(*batch, n), -1, iu))
-    bw = (torch.full(iv.shape, 1.0 / m, dtype=dtype, device=iv.device) if vw is None
-          else torch.gather(vw.expand(*batch, m), -1, iv))
-    A, Bc = torch.cumsum(aw, -1), torch.cumsum(bw, -1)
-    A, Bc = A / A[..., -1:], Bc / Bc[..., -1:]                    # the last cumulative weight is exactly 1
+    (q_(k-1), q_k], the sorted indices i_k = min{i : A_i ≥ q_k} and j_k = min{j : B_j ≥ q_k}.
+
+    Computed in float64. A level both measures reach must be one number, or the rounding leaves a sliver piece between
+    the two copies that pairs an atom with its neighbour's partner (its cost ~ ε·|Δ|^p, which the p-th root turns into
+    ε^(1/p)·|Δ|: 0.5 at p = 50). Uniform weights give exact levels; with weights, a piece narrower than
+    4(n + m)·ε₆₄·q_k is such a sliver and is merged into the previous piece (width 0)."""
+    A, Bc = _cumulative(uw, iu, batch, n), _cumulative(vw, iv, batch, m)
     q = torch.sort(torch.cat([A, Bc], -1), -1).values
     ik = torch.searchsorted(A.detach().contiguous(), q.detach().contiguous()).clamp_max(n - 1)
     jk = torch.searchsorted(Bc.detach().contiguous(), q.detach().contiguous()).clamp_max(m - 1)
-    return q, ik, jk
+    if uw is not None or vw is not None:
+        qd = q.detach()
+        prev = torch.cat([torch.zeros_like(qd[..., :1]), qd[..., :-1]], -1)
+        sliver = (qd - prev) <= _SLIVER_ULPS * (n + m) * torch.finfo(torch.float64).eps * qd
+        pos = torch.arange(q.shape[-1], device=q.device).expand(q.shape)
+        q = torch.gather(q, -1, torch.where(sliver, torch.zeros_like(pos), pos).cummax(-1).values)  # the last real level
+    return q.to(dtype), ik, jk
 
 def _check_1d(u, v):
     "Atoms u (..., n), v (..., m) in a safe compute dtype, and the dtype to return."
@@ -516,8 +537,9 @@ def sliced_costs(X, Y, projections, p: float = 2, a=None, b=None, chunk_size: in
     """The L one-dimensional costs c_l = W_p^p(θ_l♯μ, θ_l♯ν), shape (L,), for X (n, d), Y (m, d), projections (d, L)
     with unit columns.
 
-    `a` (n,) and `b` (m,) are probability weights (None: uniform). Differentiable in X, Y and the projections. A cost
-    beyond the dtype's range is inf (W_p^p overflows before W_p does: `sliced_wasserstein` never does)."""
+    `a` (n,) and `b` (m,) are probability weights (None: uniform). Differentiable in X, Y and the projections. In
+    float32 and float64 a cost beyond the dtype's range is inf (W_p^p overflows before W_p does: `sliced_wasserstein`
+    never does); half-precision inputs are computed in float32, and a cost beyond the half range raises OverflowError."""
     p = _check_p(p)
     X, Y, out = _check_clouds(X, Y)
     th = _check_projections(projections, X.shape[1], X)
@@ -545,7 +567,10 @@ def sliced_wasserstein(X, Y, p: float = 2, n_projections: int = 128, projections
 
 # %% ../nbs/04_sliced_wasserstein.ipynb #lib-maxsw
 def _unit(v: torch.Tensor, dim: int = 0) -> torch.Tensor:
-    return v / v.norm(dim=dim, keepdim=True).clamp_min(1e-300)
+    "v/‖v‖ along `dim`, divided first by max |v| (detached) so that the squares of the norm neither overflow nor underflow."
+    s = v.detach().abs().amax(dim=dim, keepdim=True)
+    u = v / torch.where(s > 0, s, torch.ones_like(s))
+    return u / u.norm(dim=dim, keepdim=True).clamp_min(1e-300)
 
 def _polish(f, Th, val, g, trials: int = 8, rounds: int = 40, radius: float = 0.05):
     """Random search around each column of Th (d, K): `trials` tangent perturbations per round, the best kept when it
@@ -630,6 +655,22 @@ def max_sliced_wasserstein(X, Y, p: float = 2, n_starts: int = 8, n_candidates: 
     return (dist, best.to(out)) if return_direction else dist
 
 # %% ../nbs/04_sliced_wasserstein.ipynb #lib-gsw
+def _poly_scale(g: torch.Tensor, e: int, k: int, out: torch.dtype) -> torch.Tensor:
+    """2^(ek) · g in the output dtype `out` (GSW-poly at scale 1 times s^k, s = 2^e), multiplied in float64 by factors
+    of at most 2^±1000 (exact); OverflowError naming `degree` and the data when the result leaves `out`'s range."""
+    gv, ek = float(g), e * k
+    if gv > 0:
+        log2r = math.log2(gv) + ek
+        fi = torch.finfo(out)
+        if log2r > math.log2(fi.max) or log2r < math.log2(fi.tiny):
+            raise OverflowError(f"polynomial GSW with `degree` = {k} is homogeneous of degree {k} in the data: here it is "
+                                f"≈ 2^{log2r:.0f}, {'beyond' if log2r > 0 else 'below'} the range of {out}; rescale X "
+                                f"and Y (GSW(sX, sY) = s^k·GSW(X, Y)) or lower `degree`")
+    r = g.to(torch.float64)
+    while ek:
+        step = max(-1000, min(1000, ek)); r = r * 2.0 ** step; ek -= step
+    return r.to(out)
+
 def _monomials(X: torch.Tensor, degree: int) -> torch.Tensor:
     "All monomials x^α with |α| = degree of the rows of X (n, d): shape (n, C(d+degree-1, degree))."
     idx = list(itertools.combinations_with_replacement(range(X.shape[1]), degree))
@@ -644,7 +685,8 @@ def generalized_sliced_wasserstein(X, Y, kind: str = 'circular', p: float = 2, n
     kind='circular': g(x, θ) = ‖x − rθ‖ with r = `radius`, θ in Sᵈ⁻¹ (projections (d, L));
     kind='poly': g(x, θ) = Σ over |α| = k of θ_α x^α with odd k = `degree`, θ in Sᴹ⁻¹, M = C(d+k-1, k) (projections (M, L)).
     The monomials are formed of X/s with s a power of two ≥ max|x| and the result multiplied by s^k, so they cannot
-    overflow; `seed`: None, int or Generator."""
+    overflow; a result beyond the output dtype's range (GSW-poly grows like s^k) raises OverflowError naming `degree`.
+    `seed`: None, int or Generator."""
     check_choice(kind, 'kind', ['circular', 'poly'])
     p = _check_p(p)
     X, Y, out = _check_clouds(X, Y)
@@ -657,11 +699,11 @@ def generalized_sliced_wasserstein(X, Y, kind: str = 'circular', p: float = 2, n
         M = math.comb(d + k - 1, k)
         _check_size(M * max(n, Y.shape[0]), 'degree', f'the (n, {M}) monomial features')
         big = max(float(X.detach().abs().max()), float(Y.detach().abs().max()))
-        s = 2.0 ** math.ceil(math.log2(big)) if big > 0 else 1.0
-        FX, FY = _monomials(X / s, k), _monomials(Y / s, k)
+        e = math.ceil(math.log2(big)) if big > 0 else 0                    # s = 2^e ≥ max |x|: X/s is exact
+        FX, FY = _monomials(X / 2.0 ** e, k), _monomials(Y / 2.0 ** e, k)
         th = (sample_projections(M, n_projections, sampler, seed, FX.dtype, FX.device) if projections is None
               else _check_projections(projections, M, FX))
-        return _to_out(s ** k * _power_mean(_slice_distances(FX, FY, th, p, a, b), p), out)
+        return _poly_scale(_power_mean(_slice_distances(FX, FY, th, p, a, b), p), e, k, out)
     th = (sample_projections(d, n_projections, sampler, seed, X.dtype, X.device) if projections is None
           else _check_projections(projections, d, X))
     if 4 * r > torch.finfo(X.dtype).max: raise OverflowError(f"`radius` = {r:g} overflows {X.dtype}")
@@ -709,6 +751,9 @@ def distributional_sliced_wasserstein(X, Y, p: float = 2, n_projections: int = 1
             th = push(sample_projections(d, L, 'gaussian', g, X.dtype, X.device))
             obj = _power_mean(_slice_distances(Xd, Yd, th, p, a, b), p) - lam * (th.T @ th).abs().mean()
             opt.zero_grad(); (-obj).backward(); opt.step()
+        if not bool(torch.isfinite(A).all()):
+            raise OverflowError(f"the slice map A overflowed {X.dtype} during the ascent: `lr` = {lr:g} is too large "
+                                f"(Adam moves each entry of A by about `lr` per step)")
     with torch.no_grad(): th = push(sample_projections(d, L, 'gaussian', g, X.dtype, X.device))
     dist = _to_out(_power_mean(_slice_distances(X, Y, th, p, a, b), p), out)
     return (dist, th.to(out)) if return_projections else dist
@@ -765,6 +810,7 @@ def augmented_sliced_wasserstein(X, Y, p: float = 2, n_projections: int = 128, a
 # %% ../nbs/04_sliced_wasserstein.ipynb #lib-vmf
 _MAX_KAPPA = 1e10          # the sampler and the Hankel branch; the series branch stops at _SERIES_KAPPA
 _SERIES_KAPPA = 1e6
+_MAX_VMF_D = 10**6        # larger dimensions are refused: checked against mpmath up to here
 
 def _check_kappa(kappa, name: str = 'kappa') -> torch.Tensor:
     k = as_tensor(kappa, name, dtype=torch.float64 if not isinstance(kappa, torch.Tensor) else None)
@@ -805,6 +851,9 @@ def _vmf_half_safe(k: torch.Tensor, d: int):
 def _vmf_A_kl(k: torch.Tensor, d: int):
     """A_d(κ) and KL(vMF(μ, κ) ‖ σ) elementwise: the log-space series below the Hankel threshold, Hankel's expansion
     (with κ(1 − A_d) summed term by term, so κA_d − log M_d never subtracts two numbers of size κ) above it."""
+    if d > _MAX_VMF_D:
+        raise ValueError(f"`d` = {d:,} is beyond {_MAX_VMF_D:,}, where the vMF normaliser is validated: the series' "
+                         f"log-gamma differences lose about ε·d·log d (a relative 1e-8 at d = 1e7, a negative KL at 1e17)")
     nu = d / 2 - 1
     thr = _hankel_threshold(nu)
     big = k >= thr
@@ -823,14 +872,14 @@ def _vmf_A_kl(k: torch.Tensor, d: int):
 
 def vmf_mean_resultant_length(kappa, d: int) -> torch.Tensor:
     """A_d(κ) = E⟨μ, θ⟩ for θ ~ vMF(μ, κ) on Sᵈ⁻¹: I_(d/2)(κ)/I_(d/2-1)(κ), from κ/d (κ → 0) to 1 − (d−1)/(2κ).
-    κ ≥ 0 (scalar or tensor, ≤ 1e10; between 1e6 and 10(d/2)² refused), d ≥ 2; differentiable in κ."""
+    κ ≥ 0 (scalar or tensor, ≤ 1e10; between 1e6 and 10(d/2)² refused), 2 ≤ d ≤ 10⁶; differentiable in κ."""
     d = check_int(d, 'd', minimum=2)
     return _vmf_half_safe(_check_kappa(kappa), d)[0]
 
 def vmf_kl_uniform(kappa, d: int) -> torch.Tensor:
     """KL(vMF(μ, κ) ‖ Unif(Sᵈ⁻¹)) = κ A_d(κ) − log M(κ), with M(κ) = E_(θ~Unif)[exp(κ⟨μ,θ⟩)] = Γ(d/2)(2/κ)^(d/2-1)
     I_(d/2-1)(κ) the normaliser and A_d the mean resultant length; independent of μ. κ ≥ 0 (scalar or tensor, ≤ 1e10;
-    between 1e6 and 10(d/2)² refused), d ≥ 2; differentiable in κ. Small κ: κ²/(2d); large κ: ((d−1)/2) log κ + O(1)."""
+    between 1e6 and 10(d/2)² refused), 2 ≤ d ≤ 10⁶; differentiable in κ. Small κ: κ²/(2d); large κ: ((d−1)/2) log κ + O(1)."""
     d = check_int(d, 'd', minimum=2)
     return _vmf_half_safe(_check_kappa(kappa), d)[1]
 
@@ -888,9 +937,10 @@ PACBound.__doc__ = ("A PAC-Bayesian lower bound on SW_p^p(μ, ν; ρ) and its te
 def _sample_diameter_exceeds(Z: torch.Tensor, D: float):
     """A distance ‖z_i − z_j‖ > D between two rows of Z (N, d) if there is one (the largest found), else None.
     Exact, in O(N·|C|·d) with C = {i : ‖z_i − z_0‖ > D/2}: a pair farther apart than D has a point in C, since
-    ‖z_i − z_j‖ ≤ ‖z_i − z_0‖ + ‖z_0 − z_j‖. Scaled by max |z| first, so the squares cannot overflow."""
-    s = float(Z.abs().max())
-    if s == 0: return None
+    ‖z_i − z_j‖ ≤ ‖z_i − z_0‖ + ‖z_0 − z_j‖. Scaled by a power of two ≥ max |z| first (exact), so the squares cannot
+    overflow. Quadratic in the worst case (|C| ~ N): `_check_pac` calls it only when the O(N·d) bound fails."""
+    s = _pow2_scale(float(Z.abs().max()))
+    if float(Z.abs().max()) == 0: return None
     Zs, Ds = Z / s, D / s
     r0 = (Zs - Zs[0]).norm(dim=1)
     C = Zs[r0 > Ds / 2]
@@ -901,11 +951,23 @@ def _sample_diameter_exceeds(Z: torch.Tensor, D: float):
         if dmax > Ds: far = max(far or 0.0, dmax * s)
     return far
 
+def _diameter_upper_bound(Z: torch.Tensor) -> float:
+    """2·max_i ‖z_i − z̄‖ ≥ max_ij ‖z_i − z_j‖ for the rows of Z (N, d), in O(N·d) and float64, at the scale s of a power
+    of two ≥ max |z| (exact, and the squares cannot overflow); rounded up by 1e-12 so that it stays an upper bound."""
+    s = _pow2_scale(float(Z.abs().max()))
+    Zs = Z.to(torch.float64) / s
+    return 2 * float((Zs - Zs.mean(0)).norm(dim=1).max()) * s * (1 + 1e-12)
+
 def _check_pac(X, Y, diameter, p, delta):
+    """Checked inputs of the PAC bound. The diameter must bound every distance between two sample points, up to the
+    rounding the coordinates carry (a relative 8ε of the data's dtype): accepted at once when Δ is at least the cheap
+    bound 2·max‖z − z̄‖ over both clouds, else checked exactly over pairs, in float64."""
     p = _check_p(p)
     X, Y, out = _check_clouds(X, Y)
     D = check_positive(diameter, 'diameter')
-    far = _sample_diameter_exceeds(torch.cat([X, Y]).detach(), D * (1 + 1e-12))
+    Dt = D * (1 + 8 * torch.finfo(out).eps)
+    Z = torch.cat([X, Y]).detach()
+    far = None if _diameter_upper_bound(Z) <= Dt else _sample_diameter_exceeds(Z.to(torch.float64), Dt)
     if far is not None:
         raise ValueError(f"`diameter` = {D:g} is smaller than the distance between two sample points ({far:g}): it must "
                          f"bound the diameter of the union of the supports of μ and ν")
@@ -940,8 +1002,11 @@ def pac_sliced_bound(X, Y, mu, kappa, diameter: float, p: float = 2, delta: floa
                       − (p/2) Δ^p (n^(-1/2) + m^(-1/2)),
 
     with Ŝ_L the mean of W_p^p over L = `n_projections` fresh slices θ_l ~ ρ (`seed`: None, int or Generator), σ the
-    uniform prior, λ_j a fixed grid of J = 32 values, and Δ = `diameter` a bound on the diameter of supp μ ∪ supp ν
-    (checked against the samples). Returns a PACBound; all terms are W_p^p values (not distances)."""
+    uniform prior, λ_j a fixed grid of J = 32 values, and Δ = `diameter` a bound on the diameter of supp μ ∪ supp ν.
+    Δ is checked against the samples in float64, up to a relative 8ε of the data's dtype: at once, in O((n + m)d),
+    when Δ ≥ 2·max‖z − z̄‖ over both clouds; else exactly over pairs, in O((n + m)·|C|·d) with C the points farther
+    than Δ/2 from the first (up to quadratic: pass a Δ above that cheap bound for large samples). Returns a PACBound;
+    all terms are W_p^p values (not distances)."""
     X, Y, out, D, p, delta = _check_pac(X, Y, diameter, p, delta)
     L = check_int(n_projections, 'n_projections', minimum=1)
     _check_size(L * X.shape[1], 'n_projections', 'the (L, d) slices')
@@ -1009,6 +1074,16 @@ def learn_slice_distribution(X, Y, diameter: float, p: float = 2, delta: float =
     return SliceDistribution(mu.detach().to(out), k, float(S(mu, k)) - penalty[k])
 
 # %% ../nbs/04_sliced_wasserstein.ipynb #lib-plans
+def _plan_cost(root: torch.Tensor, s: float, p: float, out: torch.dtype) -> torch.Tensor:
+    """The cost (s·root)^p in the dtype `out`, where root = (Σ γ ‖x − y‖^p)^(1/p)/s ≥ 0 is finite; OverflowError naming
+    `p` when it is beyond that dtype (instead of inf), 0 exactly where root = 0."""
+    if float(root) == 0: return torch.zeros((), dtype=out, device=root.device)
+    log_cost = p * (math.log(float(root)) + math.log(s))
+    if log_cost > math.log(torch.finfo(out).max):
+        raise OverflowError(f"the plan's cost Σ γ ‖x − y‖^p ≈ 10^{log_cost / math.log(10):.1f} is beyond {out} (`p` = "
+                            f"{p:g}); rescale X and Y (the cost scales by s^p) or use a smaller `p`")
+    return ((root.to(torch.float64) * s) ** p).to(out)
+
 SlicedPlan = namedtuple('SlicedPlan', ['plan', 'cost'])
 SlicedPlan.__doc__ = "A transport plan (n, m) (dense or sparse) and its cost Σ_ij γ_ij ‖x_i − y_j‖^p in R^d."
 
@@ -1021,7 +1096,10 @@ def sliced_plan(X, Y, a=None, b=None, projections=None, n_projections: int = 128
     cost Σ_ij γ_ij ‖x_i − y_j‖^p in R^d (min-SWGG, Mahey et al. 2023). Directions: `projections` (d, L) (e.g. the
     max-SW direction θ*[:, None]) or `n_projections` uniform ones from `seed` (None, int or Generator). Weights a (n,),
     b (m,) (None: uniform). Returns SlicedPlan(plan, cost): plan dense (n, m) or, with `sparse=True`, a coalesced
-    sparse COO tensor with at most L(n + m − 1) non-zeros."""
+    sparse COO tensor with at most L(n + m − 1) non-zeros. The cost is Σ_ij γ_ij ‖x_i − y_j‖^p (POT's cost with
+    metric='euclidean' raised to the p-th power; 'sqeuclidean' for p = 2), computed at the scale s = max |coordinate|
+    so that the powers neither overflow nor meet a zero-width piece; a cost beyond the output dtype raises
+    OverflowError naming `p` (rescale X and Y: the cost scales by s^p)."""
     check_choice(kind, 'kind', ['expected', 'min'])
     p = _check_p(p)
     X, Y, out = _check_clouds(X, Y)
@@ -1038,12 +1116,14 @@ def sliced_plan(X, Y, a=None, b=None, projections=None, n_projections: int = 128
         q, ik, jk = _merged_quantiles(iu, iv, a, b, (L,), n, m, X.dtype)
         dq = torch.diff(q, dim=-1, prepend=torch.zeros_like(q[:, :1]))
         rows, cols = torch.gather(iu, 1, ik), torch.gather(iv, 1, jk)                       # (L, K)
-        costs = (dq * (X[rows] - Y[cols]).norm(dim=-1).pow(p)).sum(1)                       # cost of each γ_l in R^d
+        s = _pow2_scale(max(_amax(X, 'X'), _amax(Y, 'Y')))
+        r = _lp_rows((X[rows] / s - Y[cols] / s).norm(dim=-1), p, dq)      # (Σ_k dq ‖x − y‖^p)^(1/p) / s of each γ_l
         if kind == 'min':
-            l = int(torch.argmin(costs))
-            rows, cols, mass, cost = rows[l], cols[l], dq[l], costs[l]
+            l = int(torch.argmin(r))
+            rows, cols, mass, root = rows[l], cols[l], dq[l], r[l]
         else:
-            rows, cols, mass, cost = rows.reshape(-1), cols.reshape(-1), (dq / L).reshape(-1), costs.mean()
+            rows, cols, mass, root = rows.reshape(-1), cols.reshape(-1), (dq / L).reshape(-1), _power_mean(r, p)
+        cost = _plan_cost(root, s, p, out)
         keep = mass > 0
         rows, cols, mass = rows[keep], cols[keep], mass[keep]
         if sparse: plan = torch.sparse_coo_tensor(torch.stack([rows, cols]), mass, (n, m), check_invariants=True).coalesce()
