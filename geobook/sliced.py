@@ -979,6 +979,9 @@ def _pac_terms(kl: torch.Tensor, n: int, m: int, D: float, p: float, delta: floa
     """The slack of the bound for KL = `kl`: Hoeffding over L slices (δ/2), the PAC-Bayes complexity minimised over a
     fixed grid of n_lams λ's (δ/2 shared by a union bound), and the sampling bias p Δ^p (n^(-1/2) + m^(-1/2))/2.
     Every term is Δ^p times a term of unit diameter (λ = λ₁/Δ^p), so only Δ^p itself must be finite."""
+    if p * math.log(D) < -690:                                     # Δ^p < 1e-299.7: λ = λ₁/Δ^p would overflow
+        raise ValueError(f"`diameter`^p = {D:g}^{p:g} is below 1e-299 (float64 underflows): rescale X, Y and "
+                         f"`diameter` together (every term of the bound scales by s^p)")
     if p * math.log(D) > 690:                                      # Δ^p > 1e299.7: the slack's sum would overflow
         raise ValueError(f"`diameter`^p = {D:g}^{p:g} is beyond 1e299 (float64 overflows): rescale X, Y and "
                          f"`diameter` together (every term of the bound scales by s^p)")

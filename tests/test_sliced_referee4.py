@@ -180,3 +180,10 @@ def test_weighted_1d_matches_pot(p, seed):
     a, b = a / a.sum(), b / b.sum()
     ref = ot.wasserstein_1d(u, v, a, b, p=p) ** (1 / p)
     assert wasserstein_1d(u, v, a, b, p=p).item() == pytest.approx(ref, rel=1e-12)
+
+
+def test_pac_tiny_diameter_is_an_underflow_naming_diameter():
+    "Δ = 1e-300, p = 2: Δ^p underflows float64; the error names `diameter` and says underflow (it once said overflow)."
+    X, Y = torch.zeros(3, 2, dtype=F64), torch.zeros(2, 2, dtype=F64)
+    with pytest.raises(ValueError, match='`diameter`.*underflows'):
+        pac_sliced_bound(X, Y, torch.tensor([1., 0.], dtype=F64), 1.0, 1e-300, n_projections=4, seed=0)
