@@ -1263,7 +1263,9 @@ def sliced_wasserstein_sphere(X, Y, p: float = 2, n_projections: int = 128, seed
 
     Each slice is a great circle: U ∈ R^(d×2) with orthonormal columns (uniform on the Stiefel manifold, `seed`: None,
     int or Generator; or `projections` (L, d, 2) as in POT), x ↦ Uᵀx/‖Uᵀx‖ on S^1, coordinate t = angle/2π ∈ [0, 1).
-    SSW_p = (E_U W_p^p)^(1/p) with W_p on the circle of circumference 1 (POT's convention). a (n,), b (m,): weights."""
+    SSW_p = (E_U W_p^p)^(1/p) with W_p on the circle of circumference 1 (POT's convention). a (n,), b (m,): weights.
+    A point at a pole of a slice (Uᵀx = 0, probability 0 for random U but possible with given `projections`) has no
+    angle; it is given angle 0, as in POT."""
     p = _check_p(p)
     X, Y, out = _check_clouds(X, Y)
     n, d = X.shape
