@@ -1159,7 +1159,8 @@ def sliced_barycenter(clouds, weights=None, n_support: int = 256, seed=None, n_p
 
     Z starts as N points drawn from the mixture Σ_k w_k μ_k and follows stochastic gradient descent with fresh
     directions each step: z_i ← z_i − η_t (N d / 2) ∇_(z_i) F, with η_t = lr/(1 + 10t/n_iters). The factor N d/2 makes
-    η = 1 move each point onto the average of its one-dimensional targets, in expectation over the directions.
+    η = 1 move each point onto the average of its one-dimensional targets, in expectation over the directions, so
+    z − m ← (1 − η)(z − m) about that average: `lr` ∈ (0, 2] (a larger η overshoots, and the points diverge).
     `seed`: None, int or Generator."""
     Xs, out = _check_clouds_list(clouds)
     K, d = len(Xs), Xs[0].shape[1]
@@ -1167,6 +1168,7 @@ def sliced_barycenter(clouds, weights=None, n_support: int = 256, seed=None, n_p
          else _check_weights(weights, K, 'weights', Xs[0]))
     N = check_int(n_support, 'n_support', minimum=1); L = check_int(n_projections, 'n_projections', minimum=1)
     n_iters = _check_iters(n_iters, 'n_iters'); lr = check_positive(lr, 'lr')
+    if lr > 2: raise ValueError(f"`lr` must be in (0, 2] (η = 1 is the exact step; η > 2 overshoots and diverges), got {lr:g}")
     if show_progress is not None: _check_bool(show_progress, 'show_progress')
     _check_size(N * d, 'n_support', 'the (n_support, d) support')
     _check_size(L * (N + max(X.shape[0] for X in Xs)) * 4, 'n_projections', 'the projections of the support and the clouds')

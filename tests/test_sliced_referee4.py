@@ -187,3 +187,15 @@ def test_pac_tiny_diameter_is_an_underflow_naming_diameter():
     X, Y = torch.zeros(3, 2, dtype=F64), torch.zeros(2, 2, dtype=F64)
     with pytest.raises(ValueError, match='`diameter`.*underflows'):
         pac_sliced_bound(X, Y, torch.tensor([1., 0.], dtype=F64), 1.0, 1e-300, n_projections=4, seed=0)
+
+
+def test_barycenter_lr_beyond_two_is_refused():
+    """lr = 1e6 once returned points of size 1e105. The step z − m ← (1 − η)(z − m) contracts only for η ∈ (0, 2):
+    lr > 2 is refused by name; lr = 2 stays finite: a step reflects z about its target m (|2m − z| ≤ 3 max|x| for z and
+    m in range) and the decaying η_t < 2 then contracts, so the points stay within 3 max|x|."""
+    g = torch.Generator().manual_seed(0)
+    clouds = [torch.randn(40, 2, generator=g, dtype=F64), torch.randn(30, 2, generator=g, dtype=F64) + 3]
+    with pytest.raises(ValueError, match='`lr`'):
+        sl.sliced_barycenter(clouds, n_support=20, n_iters=5, lr=1e6, seed=0, show_progress=False)
+    Z = sl.sliced_barycenter(clouds, n_support=20, n_iters=20, lr=2.0, seed=0, show_progress=False)
+    assert torch.isfinite(Z).all() and float(Z.abs().max()) <= 3 * max(float(c.abs().max()) for c in clouds)
