@@ -178,6 +178,15 @@ def timings(run: Run, quick: bool):
         A._TENSOR_CORES = 'auto'
 
 
+def _step(f, passes, q, k, v, do):
+    "The timed call: f(q, k, v) ('forward'), or f(q, k, v).backward(do) with the gradients cleared first ('fwd+bwd')."
+    if passes == 'forward': return lambda: f(q, k, v)
+    def step():
+        q.grad = k.grad = v.grad = None
+        f(q, k, v).backward(do)
+    return step
+
+
 def _timings(run: Run, quick: bool):
     B, H = (1, 1) if run.dry else (1, 8)
     for N, D, dname, causal, passes in configs(run, quick):
@@ -188,12 +197,7 @@ def _timings(run: Run, quick: bool):
         q, k, v, do = (torch.randn(B, H, N, D, generator=g).to(run.device, DTYPES[dname]) for _ in range(4))
         if passes == 'fwd+bwd':
             for t in (q, k, v): t.requires_grad_()
-        def make(f):
-            if passes == 'forward': return lambda: f(q, k, v)
-            def step():
-                q.grad = k.grad = v.grad = None
-                f(q, k, v).backward(do)
-            return step
+        make = lambda f: _step(f, passes, q, k, v, do)
         ours = make(lambda a, b, c: flash_attention(a, b, c, causal=causal, backend='cuda'))
         theirs = make(lambda a, b, c: sdpa(a, b, c, is_causal=causal))     # N_q = N_k: the same mask
         a = run.time(ours); b = run.time(theirs)
@@ -262,6 +266,37 @@ def _gemm_mma(run, X, Y, dtype):
     return C
 
 
+ACC_SHAPES = [(33, 17, 9), (1000, 520, 300), (1000, 4096, 300), (512, 16384, 256)]
+
+
+def _accumulation(run: Run) -> dict:
+    """How the GEMM error grows with K: max |C − X@Y (float64)| for X, Y ~ N(0, 1) float32 through TF32, 3xTF32 (each
+    k-step summed into a fresh E, then C + E in float32), cuBLAS SGEMM (TF32 off) and the CPU's float32 product, and
+    bfloat16 (rounded inputs against the exact product of those); seed 0. The 3xTF32 tolerance is the GEMM check's."""
+    g = torch.Generator().manual_seed(0)
+    acc = {'rows': {}, 'what': 'max |C - X@Y (float64)|; bfloat16: against the float64 product of the rounded inputs'}
+    allow = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        for M, K, N in ([(33, 17, 9)] if run.dry else ACC_SHAPES):
+            X, Y = (torch.randn(*s, generator=g) for s in ((M, K), (K, N)))
+            exact = X.double() @ Y.double()
+            e = lambda C, ex=exact: float((C.cpu().double() - ex).abs().max())
+            row = {d: e(_gemm_mma(run, X.to(run.device), Y.to(run.device), d)) for d in ('tf32', '3xtf32')}
+            row['cublas_sgemm'] = None if run.dry else e(X.cuda() @ Y.cuda())
+            row['cpu_float32'] = e(X @ Y)
+            Xb, Yb = X.bfloat16(), Y.bfloat16()
+            row['bfloat16'] = e(_gemm_mma(run, Xb.to(run.device), Yb.to(run.device), 'bfloat16'),
+                                Xb.double() @ Yb.double())
+            row['tol_3xtf32'] = 2e-5 * K ** 0.5
+            acc['rows'][f'{M}x{K}x{N}'] = row
+            print('tc accumulation', M, K, N, {k_: (f'{x:.2e}' if x is not None else x) for k_, x in row.items()},
+                  flush=True)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = allow
+    return acc
+
+
 def tensor_cores(run: Run) -> dict:
     """The tensor-core kernels on this GPU: the first-call check under the default switch, GEMM and attention forward
     (then the tiled backward from its statistics) against float64 and against the NumPy emulator, timings against the
@@ -309,6 +344,7 @@ def tensor_cores(run: Run) -> dict:
                                   _bits16(Y) if dname in TC_DTYPES else Y.numpy(), dname)
             record(f'gemm {dname} 40x56x20 vs emulator', float(np.abs(_gemm_mma(run, X.to(dev), Y.to(dev), dname)
                                                                          .cpu().numpy() - emu).max()), 5e-5)
+        out['accumulation'] = _accumulation(run)
         # 3. attention: O and L against float64, gradients (tiled backward from the tensor-core statistics), emulator
         for dname, dt in TC_DTYPES.items():
             for BH, Nq, Nk in (TC_DRY_CHECKS if run.dry else TC_CHECKS):
@@ -347,12 +383,7 @@ def tensor_cores(run: Run) -> dict:
             q, k, v, do = (torch.randn(B, H, N, 64, generator=g).to(dev, dt) for _ in range(4))
             if passes == 'fwd+bwd':
                 for t in (q, k, v): t.requires_grad_()
-            def make(f):
-                if passes == 'forward': return lambda: f(q, k, v)
-                def step():
-                    q.grad = k.grad = v.grad = None
-                    f(q, k, v).backward(do)
-                return step
+            make = lambda f: _step(f, passes, q, k, v, do)
             row = dict(cfg)
             for name, mode in (('tensor_cores_s', 'always'), ('tiled_s', 'never')):
                 if name == 'tensor_cores_s' and dname == 'float32': continue      # no float32 tensor-core attention
@@ -375,12 +406,7 @@ def tensor_cores(run: Run) -> dict:
     if not run.dry:
         for (kind, dname), kern in A._MMA_KERNELS.items():
             for sig in list(kern.overloads):
-                try:
-                    out.setdefault('kernels', {})[f'{kind} {dname}'] = {
-                        'registers': kern.get_regs_per_thread(sig), 'local_bytes': kern.get_local_mem_per_thread(sig),
-                        'shared_bytes': kern.get_shared_mem_per_block(sig)}
-                except Exception as e:      # noqa: BLE001 - report, do not lose the run
-                    out.setdefault('kernels', {})[f'{kind} {dname}'] = {'error': repr(e)[:200]}
+                out.setdefault('kernels', {})[f'{kind} {dname}'] = _resources(kern, sig)
     return out
 
 
@@ -389,17 +415,22 @@ def kernel_resources(run: Run) -> dict:
     if run.dry: return {'note': 'the simulator compiles nothing: see tests/test_attention_cudasim.py (ptxas)'}
     out = {}
     kernels = [(name, getattr(A, name)) for name in ('_fwd_cuda', '_bwd_dkdv_cuda', '_bwd_dq_cuda')]
-    kernels += [(f'_flash_fwd_tiled(D={D}, causal={c}, shuffle={sh})', kern) for (D, c, sh), kern in A._TILED.items()]
-    kernels += [(f'_flash_bwd_tiled(D={D}, causal={c}, keys={r})', kern) for (D, c, r), kern in A._TILED_BWD.items()]
+    kernels += [(f'_flash_fwd_tiled{key}', kern) for key, kern in A._TILED.items()]       # key: (D, causal, shuffle, dtype)
+    kernels += [(f'_flash_bwd_tiled{key}', kern) for key, kern in A._TILED_BWD.items()]
     for name, kern in kernels:
         for sig in list(kern.overloads):
-            try:
-                out[f'{name}{sig}'] = {'registers': kern.get_regs_per_thread(sig),
-                                       'local_bytes': kern.get_local_mem_per_thread(sig),
-                                       'shared_bytes': kern.get_shared_mem_per_block(sig)}
-            except Exception as e:          # noqa: BLE001 - report, do not lose the run
-                out[f'{name}{sig}'] = {'error': repr(e)[:200]}
+            out[f'{name}{sig}'] = _resources(kern, sig)
     return out
+
+
+def _resources(kern, sig) -> dict:
+    "Registers, local and shared memory per thread/block of one compiled overload (or the error, not losing the run)."
+    try:
+        k = kern.overloads[sig]         # the compiled kernel (get_regs_per_thread(sig) wants a Signature, not a tuple)
+        return {'registers': k.regs_per_thread, 'local_bytes': k.local_mem_per_thread,
+                'shared_bytes': k.shared_mem_per_block}
+    except Exception as e:              # noqa: BLE001 - report, do not lose the run
+        return {'error': repr(e)[:200]}
 
 
 def main(argv=None):
