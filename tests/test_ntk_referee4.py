@@ -1,0 +1,81 @@
+"""Chapter 1 (geobook.ntk), fourth referee: the finite-width fluctuation cell's tolerances are honest.
+
+The chapter estimates v = Var x/(𝔼x)² from N networks and checks it within four standard errors from the delta method,
+Var v̂ = [μ₄ − μ₂² − 4μ₂(μ₃ − μ₂) + 4μ₂²(μ₂ − 1)]/N (μ_p = 𝔼xᵖ with 𝔼x = 1): exact moments for K̂ = K¹R₁⋯R_L, the
+sample's own moments for Θ̂. Here (a) that error bar is checked against the spread of v̂ over independent replicates,
+(b) the exact moments of R against their closed forms, and (c, slow) the chapter's own check cell is run over 40 seeds:
+every seed passes and the pooled z-scores have unit spread, as a four-s.e. tolerance assumes.
+"""
+from __future__ import annotations
+import json, math
+from pathlib import Path
+import numpy as np
+import pytest
+import torch
+from fastcore.test import test_close as close
+
+NB = Path(__file__).resolve().parents[1] / 'nbs' / '01_ntk.ipynb'
+
+
+def chapter_code():
+    "The chapter's fluctuation functions (the definitions of its cells, not their runs), in one namespace."
+    cells = [''.join(c['source']) for c in json.loads(NB.read_text())['cells'] if c['cell_type'] == 'code']
+    cut = lambda marker, end: next(s for s in cells if marker in s).split(end)[0]
+    ns = dict(math=math, np=np, torch=torch, DT=torch.float64, test_close=close)
+    exec(cut('def kernel_fluctuations_norms', 'xv = torch.ones'), ns)
+    exec(cut('def fluctuation_table', 'def plot_fluctuations'), ns)
+    exec(cut('def check_fluctuations', 'fl_fits, fl_slope'), ns)
+    return ns
+
+
+def test_R_moments_closed_form():
+    "𝔼Rᵖ against the cumulants of S = Σⱼ relu(gⱼ)² (cumulants add over independent terms), and 𝔼R² = 1 + 5/n."
+    ns = chapter_code()
+    for n in (1, 2, 7, 64):
+        m = ns['relu_R_moments'](n)
+        # moments of one term y = relu(g)²: 𝔼y = 1/2, 𝔼y² = 3/2, 𝔼y³ = 15/2, 𝔼y⁴ = 105/2; cumulants of S = Σ y
+        e1, e2, e3, e4 = 0.5, 1.5, 7.5, 52.5
+        k1, k2 = e1, e2 - e1**2
+        k3 = e3 - 3 * e2 * e1 + 2 * e1**3
+        k4 = e4 - 4 * e3 * e1 - 3 * e2**2 + 12 * e2 * e1**2 - 6 * e1**4
+        K1, K2, K3, K4 = n * k1, n * k2, n * k3, n * k4
+        S2, S3 = K2 + K1**2, K3 + 3 * K2 * K1 + K1**3
+        S4 = K4 + 4 * K3 * K1 + 3 * K2**2 + 6 * K2 * K1**2 + K1**4
+        close(m[1:], [2 / n * K1, (2 / n)**2 * S2, (2 / n)**3 * S3, (2 / n)**4 * S4], eps=1e-12)
+        close(m[2], 1 + 5 / n, eps=1e-13)
+
+
+@pytest.mark.parametrize('n,L', [(128, 2), (64, 4), (256, 8)])
+def test_delta_method_se_matches_replicates(n, L):
+    "The exact s.e. of the NNGP estimate vs the spread of 400 independent 4000-network estimates (seeded)."
+    ns = chapter_code()
+    v, se = ns['nngp_rel_var'](n, L, 4000)
+    close(v, (1 + 5 / n)**L - 1, eps=1e-12)
+    est = [ns['rel_var'](ns['kernel_fluctuations_norms'](n, L, 4000, seed=7000 + r)[0])[0] for r in range(400)]
+    ratio = np.std(est, ddof=1) / se                                   # s.d. of a sample s.d. of 400: ≈ 3.5 %
+    assert abs(ratio - 1) < 0.12, (n, L, ratio)
+    assert abs(np.mean(est) - v) < 4 * se / math.sqrt(400) + 2 * se**2 / v, (n, L, np.mean(est), v)   # + ratio bias O(1/N)
+
+
+def test_sample_delta_se_is_the_exact_one_in_the_mean():
+    "For Θ̂ the chapter plugs the sample's moments into the same formula: on K̂ it must reproduce the exact s.e."
+    ns = chapter_code()
+    K = ns['kernel_fluctuations_norms'](256, 2, 20000, seed=5)[0]
+    _, se_sample = ns['rel_var'](K)
+    _, se_exact = ns['nngp_rel_var'](256, 2, 20000)
+    assert abs(se_sample / se_exact - 1) < 0.1, (se_sample, se_exact)
+
+
+@pytest.mark.slow
+def test_fluctuation_checks_over_40_seeds():
+    "The chapter's table and checks with 40 seeds (the chapter runs seed 0): all pass, and the z-scores are standard."
+    ns = chapter_code()
+    widths, depths, zs = [32, 64, 128, 256, 512], [1, 2, 4, 8], []
+    for seed in range(40):
+        table = ns['fluctuation_table'](widths, depths, 4000, seed=100000 * seed)
+        zs += list(ns['fluctuation_z'](table, widths, depths, 4000).values())
+        ns['check_fluctuations'](table, widths, depths, 4000)            # raises on any |z| ≥ 4
+    zs = np.array(zs)
+    assert len(zs) == 40 * 46
+    assert abs(zs.std() - 1) < 0.05 and abs(zs.mean()) < 0.1, (zs.mean(), zs.std())   # s.e. of the sd ≈ 0.017
+    assert np.mean(np.abs(zs) > 3) < 3 * math.erfc(3 / math.sqrt(2)), np.mean(np.abs(zs) > 3)
