@@ -42,6 +42,7 @@ def _moment_args(k11, k12, k22):
     "Entries of 2×2 covariances as broadcast tensors, checked: finite, k11, k22 ≥ 0 and |k12| ≤ √(k11 k22)."
     names = ('k11', 'k12', 'k22')
     ks = [as_tensor(k, name) for k, name in zip((k11, k12, k22), names)]
+    for k, name in zip(ks, names): _float_kernel(k, name)                      # half precision refused before promotion
     if len({k.device for k in ks}) > 1: raise ValueError("`k11`, `k12` and `k22` must be on one device")
     dtype = torch.promote_types(torch.promote_types(ks[0].dtype, ks[1].dtype), ks[2].dtype)
     ks = [_float_kernel(k.to(dtype), name) for k, name in zip(ks, names)]
@@ -71,7 +72,8 @@ def _relu(k11, k12, k22):
 def relu_moments(k11, k12, k22) -> tuple[torch.Tensor, torch.Tensor]:
     """Arc-cosine moments (𝔼[relu(u)relu(v)], 𝔼[relu'(u)relu'(v)]) for (u, v) ~ N(0, [[k11, k12], [k12, k22]]).
 
-    k11, k12, k22: numbers or broadcastable tensors (float32/float64) with k11, k22 ≥ 0 and |k12| ≤ √(k11 k22).
+    k11, k12, k22: numbers or broadcastable tensors (float32/float64) with k11, k22 ≥ 0 and |k12| ≤ √(k11 k22),
+    computed in the widest of their dtypes (a Python number counts as float64); float16/bfloat16 raise TypeError.
     Σ = √(k11 k22)(sin θ + (π − θ) cos θ)/2π and Σ̇ = (π − θ)/2π with cos θ = ρ = k12/√(k11 k22)."""
     return _relu(*_moment_args(k11, k12, k22))
 
@@ -127,7 +129,7 @@ def _check_slope(slope) -> float:
         raise TypeError(f"`slope` must be a real number in [0, 1], got {slope!r}")
     a = float(slope)
     if not 0 <= a <= 1:                                                       # NaN fails this too
-        raise ValueError(f"`slope` must be a finite number in [0, 1] (max(z, a z) is leaky ReLU only there), got {slope!r}")
+        raise ValueError(f"`slope` must be a finite number in [0, 1] (the leaky ReLU convention), got {slope!r}")
     return a
 
 def _leaky(k11, k12, k22, slope):
@@ -208,9 +210,9 @@ class LeakyReLU:
         return F.leaky_relu(_float_input(z), self.slope)
 
     def derivative(self, z) -> torch.Tensor:
-        "σ'(z) = 1 for z > 0 and a for z ≤ 0 (the value at the kink is a convention, as for relu' in `ACTIVATIONS`)."
+        "σ'(z) = 1 for z > 0, a for z ≤ 0 (the value at the kink is a convention, as for relu' in `ACTIVATIONS`), NaN at NaN."
         z = _float_input(z)
-        return torch.where(z > 0, torch.ones_like(z), torch.full_like(z, self.slope))
+        return torch.where(z > 0, torch.ones_like(z), torch.where(z <= 0, self.slope, z))   # z NaN: neither, so z
 
     def moments(self, k11, k12, k22) -> tuple[torch.Tensor, torch.Tensor]:
         "`leaky_relu_moments(k11, k12, k22, slope)` with this slope."

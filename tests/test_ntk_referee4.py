@@ -79,3 +79,30 @@ def test_fluctuation_checks_over_40_seeds():
     assert len(zs) == 40 * 46
     assert abs(zs.std() - 1) < 0.05 and abs(zs.mean()) < 0.1, (zs.mean(), zs.std())   # s.e. of the sd ≈ 0.017
     assert np.mean(np.abs(zs) > 3) < 3 * math.erfc(3 / math.sqrt(2)), np.mean(np.abs(zs) > 3)
+
+
+def test_leaky_derivative_propagates_nan():
+    "σ'(NaN) is NaN (it used to return the slope); ±inf and the kink keep their values."
+    from geobook.ntk import LeakyReLU
+    for dtype in (torch.float32, torch.float64):
+        z = torch.tensor([float('nan'), -float('inf'), -1.0, 0.0, 2.0, float('inf')], dtype=dtype)
+        d = LeakyReLU(0.2).derivative(z)
+        assert d.dtype == dtype and torch.isnan(d[0]) and not torch.isnan(d[1:]).any()
+        assert torch.equal(d[1:], torch.tensor([0.2, 0.2, 0.2, 1.0, 1.0], dtype=dtype))
+
+
+@pytest.mark.parametrize('half', [torch.float16, torch.bfloat16])
+def test_moments_refuse_half_precision_mixed_with_numbers(half):
+    "Half precision is refused, naming the argument, even next to Python numbers or wider tensors (no silent promotion)."
+    from geobook.ntk import relu_moments, erf_moments, gelu_moments, linear_moments, leaky_relu_moments
+    h = torch.tensor([0.5], dtype=half)
+    fns = [relu_moments, erf_moments, gelu_moments, linear_moments, lambda *k: leaky_relu_moments(*k, 0.5)]
+    for fn in fns:
+        for args, name in [((h, 0.25, 1.0), 'k11'), ((1.0, h, 1.0), 'k12'), ((1.0, 0.25, h), 'k22'),
+                           ((h, torch.tensor([0.25]), torch.tensor([1.0])), 'k11'),
+                           ((torch.tensor([1.0], dtype=torch.float64), torch.tensor([0.25]), h), 'k22')]:
+            with pytest.raises(TypeError, match=f'`{name}`'): fn(*args)
+    S, Sd = relu_moments(torch.tensor([1.0]), 0.5, 1)                     # documented: numbers count as float64
+    assert S.dtype == Sd.dtype == torch.float64
+    S, Sd = relu_moments(torch.tensor([1.0]), torch.tensor([0.5]), torch.tensor([1.0]))
+    assert S.dtype == Sd.dtype == torch.float32
