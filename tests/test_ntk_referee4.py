@@ -106,3 +106,48 @@ def test_moments_refuse_half_precision_mixed_with_numbers(half):
     assert S.dtype == Sd.dtype == torch.float64
     S, Sd = relu_moments(torch.tensor([1.0]), torch.tensor([0.5]), torch.tensor([1.0]))
     assert S.dtype == Sd.dtype == torch.float32
+
+
+def _circle_task():
+    "The chapter's learning-rate task: eight points on the circle of radius √2 (offset 0.1), targets sin 2φ."
+    phi = torch.arange(8, dtype=torch.float64) * 2 * math.pi / 8 + 0.1
+    return math.sqrt(2) * torch.stack([phi.cos(), phi.sin()], 1), torch.sin(2 * phi)
+
+
+def _gd_losses(depth, width, lr, steps, seed, model_out=None):
+    """Full-batch GD losses ½ Σ (f(xᵢ) − yᵢ)² of a seeded NTK-parameterised ReLU MLP, as in the chapter's `gd_losses`
+    (the trained model is appended to `model_out` if given)."""
+    from geobook.ntk import MLP
+    X, y = _circle_task()
+    m = MLP(2, width, depth, seed=seed, dtype=torch.float64)
+    opt, out = torch.optim.SGD(m.parameters(), lr=lr), []
+    for _ in range(steps):
+        opt.zero_grad(); loss = 0.5 * ((m(X)[:, 0] - y)**2).sum(); out.append(loss.item())
+        if not math.isfinite(out[-1]) or out[-1] > 1e8 * out[0]: break
+        loss.backward(); opt.step()
+    if model_out is not None: model_out.append(m)
+    return np.array(out)
+
+
+@pytest.mark.slow
+def test_stability_boundary_at_depth_8_is_a_catapult():
+    """Depth 8, width 1024 (L/n = 1/128), seeds 0–2, 40 steps, η = c·2/λ̂ with λ̂ each network's own top NTK eigenvalue:
+    the stable side holds (no rise at c = 0.9), the unstable side does not (the loss rises at c = 1.1 on two seeds of
+    three), and at c = 1.5 the loss rises at the first step and then trains to below 1e-8 of its initial value
+    (the catapult, not divergence): the trained network's top NTK eigenvalue has fallen below 2/η. What the chapter
+    states about the boundary beyond its asserted depths 1, 2 (4)."""
+    from geobook.ntk import MLP, empirical_ntk
+    X, _ = _circle_task()
+    rises = lambda l: np.flatnonzero(np.diff(l) > 1e-9 * l[:-1])
+    at_11 = []
+    for seed in range(3):
+        lam = torch.linalg.eigvalsh(empirical_ntk(MLP(2, 1024, 8, seed=seed, dtype=torch.float64), X)).max().item()
+        trained = []
+        l09, l11, l15 = (_gd_losses(8, 1024, c * 2 / lam, 40, seed, trained if c == 1.5 else None) for c in (0.9, 1.1, 1.5))
+        lam_end = torch.linalg.eigvalsh(empirical_ntk(trained[0], X)).max().item()
+        assert lam_end < 2 / (1.5 * 2 / lam), (seed, lam_end / lam)            # the kernel shrank below 2/η
+        assert len(rises(l09)) == 0 and l09[-1] < 1e-7 * l09[0]
+        at_11.append(len(rises(l11)) > 0)
+        r15 = rises(l15)
+        assert len(r15) > 0 and r15[0] == 0 and l15.max() > 2 * l15[0] and l15[-1] < 1e-8 * l15[0], (seed, l15.max() / l15[0], l15[-1] / l15[0])
+    assert at_11 == [True, True, False], at_11
