@@ -151,3 +151,23 @@ def test_stability_boundary_at_depth_8_is_a_catapult():
         r15 = rises(l15)
         assert len(r15) > 0 and r15[0] == 0 and l15.max() > 2 * l15[0] and l15[-1] < 1e-8 * l15[0], (seed, l15.max() / l15[0], l15[-1] / l15[0])
     assert at_11 == [True, True, False], at_11
+
+
+def test_conversion_to_chapter_2_is_limited_by_its_quadrature_at_large_variance():
+    """The chapter's conversion check holds to 1e-12 for its mild inputs (K¹ < 2). With one input ×4 (K¹(x, x) = 8.6)
+    chapter 2's fixed Gauss–Hermite rule for tanh is the limit: it warns (QuadratureWarning) and differs by ~1e-9."""
+    import warnings
+    from geobook.core import QuadratureWarning
+    from geobook.ntk import nngp_ntk
+    from geobook.rg_flow import kernel_flow, input_kernel
+    X = torch.tensor([[1.0, 0.5, -0.3], [0.2, 1.0, 0.4], [-0.7, 0.1, 0.9]], dtype=torch.float64)
+    X[0] *= 4
+    pairs = torch.stack([torch.stack([input_kernel(X[[i, j]], 1.2, 0.05) for j in range(3)]) for i in range(3)])
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always')
+        flow = kernel_flow('tanh', 1.2, 0.05, pairs, depth=3)[..., 0, 1]
+    k1 = 0.05 + 1.2 * (X[0] * X[0]).sum().item() / 3
+    err = max(((nngp_ntk(X, None, L, 'tanh', C_W=1.2, C_b=0.05)[0] - flow[L]).abs().max() / flow[L].abs().max()).item()
+              for L in (1, 2))
+    assert 8 < k1 < 9 and 1e-11 < err < 1e-8, (k1, err)
+    assert any(issubclass(x.category, QuadratureWarning) and 'Gauss' in str(x.message) for x in w)
