@@ -42,6 +42,7 @@ def _moment_args(k11, k12, k22):
     "Entries of 2×2 covariances as broadcast tensors, checked: finite, k11, k22 ≥ 0 and |k12| ≤ √(k11 k22)."
     names = ('k11', 'k12', 'k22')
     ks = [as_tensor(k, name) for k, name in zip((k11, k12, k22), names)]
+    for k, name in zip(ks, names): _float_kernel(k, name)                      # half precision refused before promotion
     if len({k.device for k in ks}) > 1: raise ValueError("`k11`, `k12` and `k22` must be on one device")
     dtype = torch.promote_types(torch.promote_types(ks[0].dtype, ks[1].dtype), ks[2].dtype)
     ks = [_float_kernel(k.to(dtype), name) for k, name in zip(ks, names)]
@@ -57,23 +58,22 @@ def _moment_args(k11, k12, k22):
 def _correlation(k11, k12, k22):
     "s = √k11·√k22 and ρ = k12/s clamped to [−1, 1] (0 where s = 0), snapped to ±1 within 8 ulps of it."
     s = k11.sqrt() * k22.sqrt()
-    pos = s > 0
-    rho = torch.where(pos, k12 / torch.where(pos, s, torch.ones_like(s)), torch.zeros_like(s)).clamp_(-1, 1)
-    tol = 8 * torch.finfo(s.dtype).eps
-    one = torch.ones_like(rho)
-    return s, torch.where(rho >= 1 - tol, one, torch.where(rho <= tol - 1, -one, rho))
+    rho = torch.where(s > 0, k12 / s, 0.0).clamp_(-1, 1)                      # where s = 0: 0, whatever k12/s gave
+    return s, torch.where(rho.abs() >= 1 - 8 * torch.finfo(s.dtype).eps, rho.sign(), rho)
 
 # %% ../nbs/01_ntk.ipynb #2a26cbf0
 def _relu(k11, k12, k22):
     s, rho = _correlation(k11, k12, k22)
-    sin = ((1 - rho) * (1 + rho)).sqrt_()                                    # sin θ without the cancellation in 1 − ρ²
-    theta = 2 * torch.asin(((1 - rho) / 2).sqrt_())                          # θ = arccos ρ by the half-angle formula
+    om = 1 - rho
+    sin = (om * (1 + rho)).sqrt_()                                           # sin θ without the cancellation in 1 − ρ²
+    theta = 2 * torch.asin((om / 2).sqrt_())                                 # θ = arccos ρ by the half-angle formula
     return s * (rho / 2 + (sin - theta * rho) / (2 * math.pi)), 0.5 - theta / (2 * math.pi)
 
 def relu_moments(k11, k12, k22) -> tuple[torch.Tensor, torch.Tensor]:
     """Arc-cosine moments (𝔼[relu(u)relu(v)], 𝔼[relu'(u)relu'(v)]) for (u, v) ~ N(0, [[k11, k12], [k12, k22]]).
 
-    k11, k12, k22: numbers or broadcastable tensors (float32/float64) with k11, k22 ≥ 0 and |k12| ≤ √(k11 k22).
+    k11, k12, k22: numbers or broadcastable tensors (float32/float64) with k11, k22 ≥ 0 and |k12| ≤ √(k11 k22),
+    computed in the widest of their dtypes (a Python number counts as float64); float16/bfloat16 raise TypeError.
     Σ = √(k11 k22)(sin θ + (π − θ) cos θ)/2π and Σ̇ = (π − θ)/2π with cos θ = ρ = k12/√(k11 k22)."""
     return _relu(*_moment_args(k11, k12, k22))
 
@@ -129,7 +129,7 @@ def _check_slope(slope) -> float:
         raise TypeError(f"`slope` must be a real number in [0, 1], got {slope!r}")
     a = float(slope)
     if not 0 <= a <= 1:                                                       # NaN fails this too
-        raise ValueError(f"`slope` must be a finite number in [0, 1] (max(z, a z) is leaky ReLU only there), got {slope!r}")
+        raise ValueError(f"`slope` must be a finite number in [0, 1] (the leaky ReLU convention), got {slope!r}")
     return a
 
 def _leaky(k11, k12, k22, slope):
@@ -210,9 +210,9 @@ class LeakyReLU:
         return F.leaky_relu(_float_input(z), self.slope)
 
     def derivative(self, z) -> torch.Tensor:
-        "σ'(z) = 1 for z > 0 and a for z ≤ 0 (the value at the kink is a convention, as for relu' in `ACTIVATIONS`)."
+        "σ'(z) = 1 for z > 0, a for z ≤ 0 (the value at the kink is a convention, as for relu' in `ACTIVATIONS`), NaN at NaN."
         z = _float_input(z)
-        return torch.where(z > 0, torch.ones_like(z), torch.full_like(z, self.slope))
+        return torch.where(z > 0, torch.ones_like(z), torch.where(z <= 0, self.slope, z))   # z NaN: neither, so z
 
     def moments(self, k11, k12, k22) -> tuple[torch.Tensor, torch.Tensor]:
         "`leaky_relu_moments(k11, k12, k22, slope)` with this slope."
@@ -433,24 +433,35 @@ def _overflow(what, layer, C_W, C_b, k1, dtype):
     return OverflowError(f"nngp_ntk: {what} exceeds the {dtype} range at layer {layer} (C_W = {C_W}, C_b = {C_b:.3g}): "
                          f"{cause}{hint}.")
 
+def _check_layers(ks, ts, start, alive, C_W, C_b):
+    """Raise for the first of the layers ks[start:], ts[start:] (layer = index + 1) where K or Θ left the floating-point
+    range (K before Θ) or K underflowed where the first layer's was positive; nothing when all are fine."""
+    K, T = torch.stack(ks[start:]), torch.stack(ts[start:])
+    tiny = torch.finfo(K.dtype).tiny
+    bad = torch.stack([~torch.isfinite(K).all(1), ~torch.isfinite(T).all(1), (alive & (K < tiny)).any(1)])   # (3, layers)
+    if not bool(bad.any()): return
+    i = int(bad.any(0).nonzero()[0]); why = int(bad[:, i].nonzero()[0]); layer = start + i + 1
+    if why < 2: raise _overflow(('the NNGP kernel K', 'the NTK Θ')[why], layer, C_W, C_b, float(ks[0].max()), K.dtype)
+    raise ValueError(f"nngp_ntk: the kernel K underflows below {tiny:.1e} at layer {layer} (C_W = {C_W}): in the "
+                     "ordered phase the signal dies geometrically with depth. Reduce `depth` or raise `C_W`.")
+
 def _diag_kernels(x, N, depth, activation, C_W, C_b, n_points):
-    "K^l(x, x) and Θ^l(x, x) for l = 1..L+1 from the one-dimensional recursions: two (L+1, n) tensors, checked."
+    """K^l(x, x) and Θ^l(x, x) for l = 1..L+1 from the one-dimensional recursions: two (L+1, n) tensors, checked (closed
+    forms every 32 layers, quadrature at every layer, before it is handed a non-finite variance)."""
     k = C_b + C_W * N / x.shape[1]
     if not all_finite(k): raise OverflowError("nngp_ntk: C_b + C_W‖x‖²/n₀ overflows: rescale the inputs or C_W")
     tiny = torch.finfo(k.dtype).tiny
     if bool(((k > 0) & (k < tiny)).any()): raise ValueError("nngp_ntk: C_b + C_W‖x‖²/n₀ underflows: rescale the inputs")
-    ks, ts, alive = [k], [k], k > 0
+    ks, ts, alive, checked = [k], [k], k > 0, 1
+    every = 32 if _closed_form(activation) is not None else 1
     for l in range(depth):
         m, md = _diag_moments(activation, ks[-1], n_points)
-        k = C_b + C_W * m
-        t = k + C_W * md * ts[-1]
-        if not all_finite(k): raise _overflow('the NNGP kernel K', l + 2, C_W, C_b, float(ks[0].max()), k.dtype)
-        if not all_finite(t): raise _overflow('the NTK Θ', l + 2, C_W, C_b, float(ks[0].max()), t.dtype)
-        if bool((alive & (k < tiny)).any()):
-            raise ValueError(f"nngp_ntk: the kernel K underflows below {tiny:.1e} at layer {l + 2} (C_W = {C_W}): in the "
-                             "ordered phase the signal dies geometrically with depth. Reduce `depth` or raise `C_W`.")
-        ks.append(k); ts.append(t)
+        ks.append(C_b + C_W * m)                                             # K^{l+2}(x, x)
+        ts.append(ks[-1] + C_W * md * ts[-1])                                # Θ^{l+2}(x, x)
+        if len(ks) - checked == every or l == depth - 1:
+            _check_layers(ks, ts, checked, alive, C_W, C_b); checked = len(ks)
     return torch.stack(ks), torch.stack(ts)
+
 
 # %% ../nbs/01_ntk.ipynb #d2c6e4b1
 def _first_layer(x1, x2, N1, N2, C_W, C_b, chunk=2**20):
