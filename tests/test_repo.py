@@ -149,3 +149,19 @@ def test_no_cell_shows_an_object_repr():
                 text = ''.join(o.get('data', {}).get('text/plain', [])) if o.get('output_type') == 'execute_result' else ''
                 if obj.match(text.strip()): bad.append(f'{p.name} cell {i}: {text.strip()}')
     assert not bad, f'cells that show an object repr (end them with plt.show() or ;): {bad}'
+
+
+def test_multi_line_description_survives():
+    "A description of several `>` lines is kept whole (chapter 4's was once cut after its first line) on every page."
+    from notebooks import title_block
+    nb = {'cells': [{'cell_type': 'markdown', 'metadata': {}, 'source':
+                     '# Sliced Wasserstein\n\n> Optimal transport between clouds by sorting projections\n'
+                     '> instead of solving a linear program.\n\nThe paragraph after it.'}]}
+    title, desc, rest = title_block(nb)
+    assert title == 'Sliced Wasserstein' and rest == 'The paragraph after it.'
+    assert desc == 'Optimal transport between clouds by sorting projections\ninstead of solving a linear program.'
+    import pytest
+    pytest.importorskip('pypandoc')
+    import build_site                                   # the site's <meta> and cards: one paragraph, nothing dropped
+    assert build_site.plain_texts([desc]) == ['Optimal transport between clouds by sorting projections instead of '
+                                              'solving a linear program.']
