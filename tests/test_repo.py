@@ -165,3 +165,17 @@ def test_multi_line_description_survives():
     import build_site                                   # the site's <meta> and cards: one paragraph, nothing dropped
     assert build_site.plain_texts([desc]) == ['Optimal transport between clouds by sorting projections instead of '
                                               'solving a linear program.']
+
+
+def test_appendix_cells_close_the_page():
+    "Cells marked `#| appendix: true` run first in the notebook but close the page, under one heading, in their order."
+    import pytest
+    pytest.importorskip('pypandoc')
+    import build_site
+    code = lambda s: {'cell_type': 'code', 'metadata': {}, 'source': s, 'outputs': [], 'execution_count': None}
+    md = lambda s: {'cell_type': 'markdown', 'metadata': {}, 'source': s}
+    nb = {'cells': [code('#| appendix: true\nimport math'), code('#| appendix: true\nx = 1'), md('## Verdicts'),
+                    code('print(x)'), md('## Checks')]}
+    build_site.apply_cell_options(nb, {}, '')
+    assert [c['source'] for c in nb['cells']] == ['## Verdicts', 'print(x)', '## Checks', '## How this page is made',
+                                                  'import math', 'x = 1']

@@ -29,7 +29,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / 'tools'))
-from notebooks import NBS, cell_source, chapters, exported_names, has_math, read_nb, shown_images
+from notebooks import NBS, cell_source, chapters, directives, exported_names, has_math, read_nb, shown_images
 
 DOCS = Path(os.environ.get('GEOBOOK_DOCS', ROOT / '_docs'))
 NOTEBOOKS = [p.name for p in chapters()]
@@ -312,6 +312,12 @@ def test_page(nb_name, manifest, crawl):
         assert has_words(d['meta_description'], tail), f'{where}: meta description cut: {d["meta_description"]!r}'
     if rest := title_cell_rest(nb_name):
         assert has_words(d['text'], rest), f'{where}: the text after the description ({rest!r}...) is missing'
+
+    # plumbing after results: cells marked `#| appendix: true` close the page (the performance page's readers and adapters)
+    if any(directives(cell_source(c)).get('appendix') is True for c in read_nb(NBS / nb_name)['cells']):
+        t = d['text']
+        assert 'How this page is made' in t, f'{where}: the appendix heading is missing'
+        if 'Verdicts' in t: assert t.index('Verdicts') < t.index('How this page is made'), f'{where}: plumbing first'
 
     # links and anchors
     assert not d['dup_ids'], f'{where}: ids used twice (an anchor would be ambiguous): {sorted(set(d["dup_ids"]))}'
