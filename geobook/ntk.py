@@ -64,10 +64,9 @@ def _correlation(k11, k12, k22):
 # %% ../nbs/01_ntk.ipynb #2a26cbf0
 def _relu(k11, k12, k22):
     s, rho = _correlation(k11, k12, k22)
-    om = 1 - rho
-    sin = (om * (1 + rho)).sqrt_()                                           # sin θ without the cancellation in 1 − ρ²
-    theta = 2 * torch.asin((om / 2).sqrt_())                                 # θ = arccos ρ by the half-angle formula
-    return s * (rho / 2 + (sin - theta * rho) / (2 * math.pi)), 0.5 - theta / (2 * math.pi)
+    sin = ((1 - rho) * (1 + rho)).sqrt_()                                    # sin θ without the cancellation in 1 − ρ²
+    phi = torch.atan2(sin, -rho)                                             # π − θ, accurate at ρ → 1 and at ρ → −1
+    return s * (sin + phi * rho) / (2 * math.pi), phi / (2 * math.pi)
 
 def relu_moments(k11, k12, k22) -> tuple[torch.Tensor, torch.Tensor]:
     """Arc-cosine moments (𝔼[relu(u)relu(v)], 𝔼[relu'(u)relu'(v)]) for (u, v) ~ N(0, [[k11, k12], [k12, k22]]).

@@ -171,3 +171,17 @@ def test_conversion_to_chapter_2_is_limited_by_its_quadrature_at_large_variance(
               for L in (1, 2))
     assert 8 < k1 < 9 and 1e-11 < err < 1e-8, (k1, err)
     assert any(issubclass(x.category, QuadratureWarning) and 'Gauss' in str(x.message) for x in w)
+
+
+def test_relu_moments_near_antipodal():
+    "Fifth referee W2: θ by the half-angle formula lost √ε at ρ → −1 (Σ = −8.5e−10 at ρ = −1 + 16ε); atan2 keeps both ends."
+    import mpmath
+    from geobook.ntk import relu_moments
+    mpmath.mp.dps = 40
+    for r in (-1 + 16 * 2.0**-52, -1 + 1e-12, -1 + 1e-8, 1 - 16 * 2.0**-52, 1 - 1e-8):
+        S, Sd = relu_moments(1.0, r, 1.0)
+        th = mpmath.acos(mpmath.mpf(r))
+        S_ex = (mpmath.sin(th) + (mpmath.pi - th) * mpmath.mpf(r)) / (2 * mpmath.pi)
+        Sd_ex = (mpmath.pi - th) / (2 * mpmath.pi)
+        assert float(S) >= 0 and abs(float(S) - float(S_ex)) <= 1e-15, (r, float(S), float(S_ex))
+        assert abs(float(Sd) - float(Sd_ex)) <= 1e-9 * float(Sd_ex), (r, float(Sd), float(Sd_ex))
