@@ -317,12 +317,13 @@ def _forget_pool():
 if hasattr(os, 'register_at_fork'): os.register_at_fork(after_in_child=_forget_pool)
 
 _MIN_PARALLEL = 1 << 19        # elements per cloud below which one thread does everything
+_MIN_SPLIT = 1 << 16           # ... below which the two clouds of a one-task call are not split between two threads
 
-def _run_tasks(task, n_tasks: int, work: int):
-    """Run task(i) for i < n_tasks. With enough `work` (elements), threads pull the next i from a shared counter and
-    the calling thread works too: a thread that the OS leaves unscheduled delays the call by one task at most, and
-    with one usable core (or little work) everything runs here, with no pool at all."""
-    t = min(_n_threads(), n_tasks) if work >= _MIN_PARALLEL else 1
+def _run_tasks(task, n_tasks: int, work: int, min_work: int = _MIN_PARALLEL):
+    """Run task(i) for i < n_tasks. With enough `work` (elements, at least `min_work`), threads pull the next i from a
+    shared counter and the calling thread works too: a thread that the OS leaves unscheduled delays the call by one
+    task at most, and with one usable core (or little work) everything runs here, with no pool at all."""
+    t = min(_n_threads(), n_tasks) if work >= min_work else 1
     if t == 1:
         for i in range(n_tasks): task(i)
         return
@@ -444,6 +445,7 @@ def _np_distances(Tn: np.ndarray, Xn: np.ndarray, Yn: np.ndarray, p: float, chun
     XT, YT = _transposed(Xn), _transposed(Yn)
     out = np.empty(L, dtype=Xn.dtype)
     r, k = _blocks(L, n, d, chunk)
+    if k == 1 and L * n >= _MIN_SPLIT: return _np_distances_split(Tn, Xn, Yn, XT, YT, p)
     def task(i):
         lo, hi = i * r, min(L, (i + 1) * r)
         a, b = _project(Tn[:, lo:hi], Xn, XT), _project(Tn[:, lo:hi], Yn, YT)
@@ -451,6 +453,17 @@ def _np_distances(Tn: np.ndarray, Xn: np.ndarray, Yn: np.ndarray, p: float, chun
         out[lo:hi] = _np_row_lp(a, p)
     _run_tasks(task, k, L * n)
     return out
+
+def _np_distances_split(Tn, Xn, Yn, XT, YT, p: float) -> np.ndarray:
+    """One task's work (all L rows) split by cloud: one thread projects and sorts θᵀX, another θᵀY, then one
+    reduction. Worth it from _MIN_SPLIT elements, where a single task would leave a core idle."""
+    L, ab = Tn.shape[1], [None, None]
+    def cloud(c):
+        Z, ZT = (Xn, XT) if c == 0 else (Yn, YT)
+        ab[c] = _project(Tn, Z, ZT); ab[c].sort(axis=1)
+    _run_tasks(cloud, 2, L * Xn.shape[0], min_work=_MIN_SPLIT)
+    ab[0] -= ab[1]
+    return _np_row_lp(ab[0], p)
 
 def _np_grads(Tn, Xn, Yn, p: float, w, go, chunk: int, need):
     """Gradients of Σ_l go_l w_l with respect to X, Y and the directions (those `need` asks for), in the same tasks:

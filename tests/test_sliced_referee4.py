@@ -199,3 +199,26 @@ def test_barycenter_lr_beyond_two_is_refused():
         sl.sliced_barycenter(clouds, n_support=20, n_iters=5, lr=1e6, seed=0, show_progress=False)
     Z = sl.sliced_barycenter(clouds, n_support=20, n_iters=20, lr=2.0, seed=0, show_progress=False)
     assert torch.isfinite(Z).all() and float(Z.abs().max()) <= 3 * max(float(c.abs().max()) for c in clouds)
+
+
+@pytest.mark.parametrize('d,p', [(3, 2), (64, 2), (64, 1), (5, 3.5)])
+def test_one_task_call_split_by_cloud_matches_the_task_path(monkeypatch, d, p):
+    "A one-task call with L·n ≥ 2¹⁶ runs the two clouds on two threads; its distances equal the single-task path's and"
+    " a float64 project-sort-reduce computed here (seed 0, 1e-12 relative)."
+    rng = np.random.default_rng(0)
+    n, L = 3000, 50
+    X, Y = rng.normal(size=(n, d)), rng.normal(size=(n, d)) + 0.3
+    T = rng.normal(size=(d, L)); T /= np.linalg.norm(T, axis=0)
+    r, k = sl._blocks(L, n, d, sl._auto_chunk(n, d, 8))
+    assert k == 1 and L * n >= sl._MIN_SPLIT
+    calls = []
+    real = sl._np_distances_split
+    monkeypatch.setattr(sl, '_np_distances_split', lambda *a: calls.append(1) or real(*a))
+    split = sl._np_distances(T, X, Y, p, sl._auto_chunk(n, d, 8))
+    assert calls == [1]
+    monkeypatch.setattr(sl, '_MIN_SPLIT', 1 << 62)
+    single = sl._np_distances(T, X, Y, p, sl._auto_chunk(n, d, 8))
+    assert calls == [1]
+    ref = np.mean(np.abs(np.sort(X @ T, 0) - np.sort(Y @ T, 0)) ** p, 0) ** (1 / p)
+    np.testing.assert_allclose(split, ref, rtol=1e-12)
+    np.testing.assert_allclose(single, ref, rtol=1e-12)
