@@ -13,11 +13,20 @@
    until the time budget (--budget-s) is spent; the rest are listed under `skipped`.
    These rows run with geobook.attention._TENSOR_CORES = 'never' (the tiled kernels of part 1).
 4. Registers, local memory (stack/spills) and shared memory per compiled kernel, from numba-cuda.
-5. Tensor cores (part 2; run after 2, before 3, key `tensor_cores`): the first-call check as a user meets it, the
-   tensor-core GEMM (bfloat16, float16, TF32, 3xTF32) and attention forward (bfloat16, float16; gradients through the
-   tiled backward) against float64 and against the NumPy emulator, CUDA-event timings for N in {1024, 4096, 16384},
-   D = 64, full mask: tensor cores vs the tiled kernels vs SDPA (bfloat16 and float16 forward, bfloat16 fwd+bwd,
-   float32 forward: tiled vs SDPA), and the tensor-core kernels' registers. Dry run: the emulator stands in for them.
+5. Tensor cores (part 2; run after 2, before 3, key `tensor_cores`): the first-call check as a user meets it
+   (bfloat16, float16, and float32 with fp32_precision 'tf32' and '3xtf32'), the tensor-core GEMM (bfloat16, float16,
+   TF32, 3xTF32) and attention forward (bfloat16, float16 with gradients through the tiled backward; float32 through
+   TF32 (both kernel variants) and 3xTF32, against the derived bound `_tf32_bounds`) against float64 and against the
+   NumPy emulator, CUDA-event timings for N in {1024, 4096, 16384}, D = 64, full mask: tensor cores vs the tiled
+   kernels vs SDPA (bfloat16 and float16 forward, bfloat16 fwd+bwd; float32 forward: TF32 in both variants and 3xTF32,
+   through flash_attention and the bare kernel, vs the tiled float32 kernel and vs SDPA float32 with
+   torch.backends.cuda.matmul.allow_tf32 off (the default) and on), and the tensor-core kernels' registers. Dry run:
+   the emulator stands in for the kernels.
+
+`--only tensor_cores` runs section 5 alone (≤ 2 minutes on an H200, compilation included): it reads the JSON of an
+earlier full run (`--base`, default benchmarks/results/attention_gpu.json), replaces its `tensor_cores` section and
+writes the whole to `--out` (everything else kept; rows the time budget skips keep their earlier measurement, marked
+`from_run`; the earlier section's record of a fixed failure, `fixed`, is carried over).
 
 The JSON (default benchmarks/results/attention_gpu.json) is rewritten after every step, so a run cut short by the
 outer `timeout` still leaves what it measured. `--dry` runs everything under Numba's CUDA simulator on tiny shapes on
@@ -45,6 +54,7 @@ class Run:
     def __init__(self, dry: bool, out: str, budget_s: float):
         self.dry, self.out, self.t0, self.budget_s = dry, Path(out), time.perf_counter(), budget_s
         self.device = 'cpu' if dry else 'cuda'
+        self.stamp = True               # save() records the elapsed time at the top level (not with --only)
         self.result = {'benchmark': 'attention_gpu', 'dry_run_on_simulator': dry, 'budget_s': budget_s,
                        'rows': [], 'skipped': []}
 
@@ -54,7 +64,7 @@ class Run:
         if not self.dry: torch.cuda.synchronize()
 
     def save(self):
-        self.result['elapsed_s'] = round(time.perf_counter() - self.t0, 1)
+        if self.stamp: self.result['elapsed_s'] = round(time.perf_counter() - self.t0, 1)
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.out.write_text(json.dumps(self.result, indent=1) + '\n')
 
@@ -167,6 +177,7 @@ def configs(run: Run, quick: bool):
             for passes in ('forward', 'fwd+bwd')]
 
 
+DEFAULT_BUDGET_S = 330.0
 SIMPLE_MAX_N = 4096      # the simple kernels are timed up to this N (beyond, one call takes seconds: the budget)
 
 
@@ -235,10 +246,29 @@ TC_DTYPES = {'bfloat16': torch.bfloat16, 'float16': torch.float16}
 TC_CHECKS = [(2, 80, 100), (3, 200, 300), (1, 1, 1), (2, 1000, 1500)]     # (BH, N_q, N_k), D = 64, full mask
 TC_DRY_CHECKS = [(1, 20, 70), (1, 1, 1)]
 TC_NS = [1024, 4096, 16384]
+TF32 = ('tf32', '3xtf32')                # float32 through TF32 tensor cores: flash_attention(fp32_precision=...)
+TF32_KINDS = ('fwd', 'fwd_qreg')         # the two variants: Q tile in shared memory (32-key tiles), Q in registers (64)
 
 
-def _emulated_forward_mma(q, k, v, scale):
+def _kinds(prec):
+    "The kernel variants built for `prec` (3xTF32 has no Q-in-registers variant: A._TF32_BK)."
+    return [k for k in TF32_KINDS if (prec, k == 'fwd_qreg') in A._TF32_BK]
+TF32_CHECKS = [(2, 80, 100), (3, 200, 300), (1, 1, 1), (2, 1000, 1500)]
+TF32_DRY_CHECKS = [(1, 20, 70)]
+
+
+def _emulated_forward_mma_tf32(q, k, v, scale, precision):
+    "The dry run's stand-in for A._forward_mma on float32 (CPU tensors): the NumPy emulator of the _TF32_KIND variant."
+    D = q.shape[-1]
+    if D != A._MMA_D: q, k, v = (torch.nn.functional.pad(t, (0, A._MMA_D - D)) for t in (q, k, v))
+    o, m, lam = A._emulate_flash_fwd_tf32(*(t.detach().numpy() for t in (q, k, v)), scale, precision,
+                                          qreg=A._TF32_KIND == 'fwd_qreg')
+    return torch.from_numpy(o)[..., :D].contiguous(), torch.from_numpy(np.stack([m, lam]))
+
+
+def _emulated_forward_mma(q, k, v, scale, precision='ieee'):
     "The dry run's stand-in for A._forward_mma: the NumPy emulator of the same kernel (CPU tensors, D ≤ 64)."
+    if q.dtype == torch.float32: return _emulated_forward_mma_tf32(q, k, v, scale, precision)
     D = q.shape[-1]
     if D != A._MMA_D: q, k, v = (torch.nn.functional.pad(t, (0, A._MMA_D - D)) for t in (q, k, v))
     bits = lambda t: t.detach().contiguous().view(torch.int16).numpy().view(np.uint16)
@@ -297,6 +327,64 @@ def _accumulation(run: Run) -> dict:
     return acc
 
 
+def _with_allow_tf32(fn):
+    "fn() with torch.backends.cuda.matmul.allow_tf32 = True (torch's opt-in to TF32 matmuls), restored afterwards."
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')         # newer torch prefers fp32_precision and may say so
+        allow = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = True
+        try:
+            return fn()
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = allow
+
+
+def _tf32_checks(run: Run, g, record, out):
+    """float32 attention through TF32 (both kernel variants) and 3xTF32: O and L against float64 attention of the same
+    float32 inputs within the derived bounds A._tf32_bounds (+ 10⁻⁶ for the float64 reference's own rounding of the
+    output to float32), and, on small shapes, against the NumPy emulator of the same variant (same operand rounding;
+    the sums' order and rounding inside mma differ: O within 2u·max|v| + 10⁻⁴ for TF32, where P may round the other
+    way at a tie, 10⁻⁴ for 3xTF32; m and log₂ ℓ within 10⁻³)."""
+    dev = run.device
+    for prec in TF32:
+        for kind in _kinds(prec):
+            A._TF32_KIND = kind
+            for BH, Nq, Nk in (TF32_DRY_CHECKS if run.dry else TF32_CHECKS):
+                q, k, v = (torch.randn(1, BH, n, 64, generator=g) for n in (Nq, Nk, Nk))
+                o, lse = flash_attention(q.to(dev), k.to(dev), v.to(dev), return_lse=True, backend='cuda',
+                                         fp32_precision=prec)
+                o2, lse2 = attention_reference(q.double(), k.double(), v.double(), return_lse=True)
+                bo, bl = A._tf32_bounds(q, k, v, 1 / 8, prec)
+                e = lambda a, b: float((a.detach().cpu().double() - b).abs().max())
+                tag = f'fwd {prec} {kind} BH={BH} Nq={Nq} Nk={Nk}'
+                record(f'{tag}: O vs float64 (derived bound)', e(o, o2), bo + 1e-6, bound=bo)
+                record(f'{tag}: L vs float64 (derived bound)', e(lse, lse2), bl + 1e-6, bound=bl)
+                if not run.dry and Nq * Nk <= 80 * 100:
+                    oe, me, le = A._emulate_flash_fwd_tf32(*(t[0].numpy() for t in (q, k, v)), 1 / 8, prec,
+                                                           qreg=kind == 'fwd_qreg')
+                    o_raw, ml = A._forward_mma(*(t[0].to(dev).contiguous() for t in (q, k, v)), 1 / 8, prec)
+                    tol = (2 * A._TF32_U * float(v.abs().max()) if prec == 'tf32' else 0.0) + 1e-4
+                    record(f'{tag}: O vs emulator', float(np.abs(o_raw.cpu().numpy() - oe).max()), tol)
+                    record(f'{tag}: m, log2 l vs emulator', float(np.abs(ml.cpu().numpy() - np.stack([me, le])).max()), 1e-3)
+                run.save()
+    A._TF32_KIND = 'fwd'
+
+
+def _tf32_timings(run: Run, row: dict, q, k, v):
+    """Into `row`: flash_attention(fp32_precision=p) for p in TF32 and each of its variants (`{p}_{kind}_s`), and the bare kernel
+    on (BH, N, 64) tensors (`{p}_{kind}_kernel_s`: no input checks, no reshapes, to separate the host's share)."""
+    q3, k3, v3 = (t.reshape(-1, *t.shape[-2:]).contiguous() for t in (q, k, v))
+    for prec in TF32:
+        for kind in _kinds(prec):
+            A._TF32_KIND = kind
+            r = run.time(lambda: flash_attention(q, k, v, backend='cuda', fp32_precision=prec))
+            row.update({f'{prec}_{kind}_s': r['median_s'], f'{prec}_{kind}_reps': r['reps']})
+            if not run.dry:
+                row[f'{prec}_{kind}_kernel_s'] = run.time(lambda: A._forward_mma(q3, k3, v3, 1 / 8, prec))['median_s']
+    A._TF32_KIND = 'fwd'
+
+
 def tensor_cores(run: Run) -> dict:
     """The tensor-core kernels on this GPU: the first-call check under the default switch, GEMM and attention forward
     (then the tiled backward from its statistics) against float64 and against the NumPy emulator, timings against the
@@ -304,9 +392,10 @@ def tensor_cores(run: Run) -> dict:
     kernels' resources. In the dry run the emulator stands in for the kernels (shapes shrunk): it tests the plumbing."""
     import warnings
     out = {'checks': {}, 'rows': [], 'failures': []}
-    saved = A._forward_mma, A._mma_applies
+    saved, tf32_kind = (A._forward_mma, A._mma_applies), A._TF32_KIND
     if run.dry:
-        A._forward_mma, A._mma_applies = _emulated_forward_mma, (lambda q, mask: mask.kind == 'full' and q.dtype in A._MMA_U)
+        A._forward_mma = _emulated_forward_mma
+        A._mma_applies = lambda q, mask, precision='ieee': mask.kind == 'full' and A._mma_dtype(q, precision) is not None
         out['note'] = 'dry run: the NumPy emulator stands in for the tensor-core kernels'
     else:
         out['capability'] = list(torch.cuda.get_device_capability())
@@ -326,7 +415,10 @@ def tensor_cores(run: Run) -> dict:
         for dt in TC_DTYPES.values():
             q = torch.randn(1, 2, 64, 64, generator=g).to(dev, dt)
             flash_attention(q, q, q, backend='cuda')
-    out['first_call_check'] = {f'{d} {str(t)[6:]}': s for (d, t), s in A._MMA_STATUS.items()}
+        for prec in TF32:                          # (its own generator: the draws after it stay as they were)
+            q = torch.randn(1, 2, 64, 64, generator=torch.Generator().manual_seed(1)).to(dev)
+            flash_attention(q, q, q, backend='cuda', fp32_precision=prec)
+    out['first_call_check'] = {f'{d} {t if isinstance(t, str) else str(t)[6:]}': s for (d, t), s in A._MMA_STATUS.items()}
     out['first_call_warnings'] = [str(w.message)[:500] for w in caught if 'tensor-core' in str(w.message)]
     print('tc first-call check:', out['first_call_check'], out['first_call_warnings'], flush=True)
     A._TENSOR_CORES = 'always'                     # from here on: the tensor-core forward wherever it applies
@@ -370,11 +462,12 @@ def tensor_cores(run: Run) -> dict:
                     record(f'{tag}: O vs emulator', float(np.abs(o_raw.cpu().numpy() - oe).max()), 2e-3)
                     record(f'{tag}: m, log2 l vs emulator', float(np.abs(ml.cpu().numpy() - np.stack([me, le])).max()), 1e-4)
                 run.save()
+        _tf32_checks(run, g, record, out)
         # 4. timings: forward (and bfloat16 fwd+bwd) of the tensor-core path, the tiled kernels and SDPA, same dtype
         B, H = (1, 1) if run.dry else (1, 8)
         Ns = [64] if run.dry else TC_NS
-        cases = [(N, dn, p) for N in Ns for dn, p in (('bfloat16', 'forward'), ('float16', 'forward'),
-                                                       ('bfloat16', 'fwd+bwd'), ('float32', 'forward'))]
+        cases = [(N, 'float32', 'forward') for N in Ns] + [          # float32 (TF32) first: the budget may stop
+            (N, dn, p) for N in Ns for dn, p in (('bfloat16', 'forward'), ('float16', 'forward'), ('bfloat16', 'fwd+bwd'))]
         for N, dname, passes in cases:
             cfg = {'N': N, 'D': 64, 'dtype': dname, 'pass': passes, 'B': B, 'H': H, 'causal': False}
             if run.left() <= 0:
@@ -385,22 +478,26 @@ def tensor_cores(run: Run) -> dict:
                 for t in (q, k, v): t.requires_grad_()
             make = lambda f: _step(f, passes, q, k, v, do)
             row = dict(cfg)
+            if dname == 'float32': _tf32_timings(run, row, q, k, v)        # TF32 / 3xTF32, both variants
             for name, mode in (('tensor_cores_s', 'always'), ('tiled_s', 'never')):
-                if name == 'tensor_cores_s' and dname == 'float32': continue      # no float32 tensor-core attention
+                if name == 'tensor_cores_s' and dname == 'float32': continue      # float32: the TF32 keys above
                 A._TENSOR_CORES = mode
                 r = run.time(make(lambda a, b, c: flash_attention(a, b, c, backend='cuda')))
                 row.update({name: r['median_s'], name[:-2] + '_reps': r['reps']})
             A._TENSOR_CORES = 'always'
             r = run.time(make(lambda a, b, c: sdpa(a, b, c)))
             row.update(sdpa_s=r['median_s'], sdpa_reps=r['reps'])
-            for name in ('tensor_cores_s', 'tiled_s'):
-                if name in row: row[name[:-2] + '_ratio'] = row[name] / row['sdpa_s']
+            if dname == 'float32':              # SDPA with TF32 allowed for matmuls (torch's opt-in), then restored
+                row['sdpa_allow_tf32_s'] = _with_allow_tf32(lambda: run.time(make(lambda a, b, c: sdpa(a, b, c))))['median_s']
+            timed = [n for n in row if n.endswith('_s') and n != 'sdpa_s' and isinstance(row[n], float)]
+            for name in timed:
+                row[name[:-2] + '_ratio'] = row[name] / row['sdpa_s']
             flops = 4 * B * H * N * N * 64 * (1 if passes == 'forward' else 3.5)
-            row['tflops'] = {n: flops / row[n] / 1e12 for n in ('tensor_cores_s', 'tiled_s', 'sdpa_s') if n in row}
+            row['tflops'] = {n: flops / row[n] / 1e12 for n in timed + ['sdpa_s']}
             out['rows'].append(row); run.result['tensor_cores'] = out; run.save()
             print('tc timing', {k_: (f'{x:.3g}' if isinstance(x, float) else x) for k_, x in row.items()}, flush=True)
     finally:
-        A._TENSOR_CORES = 'auto'
+        A._TENSOR_CORES, A._TF32_KIND = 'auto', tf32_kind
         A._forward_mma, A._mma_applies = saved
     # 5. resources of the compiled tensor-core kernels
     if not run.dry:
@@ -437,8 +534,13 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--dry', action='store_true', help='under the CUDA simulator on tiny shapes (CPU only)')
     ap.add_argument('--quick', action='store_true', help='N in {1024, 4096} only')
-    ap.add_argument('--budget-s', type=float, default=330.0, help='stop starting new timings after this many seconds')
+    ap.add_argument('--budget-s', type=float, default=DEFAULT_BUDGET_S,
+                    help='stop starting new timings after this many seconds (default 330; 100 with --only)')
     ap.add_argument('--out', default=None)
+    ap.add_argument('--only', choices=['tensor_cores'], default=None,
+                    help='run section 5 alone and write it into the JSON of --base (everything else kept)')
+    ap.add_argument('--base', default=None, help='with --only: the JSON of an earlier full run (default: '
+                    'benchmarks/results/attention_gpu.json); it is read, never written unless --out names it')
     args = ap.parse_args(argv)
     if args.dry and os.environ.get('NUMBA_ENABLE_CUDASIM') != '1':
         sys.exit('--dry needs NUMBA_ENABLE_CUDASIM=1 in the environment before Python starts (gpu_run.sh --dry sets it)')
@@ -446,6 +548,8 @@ def main(argv=None):
         sys.exit('no CUDA GPU visible to torch: run on a GPU machine, or use --dry (simulator) to check the script')
     out = args.out or ('/tmp/attention_gpu_dry.json' if args.dry
                        else str(Path(__file__).resolve().parent / 'results' / 'attention_gpu.json'))
+    if args.only:
+        return only_tensor_cores(args, out)
     run = Run(args.dry, out, args.budget_s)
     run.result['machine'] = machine_info()
     run.result['versions'] = versions(run); run.save()
@@ -469,6 +573,41 @@ def main(argv=None):
     neighborhood(run); run.save()
     run.result['kernels'] = kernel_resources(run); run.save()
     print(f'wrote {out} in {run.result["elapsed_s"]} s', flush=True)
+
+
+def only_tensor_cores(args, out: str):
+    """`--only tensor_cores`: section 5 alone, written into a copy of an earlier full run's JSON (--base) at `out`.
+    Timings stop starting after --budget-s (default here 100 s); rows not re-measured keep the earlier values, marked
+    `from_run` with the earlier run's date; the earlier section's `fixed` record is carried over."""
+    base = Path(args.base or Path(__file__).resolve().parent / 'results' / 'attention_gpu.json')
+    if not base.exists(): sys.exit(f'--only tensor_cores needs the JSON of an earlier full run: {base} not found')
+    earlier = json.loads(base.read_text())
+    budget = args.budget_s if args.budget_s != DEFAULT_BUDGET_S else 100.0
+    run = Run(args.dry, out, budget)
+    run.result, run.stamp = earlier, False
+    old = earlier.get('tensor_cores', {})
+    when = earlier.get('machine', {}).get('date')
+    info = {'date': machine_info().get('date'), 'versions': versions(run), 'budget_s': budget, 'base': str(base),
+            'dry_run_on_simulator': args.dry}
+    try:
+        tc = tensor_cores(run)
+    except Exception:                            # noqa: BLE001 - keep the error and the earlier section
+        import traceback
+        run.result['tensor_cores_error'] = traceback.format_exc()[-3000:]
+        print('tensor-core section failed:', run.result['tensor_cores_error'], flush=True)
+        run.save(); return
+    key = lambda r: (r['N'], r['dtype'], r['pass'])
+    done = {key(r) for r in tc['rows'] if 'skipped' not in r}
+    tc['rows'] = [r for r in tc['rows'] if 'skipped' not in r] + [
+        {**r, 'from_run': when} for r in old.get('rows', []) if key(r) not in done and 'skipped' not in r]
+    if 'fixed' in old:                           # the record of a fixed failure, with the value measured before the fix
+        tc['fixed'] = {n: {'before': old.get('checks', {}).get(n), **f} for n, f in old['fixed'].items()}
+    info['elapsed_s'] = round(time.perf_counter() - run.t0, 1)
+    tc['run'] = info
+    run.result['tensor_cores'] = tc
+    run.result.pop('tensor_cores_error', None)
+    run.save()
+    print(f'wrote {out} (section tensor_cores of {base}) in {info["elapsed_s"]} s', flush=True)
 
 
 if __name__ == '__main__':

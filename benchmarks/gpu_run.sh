@@ -11,6 +11,10 @@
 #                                  --budget-s, default 330 s; the whole run is killed at 420 s)
 #   benchmarks/gpu_run.sh --dry    anywhere, CPU only: the same code under Numba's CUDA simulator on tiny shapes, to
 #                                  show it parses, imports and runs; writes /tmp/attention_gpu_dry.json
+#   benchmarks/gpu_run.sh --only tensor_cores [--base IN.json] [--out OUT.json]
+#                                  the tensor-core section alone (≤ 2 minutes on an H200, compilation included), written
+#                                  into a copy of an earlier full run's JSON (--base, default the committed
+#                                  benchmarks/results/attention_gpu.json) at --out; with --dry, under the simulator
 # Extra arguments go to the Python script (e.g. --quick, --budget-s 200, --out PATH). Needs torch (a CUDA build on the
 # GPU), numpy, numba and numba-cuda; PYTHON=... picks the interpreter (default: .venv/bin/python if present, else python3).
 set -euo pipefail

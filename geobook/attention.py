@@ -1224,7 +1224,7 @@ def _mma_bind(f, env: dict):
     return pytypes.FunctionType(f.__code__, g, f.__name__, f.__defaults__)
 
 # %% ../nbs/05_fused_attention.ipynb #50801fe3
-_MMA_KERNELS = {}         # ('fwd' | 'gemm', dtype) → compiled tensor-core kernel, made on first use and kept
+_MMA_KERNELS = {}         # ('fwd' | 'fwd_qreg' | 'gemm', dtype) → compiled tensor-core kernel, made on first use and kept
 _MMA_DEV = {}             # (function, dtype) → its force-inlined device version
 
 def _mma_dev(f, dtype: str):
@@ -1389,9 +1389,19 @@ def _flash_fwd_mma_py(dtype: str):
                     lrow[bh, r] = math.log2(lt)
     return fwd
 
+def _mma_fn(kind: str, dtype: str):
+    """The Python function of a tensor-core kernel: kind 'gemm' (_mma_gemm_py), 'fwd' (16-bit `dtype`: _flash_fwd_mma_py;
+    'tf32', '3xtf32': _flash_fwd_mma_tf32_py with the Q tile in shared memory) or 'fwd_qreg' ('tf32': Q in registers,
+    64-key tiles)."""
+    if kind == 'gemm': return _mma_gemm_py(dtype)
+    if dtype in ('tf32', '3xtf32'): return _flash_fwd_mma_tf32_py(dtype, qreg=kind == 'fwd_qreg')
+    return _flash_fwd_mma_py(dtype)
+
 def _mma_sig(kind: str, dtype: str) -> tuple:
-    "Numba argument types of a tensor-core kernel ('fwd' or 'gemm' for `dtype`), for compiling it without arguments."
+    "Numba argument types of a tensor-core kernel (`kind` and `dtype` as in _mma_fn), for compiling it without arguments."
     a = lambda t, n: numba.types.Array(t, n, 'C')
+    if kind != 'gemm' and dtype in ('tf32', '3xtf32'):
+        return (a(float32, 3),) * 4 + (a(float32, 2), a(float32, 2), float32)
     if kind == 'fwd':
         return (a(numba.uint32, 3), a(numba.uint32, 3), a(numba.uint16, 3), a(float32, 3), a(float32, 2), a(float32, 2),
                 float32)
@@ -1399,16 +1409,16 @@ def _mma_sig(kind: str, dtype: str) -> tuple:
     return x, x, a(float32, 2)
 
 def _mma_kernel(kind: str, dtype: str):
-    """The compiled tensor-core kernel ('fwd': _flash_fwd_mma_py, 'gemm': _mma_gemm_py) for `dtype`, made once and kept
-    in _MMA_KERNELS: cuda.jit with lto=True (nvJitLink inlines the linked helpers), the forward with launch bounds
-    (128 threads, ≥ 4 blocks per SM: at most 128 registers). Real GPUs only: the simulator cannot run linked code."""
+    """The compiled tensor-core kernel (`kind` and `dtype` as in _mma_fn), made once and kept in _MMA_KERNELS: cuda.jit
+    with lto=True (nvJitLink inlines the linked helpers), the forwards with launch bounds (128 threads, ≥ 4 blocks per
+    SM: at most 128 registers). Real GPUs only: the simulator cannot run linked code."""
     key = (kind, dtype)
     if key not in _MMA_KERNELS:
         if numba.core.config.ENABLE_CUDASIM:
             raise RuntimeError("the tensor-core kernels link CUDA C++, which Numba's CUDA simulator cannot run")
-        fn = _flash_fwd_mma_py(dtype) if kind == 'fwd' else _mma_gemm_py(dtype)
-        _MMA_KERNELS[key] = (cuda.jit(fn, lto=True, launch_bounds=_LAUNCH_BOUNDS) if kind == 'fwd'
-                             else cuda.jit(fn, lto=True))
+        fn = _mma_fn(kind, dtype)
+        _MMA_KERNELS[key] = (cuda.jit(fn, lto=True) if kind == 'gemm'
+                             else cuda.jit(fn, lto=True, launch_bounds=_LAUNCH_BOUNDS))
     return _MMA_KERNELS[key]
 
 # %% ../nbs/05_fused_attention.ipynb #c474b2c1
@@ -1476,17 +1486,18 @@ def _emu_mma(a, b, c, dtype: str):
     a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
     ab, bb = _tf32_round(a), _tf32_round(b)
     if dtype == 'tf32': return mma8(ab, bb, c)
-    c = mma8(_tf32_round(a - ab), bb, c)
-    c = mma8(ab, _tf32_round(b - bb), c)
-    return mma8(ab, bb, c)
+    e = mma8(_tf32_round(a - ab), bb, np.zeros_like(c, np.float32))    # E from zero, then C + E in float32
+    e = mma8(ab, _tf32_round(b - bb), e)
+    return (np.asarray(c, np.float32) + mma8(ab, bb, e)).astype(np.float32)
+
+_EMU_FRAGMENTS = ['_a_frag', '_b_frag', '_a_frag_tf32', '_b_frag_tf32', '_c_store', '_qs_a_frag', '_kt_b_frag',
+                  '_vt_b_frag', '_ks_word', '_vt_word', '_p_a_frag']   # the float32 section below adds its own
 
 def _emu_helpers(dtype: str) -> dict:
-    "The kernels' fragment functions bound for NumPy (_pack_pair: cvt.rn.{bf16,f16}x2.f32 emulated), by name."
+    "The kernels' fragment functions (_EMU_FRAGMENTS) bound for NumPy (_pack_pair: cvt.rn.{bf16,f16}x2.f32 emulated), by name."
     enc = _MMA_ENCODE.get(dtype, _bf16_bits)
     pack = lambda lo, hi: np.uint32(int(enc(np.float32(lo))) | (int(enc(np.float32(hi))) << 16))
-    fs = (_a_frag, _b_frag, _a_frag_tf32, _b_frag_tf32, _c_store, _qs_a_frag, _kt_b_frag, _vt_b_frag, _ks_word,
-          _vt_word, _p_a_frag)
-    return {f.__name__: _mma_bind(f, {'_pack_pair': pack}) for f in fs}
+    return {n: _mma_bind(globals()[n], {'_pack_pair': pack}) for n in _EMU_FRAGMENTS}
 
 def _emulate_gemm(A, B, dtype: str, helpers=None):
     """What the kernel _mma_gemm_py(dtype) computes, lane by lane: A (M, K), B (K, N) as uint16 bits ('bfloat16',
@@ -1572,6 +1583,293 @@ def _emulate_flash_fwd(q16, k16, v16, scale: float, dtype: str, helpers=None):
                             mrow[bh, r[lane]], lrow[bh, r[lane]] = m[lane, hh], np.log2(lt[lane])
     return o, mrow, lrow
 
+# %% ../nbs/05_fused_attention.ipynb #d92f3c97
+_TF32_LD = _MMA_D + 4         # floats per row of the shared float32 tiles: 68 (conflict-free fragment reads, see above)
+_TF32_BK = {('tf32', False): 32, ('tf32', True): 64, ('3xtf32', False): 16}   # keys per K/V tile by (dtype, qreg):
+                              # Q tile in shared memory (32 keys fit 48 KiB) or in registers; 3xTF32: 16, within 128 registers
+
+def _f32_word(x, bh, r0, r, c):
+    "x[bh, r0 + r, c] of x (BH, N, 64) float32, for a shared Q, K or V tile; 0 past N (rows of a partial tile)."
+    if r0 + r < x.shape[1]:
+        return x[bh, r0 + r, c]
+    return np.float32(0.0)
+
+def _qs_a_frag_tf32(Qs, w, s, lane):
+    """a0..a3 of `lane` for warp w's query rows 16w..16w+15 × head dims 8s..8s+7 (A of mma.m16n8k8 .tf32, 16×8) from
+    the shared float32 tile Qs[row, d]: rows g, g+8 (a0, a1) and again (a2, a3), columns t and t+4."""
+    g = lane >> 2
+    t = lane & 3
+    r = 16 * w + g
+    c = 8 * s + t
+    return Qs[r, c], Qs[r + 8, c], Qs[r, c + 4], Qs[r + 8, c + 4]
+
+def _kt_b_frag_tf32(Ks, j, s, lane):
+    """b0, b1 of `lane` for B = Kᵀ, head dims 8s..8s+7 (k) × keys 8j..8j+7 (n), from the shared tile Ks[key, d]:
+    key 8j+g, head dims 8s+t (b0) and 8s+t+4 (b1)."""
+    g = lane >> 2
+    t = lane & 3
+    return Ks[8 * j + g, 8 * s + t], Ks[8 * j + g, 8 * s + t + 4]
+
+def _p_a_frag_tf32(s, j):
+    """a0..a3 of P for the k-step over keys 8j..8j+7, straight from this lane's accumulators of S n-tile j (s[4j..4j+3]:
+    rows g, g+8 × keys 2t, 2t+1) with the keys relabelled, logical k = t ↔ key 2t and k = t+4 ↔ key 2t+1:
+    a0 = c0, a1 = c2, a2 = c1, a3 = c3 (no shuffle)."""
+    return s[4 * j], s[4 * j + 2], s[4 * j + 1], s[4 * j + 3]
+
+def _v_b_frag_tf32(Vs, j, n, lane):
+    """b0, b1 of `lane` for B = V, the keys of k-step j (k, relabelled as P's) × head dims 8n..8n+7 (n), from the shared
+    tile Vs[key, d]: b0 = V[8j+2t, 8n+g] (logical k = t), b1 = V[8j+2t+1, 8n+g] (logical k = t+4)."""
+    g = lane >> 2
+    t = lane & 3
+    return Vs[8 * j + 2 * t, 8 * n + g], Vs[8 * j + 2 * t + 1, 8 * n + g]
+
+_EMU_FRAGMENTS += ['_f32_word', '_qs_a_frag_tf32', '_kt_b_frag_tf32', '_p_a_frag_tf32', '_v_b_frag_tf32']   # emulator
+
+
+# %% ../nbs/05_fused_attention.ipynb #9f4a5729
+def _flash_fwd_mma_tf32_py(dtype: str, qreg: bool = False):
+    """The Python function of the float32 tensor-core FlashAttention-2 forward (full mask, D = 64) through TF32
+    (`dtype` 'tf32') or 3xTF32 ('3xtf32'): fwd(q, k, v, o, mrow, lrow, scale2) with q (BH, N_q, 64), k, v (BH, N_k, 64),
+    o (BH, N_q, 64) float32, mrow, lrow (BH, N_q) float32 (m and log₂ ℓ, base 2, as the other kernels write them),
+    scale2 = τ·log₂e. Grid (⌈N_q/64⌉, BH), 128 threads; warp w owns query rows 16w..16w+15. S = Q Kᵀ and O += P V with
+    mma.m16n8k8 (float32 accumulators; the helper rounds its operands), the online softmax on the accumulators, P fed
+    from registers as the A operand of P V with the keys of each k-step relabelled (_p_a_frag_tf32, _v_b_frag_tf32).
+    qreg=False: the Q tile stays in shared memory, 32-key K/V tiles (3xTF32: 16); qreg=True (TF32 only): Q's fragments
+    (32 floats per lane) are read once into registers, 64-key tiles (_TF32_BK). Shared tiles float32 with rows of
+    _TF32_LD = 68 floats. Any N_q, N_k ≥ 1."""
+    if (dtype, qreg) not in _TF32_BK:
+        raise ValueError(f'no {dtype} forward with qreg={qreg}: it would not fit 128 registers (see _TF32_BK)')
+    mma = _mma_ops()[0][dtype]
+    qsa, ktb, vb, pa, ldw = (_mma_dev(f, dtype) for f in (_qs_a_frag_tf32, _kt_b_frag_tf32, _v_b_frag_tf32,
+                                                           _p_a_frag_tf32, _f32_word))
+    D, LD, BQ, BK = _MMA_D, _TF32_LD, _MMA_BQ, _TF32_BK[dtype, qreg]
+    NJ, NSQ, NO = BK // 8, D // 8, D // 8        # S: NJ n-tiles of 8 keys × NSQ k-steps; O: NO n-tiles × NJ k-steps
+    QROWS, QF = (1, 4 * NSQ) if qreg else (BQ, 1)  # shared Q rows (1: a placeholder) and Q registers (1: unused)
+    SF, OF = 4 * NJ, 4 * NO
+    NEG_INF = float32(-math.inf)
+    NT = 32 * _MMA_WARPS
+
+    def fwd(q, k, v, o, mrow, lrow, scale2):
+        tid = cuda.threadIdx.x
+        lane = tid & 31
+        warp = tid >> 5
+        bh = cuda.blockIdx.y
+        q0 = cuda.blockIdx.x * BQ
+        Nq = q.shape[1]
+        Nk = k.shape[1]
+        r0 = q0 + 16 * warp                           # this warp's first query row
+        g = lane >> 2
+        t = lane & 3
+        Qs = cuda.shared.array((QROWS, LD), float32)
+        Ks = cuda.shared.array((BK, LD), float32)
+        Vs = cuda.shared.array((BK, LD), float32)
+        qf = cuda.local.array(QF, float32)            # Q fragments (qreg): k-step s in qf[4s:4s+4]
+        s = cuda.local.array(SF, float32)             # S accumulators, then P (16 rows × BK keys per warp)
+        acc = cuda.local.array(OF, float32)           # O accumulators (16 rows × 64 head dims per warp)
+        m = cuda.local.array(2, float32)              # running max of rows g, g+8 (base-2 units)
+        l = cuda.local.array(2, float32)              # this lane's part of the running sums of rows g, g+8
+        if qreg:                                      # Q through the K tile (BK = BQ rows) into registers, once
+            for idx in range(tid, BQ * D, NT):
+                qr = idx // D
+                Ks[qr, idx - qr * D] = ldw(q, bh, q0, qr, idx - qr * D)
+            cuda.syncthreads()
+            for ss in range(NSQ):
+                a0, a1, a2, a3 = qsa(Ks, warp, ss, lane)
+                qf[4 * ss] = a0
+                qf[4 * ss + 1] = a1
+                qf[4 * ss + 2] = a2
+                qf[4 * ss + 3] = a3
+        else:                                         # the Q tile, once (read after the first barrier below)
+            for idx in range(tid, BQ * D, NT):
+                qr = idx // D
+                Qs[qr, idx - qr * D] = ldw(q, bh, q0, qr, idx - qr * D)
+        for i in range(OF):
+            acc[i] = float32(0.0)
+        for h in range(2):
+            m[h] = NEG_INF
+            l[h] = float32(0.0)
+        for k0 in range(0, Nk, BK):
+            cuda.syncthreads()                        # the previous tiles (or Q, through Ks) are no longer read
+            for idx in range(tid, BK * D, NT):        # K and V tiles, row-major as in memory (coalesced)
+                kr = idx // D
+                kc = idx - kr * D
+                Ks[kr, kc] = ldw(k, bh, k0, kr, kc)
+                Vs[kr, kc] = ldw(v, bh, k0, kr, kc)
+            cuda.syncthreads()
+            for i in range(SF):
+                s[i] = float32(0.0)
+            for ss in range(NSQ):                     # S = Q Kᵀ on tensor cores: one Q fragment at a time, NJ chains
+                if qreg:
+                    a0 = qf[4 * ss]
+                    a1 = qf[4 * ss + 1]
+                    a2 = qf[4 * ss + 2]
+                    a3 = qf[4 * ss + 3]
+                else:
+                    a0, a1, a2, a3 = qsa(Qs, warp, ss, lane)
+                for j in range(NJ):
+                    b0, b1 = ktb(Ks, j, ss, lane)
+                    c0, c1, c2, c3 = mma(a0, a1, a2, a3, b0, b1, s[4 * j], s[4 * j + 1], s[4 * j + 2], s[4 * j + 3])
+                    s[4 * j] = c0
+                    s[4 * j + 1] = c1
+                    s[4 * j + 2] = c2
+                    s[4 * j + 3] = c3
+            for i in range(SF):                       # scaled to base 2
+                s[i] *= scale2
+            if k0 + BK > Nk:                          # only the last tile holds keys past N_k
+                for j in range(NJ):
+                    col = k0 + 8 * j + 2 * t
+                    if col >= Nk:
+                        s[4 * j] = NEG_INF
+                        s[4 * j + 2] = NEG_INF
+                    if col + 1 >= Nk:
+                        s[4 * j + 1] = NEG_INF
+                        s[4 * j + 3] = NEG_INF
+            for h in range(2):                        # online softmax: row g (registers 0, 1), row g+8 (2, 3)
+                mx = NEG_INF
+                for j in range(NJ):
+                    mx = max(mx, max(s[4 * j + 2 * h], s[4 * j + 2 * h + 1]))
+                mx = max(mx, cuda.shfl_xor_sync(0xffffffff, mx, 1))   # the 4 lanes of a group share the row
+                mx = max(mx, cuda.shfl_xor_sync(0xffffffff, mx, 2))
+                mnew = max(m[h], mx)                  # finite: every tile has a key < N_k
+                alpha = math.exp2(m[h] - mnew)
+                m[h] = mnew
+                ls = float32(0.0)
+                for j in range(NJ):
+                    p0 = math.exp2(s[4 * j + 2 * h] - mnew)
+                    p1 = math.exp2(s[4 * j + 2 * h + 1] - mnew)
+                    s[4 * j + 2 * h] = p0
+                    s[4 * j + 2 * h + 1] = p1
+                    ls += p0 + p1
+                l[h] = l[h] * alpha + ls
+                for n in range(NO):
+                    acc[4 * n + 2 * h] *= alpha
+                    acc[4 * n + 2 * h + 1] *= alpha
+            for j in range(NJ):                       # O += P V on tensor cores, P from the S registers: one
+                a0, a1, a2, a3 = pa(s, j)             # k-step's P fragment at a time, NO chains
+                for n in range(NO):
+                    b0, b1 = vb(Vs, j, n, lane)
+                    c0, c1, c2, c3 = mma(a0, a1, a2, a3, b0, b1, acc[4 * n], acc[4 * n + 1], acc[4 * n + 2],
+                                         acc[4 * n + 3])
+                    acc[4 * n] = c0
+                    acc[4 * n + 1] = c1
+                    acc[4 * n + 2] = c2
+                    acc[4 * n + 3] = c3
+        for h in range(2):                            # full row sums, normalise, store O, m and log₂ ℓ
+            lt = l[h]
+            lt += cuda.shfl_xor_sync(0xffffffff, lt, 1)
+            lt += cuda.shfl_xor_sync(0xffffffff, lt, 2)
+            r = r0 + g + 8 * h
+            if r < Nq:
+                inv = float32(1.0) / lt
+                for n in range(NO):
+                    o[bh, r, 8 * n + 2 * t] = acc[4 * n + 2 * h] * inv
+                    o[bh, r, 8 * n + 2 * t + 1] = acc[4 * n + 2 * h + 1] * inv
+                if t == 0:
+                    mrow[bh, r] = m[h]
+                    lrow[bh, r] = math.log2(lt)
+    return fwd
+
+
+# %% ../nbs/05_fused_attention.ipynb #974755a3
+_F32_U = 2.0 ** -23           # float32: relative error of one addition or product in any rounding mode (truncation too)
+_TF32_U = 2.0 ** -11          # unit roundoff of TF32 (10 fraction bits, rounded to nearest)
+def _tf32_rho(dtype: str) -> float:
+    """Relative error of one product x·y of float32 numbers on the tensor core: 'tf32', both rounded (|δ| ≤ u = 2⁻¹¹):
+    (1+δ₁)(1+δ₂) − 1 ≤ 2u + u²; '3xtf32', x = b + s + r with b = tf32(x), s = tf32(x − b), |r| ≤ u²|x|, |s| ≤ (u+u²)|x|,
+    and bb' + bs' + sb' = (x − r)(y − r') − ss': error ≤ (2u² + u⁴ + (u + u²)²)|xy| = (3u² + 2u³ + 2u⁴)|xy|."""
+    u = _TF32_U
+    return 2 * u + u * u if dtype == 'tf32' else 3 * u * u + 2 * u ** 3 + 2 * u ** 4
+
+def _gamma(n: int) -> float:
+    "γ(n) = γₙ = n·2⁻²³/(1 − n·2⁻²³): relative error bound of n float32 operations in a row (Higham's γ, any rounding mode)."
+    return n * _F32_U / (1 - n * _F32_U)
+
+def _tf32_bounds(q, k, v, scale: float, dtype: str) -> tuple:
+    """(bound on max |O_tc − O|, bound on max |L_tc − L|) for the TF32 / 3xTF32 attention forward (`dtype`) of
+    q (…, N_q, D), k, v (…, N_k, D) (float arrays or tensors) against exact attention of the same float32 inputs:
+    S_max = τ·maxᵢⱼ Σ_d |q_id||k_jd| bounds every |S_ij|;
+    ε = (ρ + γ(D + 2))·S_max + 2⁻²¹ bounds every score's error (operand rounding ρ = _tf32_rho, D float32 additions in a
+    row at most, the scale and the subtraction of m; exp2's ≤ 2 ulp as 2⁻²¹);
+    |ΔO| ≤ (exp(2ε) − 1 + ρ + γ(6N_k + 4) + N_k·2⁻¹²⁶)·max|v| (softmax of scores moved by ≤ ε moves each P by ≤ (exp(2ε) − 1)P;
+    P and V rounded for P V; the float32 sums of O and ℓ and the division; P below 2⁻¹²⁶ flushed);
+    |ΔL| ≤ ε + γ(2N_k + 2) + 2⁻²⁴·log₂(N_k + 1)."""
+    q, k, v = (torch.as_tensor(x).double() for x in (q, k, v))
+    D, Nk = q.shape[-1], k.shape[-2]
+    smax = scale * float((q.abs() @ k.abs().transpose(-1, -2)).max())
+    rho = _tf32_rho(dtype)
+    eps = (rho + _gamma(D + 2)) * smax + 2.0 ** -21
+    vmax = float(v.abs().max())
+    grow = math.expm1(2 * eps) if eps < 350 else math.inf       # (exp(2ε) overflows float64 beyond ε ≈ 355: no bound)
+    o = (grow + rho + _gamma(6 * Nk + 4) + Nk * 2.0 ** -126) * vmax
+    return o, eps + _gamma(2 * Nk + 2) + 2.0 ** -24 * math.log2(Nk + 1)
+
+
+# %% ../nbs/05_fused_attention.ipynb #05a3fda3
+def _emulate_flash_fwd_tf32(q, k, v, scale: float, dtype: str, qreg: bool = False, helpers=None):
+    """What _flash_fwd_mma_tf32_py(dtype, qreg) computes, step for step: q (BH, N_q, 64), k, v (BH, N_k, 64) float32 →
+    o (BH, N_q, 64), mrow, lrow (BH, N_q) float32 (m and log₂ ℓ, base 2). Shared tiles through _f32_word, fragments
+    through _qs_a_frag_tf32 / _kt_b_frag_tf32 / _p_a_frag_tf32 / _v_b_frag_tf32, the mma emulated (TF32 or 3xTF32), the
+    online softmax as in _emulate_flash_fwd. `helpers` (default _emu_helpers(dtype)) lets a test swap a fragment function."""
+    h = helpers or _emu_helpers(dtype)
+    q, k, v = (np.ascontiguousarray(x, np.float32) for x in (q, k, v))
+    BH, Nq, D = q.shape
+    Nk = k.shape[1]
+    BK = _TF32_BK[dtype, qreg]
+    NJ = BK // 8
+    scale2 = np.float32(scale * _LOG2E)
+    o = np.full((BH, Nq, D), np.nan, np.float32)
+    mrow, lrow = np.full((BH, Nq), np.nan, np.float32), np.full((BH, Nq), np.nan, np.float32)
+    lanes = np.arange(32)
+    g, t = lanes >> 2, lanes & 3
+    quad = lambda x, op: (lambda y: op(y, y[lanes ^ 2]))(op(x, x[lanes ^ 1]))   # shfl_xor 1, then 2
+    cols = [np.array([4 * j + 2 * hh + e for j in range(NJ) for e in range(2)]) for hh in range(2)]
+    ocols = [np.array([4 * n + 2 * hh + e for n in range(D // 8) for e in range(2)]) for hh in range(2)]
+    tile = lambda x, bh, r0, rows: np.array([[h['_f32_word'](x, bh, r0, r, c) for c in range(D)] for r in range(rows)],
+                                            np.float32)
+    for bh in range(BH):
+        tiles = [(k0, tile(k, bh, k0, BK), tile(v, bh, k0, BK)) for k0 in range(0, Nk, BK)]
+        for qb in range(0, Nq, _MMA_BQ):
+            Qs = tile(q, bh, qb, _MMA_BQ)             # (qreg: the same values staged through the K tile)
+            for w in range(_MMA_WARPS):
+                qf = np.array([[h['_qs_a_frag_tf32'](Qs, w, ss, lane) for ss in range(D // 8)] for lane in range(32)],
+                              np.float32)             # (32 lanes, 8 k-steps, 4 registers)
+                acc, s = np.zeros((32, 4 * (D // 8)), np.float32), np.zeros((32, 4 * NJ), np.float32)
+                m, l = np.full((32, 2), -np.inf, np.float32), np.zeros((32, 2), np.float32)
+                for k0, Ks, Vs in tiles:
+                    s[:] = 0
+                    for ss in range(D // 8):
+                        for j in range(NJ):
+                            b = np.array([h['_kt_b_frag_tf32'](Ks, j, ss, lane) for lane in range(32)], np.float32)
+                            s[:, 4 * j:4 * j + 4] = _emu_mma(qf[:, ss], b, s[:, 4 * j:4 * j + 4], dtype)
+                    s *= scale2
+                    for j in range(NJ):                # keys past N_k
+                        col = k0 + 8 * j + 2 * t
+                        s[col >= Nk, 4 * j], s[col >= Nk, 4 * j + 2] = -np.inf, -np.inf
+                        s[col + 1 >= Nk, 4 * j + 1], s[col + 1 >= Nk, 4 * j + 3] = -np.inf, -np.inf
+                    for hh in range(2):
+                        mnew = np.maximum(m[:, hh], quad(s[:, cols[hh]].max(axis=1), np.maximum))
+                        alpha = np.exp2(m[:, hh] - mnew).astype(np.float32)
+                        m[:, hh] = mnew
+                        p = np.exp2(s[:, cols[hh]] - mnew[:, None]).astype(np.float32)
+                        s[:, cols[hh]] = p
+                        l[:, hh] = l[:, hh] * alpha + p.sum(axis=1, dtype=np.float32)
+                        acc[:, ocols[hh]] *= alpha[:, None]
+                    for j in range(NJ):
+                        pf = np.array([h['_p_a_frag_tf32'](s[lane], j) for lane in range(32)], np.float32)
+                        for n in range(D // 8):
+                            b = np.array([h['_v_b_frag_tf32'](Vs, j, n, lane) for lane in range(32)], np.float32)
+                            acc[:, 4 * n:4 * n + 4] = _emu_mma(pf, b, acc[:, 4 * n:4 * n + 4], dtype)
+                for hh in range(2):
+                    lt = quad(l[:, hh], np.add)
+                    r = qb + 16 * w + g + 8 * hh
+                    for lane in np.flatnonzero(r < Nq):
+                        o[bh, r[lane], 8 * np.arange(8) + 2 * t[lane]] = acc[lane, 4 * np.arange(8) + 2 * hh] / lt[lane]
+                        o[bh, r[lane], 8 * np.arange(8) + 2 * t[lane] + 1] = acc[lane, 4 * np.arange(8) + 2 * hh + 1] / lt[lane]
+                        if t[lane] == 0:
+                            mrow[bh, r[lane]], lrow[bh, r[lane]] = m[lane, hh], np.log2(lt[lane])
+    return o, mrow, lrow
+
+
 # %% ../nbs/05_fused_attention.ipynb #9024c867
 def _nvidia_tool(name: str):
     """Path of NVIDIA's command-line tool `name` (ptxas, nvdisasm, cuobjdump), or None: first NVIDIA's pip wheels
@@ -1592,7 +1890,7 @@ def _nvidia_tool(name: str):
     return shutil.which(name)
 
 _MMA_OFFLINE_KERNELS = (('fwd', 'bfloat16'), ('fwd', 'float16'), ('gemm', 'bfloat16'), ('gemm', 'float16'),
-                        ('gemm', 'tf32'), ('gemm', '3xtf32'))
+                        ('gemm', 'tf32'), ('gemm', '3xtf32'), ('fwd', 'tf32'), ('fwd', '3xtf32'), ('fwd_qreg', 'tf32'))
 _MMA_PTX = {'bfloat16': 'mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32',
             'float16': 'mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32',
             'tf32': 'mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32',
@@ -1646,9 +1944,8 @@ def _mma_offline_facts(cc: tuple, kernels=_MMA_OFFLINE_KERNELS) -> dict:
     sm, out = f'sm{cc[0]}{cc[1]}', {}
     call = re.compile(r'\s*(@%p\d+\s+)?call(\.uni)?\b')
     for kind, dtype in kernels:
-        fn = _flash_fwd_mma_py(dtype) if kind == 'fwd' else _mma_gemm_py(dtype)
-        codes, _ = compile_all(fn, _mma_sig(kind, dtype), device=False, cc=tuple(cc), output='ltoir', abi='numba',
-                               launch_bounds=_LAUNCH_BOUNDS if kind == 'fwd' else None)
+        codes, _ = compile_all(_mma_fn(kind, dtype), _mma_sig(kind, dtype), device=False, cc=tuple(cc), output='ltoir',
+                               abi='numba', launch_bounds=None if kind == 'gemm' else _LAUNCH_BOUNDS)
         pieces = [bytes(c.code if hasattr(c, 'code_type') else c) for c in codes]
         ptx, _ = _nvjitlink(pieces, cc, ptx=True)
         cubin, log = _nvjitlink(pieces, cc, ptx=False)
@@ -1797,11 +2094,12 @@ def _forward_tiled(q, k, v, scale, mask):
                  np.float32(scale * _LOG2E), np.int32(mask.off))
     return (o if Dp == D else o[..., :D].contiguous()), ml
 
-def _forward_impl(q, k, v, scale, mask, backend):
+def _forward_impl(q, k, v, scale, mask, backend, precision: str = 'ieee'):
     """O (BH, N_q, D) float32 and the row statistics ml (2, BH, N_q) float32: ml[0] = m, the row max of the base-2
     scores S·log₂e (_NEG for rows with no key), ml[1] = log₂ ℓ (0 there); L = (m + log₂ ℓ)·ln 2 (`_lse`). Every kernel
     works in base 2, so the backward of any kernel can use them. q, k, v contiguous, float32 (or float16, bfloat16 for
-    the tiled CUDA kernels, which read them as they are)."""
+    the tiled CUDA kernels, which read them as they are). precision: flash_attention's fp32_precision ('ieee', 'tf32',
+    '3xtf32'), used where the float32 tensor-core forward applies."""
     BH, Nq, D = q.shape
     if backend == 'cpu':
         qn, kn, vn = (t.detach().numpy() for t in (q, k, v))
@@ -1813,7 +2111,7 @@ def _forward_impl(q, k, v, scale, mask, backend):
             _on_threads(_flash_fwd_cpu, qn, kn, vn, np.float32(scale), mask.kind == 'causal', mask.off, o, ml[0], ml[1])
         return torch.from_numpy(o), torch.from_numpy(ml)
     if _TILED_FORWARD and mask.kind != 'window':
-        if _use_mma(q, mask): return _forward_mma(q, k, v, scale)   # tensor cores (GPU, sm_80+): see below
+        if _use_mma(q, mask, precision): return _forward_mma(q, k, v, scale, precision)   # tensor cores: see below
         return _forward_tiled(q, k, v, scale, mask)
     q, k, v = (t.float() for t in (q, k, v))
     o = torch.empty_like(q); ml = torch.empty((2, BH, Nq), dtype=torch.float32, device=q.device)
@@ -1898,8 +2196,8 @@ class _FusedAttentionFn(torch.autograd.Function):
     """autograd wrapper: forward and backward kernels of either backend; q, k, v (BH, N, D) contiguous, float32 (or
     float16/bfloat16 on the CUDA backend); O and L float32, gradients returned in the inputs' dtype."""
     @staticmethod
-    def forward(ctx, q, k, v, scale, mask, backend):
-        o, ml = _forward_impl(q, k, v, scale, mask, backend)
+    def forward(ctx, q, k, v, scale, mask, backend, precision='ieee'):
+        o, ml = _forward_impl(q, k, v, scale, mask, backend, precision)
         ctx.save_for_backward(q, k, v, o, ml)      # m and log₂ ℓ, not their rounded sum: P = 2^((S − m) − log₂ ℓ)
         ctx.scale, ctx.mask, ctx.backend = scale, mask, backend
         return o, _lse(ml)
@@ -1910,7 +2208,7 @@ class _FusedAttentionFn(torch.autograd.Function):
         q, k, v, o, ml = ctx.saved_tensors
         if do is None: do = torch.zeros_like(o)
         dq, dk, dv = _backward_impl(q, k, v, o, ml, do.float().contiguous(), dlse, ctx.scale, ctx.mask, ctx.backend)
-        return dq, dk, dv, None, None, None
+        return dq, dk, dv, None, None, None, None
 
 def _lse_dtype(dtype):
     "The dtype of the returned L: float64 for float64 inputs, else float32 (in float16, L ≈ 10⁴ would have spacing 8)."
@@ -1959,7 +2257,7 @@ def _fit_float32(q, k, v, scale):
         v = _ldexp(v, -ev)
     return q, k, v, ev
 
-def _fused(q, k, v, scale, mask, backend):
+def _fused(q, k, v, scale, mask, backend, precision: str = 'ieee'):
     """q (BH, N_q, D), k (BH, N_k, D), v (BH, N_k, D_v) in any float dtype → O (BH, N_q, D_v) and L (BH, N_q) in float32
     (L = −∞ on rows with no key), differentiable. D ≠ D_v: the shorter of q, k or v is padded with zeros (padding q and
     k leaves every score unchanged; padding v adds output columns, dropped)."""
@@ -1968,71 +2266,97 @@ def _fused(q, k, v, scale, mask, backend):
     elif Dv > D: q, k = F.pad(q, (0, Dv - D)), F.pad(k, (0, Dv - D))
     half = backend == 'cuda' and q.dtype in (torch.float16, torch.bfloat16)   # read as is by the tiled CUDA kernels
     f = lambda t: (t if half else t.float()).contiguous()
-    o, lse = _FusedAttentionFn.apply(f(q), f(k), f(v), scale, mask, backend)
+    o, lse = _FusedAttentionFn.apply(f(q), f(k), f(v), scale, mask, backend, precision)
     return o[..., :Dv], lse                                  # L = −∞ on rows with no key (see _lse)
 
 # %% ../nbs/05_fused_attention.ipynb #1ad30db6
 _TENSOR_CORES = 'auto'    # 'auto': the tensor-core forward where it applies, once its first-call check passed;
                           # 'never': the tiled kernels only; 'always': where it applies, without the check
-_MMA_STATUS = {}          # (device, dtype) → True (checked, in use) or the reason it is not used (a string)
+_MMA_STATUS = {}          # (device, dtype) → True (checked, in use) or the reason it is not used (a string); float32:
+                          # (device, 'tf32' or '3xtf32')
+_TF32_KIND = 'fwd'        # the TF32 tensor-core forward dispatched: 'fwd' (Q tile in shared memory, 32-key tiles) or
+                          # 'fwd_qreg' (Q in registers, 64-key tiles); the GPU script times both. 3xTF32: always 'fwd'
+_FP32_PRECISIONS = ('ieee', 'tf32', '3xtf32')
 
-def _mma_applies(q, mask) -> bool:
+def _mma_dtype(q, precision: str = 'ieee'):
+    """The tensor-core kernel's dtype for inputs like q: 'bfloat16' or 'float16'; for float32 the opted-in precision
+    'tf32' or '3xtf32'; None where there is none (float32 with 'ieee', float64)."""
+    if q.dtype in _MMA_U: return _KERNEL_DTYPES[q.dtype]
+    return precision if q.dtype == torch.float32 and precision != 'ieee' else None
+
+def _mma_applies(q, mask, precision: str = 'ieee') -> bool:
     """Whether the tensor-core forward can run for these (BH, N, D) inputs on the 'cuda' backend: bfloat16 or float16,
-    the full mask, D_p = 64 (padded with zero columns), a real GPU (never the simulator) of compute capability ≥ 8.0."""
-    if mask.kind != 'full' or q.dtype not in _MMA_U or _tiled_shape(q.shape[-1])[2] != _MMA_D: return False
+    or float32 with precision 'tf32' / '3xtf32'; the full mask, D_p = 64 (padded with zero columns), a real GPU (never
+    the simulator) of compute capability ≥ 8.0."""
+    if mask.kind != 'full' or _mma_dtype(q, precision) is None or _tiled_shape(q.shape[-1])[2] != _MMA_D: return False
     return _cuda_mode() == 'gpu' and torch.cuda.get_device_capability(q.device) >= (8, 0)
 
-def _forward_mma(q, k, v, scale):
-    """The tensor-core forward: q (BH, N_q, D), k, v (BH, N_k, D) contiguous bfloat16 or float16 on a GPU, D ≤ 64
-    (padded to 64 with zero columns) → O (BH, N_q, D) float32 and the row statistics ml (2, BH, N_q) = (m, log₂ ℓ) in
-    base 2, as _forward_tiled returns them (so the tiled backward can use them)."""
+def _forward_mma(q, k, v, scale, precision: str = 'ieee'):
+    """The tensor-core forward: q (BH, N_q, D), k, v (BH, N_k, D) contiguous on a GPU, bfloat16 or float16, or float32
+    with precision 'tf32' / '3xtf32' (the _TF32_KIND variant), D ≤ 64 (padded to 64 with zero columns) → O (BH, N_q, D)
+    float32 and the row statistics ml (2, BH, N_q) = (m, log₂ ℓ) in base 2, as _forward_tiled returns them (so the
+    tiled backward can use them)."""
     BH, Nq, D = q.shape
     if D != _MMA_D: q, k, v = (F.pad(t, (0, _MMA_D - D)).contiguous() for t in (q, k, v))
     o = torch.empty((BH, Nq, _MMA_D), dtype=torch.float32, device=q.device)
     ml = torch.empty((2, BH, Nq), dtype=torch.float32, device=q.device)
-    bits = lambda t, tt, nt: cuda.as_cuda_array(t.detach().view(tt), sync=False).view(nt)   # no copy
-    kernel = _mma_kernel('fwd', _KERNEL_DTYPES[q.dtype])
-    _launch_cuda(kernel, (-(-Nq // _MMA_BQ), BH), 32 * _MMA_WARPS, bits(q, torch.int32, np.uint32),
-                 bits(k, torch.int32, np.uint32), bits(v, torch.int16, np.uint16), o, ml[0], ml[1],
-                 np.float32(scale * _LOG2E))
+    grid, consts = (-(-Nq // _MMA_BQ), BH), (o, ml[0], ml[1], np.float32(scale * _LOG2E))
+    if q.dtype == torch.float32:        # float32 as it is: the helper rounds to TF32 in registers
+        dt = _mma_dtype(q, precision)
+        kind = _TF32_KIND if (dt, _TF32_KIND == 'fwd_qreg') in _TF32_BK else 'fwd'
+        _launch_cuda(_mma_kernel(kind, dt), grid, 32 * _MMA_WARPS, q, k, v, *consts)
+    else:
+        bits = lambda t, tt, nt: cuda.as_cuda_array(t.detach().view(tt), sync=False).view(nt)   # no copy
+        _launch_cuda(_mma_kernel('fwd', _KERNEL_DTYPES[q.dtype]), grid, 32 * _MMA_WARPS, bits(q, torch.int32, np.uint32),
+                     bits(k, torch.int32, np.uint32), bits(v, torch.int16, np.uint16), *consts)
     return (o if D == _MMA_D else o[..., :D].contiguous()), ml
 
 def _mma_first_call_check(device, dtype, forward_mma, forward_plain):
     """Run `forward_mma` and `forward_plain` ((q, k, v, τ) → (O, ml)) on one seeded problem (BH = 2, N_q = 80, N_k = 100,
-    D = 64, τ = 1/8: a partial Q block and a partial K tile) in `dtype` on `device`. True when both are finite and agree
-    within _mma_o_bound (P's rounding to 16 bits) + 10⁻⁴ on O and 10⁻³ on L; otherwise (or when forward_mma raises)
-    the reason, a string, after one RuntimeWarning that names it."""
+    D = 64, τ = 1/8: a partial Q block and a partial K tile) on `device`, in `dtype` (torch.bfloat16 or torch.float16),
+    or in float32 for dtype 'tf32' / '3xtf32'. True when both are finite and agree within the derived bound + 10⁻⁴ on O
+    (_mma_o_bound: P's rounding to 16 bits; _tf32_bounds for TF32) and within 10⁻³ on L (16-bit: the scores are exact;
+    TF32: _tf32_bounds + 10⁻⁴); otherwise (or when forward_mma raises) the reason, a string, after one RuntimeWarning
+    that names it."""
+    tf32 = isinstance(dtype, str)
     g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(2, n, _MMA_D, generator=g).to(device, dtype) for n in (80, 100, 100))
+    q, k, v = (torch.randn(2, n, _MMA_D, generator=g).to(device, torch.float32 if tf32 else dtype) for n in (80, 100, 100))
     try:
         (o1, ml1), (o2, ml2) = forward_mma(q, k, v, 0.125), forward_plain(q, k, v, 0.125)
         eo, el = (float((a - b).abs().max()) for a, b in ((o1, o2), (_lse(ml1), _lse(ml2))))
-        tol = _mma_o_bound(dtype, float(v.abs().max()), v.shape[-2]) + 1e-4
+        if tf32:
+            tol, tol_l = (b + 1e-4 for b in _tf32_bounds(q, k, v, 0.125, dtype))
+        else:
+            tol, tol_l = _mma_o_bound(dtype, float(v.abs().max()), v.shape[-2]) + 1e-4, 1e-3
     except Exception as e:          # noqa: BLE001 - any failure (compiler, linker, launch) means: do not use it
         reason = f'it failed with {type(e).__name__}: {str(e)[:300]}'
     else:
-        if eo <= tol and el <= 1e-3: return True       # (NaN fails both comparisons)
+        if eo <= tol and el <= tol_l: return True       # (NaN fails both comparisons)
         reason = (f'on a check problem it disagrees with the tiled kernel: max |ΔO| = {eo:.3g} (tolerance '
-                  f'{tol:.3g}), max |ΔL| = {el:.3g} (tolerance 0.001)')
-    warnings.warn(f'geobook.attention: the tensor-core forward is not used for {str(dtype)[6:]} on {device}: {reason}; '
+                  f'{tol:.3g}), max |ΔL| = {el:.3g} (tolerance {tol_l:.3g})')
+    name = dtype if tf32 else str(dtype)[6:]
+    warnings.warn(f'geobook.attention: the tensor-core forward is not used for {name} on {device}: {reason}; '
                   'the tiled kernels run instead', RuntimeWarning, stacklevel=2)
     return reason
 
-def _use_mma(q, mask) -> bool:
-    """Whether this forward runs on tensor cores: _TENSOR_CORES 'never' → no; where _mma_applies, 'always' → yes,
-    'auto' → after the first-call check per (device, dtype), made once and remembered in _MMA_STATUS."""
+def _use_mma(q, mask, precision: str = 'ieee') -> bool:
+    """Whether this forward runs on tensor cores: _TENSOR_CORES 'never' → no; where _mma_applies (float32: only with
+    precision 'tf32' or '3xtf32'), 'always' → yes, 'auto' → after the first-call check per (device, dtype or precision),
+    made once and remembered in _MMA_STATUS."""
     check_choice(_TENSOR_CORES, '_TENSOR_CORES', ['auto', 'never', 'always'])
-    if _TENSOR_CORES == 'never' or not _mma_applies(q, mask): return False
+    if _TENSOR_CORES == 'never' or not _mma_applies(q, mask, precision): return False
     if _TENSOR_CORES == 'always': return True
-    key = (str(q.device), q.dtype)
+    dt = q.dtype if q.dtype in _MMA_U else _mma_dtype(q, precision)
+    key = (str(q.device), dt)
     if key not in _MMA_STATUS:
         plain = lambda q_, k_, v_, s_: _forward_tiled(q_, k_, v_, s_, _Mask('full'))
-        _MMA_STATUS[key] = _mma_first_call_check(q.device, q.dtype, _forward_mma, plain)
+        mma = lambda q_, k_, v_, s_: _forward_mma(q_, k_, v_, s_, precision)
+        _MMA_STATUS[key] = _mma_first_call_check(q.device, dt, mma, plain)
     return _MMA_STATUS[key] is True
 
 # %% ../nbs/05_fused_attention.ipynb #6540891c
 def flash_attention(q, k, v, causal: bool = False, scale: float | None = None, return_lse: bool = False,
-                    backend: str = 'auto'):
+                    backend: str = 'auto', fp32_precision: str = 'ieee'):
     """Exact softmax attention O = softmax(τ·QKᵀ + M)·V by FlashAttention-2's fused online softmax.
 
     q: (…, N_q, D), k: (…, N_k, D), v: (…, N_k, D_v), the batch dimensions `…` broadcast (SDPA's contract); computed in
@@ -2042,11 +2366,21 @@ def flash_attention(q, k, v, causal: bool = False, scale: float | None = None, r
     differs when N_q ≠ N_k); a row with no allowed key gives 0 (L = −∞). scale: τ (default 1/√D). backend: 'auto'
     follows the tensors' device ('cuda' for GPU tensors, else 'cpu'); 'cpu' (Numba kernels on a pool of threads, any
     D) needs CPU tensors; 'cuda' (Numba CUDA kernels, D, D_v ≤ 128) needs GPU tensors, or CPU tensors under the
-    simulator (NUMBA_ENABLE_CUDASIM=1). Empty inputs give empty (or all-masked) results. Differentiable once (fused
-    backward by recomputation). Returns O (…, N_q, D_v) [and the log-sum-exp L (…, N_q)]."""
+    simulator (NUMBA_ENABLE_CUDASIM=1). fp32_precision (float32 inputs only, like torch's
+    `torch.backends.cuda.matmul.fp32_precision`): 'ieee' (default) computes in float32 arithmetic; 'tf32' allows the
+    forward to run on TF32 tensor cores (inputs rounded to 10 fraction bits: errors of order 10⁻³, bounded in the
+    chapter), '3xtf32' on tensor cores with float32-class accuracy (3 TF32 products each). They take effect where the
+    tensor-core forward applies (backend 'cuda' on a GPU of compute capability ≥ 8.0, no causal mask, max(D, D_v) in
+    57..64)
+    after a first-call check against the float32 kernel (one RuntimeWarning and float32 if it fails); elsewhere, and
+    for the backward, float32 arithmetic as with 'ieee'. Empty inputs give empty (or all-masked) results.
+    Differentiable once (fused backward by recomputation). Returns O (…, N_q, D_v) [and the log-sum-exp L (…, N_q)]."""
     q, k, v, batch = _check_attention_inputs(q, k, v, finite=False)   # NaN/inf: tested in _fit_float32
     causal, return_lse = _check_flag(causal, 'causal'), _check_flag(return_lse, 'return_lse')
     scale = _resolve_scale(scale, q.shape[-1])
+    if not isinstance(fp32_precision, str):
+        raise TypeError(f'`fp32_precision` must be one of {list(_FP32_PRECISIONS)}, got {fp32_precision!r}')
+    check_choice(fp32_precision, 'fp32_precision', _FP32_PRECISIONS)
     backend = _resolve_backend(backend, q)
     (Nq, D), (Nk, Dv) = q.shape[-2:], v.shape[-2:]
     if backend == 'cuda' and max(D, Dv) > _DMAX:
@@ -2057,7 +2391,8 @@ def flash_attention(q, k, v, causal: bool = False, scale: float | None = None, r
     dtype = q.dtype
     q, k, v, ev = _fit_float32(q, k, v, scale)
     flat = lambda t: t.expand(*batch, *t.shape[-2:]).reshape(BH, *t.shape[-2:])
-    o, lse = _fused(flat(q), flat(k), flat(v), scale, _Mask('causal' if causal else 'full', off=Nk - Nq), backend)
+    o, lse = _fused(flat(q), flat(k), flat(v), scale, _Mask('causal' if causal else 'full', off=Nk - Nq), backend,
+                    fp32_precision)
     o = _ldexp(o.reshape(*batch, Nq, Dv).to(dtype), ev)
     return (o, lse.reshape(*batch, Nq).to(_lse_dtype(dtype))) if return_lse else o
 

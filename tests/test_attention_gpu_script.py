@@ -42,12 +42,46 @@ def test_gpu_run_dry(tmp_path):
     acc = tc['accumulation']['rows']['33x17x9']
     assert acc['3xtf32'] <= acc['tol_3xtf32'] and acc['3xtf32'] < acc['tf32'] / 100, acc
     assert tc['failures'] == [] and tc['checks'] and all(c['ok'] for c in tc['checks'].values()), tc['failures']
-    assert tc['first_call_check'] == {'cpu bfloat16': True, 'cpu float16': True} and tc['first_call_warnings'] == []
+    assert tc['first_call_check'] == {'cpu bfloat16': True, 'cpu float16': True, 'cpu tf32': True, 'cpu 3xtf32': True}
+    assert tc['first_call_warnings'] == []
+    # float32 through TF32 (emulated): O and L within the derived bound, both variants and both precisions
+    tf32_checks = {n for n in tc['checks'] if n.startswith(('fwd tf32 ', 'fwd 3xtf32 '))}
+    assert {' '.join(n.split()[1:3]) for n in tf32_checks} == {'tf32 fwd', 'tf32 fwd_qreg', '3xtf32 fwd'}
+    assert all(tc['checks'][n]['max_err'] <= tc['checks'][n]['bound'] for n in tf32_checks if 'bound' in tc['checks'][n])
     assert {n.split()[1] for n in tc['checks'] if n.startswith('gemm')} == {'bfloat16', 'float16', 'tf32', '3xtf32'}
     assert {(r['dtype'], r['pass']) for r in tc['rows']} == {('bfloat16', 'forward'), ('float16', 'forward'),
                                                              ('bfloat16', 'fwd+bwd'), ('float32', 'forward')}
     for r in tc['rows']:
         assert r['tiled_s'] > 0 and r['sdpa_s'] > 0 and (r['dtype'] == 'float32') == ('tensor_cores_s' not in r), r
+        if r['dtype'] == 'float32':     # TF32 (both variants), 3xTF32, SDPA with TF32 allowed, all as ratios
+            keys = ['tf32_fwd', 'tf32_fwd_qreg', '3xtf32_fwd']
+            assert all(r[f'{k}_s'] > 0 and r[f'{k}_ratio'] == r[f'{k}_s'] / r['sdpa_s'] for k in keys), r
+            assert r['sdpa_allow_tf32_s'] > 0, r
+
+
+@pytest.mark.skipif(shutil.which('bash') is None or shutil.which('timeout') is None, reason='needs bash and timeout')
+def test_gpu_run_only_tensor_cores_keeps_the_rest(tmp_path):
+    """`gpu_run.sh --dry --only tensor_cores --base B --out O`: O is B with its `tensor_cores` section replaced (run
+    under the simulator here), every other key unchanged, B itself untouched, the earlier section's `fixed` record
+    carried over with the value measured before the fix."""
+    base = ROOT / 'benchmarks' / 'results' / 'attention_gpu.json'
+    if not base.exists(): pytest.skip('no committed GPU JSON to start from')
+    b = tmp_path / 'base.json'
+    b.write_text(base.read_text())
+    out = tmp_path / 'out.json'
+    env = {k: v for k, v in os.environ.items() if k != 'NUMBA_ENABLE_CUDASIM'}
+    p = subprocess.run(['bash', str(ROOT / 'benchmarks' / 'gpu_run.sh'), '--dry', '--only', 'tensor_cores', '--base',
+                        str(b), '--out', str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    old, new = json.loads(b.read_text()), json.loads(out.read_text())
+    assert b.read_text() == base.read_text()                                  # the base is read, never written
+    assert {k: v for k, v in new.items() if k != 'tensor_cores'} == {k: v for k, v in old.items() if k != 'tensor_cores'}
+    tc = new['tensor_cores']
+    assert tc['run']['dry_run_on_simulator'] is True and tc['failures'] == [] and 'tensor_cores_error' not in new
+    for name, f in old['tensor_cores'].get('fixed', {}).items():
+        assert tc['fixed'][name]['before'] == old['tensor_cores']['checks'][name] and tc['fixed'][name]['after'] == f['after']
+    # the rows it did not re-measure (GPU sizes) keep their earlier values, marked with the earlier run's date
+    assert all(r['from_run'] == old['machine']['date'] for r in tc['rows'] if r['N'] > 64)
 
 
 def test_gpu_run_refuses_without_a_gpu_and_says_what_to_do():

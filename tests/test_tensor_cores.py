@@ -1,16 +1,21 @@
 """Chapter 5's tensor-core forward, checked without a GPU (the simulator cannot run linked CUDA C++).
 
 1. Offline compilation (needs the `ptx` extra: numba-cuda[cu13] with NVRTC and nvJitLink, and nvdisasm or cuobjdump):
-   every tensor-core kernel (attention forward and GEMM in bfloat16 and float16, GEMM through TF32 and 3xTF32) is
+   every tensor-core kernel (attention forward and GEMM in bfloat16 and float16, GEMM and attention forward through
+   TF32 and 3xTF32, the latter in both variants: Q tile in shared memory or Q in registers) is
    compiled for sm_80 and sm_90 as `cuda.jit(lto=True)` would on a GPU, by `geobook.attention._mma_offline_facts` — the
    two compute capabilities in two processes side by side, once per test session (a module-scoped fixture). Asserted:
    the linked PTX holds the mma.sync instructions and no call (the CUDA C++ helper was inlined; a control shows the call
-   in the unlinked PTX), the SASS as many HMMA as the PTX has mma.sync (64 per key tile in the forward) and no local
+   in the unlinked PTX), the SASS as many HMMA as the PTX has mma.sync (per key tile: 64 in the 16-bit forward, 2·B_k
+   in the TF32 forward, 3 times that in 3xTF32) and no local
    memory, ptxas a 0-byte stack frame, no spills and ≤ 128 registers (the launch bounds' cap).
 2. The NumPy emulator (`_emulate_gemm`, `_emulate_flash_fwd`: the kernels' own fragment functions run lane by lane,
    the mma instruction emulated from the PTX ISA's table) against float64 A @ B and softmax attention on ragged shapes,
    and two negative controls: a loader with two registers swapped must fail the same comparison.
-3. The dispatch: the first-call check and the module switch, with stand-ins for the kernels (any device).
+   The TF32 forward's emulator (`_emulate_flash_fwd_tf32`) against float64 attention of the same float32 inputs
+   within the derived bound `_tf32_bounds`, and negative controls (P without the key relabelling, V's rows unrelabelled).
+3. The dispatch: the first-call check and the module switch, with stand-ins for the kernels (any device); the
+   fp32_precision opt-in of flash_attention.
 """
 import json, os, re, subprocess, sys, warnings
 import numpy as np
@@ -55,13 +60,28 @@ def facts():
 KERNELS = [f'{kind}_{dt}_sm{a}{b}' for kind, dt in A._MMA_OFFLINE_KERNELS for a, b in CCS]
 
 
+def _kernel_kind(name):
+    "(kind, dtype, keys per tile B_k) of an offline-facts name such as 'fwd_qreg_3xtf32_sm90' (B_k None for a GEMM)."
+    kind, dt = next((k, d) for k, d in A._MMA_OFFLINE_KERNELS if name.startswith(f'{k}_{d}_sm'))
+    if kind == 'gemm': return kind, dt, None
+    return kind, dt, (A._TF32_BK[dt, kind == 'fwd_qreg'] if dt in ('tf32', '3xtf32') else A._MMA_BK)
+
+
 @pytest.mark.parametrize('name', KERNELS)
 def test_helper_inlined_and_mma_in_sass(facts, name):
     f = facts[name]
     assert f['ltoir_pieces'] == 2, f                                # the kernel and attention_mma.cu (NVRTC)
     assert f['ptx_calls'] == 0 and f['ptx_local'] == 0, f           # inlined: no call, no local memory in PTX
-    per_tile = 64 if name.startswith('fwd') else (3 if '3xtf32' in name else 1)   # mma per key tile / per k-step
-    assert f['ptx_mma'] >= per_tile and f['ptx_mma'] % per_tile == 0, f
+    kind, dt, bk = _kernel_kind(name)
+    x3 = 3 if dt == '3xtf32' else 1
+    # mma per key tile and warp (16-bit forward: QKᵀ 8 n-tiles × 4 k-steps + PV 8 × 4) or per k-step (GEMM); TF32
+    # forwards: PV unrolled (8 n-tiles × B_k/8 k-steps) and QKᵀ a multiple of B_k/8 (its loop over the 8 k-steps of
+    # head dimensions may stay a loop); 3xTF32: three of each
+    if kind == 'gemm' or dt in ('bfloat16', 'float16'):
+        per_tile = x3 * (1 if kind == 'gemm' else 64)
+        assert f['ptx_mma'] >= per_tile and f['ptx_mma'] % per_tile == 0, f
+    else:
+        assert f['ptx_mma'] >= x3 * (bk + bk // 8) and f['ptx_mma'] % (x3 * bk // 8) == 0, f
     assert f['sass_hmma'] == f['ptx_mma'], f                        # each mma.sync became one HMMA
     assert f['sass_ldl_stl'] == 0, f
     assert all(SLOW_PATH.search(c) for c in f['sass_calls']), f
@@ -72,9 +92,13 @@ def test_ptxas_resources(facts, name):
     f = facts[name]
     assert f['stack'] == 0 and f['spill_st'] == 0 and f['spill_ld'] == 0, f
     assert 0 < f['regs'] <= 128, f
-    if name.startswith('fwd'):     # Q (64 rows) and K (64 keys) tiles of 36 words, Vᵀ 64 rows of 36 words
+    kind, dt, bk = _kernel_kind(name)
+    if kind != 'gemm' and dt in ('bfloat16', 'float16'):   # Q (64 rows) and K (64 keys) tiles of 36 words, Vᵀ 64 × 36
         assert f['smem'] == 4 * (A._MMA_BQ * A._MMA_KS + A._MMA_BK * A._MMA_KS + A._MMA_D * A._MMA_VT), f
-        assert f['sass_shfl'] >= 6 and f['sass_ex2'] >= 32, f        # row max/sum by shuffles, exp2 per score
+    elif kind != 'gemm':           # float32 tiles of 68: Q (64 rows; with Q in registers its placeholder is dropped), K, V
+        assert f['smem'] == 4 * A._TF32_LD * ((0 if kind == 'fwd_qreg' else A._MMA_BQ) + 2 * bk) <= A._SMEM_MAX, f
+    if kind != 'gemm':             # row max/sum by shuffles; exp2 per score: B_k/2 per lane per tile, + 2 (α)
+        assert f['sass_shfl'] >= 6 and f['sass_ex2'] >= bk // 2, f
 
 
 @pytest.mark.parametrize('cc', CCS)
@@ -216,7 +240,7 @@ def test_first_call_check_accepts_agreement_and_warns_once_on_failure():
 
 def test_use_mma_checks_once_per_device_and_dtype(monkeypatch):
     calls = []
-    monkeypatch.setattr(A, '_mma_applies', lambda q, mask: True)
+    monkeypatch.setattr(A, '_mma_applies', lambda q, mask, precision='ieee': True)
     monkeypatch.setattr(A, '_forward_mma', lambda *a: (calls.append(1), _stand_in(0.05)(*a))[1])
     monkeypatch.setattr(A, '_forward_tiled', lambda q, k, v, s, mask: _stand_in()(q, k, v, s))
     monkeypatch.setattr(A, '_MMA_STATUS', {})
@@ -242,10 +266,16 @@ def test_tensor_cores_never_apply_off_their_domain():
     assert not A._mma_applies(q.float(), A._Mask('full'))
     assert not A._mma_applies(torch.zeros(1, 4, 128, dtype=torch.float16), A._Mask('full'))
     assert not A._mma_applies(torch.zeros(1, 4, 48, dtype=torch.float16), A._Mask('full'))
+    for prec in ('tf32', '3xtf32'):   # float32 only with the opt-in, and never for float64 or off the domain
+        assert not A._mma_applies(q.double(), A._Mask('full'), prec)
+        assert not A._mma_applies(q.float(), A._Mask('causal'), prec)
+        assert not A._mma_applies(torch.zeros(1, 4, 128), A._Mask('full'), prec)
+        assert A._mma_dtype(q.float(), prec) == prec and A._mma_dtype(q.float(), 'ieee') is None
 
 
 def test_simulator_never_dispatches_to_tensor_cores():
-    "Under NUMBA_ENABLE_CUDASIM=1 a bfloat16 full forward with D = 64 runs the tiled kernel and matches float64."
+    """Under NUMBA_ENABLE_CUDASIM=1 a bfloat16 full forward with D = 64 runs the tiled kernel and matches float64; so does
+    float32 with fp32_precision='tf32' (float32 accuracy: no TF32 rounding)."""
     code = r'''
 import torch, geobook.attention as A
 assert A._cuda_mode() == 'sim'
@@ -254,6 +284,8 @@ assert not A._mma_applies(q[0], A._Mask('full'))
 o = A.flash_attention(q, k, v, backend='cuda')
 ref = A.attention_reference(q.double(), k.double(), v.double())
 assert (o.double() - ref).abs().max() < 2 ** -7 * ref.abs().max(), (o, ref)
+o32 = A.flash_attention(q.float(), k.float(), v.float(), backend='cuda', fp32_precision='tf32')   # float32: tiled too
+assert (o32.double() - ref).abs().max() < 1e-5, (o32, ref)
 assert A._MMA_KERNELS == {} and A._MMA_STATUS == {}
 print('OK')
 '''
@@ -268,3 +300,140 @@ def test_cu_helper_is_package_data():
     for name in ('geobook_mma_bf16_16816', 'geobook_mma_f16_16816', 'geobook_pack_bf16x2', 'geobook_pack_f16x2',
                  'geobook_mma_tf32_1688', 'geobook_mma_3xtf32_1688'):
         assert f'extern "C" __device__ int {name}(' in text
+
+
+# ---------------------------------------------------------------- float32 through TF32 tensor cores
+def _reference32(q, k, v, scale):
+    return A.attention_reference(*(torch.from_numpy(x).double() for x in (q, k, v)), scale=scale, return_lse=True)
+
+
+@pytest.mark.parametrize('dtype,qreg', list(A._TF32_BK))
+@pytest.mark.parametrize('bh,nq,nk,sd', [(1, 80, 100, 1.0), (2, 16, 64, 1.0), (1, 1, 1, 1.0), (1, 70, 129, 1.0),
+                                         (1, 33, 40, 3.0)])
+def test_flash_fwd_tf32_emulation_within_derived_bound(dtype, qreg, bh, nq, nk, sd):
+    """The TF32 / 3xTF32 forward, emulated lane by lane (both variants), against float64 attention of the same float32
+    inputs: O and L within _tf32_bounds (the derived worst case: operand rounding ρ, float32 sums, exp2), on ragged
+    N_q ≠ N_k (partial Q blocks and key tiles of 32 or 64, one key, three tiles), and with peaked softmax rows (inputs
+    of standard deviation 3). TF32 must also be visibly inexact (its error is TF32's, not float32's) and 3xTF32 at
+    least 100 times closer."""
+    rng = np.random.default_rng(nq * 1000 + nk)
+    q, k, v = (sd * rng.standard_normal((bh, n, 64)).astype(np.float32) for n in (nq, nk, nk))
+    o, m, lam = A._emulate_flash_fwd_tf32(q, k, v, 0.125, dtype, qreg)
+    oref, lref = _reference32(q, k, v, 0.125)
+    bo, bl = A._tf32_bounds(q, k, v, 0.125, dtype)
+    assert not np.isnan(o).any() and not np.isnan(m).any() and not np.isnan(lam).any()
+    eo, el = np.abs(o - oref.numpy()).max(), np.abs((m + lam) * A._LN2 - lref.numpy()).max()
+    assert eo <= bo and el <= bl, (eo, bo, el, bl)
+    if dtype == 'tf32' and nk > 1:
+        assert eo > 1e-5, eo                                   # the inputs were rounded to TF32
+    if dtype == '3xtf32' and nk > 1:
+        o1, _, _ = A._emulate_flash_fwd_tf32(q, k, v, 0.125, 'tf32', qreg)
+        assert eo < np.abs(o1 - oref.numpy()).max() / 100
+
+
+def test_tf32_bound_is_derived_not_fitted():
+    """_tf32_bounds from its formula: ρ = 2u + u² (TF32) and 3u² + 2u³ + 2u⁴ (3xTF32), u = 2⁻¹¹; for q = k = 0 the
+    scores are exact (S_max = 0) and the bound is the P V part alone."""
+    u = 2.0 ** -11
+    assert A._tf32_rho('tf32') == 2 * u + u * u and A._tf32_rho('3xtf32') == 3 * u * u + 2 * u ** 3 + 2 * u ** 4
+    z, v = np.zeros((1, 3, 64), np.float32), np.full((1, 5, 64), 2.0, np.float32)
+    eps = 2.0 ** -21
+    bo, bl = A._tf32_bounds(z, np.zeros((1, 5, 64), np.float32), v, 0.125, 'tf32')
+    assert bo == pytest.approx((np.expm1(2 * eps) + A._tf32_rho('tf32') + A._gamma(34) + 5 * 2.0 ** -126) * 2.0, rel=1e-12)
+    assert bl == pytest.approx(eps + A._gamma(12) + 2.0 ** -24 * np.log2(6), rel=1e-12)
+    # S_max enters through ε: doubling q doubles S_max
+    rng = np.random.default_rng(0)
+    q, k = rng.standard_normal((1, 4, 64)), rng.standard_normal((1, 6, 64))
+    smax = 0.125 * (np.abs(q[0]) @ np.abs(k[0]).T).max()
+    _, bl1 = A._tf32_bounds(q, k, np.ones((1, 6, 64)), 0.125, 'tf32')
+    assert bl1 == pytest.approx((A._tf32_rho('tf32') + A._gamma(66)) * smax + eps + A._gamma(14) + 2.0 ** -24 * np.log2(7))
+
+
+@pytest.mark.parametrize('wrong', ['p_unrelabelled', 'v_rows_unrelabelled'])
+def test_flash_fwd_tf32_wrong_fragment_is_caught(wrong):
+    """Negative controls: P's registers in the 16-bit order (c0, c1, c2, c3), or V's rows t, t+4 (the m16n8k8 table
+    without the relabelling), give errors far beyond the derived bound."""
+    rng = np.random.default_rng(5)
+    q, k, v = (rng.standard_normal((1, n, 64)).astype(np.float32) for n in (16, 64, 64))
+    h = A._emu_helpers('tf32')
+    if wrong == 'p_unrelabelled':
+        h['_p_a_frag_tf32'] = lambda s, j: (s[4 * j], s[4 * j + 1], s[4 * j + 2], s[4 * j + 3])
+    else:
+        h['_v_b_frag_tf32'] = lambda Vs, j, n, lane: (Vs[8 * j + (lane & 3), 8 * n + (lane >> 2)],
+                                                       Vs[8 * j + (lane & 3) + 4, 8 * n + (lane >> 2)])
+    o, _, _ = A._emulate_flash_fwd_tf32(q, k, v, 0.125, 'tf32', helpers=h)
+    oref, _ = _reference32(q, k, v, 0.125)
+    assert np.abs(o - oref.numpy()).max() > 3 * A._tf32_bounds(q, k, v, 0.125, 'tf32')[0]
+
+
+def test_tf32_relabelling_against_the_ptx_tables():
+    "a = (c0, c2, c1, c3) is A with column κ holding key π(κ) = 2κ, 2(κ−4)+1; B's rows π(t), π(t+4) = 2t, 2t+1."
+    pi = np.array([0, 2, 4, 6, 1, 3, 5, 7])
+    assert (L['CR'][:, [0, 2, 1, 3]] == L['AR8']).all() and (L['CC'][:, [0, 2, 1, 3]] == pi[L['AC8']]).all()
+    t = np.arange(32) & 3
+    assert (pi[L['BR8']] == np.stack([2 * t, 2 * t + 1], 1)).all()
+    h = A._emu_helpers('tf32')
+    S = np.arange(128, dtype=np.float32).reshape(16, 8)
+    for lane in range(32):
+        assert list(h['_p_a_frag_tf32'](S[L['CR'][lane], L['CC'][lane]], 0)) == list(S[L['AR8'][lane], pi[L['AC8'][lane]]])
+        assert list(h['_v_b_frag_tf32'](S[:8], 0, 0, lane)) == list(S[:8][pi[L['BR8'][lane]], L['BC8'][lane]])
+
+
+def test_3xtf32_with_q_in_registers_is_refused():
+    "3xTF32 has no Q-in-registers variant (it spills beyond 128 registers): the factory says so, dispatch uses 'fwd'."
+    assert ('3xtf32', True) not in A._TF32_BK
+    with pytest.raises(ValueError, match='128 registers'):
+        A._flash_fwd_mma_tf32_py('3xtf32', qreg=True)
+
+
+def test_3xtf32_emulated_mma_adds_c_last():
+    "The emulated 3xTF32 mma sums E from zero and adds C + E in float32, as geobook_mma_3xtf32_1688 does."
+    rng = np.random.default_rng(4)
+    a, b = rng.standard_normal((32, 4)).astype(np.float32), rng.standard_normal((32, 2)).astype(np.float32)
+    c = np.full((32, 4), 1e4, np.float32)
+    e = A._emu_mma(a, b, np.zeros((32, 4), np.float32), '3xtf32')
+    np.testing.assert_array_equal(A._emu_mma(a, b, c, '3xtf32'), (c + e).astype(np.float32))
+
+
+def test_first_call_check_tf32_uses_the_derived_bound():
+    "For 'tf32' the tolerance is _tf32_bounds + 10⁻⁴ on O: a shift of 0.9× passes, 1.1× + 10⁻⁴ fails (one warning)."
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, n, 64, generator=g) for n in (80, 100, 100))
+    bo, _ = A._tf32_bounds(q, k, v, 0.125, 'tf32')
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        assert A._mma_first_call_check('cpu', 'tf32', _stand_in(0.9 * bo), _stand_in()) is True
+        bad = A._mma_first_call_check('cpu', 'tf32', _stand_in(1.1 * bo + 1e-4), _stand_in())
+    assert 'disagrees' in bad and len(caught) == 1 and 'for tf32 on cpu' in str(caught[0].message)
+
+
+def test_use_mma_float32_needs_the_opt_in(monkeypatch):
+    "float32 reaches the tensor-core path only with fp32_precision 'tf32'/'3xtf32'; the check is per (device, precision)."
+    checks = []
+    monkeypatch.setattr(A, '_cuda_mode', lambda: 'gpu')
+    monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda device=None: (9, 0))
+    monkeypatch.setattr(A, '_mma_first_call_check', lambda dev, dt, f, p: (checks.append(dt), True)[1])
+    monkeypatch.setattr(A, '_MMA_STATUS', {})
+    monkeypatch.setattr(A, '_TENSOR_CORES', 'auto')
+    q = torch.zeros(1, 4, 64)
+    assert A._use_mma(q, A._Mask('full')) is False and A._use_mma(q, A._Mask('full'), 'ieee') is False
+    assert A._use_mma(q, A._Mask('full'), 'tf32') and A._use_mma(q, A._Mask('full'), 'tf32')
+    assert A._use_mma(q, A._Mask('full'), '3xtf32') and checks == ['tf32', '3xtf32']
+    assert A._use_mma(q.double(), A._Mask('full'), 'tf32') is False
+
+
+@pytest.mark.parametrize('bad,err', [('TF32', ValueError), ('high', ValueError), (True, TypeError), (None, TypeError),
+                                     (32, TypeError)])
+def test_fp32_precision_bad_input(bad, err):
+    q = torch.zeros(1, 1, 4, 8)
+    with pytest.raises(err, match='fp32_precision'):
+        A.flash_attention(q, q, q, backend='cpu', fp32_precision=bad)
+
+
+def test_fp32_precision_is_an_allowance():
+    "On the CPU (no tensor cores) 'tf32' and '3xtf32' change nothing: the same bits as 'ieee'."
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 2, n, 64, generator=g) for n in (20, 30, 30))
+    o = A.flash_attention(q, k, v, backend='cpu')
+    for prec in ('tf32', '3xtf32'):
+        assert torch.equal(A.flash_attention(q, k, v, backend='cpu', fp32_precision=prec), o)
