@@ -535,7 +535,7 @@ def main(argv=None):
     ap.add_argument('--dry', action='store_true', help='under the CUDA simulator on tiny shapes (CPU only)')
     ap.add_argument('--quick', action='store_true', help='N in {1024, 4096} only')
     ap.add_argument('--budget-s', type=float, default=DEFAULT_BUDGET_S,
-                    help='stop starting new timings after this many seconds (default 330; 100 with --only)')
+                    help='stop starting new timings after this many seconds (default 330; 75 with --only)')
     ap.add_argument('--out', default=None)
     ap.add_argument('--only', choices=['tensor_cores'], default=None,
                     help='run section 5 alone and write it into the JSON of --base (everything else kept)')
@@ -577,12 +577,12 @@ def main(argv=None):
 
 def only_tensor_cores(args, out: str):
     """`--only tensor_cores`: section 5 alone, written into a copy of an earlier full run's JSON (--base) at `out`.
-    Timings stop starting after --budget-s (default here 100 s); rows not re-measured keep the earlier values, marked
+    Timings stop starting after --budget-s (default here 75 s: float32 rows first); rows not re-measured keep the earlier values, marked
     `from_run` with the earlier run's date; the earlier section's `fixed` record is carried over."""
     base = Path(args.base or Path(__file__).resolve().parent / 'results' / 'attention_gpu.json')
     if not base.exists(): sys.exit(f'--only tensor_cores needs the JSON of an earlier full run: {base} not found')
     earlier = json.loads(base.read_text())
-    budget = args.budget_s if args.budget_s != DEFAULT_BUDGET_S else 100.0
+    budget = args.budget_s if args.budget_s != DEFAULT_BUDGET_S else 75.0
     run = Run(args.dry, out, budget)
     run.result, run.stamp = earlier, False
     old = earlier.get('tensor_cores', {})
