@@ -42,6 +42,11 @@ def _gram(Z: torch.Tensor) -> torch.Tensor:
     "The smaller Gram matrix of Z (..., n, d): Zᵀ Z (d, d) if d ≤ n, else Z Zᵀ (n, n): the same non-zero spectrum."
     return Z.mT @ Z if Z.shape[-1] <= Z.shape[-2] else Z @ Z.mT
 
+def _perturbation(G: torch.Tensor, scale) -> torch.Tensor:
+    "u·c‖G‖ per matrix, with ‖G‖ ≤ min(trace, largest absolute row sum): how far rounding moves I + cG (u the unit roundoff)."
+    return torch.finfo(G.dtype).eps / 2 * scale * torch.minimum(torch.diagonal(G, dim1=-2, dim2=-1).sum(-1),
+                                                                 G.abs().sum(-1).amax(-1))
+
 def _inaccurate(G: torch.Tensor, L: torch.Tensor, scale, logdet: torch.Tensor) -> bool:
     """Whether log det(I + cG) = 2 Σ log diag L, computed in G's dtype, may be off by more than `_F32_RTOL` of its value.
     Forming and factoring M = I + cG perturbs it by about u·c‖G‖ in every direction (u the unit roundoff), and log det
@@ -49,7 +54,7 @@ def _inaccurate(G: torch.Tensor, L: torch.Tensor, scale, logdet: torch.Tensor) -
     is small (eigenvalue near 1). ‖G‖ ≤ min(trace, largest absolute row sum); tr(M⁻¹) ≤ m is tried first (O(m²)), and
     only if that bound is too large is tr(M⁻¹) = ‖L⁻¹‖²_F computed."""
     tol = _F32_RTOL * logdet.abs().clamp_min(1)
-    err = torch.finfo(G.dtype).eps / 2 * scale * torch.minimum(torch.diagonal(G, dim1=-2, dim2=-1).sum(-1), G.abs().sum(-1).amax(-1))
+    err = _perturbation(G, scale)
     if not bool((err * G.shape[-1] > tol).any()): return False
     I = torch.eye(L.shape[-1], dtype=L.dtype, device=L.device).expand_as(L)
     return bool((err * torch.linalg.solve_triangular(L, I, upper=False).pow(2).sum((-2, -1)) > tol).any())
@@ -91,6 +96,27 @@ def _logdet_eye_plus(G: torch.Tensor, scale, Z: torch.Tensor, eps: float, gram64
             c = scale[..., 0, 0] if isinstance(scale, torch.Tensor) else scale
             inaccurate = _inaccurate(G.detach(), L.detach(), c, logdet.detach())
         if inaccurate: return _logdet_eye_plus(gram64(), _as_double(scale), Z, eps).to(G.dtype)
+    return logdet
+
+def _logdet_eye_plus_lu(G: torch.Tensor, scale, Z: torch.Tensor, eps: float, gram64=None) -> torch.Tensor:
+    """log det(I + c·G) as `_logdet_eye_plus`, without autograd, by LU with partial pivoting (faster than torch's batched
+    Cholesky of many small matrices on the CPU: see Performance). Used only where it proves what Cholesky would: if no
+    row was swapped and every pivot is positive, then M = LU with U = DLᵀ (M is symmetric), i.e. M = LDLᵀ with D > 0,
+    so M is positive definite and log det M = Σ log U_ii. Otherwise, or where float32's first error bound
+    (`_inaccurate`) is not small enough, `_logdet_eye_plus` decides (and names any failure)."""
+    c = scale[..., None, None] if isinstance(scale, torch.Tensor) else scale
+    M = c * G
+    M.diagonal(dim1=-2, dim2=-1).add_(1)
+    LU, pivots, _ = torch.linalg.lu_factor_ex(M)
+    u = torch.diagonal(LU, dim1=-2, dim2=-1)
+    rows = torch.arange(1, M.shape[-1] + 1, dtype=pivots.dtype, device=pivots.device)
+    if bool((pivots != rows).any()) or not bool((u > 0).all()):               # (NaN pivots fail `u > 0`)
+        return _logdet_eye_plus(G, scale, Z, eps, gram64)
+    logdet = torch.log(u).sum(-1)
+    if not bool(torch.isfinite(logdet).all()): return _logdet_eye_plus(G, scale, Z, eps, gram64)
+    if gram64 is not None and G.dtype != torch.float64:
+        if bool((_perturbation(G, scale) * G.shape[-1] > _F32_RTOL * logdet.abs().clamp_min(1)).any()):
+            return _logdet_eye_plus(G, scale, Z, eps, gram64)
     return logdet
 
 def _as_double(scale):
@@ -178,7 +204,8 @@ def _as_soft(Pi: torch.Tensor, Z: torch.Tensor, n_classes: int | None) -> torch.
 def _compress_hard(Z: torch.Tensor, labels: torch.Tensor, counts: torch.Tensor, eps: float) -> torch.Tensor:
     """R_c for integer labels. Samples are grouped by class and the classes by size; classes of one size n_j are
     stacked into a (k', n_j, d) block (no padding), a block holding one class or at most `_BLOCK` elements, and each
-    block's Gram matrices (the smaller of Z_jᵀZ_j and Z_jZ_jᵀ) are factored in one batched Cholesky. Without autograd
+    block's Gram matrices (the smaller of Z_jᵀZ_j and Z_jZ_jᵀ) are factored in one batched Cholesky (without autograd:
+    LU where it certifies positive definiteness, `_logdet_eye_plus_lu`). Without autograd
     a block is gathered only when used and freed once its Gram matrices are formed, and blocks hold at most `_BLOCK`/2
     elements, so that the peak (a block's Gram matrices, I + cG and its Cholesky factor) stays at a per-class loop's
     footprint (measured: `benchmarks/bench_coding_rate.py`); with autograd Z is permuted once (the class copies would
@@ -200,10 +227,11 @@ def _compress_hard(Z: torch.Tensor, labels: torch.Tensor, counts: torch.Tensor, 
     else:                                                                   # gather each block when it is used
         parts = ((rows, Z[rows]) for rows in order.split(sizes_))
     Rc, c = Z.new_zeros(()), _scale(d, eps)
+    logdet = _logdet_eye_plus if grad else _logdet_eye_plus_lu                # LU where it certifies (no autograd)
     for (s, kb), (rows, B) in zip(blocks, parts):
         G = _gram(B.view(kb, s, d)); del B                                  # without autograd the block is freed here
         gram64 = lambda rows=rows, s=s, kb=kb: _gram(Z[rows].double().view(kb, s, d))
-        Rc = Rc + s / (2 * n) * _logdet_eye_plus(G, c / s, Z, eps, gram64=gram64).sum()
+        Rc = Rc + s / (2 * n) * logdet(G, c / s, Z, eps, gram64=gram64).sum()
     return Rc
 
 def _soft_grams(Y: torch.Tensor, Pi: torch.Tensor) -> torch.Tensor:

@@ -441,3 +441,66 @@ def test_sinkhorn_warns_when_rows_are_far_off_in_float32():
     S = torch.randn(4, 4, generator=torch.Generator().manual_seed(2))
     with pytest.warns(RuntimeWarning, match='a row of Γ sums to'): G = sinkhorn(S, eta=1e-6)
     assert (G.sum(1) - 1).abs().max() > 0.1 and torch.allclose(G.sum(0), torch.ones(4), atol=1e-5)
+
+
+# --- the LU path of R_c without autograd (issue 14, item 6: speed of the grouped labels path) ---------------------------
+import geobook.coding_rate as _cr
+
+
+def _calls(monkeypatch):
+    "Count calls of the Cholesky routine `_logdet_eye_plus` (the LU path calls it only to fall back)."
+    n = []
+    real = _cr._logdet_eye_plus
+    monkeypatch.setattr(_cr, '_logdet_eye_plus', lambda *a, **k: n.append(tuple(a[0].shape)) or real(*a, **k))
+    return n
+
+
+@pytest.mark.parametrize('dtype,rtol', [(torch.float64, 1e-12), (torch.float32, 2e-6)])
+@pytest.mark.parametrize('sizes', [(100,) * 10, (19951,) + (1,) * 49, (3, 7, 7, 40)])
+def test_lu_path_equals_cholesky_path(monkeypatch, dtype, rtol, sizes):
+    "Without autograd R_c comes from LU where it certifies positive definiteness; it equals the Cholesky path's R_c"
+    " (the same function with autograd on) to rounding: 1e-12 relative in float64, 2e-6 in float32 (seed 0)."
+    g = torch.Generator().manual_seed(0)
+    d = 64 if sum(sizes) > 10000 else 128
+    y = torch.cat([torch.full((s,), j) for j, s in enumerate(sizes)])
+    Z = torch.randn(len(y), d, generator=g, dtype=torch.float64).to(dtype)
+    labels, counts = _cr._as_labels(y, len(y), None)
+    with torch.no_grad():
+        calls = _calls(monkeypatch)
+        lu = _cr._compress_hard(Z, labels, counts, 0.5)
+        # certified on Gaussian features; in float32 the blocks of small classes (s < 10: c/s·‖G‖·u·s above 10⁻⁴ of
+        # their log-determinant) go to the Cholesky path, whose refined error estimate decides there
+        assert all(dtype == torch.float32 and shape[-1] < 10 for shape in calls), calls
+        if dtype == torch.float64 or min(sizes) >= 10: assert calls == []
+    chol = _cr._compress_hard(Z.clone().requires_grad_(), labels, counts, 0.5).detach()
+    assert len(calls) > 0                                           # with autograd: Cholesky
+    torch.testing.assert_close(lu, chol, rtol=rtol, atol=0)
+    ref = sum(s / (2 * len(y)) * torch.logdet(torch.eye(d, dtype=torch.float64) + d / (s * 0.25) *
+                                              Z[y == j].double().T @ Z[y == j].double()) for j, s in enumerate(sizes))
+    torch.testing.assert_close(lu.double(), ref, rtol=max(rtol, 1e-12) * 10, atol=0)
+
+
+def test_lu_path_falls_back_to_cholesky_when_a_row_is_swapped(monkeypatch):
+    "A class whose I + cG needs a row swap (|M₁₀| > |M₀₀|) is factored by Cholesky; the value is the closed form"
+    " ½·(n_j/n)·log det(I + c/n_j·ZⱼᵀZⱼ) to 1e-12 (float64)."
+    Zj = torch.tensor([[1.0, 0.0], [5.0, 9.8]], dtype=torch.float64)   # G = ZᵀZ = [[26, 49], [49, 96.04]]
+    y = torch.tensor([0, 0])
+    labels, counts = _cr._as_labels(y, 2, None)
+    c = 2 / (2 * 0.5 ** 2)                                               # d/(n_j ε²)
+    M = torch.eye(2, dtype=torch.float64) + c * Zj.T @ Zj
+    assert abs(M[1, 0]) > abs(M[0, 0])                                   # partial pivoting swaps rows 0 and 1
+    with torch.no_grad():
+        calls = _calls(monkeypatch)
+        Rc = _cr._compress_hard(Zj, labels, counts, 0.5)
+    assert calls == [(1, 2, 2)]
+    assert abs(float(Rc) - 0.5 * math.log(float(torch.linalg.det(M)))) <= 1e-12 * abs(float(Rc))
+
+
+def test_lu_path_keeps_the_named_errors():
+    "Without autograd a non-finite Z or a hopeless ε still raises the Cholesky path's named errors."
+    Z = torch.randn(20, 4, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(20) % 2
+    with torch.no_grad():
+        Zn = Z.clone(); Zn[3, 1] = float('nan')
+        with pytest.raises(ValueError, match='non-finite'): coding_rate_reduction(Zn, y)
+        with pytest.raises(ValueError, match='too small'): coding_rate_reduction(Z, y, eps=1e-30)
