@@ -74,9 +74,9 @@ def _logdet_eye_plus(G: torch.Tensor, scale, Z: torch.Tensor, eps: float, gram64
     with I + cG = L Lᵀ (Cholesky). A failure names its cause: non-finite `Z`, a Gram matrix that overflows the dtype,
     or a scale c so large (ε tiny) that I + cG is not positive definite to the dtype's precision.
 
-    In float32 the rounding error is estimated (`_inaccurate`); where it exceeds `_F32_RTOL` of the result,
+    The rounding error is estimated (`_inaccurate`); in float32, where it exceeds `_F32_RTOL` of the result,
     `gram64()` re-forms the same Gram matrices from float64 features and they are factored in float64 (the result is
-    then accurate to float32's own precision). Z's finiteness is checked here, and only when the factorisation fails: a
+    then accurate to float32's own precision); in float64, where it does, a ValueError names `eps`. Z's finiteness is checked here, and only when the factorisation fails: a
     NaN or inf in Z always reaches a diagonal entry of G (it contains z_ia²), hence a diagonal entry of L, so a finite
     log-determinant proves Z finite without a pass over Z (and without one over M on the common path)."""
     if isinstance(scale, torch.Tensor): scale = scale[..., None, None]
@@ -90,20 +90,29 @@ def _logdet_eye_plus(G: torch.Tensor, scale, Z: torch.Tensor, eps: float, gram64
             return _logdet_eye_plus(gram64(), _as_double(scale), Z, eps).to(G.dtype)
         raise ValueError(f"I + αG is not positive definite to {G.dtype} precision (α·max G = "
                          f"{(scale * G).abs().max().item():.3g}): `eps` = {eps:g} is too small or `Z` too large for "
-                         "this dtype; use float64 or a larger `eps`")
-    if gram64 is not None and G.dtype != torch.float64:
+                         f"this dtype; use {'a larger `eps`' if G.dtype == torch.float64 else 'float64 or a larger `eps`'}")
+    if G.dtype == torch.float64 or gram64 is not None:
         with torch.no_grad():
             c = scale[..., 0, 0] if isinstance(scale, torch.Tensor) else scale
             inaccurate = _inaccurate(G.detach(), L.detach(), c, logdet.detach())
+        if inaccurate and G.dtype == torch.float64:           # nothing more precise to fall back to: say so
+            raise ValueError(f"`eps` = {eps:g} is too small for these features in float64: the log-determinant's "
+                             f"estimated rounding error exceeds {_F32_RTOL:g} of its value (nearly collapsed classes); "
+                             "use a larger `eps`")
         if inaccurate: return _logdet_eye_plus(gram64(), _as_double(scale), Z, eps).to(G.dtype)
     return logdet
 
 def _logdet_eye_plus_lu(G: torch.Tensor, scale, Z: torch.Tensor, eps: float, gram64=None) -> torch.Tensor:
-    """log det(I + c·G) as `_logdet_eye_plus`, without autograd, by LU with partial pivoting (faster than torch's batched
-    Cholesky of many small matrices on the CPU: see Performance). Used only where it proves what Cholesky would: if no
-    row was swapped and every pivot is positive, then M = LU with U = DLᵀ (M is symmetric), i.e. M = LDLᵀ with D > 0,
-    so M is positive definite and log det M = Σ log U_ii. Otherwise, or where float32's first error bound
-    (`_inaccurate`) is not small enough, `_logdet_eye_plus` decides (and names any failure)."""
+    """log det(I + c·G) as `_logdet_eye_plus`, without autograd, by LU with partial pivoting (with two threads torch's
+    batched Cholesky of many small matrices is the slower of the two on this book's CPUs). Used only where rounding
+    cannot matter: the rounding perturbation of M (`_perturbation`, u·c‖G‖ per entry, at most m·u·c‖G‖ in norm) is at
+    most ½, so the computed M and the matrix whose LU the factors are both keep every eigenvalue above ½ (the exact M's
+    are ≥ 1); and no row was swapped and every pivot is positive, so log det M = Σ log U_ii. Otherwise, or where
+    float32's first error bound (`_inaccurate`) is not small enough, `_logdet_eye_plus` decides (and names any failure).
+    Positive pivots alone prove nothing for computed factors: near-duplicate samples at a tiny ε give positive pivots
+    for a rounded M that is far from positive definite (tests/test_coding_rate_properties.py keeps such a case)."""
+    err = _perturbation(G, scale)
+    if bool((err * G.shape[-1] > 0.5).any()): return _logdet_eye_plus(G, scale, Z, eps, gram64)
     c = scale[..., None, None] if isinstance(scale, torch.Tensor) else scale
     M = c * G
     M.diagonal(dim1=-2, dim2=-1).add_(1)
@@ -115,7 +124,7 @@ def _logdet_eye_plus_lu(G: torch.Tensor, scale, Z: torch.Tensor, eps: float, gra
     logdet = torch.log(u).sum(-1)
     if not bool(torch.isfinite(logdet).all()): return _logdet_eye_plus(G, scale, Z, eps, gram64)
     if gram64 is not None and G.dtype != torch.float64:
-        if bool((_perturbation(G, scale) * G.shape[-1] > _F32_RTOL * logdet.abs().clamp_min(1)).any()):
+        if bool((err * G.shape[-1] > _F32_RTOL * logdet.abs().clamp_min(1)).any()):
             return _logdet_eye_plus(G, scale, Z, eps, gram64)
     return logdet
 
@@ -275,7 +284,7 @@ def coding_rate_reduction(Z, membership, eps: float = 0.5, n_classes: int | None
     `n_classes` declares k (labels: some class may then be reported empty instead of silently dropped; soft: must
     equal Π's k). Labels must be 0, …, k-1 with every class present. A soft Π's columns must sum to 1 within 10⁻⁸
     (float64) or 10⁻⁴ (other dtypes) and are then renormalised exactly. Integer labels are grouped by class size, each
-    group in batched Cholesky factorisations; a soft Π uses (k, d, d) Gram matrices accumulated over blocks of samples
+    group in batched Cholesky factorisations (without autograd: LU where rounding cannot matter); a soft Π uses (k, d, d) Gram matrices accumulated over blocks of samples
     and classes. float32 log-determinants whose estimated rounding error exceeds 10⁻⁴ are redone in float64 (see
     `coding_rate`). As for `coding_rate`, the original MCR² code's `eps` is ε²."""
     Z, dtype = _check_Z(Z); eps = check_positive(eps, 'eps')

@@ -504,3 +504,44 @@ def test_lu_path_keeps_the_named_errors():
         Zn = Z.clone(); Zn[3, 1] = float('nan')
         with pytest.raises(ValueError, match='non-finite'): coding_rate_reduction(Zn, y)
         with pytest.raises(ValueError, match='too small'): coding_rate_reduction(Z, y, eps=1e-30)
+
+
+def _near_duplicates(seed, dtype=torch.float64):
+    "The referee's case: a class of 5 copies of one Gaussian row and a class of 40 Gaussian rows in R³² (seed)."
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(32, generator=g, dtype=torch.float64)
+    Z = torch.cat([z.expand(5, 32), torch.randn(40, 32, generator=g, dtype=torch.float64)]).to(dtype)
+    return Z, torch.tensor([0] * 5 + [1] * 40)
+
+
+def test_lu_path_never_answers_where_rounding_decides():
+    "Referee ch3g W1: with ε = 3e-8 (seed 2) the rounded I + cG of the duplicated class has an eigenvalue of about −37"
+    " while LU's pivots are positive; the LU path must not return its value (−167 for a true 41.7): ΔR raises the"
+    " named error, with and without autograd, as the Cholesky path always did."
+    Z, y = _near_duplicates(2)
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            with pytest.raises(ValueError, match='eps'):
+                coding_rate_reduction(Z.clone().requires_grad_(grad), y, eps=3e-8)
+
+
+@pytest.mark.parametrize('seed', range(12))
+@pytest.mark.parametrize('eps', [3e-8, 1e-7, 1e-5, 1e-3])
+def test_float64_values_are_accurate_or_refused(seed, eps):
+    "Referee ch3g W5: in float64 a value is returned only if it is within 10⁻⁴ (relative) of the log-determinants"
+    " computed with mpmath at 40 digits; otherwise a ValueError naming `eps` (seeds 0–11, near-duplicate classes)."
+    mpmath = pytest.importorskip('mpmath')
+    Z, y = _near_duplicates(seed)
+    try:
+        dR, R, Rc = coding_rate_reduction(Z, y, eps=eps)
+    except ValueError as e:
+        assert 'eps' in str(e); return
+    mpmath.mp.dps = 40
+    def logdet(X):
+        m, d = X.shape
+        A = mpmath.matrix(X.tolist())
+        M = mpmath.eye(d) + (mpmath.mpf(d) / (m * mpmath.mpf(eps) ** 2)) * (A.T * A)
+        return mpmath.log(mpmath.det(M))
+    n = Z.shape[0]
+    Rc_ref = sum(mpmath.mpf(int((y == j).sum())) / (2 * n) * logdet(Z[y == j].numpy()) for j in (0, 1))
+    assert abs(float(Rc) - float(Rc_ref)) <= 1e-4 * abs(float(Rc_ref))
