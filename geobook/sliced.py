@@ -1218,8 +1218,8 @@ def sliced_barycenter(clouds, weights=None, n_support: int = 256, seed=None, n_p
     z_i ← z_i − (η_t/⌈L/d⌉)(N L/2) ∇_(z_i) F = z_i + (η_t/⌈L/d⌉) Σ_l θ_l r_il, with r_il the residual of z_i's
     projection on θ_l to its one-dimensional target and η_t = lr/(1 + 10t/n_iters). For L ≤ d, η = 1 puts every
     drawn projection exactly on its target. The step is (η_t/λ_max) times the gradient of the sampled objective, so for
-    `lr` ∈ (0, 2] no step increases it, for every L and d (the unnormalised step (N d/2)∇F of the expectation diverges
-    unless η < 2L/(d + L − 1)); each step moves Z only in the span of its directions, so for L ≪ d convergence takes
+    `lr` ∈ (0, 2] no step increases it, for every L and d (the step (N d/2)∇F, exact only in expectation over the
+    directions, grows the error in mean square unless η < 2L/(d + L − 1)); each step moves Z only in the span of its directions, so for L ≪ d convergence takes
     about d/L times more steps. `seed`: None, int or Generator."""
     Xs, out = _check_clouds_list(clouds)
     K, d = len(Xs), Xs[0].shape[1]
@@ -1229,6 +1229,7 @@ def sliced_barycenter(clouds, weights=None, n_support: int = 256, seed=None, n_p
     n_iters = _check_iters(n_iters, 'n_iters'); lr = check_positive(lr, 'lr')
     if lr > 2: raise ValueError(f"`lr` must be in (0, 2] (η = 1 is the exact step; η > 2 overshoots and diverges), got {lr:g}")
     lam_max = -(-L // d)                                                  # λ_max(ΘΘᵀ) of orthonormal blocks
+    _check_size(-(-L // min(d, L)) * min(d, L) * d, 'n_projections', 'the (d, L) orthonormal directions of a step')
     if show_progress is not None: _check_bool(show_progress, 'show_progress')
     _check_size(N * d, 'n_support', 'the (n_support, d) support')
     _check_size(L * (N + max(X.shape[0] for X in Xs)) * 4, 'n_projections', 'the projections of the support and the clouds')
