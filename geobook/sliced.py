@@ -172,15 +172,23 @@ def _wasserstein_1d(u: torch.Tensor, v: torch.Tensor, uw=None, vw=None, p: float
     dq = torch.diff(q, dim=-1, prepend=torch.zeros_like(q[..., :1]))
     return _lp_rows(torch.gather(us, -1, ik) - torch.gather(vs, -1, jk), p, dq)
 
-_SLIVER_ULPS = 4               # weighted merges: a piece narrower than 4(n + m) ulps of its level is rounding
+_SLIVER_ULPS = 8               # weighted merges: levels of the two measures within 8 ulps are one level
 
 def _cumulative(w, idx, batch, k: int) -> torch.Tensor:
     """Cumulative weights (float64) of the sorted atoms: exactly i/k for uniform weights (a correctly rounded quotient
     of integers, so equal levels i/k = j/m of two measures are one number), else the cumulative sum divided by its last
-    entry (which makes the last level exactly 1)."""
+    entry (which makes the last level exactly 1). The sum is compensated: each step's rounding error
+    (c_(i-1) + w_i) − c_i is recovered exactly (TwoSum) and their running sum added back, so a level is within a few ε of
+    its exact value relative to itself, not (i·ε) as a plain running sum."""
     if w is None:
         return (torch.arange(1, k + 1, dtype=torch.float64, device=idx.device) / k).expand(idx.shape)
-    c = torch.cumsum(torch.gather(w.to(torch.float64).expand(*batch, k), -1, idx), -1)
+    x = torch.gather(w.to(torch.float64).expand(*batch, k), -1, idx)
+    c = torch.cumsum(x, -1)
+    cd, xd = c.detach(), x.detach()
+    prev = torch.cat([torch.zeros_like(cd[..., :1]), cd[..., :-1]], -1)
+    b = cd - prev                                                        # TwoSum(prev, x): err = prev + x − c exactly
+    err = (prev - (cd - b)) + (xd - b)
+    c = c + torch.cumsum(err, -1)
     return c / c[..., -1:]
 
 def _merged_quantiles(iu, iv, uw, vw, batch, n, m, dtype):
@@ -189,19 +197,34 @@ def _merged_quantiles(iu, iv, uw, vw, batch, n, m, dtype):
 
     Computed in float64. A level both measures reach must be one number, or the rounding leaves a sliver piece between
     the two copies that pairs an atom with its neighbour's partner (its cost ~ ε·|Δ|^p, which the p-th root turns into
-    ε^(1/p)·|Δ|: 0.5 at p = 50). Uniform weights give exact levels; with weights, a piece narrower than
-    4(n + m)·ε₆₄·q_k is such a sliver and is merged into the previous piece (width 0)."""
+    ε^(1/p)·|Δ|: 0.5 at p = 50). Uniform weights give exact levels; weighted levels are compensated sums (a few ε off),
+    and a level B_j of the second measure within 8·ε₆₄·B_j of a level A_i of the first, the two being each other's nearest level of the other measure,
+    is set to A_i (`_snap_levels`). Pieces between two levels of one measure are never touched: a real atom keeps its
+    mass however small."""
     A, Bc = _cumulative(uw, iu, batch, n), _cumulative(vw, iv, batch, m)
+    if uw is not None or vw is not None: Bc = _snap_levels(A, Bc, _SLIVER_ULPS * torch.finfo(torch.float64).eps)
     q = torch.sort(torch.cat([A, Bc], -1), -1).values
     ik = torch.searchsorted(A.detach().contiguous(), q.detach().contiguous()).clamp_max(n - 1)
     jk = torch.searchsorted(Bc.detach().contiguous(), q.detach().contiguous()).clamp_max(m - 1)
-    if uw is not None or vw is not None:
-        qd = q.detach()
-        prev = torch.cat([torch.zeros_like(qd[..., :1]), qd[..., :-1]], -1)
-        sliver = (qd - prev) <= _SLIVER_ULPS * (n + m) * torch.finfo(torch.float64).eps * qd
-        pos = torch.arange(q.shape[-1], device=q.device).expand(q.shape)
-        q = torch.gather(q, -1, torch.where(sliver, torch.zeros_like(pos), pos).cummax(-1).values)  # the last real level
     return q.to(dtype), ik, jk
+
+def _nearest(S: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    "Index of the entry of the sorted rows S (..., k) nearest to each entry of x (..., j)."
+    k = S.shape[-1]
+    i = torch.searchsorted(S, x)
+    lo, hi = (i - 1).clamp(0, k - 1), i.clamp(0, k - 1)
+    return torch.where((x - S.gather(-1, lo)).abs() <= (S.gather(-1, hi) - x).abs(), lo, hi)
+
+def _snap_levels(A: torch.Tensor, B: torch.Tensor, rel: float) -> torch.Tensor:
+    """The levels B (..., m) with each B_j that is within rel·B_j of a level A_i (A (..., n)), the two being mutually
+    nearest (A_i the nearest A-level to B_j and B_j the nearest B-level to A_i), replaced by A_i: one number for a tie
+    that rounding split. Mutual nearness keeps a real small atom of either measure: its two levels cannot both be
+    the nearest to one level of the other measure."""
+    Ad, Bd = A.detach().contiguous(), B.detach().contiguous()
+    ia, ib = _nearest(Ad, Bd), _nearest(Bd, Ad)                     # (..., m) into A, (..., n) into B
+    mutual = ib.gather(-1, ia) == torch.arange(B.shape[-1], device=B.device)
+    snap = mutual & ((Bd - Ad.gather(-1, ia)).abs() <= rel * Bd)
+    return torch.where(snap, A.gather(-1, ia), B)
 
 def _check_1d(u, v):
     "Atoms u (..., n), v (..., m) in a safe compute dtype, and the dtype to return."
@@ -317,7 +340,7 @@ def _forget_pool():
 if hasattr(os, 'register_at_fork'): os.register_at_fork(after_in_child=_forget_pool)
 
 _MIN_PARALLEL = 1 << 19        # elements per cloud below which one thread does everything
-_MIN_SPLIT = 1 << 16           # ... below which the two clouds of a one-task call are not split between two threads
+_MIN_SPLIT = 1 << 18           # ... below which the two clouds of a one-task call are not split between two threads
 
 def _run_tasks(task, n_tasks: int, work: int, min_work: int = _MIN_PARALLEL):
     """Run task(i) for i < n_tasks. With enough `work` (elements, at least `min_work`), threads pull the next i from a
@@ -671,7 +694,7 @@ def max_sliced_wasserstein(X, Y, p: float = 2, n_starts: int = 8, n_candidates: 
 def _poly_scale(g: torch.Tensor, e: int, k: int, out: torch.dtype) -> torch.Tensor:
     """2^(ek) · g in the output dtype `out` (GSW-poly at scale 1 times s^k, s = 2^e), multiplied in float64 by factors
     of at most 2^±1000 (exact); OverflowError naming `degree` and the data when the result leaves `out`'s range."""
-    gv, ek = float(g), e * k
+    gv, ek = float(g.detach()), e * k
     if gv > 0:
         log2r = math.log2(gv) + ek
         fi = torch.finfo(out)
@@ -751,6 +774,9 @@ def distributional_sliced_wasserstein(X, Y, p: float = 2, n_projections: int = 1
     L = check_int(n_projections, 'n_projections', minimum=1); n_iters = _check_iters(n_iters, 'n_iters')
     _check_bool(return_projections, 'return_projections')
     lam = check_positive(lam, 'lam', strict=False); lr = check_positive(lr, 'lr')
+    if 16 * lr > torch.finfo(X.dtype).max:                  # Adam's first step is lr/(1 − β₁) = 10·lr, in X's dtype
+        raise OverflowError(f"`lr` = {lr:g} overflows {X.dtype} in Adam's step (lr/(1 − β₁) = 10·lr): use "
+                            f"lr ≤ {torch.finfo(X.dtype).max / 16:.3g}, or float64 data")
     a = _check_weights(a, X.shape[0], 'a', X); b = _check_weights(b, Y.shape[0], 'b', X)
     d, g = X.shape[1], as_generator(seed)
     _check_size(d * max(d, L) + L * L, 'n_projections', 'the (d, L) directions and their (L, L) Gram matrix')
@@ -800,6 +826,9 @@ def augmented_sliced_wasserstein(X, Y, p: float = 2, n_projections: int = 128, a
     _check_size(sum(sizes.values()), max(sizes, key=sizes.get), 'the lift network, its activations and the directions')
     n_iters = _check_iters(n_iters, 'n_iters'); _check_bool(return_lift, 'return_lift')
     lam = check_positive(lam, 'lam', strict=False); lr = check_positive(lr, 'lr')
+    if 16 * lr > torch.finfo(X.dtype).max:                  # Adam's first step is lr/(1 − β₁) = 10·lr, in X's dtype
+        raise OverflowError(f"`lr` = {lr:g} overflows {X.dtype} in Adam's step (lr/(1 − β₁) = 10·lr): use "
+                            f"lr ≤ {torch.finfo(X.dtype).max / 16:.3g}, or float64 data")
     a = _check_weights(a, X.shape[0], 'a', X); b = _check_weights(b, Y.shape[0], 'b', X)
     g = as_generator(seed)
     h = _Lift(d, k, hidden, g).to(dtype=X.dtype, device=X.device)
@@ -973,13 +1002,15 @@ def _diameter_upper_bound(Z: torch.Tensor) -> float:
 
 def _check_pac(X, Y, diameter, p, delta):
     """Checked inputs of the PAC bound. The diameter must bound every distance between two sample points, up to the
-    rounding the coordinates carry (a relative 8ε of the data's dtype): accepted at once when Δ is at least the cheap
-    bound 2·max‖z − z̄‖ over both clouds, else checked exactly over pairs, in float64."""
+    rounding the coordinates carry: a coordinate stored in the data's dtype (machine ε) is off by at most (ε/2)|z|, so
+    two stored points can be ε√d·max|z| farther apart than the true ones; we allow twice that plus 2εΔ (the check's
+    own rounding), i.e. Δ + 2ε(√d·max|z| + Δ). Accepted at once when that is at least the cheap bound 2·max‖z − z̄‖
+    over both clouds, else checked exactly over pairs, in float64."""
     p = _check_p(p)
     X, Y, out = _check_clouds(X, Y)
     D = check_positive(diameter, 'diameter')
-    Dt = D * (1 + 8 * torch.finfo(out).eps)
     Z = torch.cat([X, Y]).detach()
+    Dt = D + 2 * torch.finfo(out).eps * (math.sqrt(Z.shape[1]) * float(Z.abs().max()) + D)
     far = None if _diameter_upper_bound(Z) <= Dt else _sample_diameter_exceeds(Z.to(torch.float64), Dt)
     if far is not None:
         raise ValueError(f"`diameter` = {D:g} is smaller than the distance between two sample points ({far:g}): it must "
@@ -1019,7 +1050,8 @@ def pac_sliced_bound(X, Y, mu, kappa, diameter: float, p: float = 2, delta: floa
 
     with Ŝ_L the mean of W_p^p over L = `n_projections` fresh slices θ_l ~ ρ (`seed`: None, int or Generator), σ the
     uniform prior, λ_j a fixed grid of J = 32 values, and Δ = `diameter` a bound on the diameter of supp μ ∪ supp ν.
-    Δ is checked against the samples in float64, up to a relative 8ε of the data's dtype: at once, in O((n + m)d),
+    Δ is checked against the samples in float64, up to the coordinates' rounding 2ε(√d·max|z| + Δ) (ε of the data's
+    dtype): at once, in O((n + m)d),
     when Δ ≥ 2·max‖z − z̄‖ over both clouds; else exactly over pairs, in O((n + m)·|C|·d) with C the points farther
     than Δ/2 from the first (up to quadratic: pass a Δ above that cheap bound for large samples). Returns a PACBound;
     all terms are W_p^p values (not distances)."""
@@ -1035,6 +1067,9 @@ def pac_sliced_bound(X, Y, mu, kappa, diameter: float, p: float = 2, delta: floa
     bound = emp.double() - mc - comp - bias
     res = PACBound(*(torch.as_tensor(v, dtype=torch.float64).to(out) for v in (bound, emp, kl, lam, comp, bias, mc)))
     if not all(bool(torch.isfinite(v).all()) for v in res):
+        if D ** p < 1:                                             # λ = λ₁/Δ^p overflows because Δ^p underflows
+            raise OverflowError(f"`diameter`^p = {D ** p:.3g} underflows {out} (the bound's λ = λ₁/Δ^p overflows it): "
+                                f"rescale X, Y and `diameter` together (every term scales by s^p) or pass float64 samples")
         raise OverflowError(f"the bound's terms (of size Δ^p = {D ** p:.3g}) overflow {out}: rescale X, Y and `diameter` "
                             f"together (every term scales by s^p) or pass float64 samples")
     return res
@@ -1164,6 +1199,14 @@ def _check_clouds_list(clouds, name: str = 'clouds'):
     ct = _compute_dtype(first.dtype, big, 4 * math.sqrt(d), f"the projections of `{name}`")
     return [T.to(ct) for T in Ts], first.dtype
 
+def _orthonormal_blocks(d: int, L: int, g: torch.Generator, dtype, device) -> torch.Tensor:
+    """L directions Θ (d, L) in blocks of min(d, L) orthonormal columns, each block Haar-random (QR of a Gaussian
+    (d, k) matrix, signs fixed by R's diagonal): ΘΘᵀ has largest eigenvalue ⌈L/d⌉, and each column is uniform on Sᵈ⁻¹."""
+    k = min(d, L)
+    Q, R = torch.linalg.qr(torch.randn(-(-L // k), d, k, generator=g, dtype=torch.float64))     # batched blocks
+    Q = Q * torch.where(torch.diagonal(R, dim1=-2, dim2=-1) < 0, -1.0, 1.0)[:, None, :]
+    return Q.permute(1, 0, 2).reshape(d, -1)[:, :L].to(dtype=dtype, device=device)
+
 def sliced_barycenter(clouds, weights=None, n_support: int = 256, seed=None, n_projections: int = 64,
                       n_iters: int = 300, lr: float = 1.0, show_progress: bool | None = None) -> torch.Tensor:
     """Sliced Wasserstein barycenter (Bonneel et al. 2015): N = `n_support` points Z (N, d) with uniform weights that
@@ -1171,10 +1214,13 @@ def sliced_barycenter(clouds, weights=None, n_support: int = 256, seed=None, n_p
     (None: uniform).
 
     Z starts as N points drawn from the mixture Σ_k w_k μ_k and follows stochastic gradient descent with fresh
-    directions each step: z_i ← z_i − η_t (N d / 2) ∇_(z_i) F, with η_t = lr/(1 + 10t/n_iters). The factor N d/2 makes
-    η = 1 move each point onto the average of its one-dimensional targets, in expectation over the directions, so
-    z − m ← (1 − η)(z − m) about that average: `lr` ∈ (0, 2] (a larger η overshoots, and the points diverge).
-    `seed`: None, int or Generator."""
+    directions each step, L = `n_projections` of them in orthonormal blocks (Θ (d, L), λ_max(ΘΘᵀ) = ⌈L/d⌉):
+    z_i ← z_i − (η_t/⌈L/d⌉)(N L/2) ∇_(z_i) F = z_i + (η_t/⌈L/d⌉) Σ_l θ_l r_il, with r_il the residual of z_i's
+    projection on θ_l to its one-dimensional target and η_t = lr/(1 + 10t/n_iters). For L ≤ d, η = 1 puts every
+    drawn projection exactly on its target. The step is (η_t/λ_max) times the gradient of the sampled objective, so for
+    `lr` ∈ (0, 2] no step increases it, for every L and d (the step (N d/2)∇F, exact only in expectation over the
+    directions, grows the error in mean square unless η < 2L/(d + L − 1)); each step moves Z only in the span of its directions, so for L ≪ d convergence takes
+    about d/L times more steps. `seed`: None, int or Generator."""
     Xs, out = _check_clouds_list(clouds)
     K, d = len(Xs), Xs[0].shape[1]
     w = (torch.full((K,), 1.0 / K, dtype=Xs[0].dtype, device=Xs[0].device) if weights is None
@@ -1182,6 +1228,8 @@ def sliced_barycenter(clouds, weights=None, n_support: int = 256, seed=None, n_p
     N = check_int(n_support, 'n_support', minimum=1); L = check_int(n_projections, 'n_projections', minimum=1)
     n_iters = _check_iters(n_iters, 'n_iters'); lr = check_positive(lr, 'lr')
     if lr > 2: raise ValueError(f"`lr` must be in (0, 2] (η = 1 is the exact step; η > 2 overshoots and diverges), got {lr:g}")
+    lam_max = -(-L // d)                                                  # λ_max(ΘΘᵀ) of orthonormal blocks
+    _check_size(-(-L // min(d, L)) * min(d, L) * d, 'n_projections', 'the (d, L) orthonormal directions of a step')
     if show_progress is not None: _check_bool(show_progress, 'show_progress')
     _check_size(N * d, 'n_support', 'the (n_support, d) support')
     _check_size(L * (N + max(X.shape[0] for X in Xs)) * 4, 'n_projections', 'the projections of the support and the clouds')
@@ -1199,12 +1247,12 @@ def sliced_barycenter(clouds, weights=None, n_support: int = 256, seed=None, n_p
         Z[idx] = X.detach()[pick.to(X.device)]
         if c > X.shape[0]: Z[idx] += 1e-6 * X.detach().std(0, unbiased=False) * torch.randn(c, d, generator=g, dtype=torch.float64).to(Z)
     for t in progress(range(n_iters), desc='barycenter', disable=None if show_progress is None else not show_progress):
-        th = sample_projections(d, L, 'gaussian', g, Z.dtype, Z.device)
+        th = _orthonormal_blocks(d, L, g, Z.dtype, Z.device)
         Zg = Z.clone().requires_grad_(True)
         with torch.enable_grad():
             F = sum(w[k] * _slice_distances(Zg, X, th, 2.0).pow(2).mean() for k, X in enumerate(Xs))
             G, = torch.autograd.grad(F, Zg)
-        Z = Z - lr / (1 + 10 * t / max(n_iters, 1)) * (N * d / 2) * G
+        Z = Z - lr / (1 + 10 * t / max(n_iters, 1)) / lam_max * (N * L / 2) * G
     Z = Z * sc
     if not bool(torch.isfinite(Z).all()): raise OverflowError(f"the barycenter overflows {Z.dtype}: rescale `clouds`")
     return Z.to(out)

@@ -203,10 +203,10 @@ def test_barycenter_lr_beyond_two_is_refused():
 
 @pytest.mark.parametrize('d,p', [(3, 2), (64, 2), (64, 1), (5, 3.5)])
 def test_one_task_call_split_by_cloud_matches_the_task_path(monkeypatch, d, p):
-    "A one-task call with L·n ≥ 2¹⁶ runs the two clouds on two threads; its distances equal the single-task path's and"
+    "A one-task call with L·n ≥ 2¹⁸ runs the two clouds on two threads; its distances equal the single-task path's and"
     " a float64 project-sort-reduce computed here (seed 0, 1e-12 relative)."
     rng = np.random.default_rng(0)
-    n, L = 3000, 50
+    n, L = 6000, 50
     X, Y = rng.normal(size=(n, d)), rng.normal(size=(n, d)) + 0.3
     T = rng.normal(size=(d, L)); T /= np.linalg.norm(T, axis=0)
     r, k = sl._blocks(L, n, d, sl._auto_chunk(n, d, 8))
