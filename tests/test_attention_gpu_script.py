@@ -57,6 +57,12 @@ def test_gpu_run_dry(tmp_path):
             keys = ['tf32_fwd', 'tf32_fwd_qreg', '3xtf32_fwd']
             assert all(r[f'{k}_s'] > 0 and r[f'{k}_ratio'] == r[f'{k}_s'] / r['sdpa_s'] for k in keys), r
             assert r['sdpa_allow_tf32_s'] > 0, r
+            # validate_inputs=False beside each, with the host's time per call of every timing
+            assert all(r[f'{k}_unchecked_s'] > 0 and r['host_s'][f'{k}_unchecked_s'] > 0 for k in keys), r
+        elif r['pass'] == 'forward' and r['dtype'] == 'bfloat16':
+            assert r['tensor_cores_unchecked_s'] > 0 and r['host_s']['tensor_cores_s'] > 0, r
+    # Numba's launch cost on an empty kernel (the dry run: through _launch_cuda only) and torch's sync debug mode
+    assert tc['launch_overhead']['launch_cuda_s'] > 0 and 'note' in tc['sync_debug'], tc['launch_overhead']
 
 
 @pytest.mark.skipif(shutil.which('bash') is None or shutil.which('timeout') is None, reason='needs bash and timeout')
