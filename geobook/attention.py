@@ -2259,12 +2259,13 @@ def _fit_float32(q, k, v, scale):
     return q, k, v, ev
 
 def _poison(q, k, v):
-    """(BH, 1, 1) float32: 0 where the batch·head's q, k and v are all finite, NaN where one holds NaN or ±inf
-    (0·x = 0 for finite x, 0·NaN = 0·(±inf) = NaN; min and max, not their difference, which could overflow). Device
-    reductions only, nothing read back: the unchecked path's stand-in for the NaN/inf test."""
+    """(BH, 1, 1) float32: +0 where the batch·head's q, k and v are all finite, NaN where one holds NaN or ±inf
+    (0·x = ±0 for finite x, 0·NaN = 0·(±inf) = NaN; min and max, not their difference, which could overflow; |·| makes
+    −0 into +0, and x − (+0) = x for every x, −0 included, so subtracting it changes no bit). Device reductions only,
+    nothing read back: the unchecked path's stand-in for the NaN/inf test."""
     with torch.no_grad():
         mm = [torch.aminmax(t.detach().reshape(t.shape[0], -1).float(), dim=1) for t in (q, k, v)]
-        return sum(a * 0.0 + b * 0.0 for a, b in mm)[:, None, None]
+        return sum(a * 0.0 + b * 0.0 for a, b in mm).abs()[:, None, None]
 
 def _fused(q, k, v, scale, mask, backend, precision: str = 'ieee', validate: bool = True):
     """q (BH, N_q, D), k (BH, N_k, D), v (BH, N_k, D_v) in any float dtype → O (BH, N_q, D_v) and L (BH, N_q) in float32
@@ -2282,7 +2283,7 @@ def _fused(q, k, v, scale, mask, backend, precision: str = 'ieee', validate: boo
         nan = _poison(q, k, v)
         if backend == 'cpu': q, k, v = (torch.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0) for t in (q, k, v))
     o, lse = _FusedAttentionFn.apply(q, k, v, scale, mask, backend, precision)
-    if not validate: o, lse = o + nan, lse + nan[:, 0]
+    if not validate: o, lse = o - nan, lse - nan[:, 0]      # x − (+0) = x bit for bit; NaN where poisoned
     return o[..., :Dv], lse                                  # L = −∞ on rows with no key (see _lse)
 
 # %% ../nbs/05_fused_attention.ipynb #1ad30db6
