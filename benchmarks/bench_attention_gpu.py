@@ -69,20 +69,25 @@ class Run:
         self.out.write_text(json.dumps(self.result, indent=1) + '\n')
 
     def time(self, fn, max_reps: int = 10, cap_s: float = 6.0) -> dict:
-        "Median seconds of fn() after one warm-up: CUDA events on a GPU, wall clock on the simulator."
+        """Median seconds of fn() after one warm-up: CUDA events on a GPU, wall clock on the simulator. host_s: the
+        host's wall-clock time per call of the same back-to-back calls, before the final synchronize (the Python work
+        and launches; a call that synchronises inside waits for its kernel there, so it also counts the GPU time)."""
         t = time.perf_counter(); fn(); self.sync(); first = time.perf_counter() - t
         reps = 1 if self.dry else int(max(3, min(max_reps, cap_s // max(first, 1e-6))))
         if self.dry:
             ts = []
             for _ in range(reps):
                 t = time.perf_counter(); fn(); ts.append(time.perf_counter() - t)
+            host = sum(ts) / reps
         else:
             ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
+            t = time.perf_counter()
             for a, b in ev: a.record(); fn(); b.record()
+            host = (time.perf_counter() - t) / reps
             torch.cuda.synchronize()
             ts = [a.elapsed_time(b) / 1e3 for a, b in ev]
         ts.sort()
-        return {'median_s': ts[len(ts) // 2], 'min_s': ts[0], 'reps': reps, 'first_s': first}
+        return {'median_s': ts[len(ts) // 2], 'min_s': ts[0], 'reps': reps, 'first_s': first, 'host_s': host}
 
 
 def versions(run: Run) -> dict:
@@ -371,18 +376,83 @@ def _tf32_checks(run: Run, g, record, out):
     A._TF32_KIND = 'fwd'
 
 
+def _host_timed(run: Run, row: dict, name: str, fn, reps_key: bool = False):
+    "row[name] = the median event time of fn, row['host_s'][name] = the host's time per call (Run.time)."
+    r = run.time(fn)
+    row[name] = r['median_s']
+    row.setdefault('host_s', {})[name] = r['host_s']
+    if reps_key: row[name[:-2] + '_reps'] = r['reps']
+
+
 def _tf32_timings(run: Run, row: dict, q, k, v):
-    """Into `row`: flash_attention(fp32_precision=p) for p in TF32 and each of its variants (`{p}_{kind}_s`), and the bare kernel
-    on (BH, N, 64) tensors (`{p}_{kind}_kernel_s`: no input checks, no reshapes, to separate the host's share)."""
+    """Into `row`: flash_attention(fp32_precision=p) for p in TF32 and each of its variants (`{p}_{kind}_s`), the same
+    with validate_inputs=False (`{p}_{kind}_unchecked_s`: no max|q|, max|k|, max|v| read back, so no device→host sync),
+    and the bare kernel on (BH, N, 64) tensors (`{p}_{kind}_kernel_s`: no input checks, no reshapes); checked −
+    unchecked is the sync's cost, unchecked − kernel the rest of the host's share. row['host_s']: host time per call."""
     q3, k3, v3 = (t.reshape(-1, *t.shape[-2:]).contiguous() for t in (q, k, v))
     for prec in TF32:
         for kind in _kinds(prec):
             A._TF32_KIND = kind
-            r = run.time(lambda: flash_attention(q, k, v, backend='cuda', fp32_precision=prec))
-            row.update({f'{prec}_{kind}_s': r['median_s'], f'{prec}_{kind}_reps': r['reps']})
+            _host_timed(run, row, f'{prec}_{kind}_s', lambda: flash_attention(q, k, v, backend='cuda', fp32_precision=prec),
+                        reps_key=True)
+            _host_timed(run, row, f'{prec}_{kind}_unchecked_s',
+                        lambda: flash_attention(q, k, v, backend='cuda', fp32_precision=prec, validate_inputs=False))
             if not run.dry:
-                row[f'{prec}_{kind}_kernel_s'] = run.time(lambda: A._forward_mma(q3, k3, v3, 1 / 8, prec))['median_s']
+                _host_timed(run, row, f'{prec}_{kind}_kernel_s', lambda: A._forward_mma(q3, k3, v3, 1 / 8, prec))
     A._TF32_KIND = 'fwd'
+
+
+def _sync_debug(run: Run) -> dict:
+    """flash_attention on a GPU under torch.cuda.set_sync_debug_mode('error') (torch raises on any synchronising
+    torch call): the checked call (its one read-back) and validate_inputs=False, float32 TF32 and bfloat16, after a
+    warm-up call outside the mode (the first-call check synchronises once per device and dtype). Numba's own calls are
+    not seen by torch's mode."""
+    if run.dry: return {'note': 'dry run: no CUDA streams to watch'}
+    out = {}
+    for dname, dt, prec in (('float32 tf32', torch.float32, 'tf32'), ('bfloat16', torch.bfloat16, 'ieee')):
+        q = torch.randn(1, 8, 1024, 64, generator=torch.Generator().manual_seed(5)).to(run.device, dt)
+        for val in (True, False):
+            f = lambda: flash_attention(q, q, q, backend='cuda', fp32_precision=prec, validate_inputs=val)
+            f(); torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode('error')
+            try: f(); res = 'no synchronising torch call'
+            except RuntimeError as e: res = f'synchronises: {str(e)[:200]}'
+            finally: torch.cuda.set_sync_debug_mode(0)
+            out[f"{dname} {'checked' if val else 'unchecked'}"] = res
+    print('tc sync debug:', out, flush=True)
+    return out
+
+
+def _launch_overhead(run: Run) -> dict:
+    """Numba's host cost per launch, measured on an empty kernel with the TF32 forward's argument kinds (q, k, v, o
+    (8, 1024, 64) float32, m, l (8, 1024), a float32 scalar), grid (1, 1) × 32 threads (the GPU's time is a few µs, so
+    back-to-back calls measure the host): `launch_cuda_s` through A._launch_cuda (torch tensors → cuda.as_cuda_array
+    and cuda.external_stream per call, the dispatcher types 7 arguments: what every kernel call pays now);
+    `premade_s` the dispatcher with device arrays and stream made once; `compiled_launch_s` the compiled kernel's
+    launch() with them (no dispatcher typing); `torch_op_s` one small torch op for comparison. Each: event median and
+    host time per call (`host_s`)."""
+    from numba import cuda
+    @cuda.jit
+    def empty(q, k, v, o, m, l, s):
+        pass
+    ts = [torch.zeros(8, 1024, 64, device=run.device) for _ in range(4)] + [torch.zeros(8, 1024, device=run.device)
+                                                                          for _ in range(2)]
+    s = np.float32(0.125)
+    row = {}
+    _host_timed(run, row, 'launch_cuda_s', lambda: A._launch_cuda(empty, (1, 1), 32, *ts, s))
+    if not run.dry:
+        try:
+            arrs = [cuda.as_cuda_array(t, sync=False) for t in ts]
+            stream = cuda.external_stream(torch.cuda.current_stream().cuda_stream)
+            _host_timed(run, row, 'premade_s', lambda: empty[(1, 1), 32, stream](*arrs, s))
+            ovl = next(iter(empty.overloads.values()))
+            _host_timed(run, row, 'compiled_launch_s', lambda: ovl.launch([*arrs, s], (1, 1, 1), (32, 1, 1), stream, 0))
+        except Exception as e:              # noqa: BLE001 - a numba-cuda API difference must not lose the run
+            row['error'] = repr(e)[:300]
+        small = ts[-1][:1]
+        _host_timed(run, row, 'torch_op_s', lambda: small.add_(0.0))
+    print('tc launch overhead:', row, flush=True)
+    return row
 
 
 def tensor_cores(run: Run) -> dict:
@@ -463,6 +533,7 @@ def tensor_cores(run: Run) -> dict:
                     record(f'{tag}: m, log2 l vs emulator', float(np.abs(ml.cpu().numpy() - np.stack([me, le])).max()), 1e-4)
                 run.save()
         _tf32_checks(run, g, record, out)
+        out['sync_debug'] = _sync_debug(run); out['launch_overhead'] = _launch_overhead(run); run.save()
         # 4. timings: forward (and bfloat16 fwd+bwd) of the tensor-core path, the tiled kernels and SDPA, same dtype
         B, H = (1, 1) if run.dry else (1, 8)
         Ns = [64] if run.dry else TC_NS
@@ -482,9 +553,14 @@ def tensor_cores(run: Run) -> dict:
             for name, mode in (('tensor_cores_s', 'always'), ('tiled_s', 'never')):
                 if name == 'tensor_cores_s' and dname == 'float32': continue      # float32: the TF32 keys above
                 A._TENSOR_CORES = mode
-                r = run.time(make(lambda a, b, c: flash_attention(a, b, c, backend='cuda')))
-                row.update({name: r['median_s'], name[:-2] + '_reps': r['reps']})
+                _host_timed(run, row, name, make(lambda a, b, c: flash_attention(a, b, c, backend='cuda')), reps_key=True)
             A._TENSOR_CORES = 'always'
+            if dname == 'bfloat16' and passes == 'forward':       # the sync's share and the bare kernel, as for float32
+                _host_timed(run, row, 'tensor_cores_unchecked_s',
+                            lambda: flash_attention(q, k, v, backend='cuda', validate_inputs=False))
+                if not run.dry:
+                    q3, k3, v3 = (t.reshape(-1, N, 64).contiguous() for t in (q, k, v))
+                    _host_timed(run, row, 'tensor_cores_kernel_s', lambda: A._forward_mma(q3, k3, v3, 1 / 8))
             r = run.time(make(lambda a, b, c: sdpa(a, b, c)))
             row.update(sdpa_s=r['median_s'], sdpa_reps=r['reps'])
             if dname == 'float32':              # SDPA with TF32 allowed for matmuls (torch's opt-in), then restored

@@ -2232,7 +2232,8 @@ def _fit_float32(q, k, v, scale):
     - v: when max|v| > FLT_MAX/(2N_k) (the sum Σⱼ 2^(sⱼ−m) vⱼ of up to N_k terms would overflow) or max|v| < 2⁻⁶⁴,
       v·2^(−e_v) with e_v = ⌊log₂ max|v|⌋, and the output is scaled back by 2^(e_v) in the caller.
     Powers of two scale exactly, so inside [2⁻⁶⁴, 2⁶⁴] nothing is done and outside the kernels see the same scores.
-    Returns q, k, v (rescaled; autograd carries the factors into the gradients) and e_v."""
+    Returns q, k, v (rescaled; autograd carries the factors into the gradients) and e_v. The public functions skip it
+    with validate_inputs=False (then q, k, v go on as they are and e_v = 0)."""
     # max|t| from aminmax: one pass and no temporary the size of t (|t| would be one); NaN propagates through it
     a = torch.stack([torch.stack(torch.aminmax(t.detach())).abs().max() for t in (q, k, v)]).tolist()   # one sync
     aq, ak, av = (float(x) for x in a)
@@ -2257,16 +2258,32 @@ def _fit_float32(q, k, v, scale):
         v = _ldexp(v, -ev)
     return q, k, v, ev
 
-def _fused(q, k, v, scale, mask, backend, precision: str = 'ieee'):
+def _poison(q, k, v):
+    """(BH, 1, 1) float32: +0 where the batch·head's q, k and v are all finite, NaN where one holds NaN or ±inf
+    (0·x = ±0 for finite x, 0·NaN = 0·(±inf) = NaN; min and max, not their difference, which could overflow; |·| makes
+    −0 into +0, and x − (+0) = x for every x, −0 included, so subtracting it changes no bit). Device reductions only,
+    nothing read back: the unchecked path's stand-in for the NaN/inf test."""
+    with torch.no_grad():
+        mm = [torch.aminmax(t.detach().reshape(t.shape[0], -1).float(), dim=1) for t in (q, k, v)]
+        return sum(a * 0.0 + b * 0.0 for a, b in mm).abs()[:, None, None]
+
+def _fused(q, k, v, scale, mask, backend, precision: str = 'ieee', validate: bool = True):
     """q (BH, N_q, D), k (BH, N_k, D), v (BH, N_k, D_v) in any float dtype → O (BH, N_q, D_v) and L (BH, N_q) in float32
     (L = −∞ on rows with no key), differentiable. D ≠ D_v: the shorter of q, k or v is padded with zeros (padding q and
-    k leaves every score unchanged; padding v adds output columns, dropped)."""
+    k leaves every score unchanged; padding v adds output columns, dropped). validate=False (inputs not checked by
+    `_fit_float32`): O and L of a batch·head whose q, k or v (as the kernels read them) holds NaN or ±inf are NaN
+    (`_poison`); on the CPU such values are zeroed before the kernels, which are compiled with fastmath (no NaN/inf)."""
     D, Dv = q.shape[-1], v.shape[-1]
     if Dv < D: v = F.pad(v, (0, D - Dv))
     elif Dv > D: q, k = F.pad(q, (0, Dv - D)), F.pad(k, (0, Dv - D))
     half = backend == 'cuda' and q.dtype in (torch.float16, torch.bfloat16)   # read as is by the tiled CUDA kernels
     f = lambda t: (t if half else t.float()).contiguous()
-    o, lse = _FusedAttentionFn.apply(f(q), f(k), f(v), scale, mask, backend, precision)
+    q, k, v = f(q), f(k), f(v)
+    if not validate:
+        nan = _poison(q, k, v)
+        if backend == 'cpu': q, k, v = (torch.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0) for t in (q, k, v))
+    o, lse = _FusedAttentionFn.apply(q, k, v, scale, mask, backend, precision)
+    if not validate: o, lse = o - nan, lse - nan[:, 0]      # x − (+0) = x bit for bit; NaN where poisoned
     return o[..., :Dv], lse                                  # L = −∞ on rows with no key (see _lse)
 
 # %% ../nbs/05_fused_attention.ipynb #1ad30db6
@@ -2356,7 +2373,7 @@ def _use_mma(q, mask, precision: str = 'ieee') -> bool:
 
 # %% ../nbs/05_fused_attention.ipynb #6540891c
 def flash_attention(q, k, v, causal: bool = False, scale: float | None = None, return_lse: bool = False,
-                    backend: str = 'auto', fp32_precision: str = 'ieee'):
+                    backend: str = 'auto', fp32_precision: str = 'ieee', validate_inputs: bool = True):
     """Exact softmax attention O = softmax(τ·QKᵀ + M)·V by FlashAttention-2's fused online softmax.
 
     q: (…, N_q, D), k: (…, N_k, D), v: (…, N_k, D_v), the batch dimensions `…` broadcast (SDPA's contract); computed in
@@ -2374,9 +2391,17 @@ def flash_attention(q, k, v, causal: bool = False, scale: float | None = None, r
     57..64)
     after a first-call check against the float32 kernel (one RuntimeWarning and float32 if it fails); elsewhere, and
     for the backward, float32 arithmetic as with 'ieee'. Empty inputs give empty (or all-masked) results.
+    validate_inputs: True (default) refuses NaN/inf and scores beyond float32's range (ValueError) and rescales float64
+    inputs outside it exactly, from one reduction over q, k, v read back to the host: on a GPU the call's only
+    device→host synchronisation. False skips it (a GPU call then never waits for the device, as SDPA): a batch·head
+    whose q, k or v holds NaN or ±inf gets NaN in all its O and L (SDPA: only the rows or columns they reach), scores
+    beyond float32's range are not detected (the result is then undefined), and float64 inputs are cast to float32 as
+    they are (beyond its range: ±inf, hence NaN out; below it: 0); for finite inputs with τ·max|q|, max|k|, max|v|
+    in [2⁻⁶⁴, 2⁶⁴] the result is the same as with True.
     Differentiable once (fused backward by recomputation). Returns O (…, N_q, D_v) [and the log-sum-exp L (…, N_q)]."""
     q, k, v, batch = _check_attention_inputs(q, k, v, finite=False)   # NaN/inf: tested in _fit_float32
     causal, return_lse = _check_flag(causal, 'causal'), _check_flag(return_lse, 'return_lse')
+    validate_inputs = _check_flag(validate_inputs, 'validate_inputs')
     scale = _resolve_scale(scale, q.shape[-1])
     if not isinstance(fp32_precision, str):
         raise TypeError(f'`fp32_precision` must be one of {list(_FP32_PRECISIONS)}, got {fp32_precision!r}')
@@ -2389,10 +2414,10 @@ def flash_attention(q, k, v, causal: bool = False, scale: float | None = None, r
     if min(Nq, Nk, BH) == 0:           # nothing to fuse: the dense oracle gives the empty or all-masked answer
         return attention_reference(q, k, v, causal, scale, return_lse)
     dtype = q.dtype
-    q, k, v, ev = _fit_float32(q, k, v, scale)
+    q, k, v, ev = _fit_float32(q, k, v, scale) if validate_inputs else (q, k, v, 0)   # False: no device→host sync
     flat = lambda t: t.expand(*batch, *t.shape[-2:]).reshape(BH, *t.shape[-2:])
     o, lse = _fused(flat(q), flat(k), flat(v), scale, _Mask('causal' if causal else 'full', off=Nk - Nq), backend,
-                    fp32_precision)
+                    fp32_precision, validate_inputs)
     o = _ldexp(o.reshape(*batch, Nq, Dv).to(dtype), ev)
     return (o, lse.reshape(*batch, Nq).to(_lse_dtype(dtype))) if return_lse else o
 
@@ -2427,14 +2452,16 @@ def _check_na(q, k, v, kernel_size, dilation, causal, scale, return_lse, finite:
     return q, k, v, dims, ks, dil, cz, _resolve_scale(scale, q.shape[-1]), _check_flag(return_lse, 'return_lse')
 
 def neighborhood_attention(q, k, v, kernel_size, dilation=1, causal=False, scale: float | None = None,
-                           return_lse: bool = False, backend: str = 'auto'):
+                           return_lse: bool = False, backend: str = 'auto', validate_inputs: bool = True):
     """Fused neighborhood attention (NATTEN's windows): each query attends to the `kernel_size` keys around it.
 
     1-D: q, k (B, H, N, D), v (B, H, N, D_v); 2-D: (B, H, X, Y, D). kernel_size k (odd), dilation δ and causal: one
     value or one per axis, with k·δ ≤ axis length. Windows are shifted (not truncated) at the borders. Same dtype,
-    device and backend rules as `flash_attention`; differentiable once. Returns O (q's shape with D_v) [and L]."""
+    device and backend rules as `flash_attention`, and its `validate_inputs` (False: no device→host sync, NaN/inf
+    propagate); differentiable once. Returns O (q's shape with D_v) [and L]."""
     q, k, v, dims, ks, dil, cz, scale, return_lse = _check_na(q, k, v, kernel_size, dilation, causal, scale, return_lse,
                                                               finite=False)   # NaN/inf: tested in _fit_float32
+    validate_inputs = _check_flag(validate_inputs, 'validate_inputs')
     backend = _resolve_backend(backend, q)
     D, Dv = q.shape[-1], v.shape[-1]
     if backend == 'cuda' and max(D, Dv) > _DMAX:
@@ -2444,10 +2471,11 @@ def neighborhood_attention(q, k, v, kernel_size, dilation=1, causal=False, scale
         o, lse = v.new_zeros(v.shape), q.new_zeros(q.shape[:-1])
         return (o, lse) if return_lse else o
     dtype = q.dtype
-    q, k, v, ev = _fit_float32(q, k, v, scale)
+    q, k, v, ev = _fit_float32(q, k, v, scale) if validate_inputs else (q, k, v, 0)   # False: no device→host sync
     if len(dims) == 1: dims, ks, dil, cz = (1,) + dims, (1,) + ks, (1,) + dil, (False,) + cz
     flat = lambda t: t.reshape(B * H, N, t.shape[-1])
-    o, lse = _fused(flat(q), flat(k), flat(v), scale, _Mask('window', 0, dims, ks, dil, cz), backend)
+    o, lse = _fused(flat(q), flat(k), flat(v), scale, _Mask('window', 0, dims, ks, dil, cz), backend,
+                    validate=validate_inputs)
     o = _ldexp(o.reshape(v.shape).to(dtype), ev)
     return (o, lse.reshape(q.shape[:-1]).to(_lse_dtype(dtype))) if return_lse else o
 

@@ -423,3 +423,67 @@ def test_forked_child_gets_its_own_thread_pool():
 
 def _child_call(q):
     return flash_attention(q, q, q, backend='cpu')
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# validate_inputs=False: no device→host read, same result on finite inputs, NaN/inf make their batch·head NaN
+_READS = ('tolist', 'item', '__bool__', '__float__', '__int__', '__index__')
+
+
+def _no_read_back(monkeypatch):
+    "Every tensor → host read raises from here on (on a GPU each is a synchronisation)."
+    def read_back(*a, **kw): raise RuntimeError('device→host read')
+    for n in _READS: monkeypatch.setattr(torch.Tensor, n, read_back)
+
+
+@pytest.mark.parametrize('fn,kw', [(flash_attention, {}), (flash_attention, {'causal': True}),
+                                   (neighborhood_attention, {'kernel_size': 5, 'dilation': 2})])
+def test_unchecked_call_reads_nothing_back_and_gives_the_same_bits(monkeypatch, fn, kw):
+    q, k, v = (_randn(2, 3, 40, 16, seed=s) for s in (1, 2, 3))
+    o, lse = fn(q, k, v, return_lse=True, backend='cpu', **kw)
+    for dt in (torch.float32, torch.float64):                     # float64 within [2⁻⁶⁴, 2⁶⁴]: no rescaling either way
+        o_dt = fn(q.to(dt), k.to(dt), v.to(dt), backend='cpu', **kw)
+        with monkeypatch.context() as m:
+            _no_read_back(m)
+            with pytest.raises(RuntimeError, match='device→host read'):      # the checked call reads back (once)
+                fn(q.to(dt), k.to(dt), v.to(dt), backend='cpu', **kw)
+            o2, lse2 = fn(q.to(dt), k.to(dt), v.to(dt), return_lse=True, backend='cpu', validate_inputs=False, **kw)
+        assert torch.equal(o2, o_dt) and o2.dtype == dt
+    assert torch.equal(lse2.float(), lse)
+    qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))         # the gradients too
+    g1 = torch.autograd.grad(fn(qg, kg, vg, backend='cpu', **kw).square().sum(), (qg, kg, vg))
+    g2 = torch.autograd.grad(fn(qg, kg, vg, backend='cpu', validate_inputs=False, **kw).square().sum(), (qg, kg, vg))
+    assert all(torch.equal(a, b) for a, b in zip(g1, g2))
+
+
+@pytest.mark.parametrize('which,bad', [(0, float('nan')), (1, float('nan')), (2, float('inf')), (1, -float('inf'))])
+@pytest.mark.parametrize('fn,kw', [(flash_attention, {}), (neighborhood_attention, {'kernel_size': 3})])
+def test_unchecked_non_finite_inputs_give_nan_in_their_batch_head(fn, kw, which, bad):
+    q, k, v = (_randn(2, 3, 20, 8, seed=s) for s in (4, 5, 6))
+    ref, lref = fn(q, k, v, return_lse=True, backend='cpu', **kw)
+    qkv = [q, k, v]
+    qkv[which] = qkv[which].clone()
+    qkv[which][1, 2, 7, 3] = bad
+    with pytest.raises(ValueError, match='non-finite'):                 # the default still refuses them
+        fn(*qkv, backend='cpu', **kw)
+    o, lse = fn(*qkv, return_lse=True, backend='cpu', validate_inputs=False, **kw)
+    assert o[1, 2].isnan().all() and lse[1, 2].isnan().all()
+    hit = torch.zeros(2, 3, dtype=torch.bool); hit[1, 2] = True
+    assert torch.equal(o[~hit], ref[~hit]) and torch.equal(lse[~hit], lref[~hit])
+
+
+def test_unchecked_float64_beyond_float32_is_cast_as_it_is():
+    "Checked: rescaled exactly (test_attention_precision); unchecked: cast to float32 (q → inf), so NaN comes out."
+    q, k, v = (_randn(1, 2, 10, 4, seed=s).double() for s in (7, 8, 9))
+    o = flash_attention(q * 1e300, k * 1e-300, v, backend='cpu')
+    assert torch.isfinite(o).all()
+    assert flash_attention(q * 1e300, k * 1e-300, v, backend='cpu', validate_inputs=False).isnan().all()
+
+
+@pytest.mark.parametrize('bad', ['no', 1, None, np.array([True, False])])
+def test_validate_inputs_must_be_a_bool(bad):
+    q = _randn(1, 1, 6, 4, seed=0)
+    with pytest.raises(TypeError, match='`validate_inputs`'):
+        flash_attention(q, q, q, backend='cpu', validate_inputs=bad)
+    with pytest.raises(TypeError, match='`validate_inputs`'):
+        neighborhood_attention(q, q, q, 3, backend='cpu', validate_inputs=bad)

@@ -145,6 +145,32 @@ SIM_SCRIPT = textwrap.dedent(r'''
     dec = torch.tensor([A._load_bf16_py(b) for b in bits[fin].numpy()], dtype=torch.float32)
     out['bf16_decode'] = {'n': int(fin.sum()), 'exact': bool(torch.equal(dec, vals[fin])),
                           'signs': bool(torch.equal(torch.signbit(dec), torch.signbit(vals[fin])))}
+    # validate_inputs=False: no tensor → host read (.tolist, .item, bool, float, int) in the call, the same result
+    gen = torch.Generator().manual_seed(13)
+    q, k, v = (torch.randn(1, 2, n, 16, generator=gen) for n in (40, 50, 50))
+    calls = [('flash', lambda val: flash_attention(q, k, v, backend='cuda', validate_inputs=val)),
+             ('flash_causal', lambda val: flash_attention(q, k, v, causal=True, backend='cuda', validate_inputs=val)),
+             ('na1d', lambda val: neighborhood_attention(k, k, v, 5, backend='cuda', validate_inputs=val))]
+    names = ('tolist', 'item', '__bool__', '__float__', '__int__', '__index__')
+    saved = {n: getattr(torch.Tensor, n) for n in names}
+    def read_back(*a, **kw): raise RuntimeError('device→host read')
+    unchecked = {}
+    for name, call in calls:
+        ref = call(True)
+        res, outs = {}, {}
+        for val in (True, False):
+            for n in names: setattr(torch.Tensor, n, read_back)
+            try: outs[val], res[val] = call(val), 'no read'
+            except RuntimeError as e: res[val] = str(e)
+            finally:
+                for n, f in saved.items(): setattr(torch.Tensor, n, f)
+        unchecked[name] = {'checked': res[True], 'unchecked': res[False],
+                           'same': False in outs and bool(torch.equal(outs[False], ref))}
+    qn = q.clone(); qn[0, 1, 7, 3] = float('nan')
+    o, lse = flash_attention(qn, k, v, return_lse=True, backend='cuda', validate_inputs=False)
+    unchecked['nan'] = {'head_nan': bool(o[0, 1].isnan().all() and lse[0, 1].isnan().all()),
+                        'other_same': bool(torch.equal(o[0, 0], flash_attention(q, k, v, backend='cuda')[0, 0]))}
+    out['unchecked'] = unchecked
     print('RESULT' + json.dumps(out))
 ''')
 
@@ -238,6 +264,18 @@ def sim_results():
 
 CASES = ['full_ragged', 'causal_ragged', 'causal_nq_gt_nk', 'full_nq_lt_nk_d32', 'causal_nq_lt_nk', 'causal_d64',
          'full_d12_padded', 'na1d_dilated', 'na1d_causal', 'na2d']
+
+
+def test_unchecked_call_reads_nothing_back(sim_results):
+    """validate_inputs=False under the simulator (the tiled CUDA forward, and the neighborhood kernel): with every
+    tensor → host read patched to raise, the checked call hits one (the read-back of _fit_float32: the test sees it)
+    and the unchecked call none, and gives the same bits; NaN in q makes that batch·head NaN (O and L), the others
+    unchanged."""
+    u = sim_results['unchecked']
+    for name in ('flash', 'flash_causal', 'na1d'):
+        assert u[name]['checked'] == 'device→host read', u[name]
+        assert u[name]['unchecked'] == 'no read' and u[name]['same'], u[name]
+    assert u['nan'] == {'head_nan': True, 'other_same': True}
 
 
 @pytest.mark.parametrize('case', CASES)

@@ -57,6 +57,12 @@ def test_gpu_run_dry(tmp_path):
             keys = ['tf32_fwd', 'tf32_fwd_qreg', '3xtf32_fwd']
             assert all(r[f'{k}_s'] > 0 and r[f'{k}_ratio'] == r[f'{k}_s'] / r['sdpa_s'] for k in keys), r
             assert r['sdpa_allow_tf32_s'] > 0, r
+            # validate_inputs=False beside each, with the host's time per call of every timing
+            assert all(r[f'{k}_unchecked_s'] > 0 and r['host_s'][f'{k}_unchecked_s'] > 0 for k in keys), r
+        elif r['pass'] == 'forward' and r['dtype'] == 'bfloat16':
+            assert r['tensor_cores_unchecked_s'] > 0 and r['host_s']['tensor_cores_s'] > 0, r
+    # Numba's launch cost on an empty kernel (the dry run: through _launch_cuda only) and torch's sync debug mode
+    assert tc['launch_overhead']['launch_cuda_s'] > 0 and 'note' in tc['sync_debug'], tc['launch_overhead']
 
 
 @pytest.mark.skipif(shutil.which('bash') is None or shutil.which('timeout') is None, reason='needs bash and timeout')
@@ -79,7 +85,11 @@ def test_gpu_run_only_tensor_cores_keeps_the_rest(tmp_path):
     tc = new['tensor_cores']
     assert tc['run']['dry_run_on_simulator'] is True and tc['failures'] == [] and 'tensor_cores_error' not in new
     for name, f in old['tensor_cores'].get('fixed', {}).items():
-        assert tc['fixed'][name]['before'] == old['tensor_cores']['checks'][name] and tc['fixed'][name]['after'] == f['after']
+        # 'before' stays the value measured before the fix: the base's own record of it once a re-run has carried it
+        # over (the base's check then holds a later measurement), else the base's check
+        before = f.get('before', old['tensor_cores']['checks'][name])
+        assert tc['fixed'][name]['before'] == before and tc['fixed'][name]['after'] == f['after']
+        assert not before['ok']                        # (the dry run does not re-run the GPU-size check)
     # the rows it did not re-measure (GPU sizes) keep their earlier values, marked with the earlier run's date
     assert all(r['from_run'] == old['machine']['date'] for r in tc['rows'] if r['N'] > 64)
 
