@@ -328,9 +328,9 @@ def _attention_specs():
     return [
         Spec('attention.attention_reference', lambda: qkv(2, 2, 9, 4), tensors | flags, accept=broadcast),
         Spec('attention.flash_attention', lambda: dict(qkv(2, 2, 9, 4), backend='cpu'),
-             tensors | flags | {'backend': 'choice'}, accept=broadcast),
+             tensors | flags | {'backend': 'choice', 'validate_inputs': 'bool', 'fp32_precision': 'choice'}, accept=broadcast),
         Spec('attention.neighborhood_attention', lambda: dict(qkv(2, 2, 12, 4), kernel_size=3, backend='cpu'),
-             tensors | na | flags | {'backend': 'choice'}),
+             tensors | na | flags | {'backend': 'choice', 'validate_inputs': 'bool'}),
         Spec('attention.neighborhood_attention_reference', lambda: dict(qkv(2, 2, 12, 4), kernel_size=3),
              tensors | na | flags),
     ]
