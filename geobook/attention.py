@@ -2389,8 +2389,10 @@ def flash_attention(q, k, v, causal: bool = False, scale: float | None = None, r
     chapter), '3xtf32' on tensor cores with float32-class accuracy (3 TF32 products each). They take effect where the
     tensor-core forward applies (backend 'cuda' on a GPU of compute capability ≥ 8.0, no causal mask, max(D, D_v) in
     57..64)
-    after a first-call check against the float32 kernel (one RuntimeWarning and float32 if it fails); elsewhere, and
-    for the backward, float32 arithmetic as with 'ieee'. Empty inputs give empty (or all-masked) results.
+    after a first-call check against the float32 kernel (one RuntimeWarning and float32 if it fails); elsewhere
+    float32 arithmetic as with 'ieee'; for float64, float16 and bfloat16 inputs it is ignored (float64 never runs on
+    TF32). The backward is float32 arithmetic on the forward's O and L, so after a 'tf32' forward the gradients inherit
+    its error (of the order of O's). Empty inputs give empty (or all-masked) results.
     validate_inputs: True (default) refuses NaN/inf and scores beyond float32's range (ValueError) and rescales float64
     inputs outside it exactly, from one reduction over q, k, v read back to the host: on a GPU the call's only
     device→host synchronisation. False skips it (a GPU call then never waits for the device, as SDPA): a batch·head
@@ -2414,10 +2416,11 @@ def flash_attention(q, k, v, causal: bool = False, scale: float | None = None, r
     if min(Nq, Nk, BH) == 0:           # nothing to fuse: the dense oracle gives the empty or all-masked answer
         return attention_reference(q, k, v, causal, scale, return_lse)
     dtype = q.dtype
+    precision = fp32_precision if dtype == torch.float32 else 'ieee'   # decided before the cast to float32 below
     q, k, v, ev = _fit_float32(q, k, v, scale) if validate_inputs else (q, k, v, 0)   # False: no device→host sync
     flat = lambda t: t.expand(*batch, *t.shape[-2:]).reshape(BH, *t.shape[-2:])
     o, lse = _fused(flat(q), flat(k), flat(v), scale, _Mask('causal' if causal else 'full', off=Nk - Nq), backend,
-                    fp32_precision, validate_inputs)
+                    precision, validate_inputs)
     o = _ldexp(o.reshape(*batch, Nq, Dv).to(dtype), ev)
     return (o, lse.reshape(*batch, Nq).to(_lse_dtype(dtype))) if return_lse else o
 
