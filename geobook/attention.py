@@ -1788,16 +1788,18 @@ def _tf32_bounds(q, k, v, scale: float, dtype: str) -> tuple:
     """(bound on max |O_tc − O|, bound on max |L_tc − L|) for the TF32 / 3xTF32 attention forward (`dtype`) of
     q (…, N_q, D), k, v (…, N_k, D) (float arrays or tensors) against exact attention of the same float32 inputs:
     S_max = τ·maxᵢⱼ Σ_d |q_id||k_jd| bounds every |S_ij|;
-    ε = (ρ + γ(D + 2))·S_max + 2⁻²¹ bounds every score's error (operand rounding ρ = _tf32_rho, D float32 additions in a
-    row at most, the scale and the subtraction of m; exp2's ≤ 2 ulp as 2⁻²¹);
+    ε = (ρ + γ(9D/8 + 2))·S_max + 2⁻²¹ bounds every score's error (operand rounding ρ = _tf32_rho; D/8 chained mma
+    steps, each a block FMA that aligns 8 exact products and C to the largest and truncates: ≤ 9·2⁻²³ of Σ|terms|;
+    the scale and the subtraction of m; exp2's ≤ 2 ulp as 2⁻²¹);
     |ΔO| ≤ (exp(2ε) − 1 + ρ + γ(6N_k + 4) + N_k·2⁻¹²⁶)·max|v| (softmax of scores moved by ≤ ε moves each P by ≤ (exp(2ε) − 1)P;
     P and V rounded for P V; the float32 sums of O and ℓ and the division; P below 2⁻¹²⁶ flushed);
     |ΔL| ≤ ε + γ(2N_k + 2) + 2⁻²⁴·log₂(N_k + 1)."""
+    check_choice(dtype, 'dtype', ('tf32', '3xtf32'))
     q, k, v = (torch.as_tensor(x).double() for x in (q, k, v))
     D, Nk = q.shape[-1], k.shape[-2]
     smax = scale * float((q.abs() @ k.abs().transpose(-1, -2)).max())
     rho = _tf32_rho(dtype)
-    eps = (rho + _gamma(D + 2)) * smax + 2.0 ** -21
+    eps = (rho + _gamma(-(-9 * D // 8) + 2)) * smax + 2.0 ** -21
     vmax = float(v.abs().max())
     grow = math.expm1(2 * eps) if eps < 350 else math.inf       # (exp(2ε) overflows float64 beyond ε ≈ 355: no bound)
     o = (grow + rho + _gamma(6 * Nk + 4) + Nk * 2.0 ** -126) * vmax
