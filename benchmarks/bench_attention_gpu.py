@@ -374,6 +374,25 @@ def _tf32_checks(run: Run, g, record, out):
                     record(f'{tag}: m, log2 l vs emulator', float(np.abs(ml.cpu().numpy() - np.stack([me, le])).max()), 1e-3)
                 run.save()
     A._TF32_KIND = 'fwd'
+    # long key rows, as timed (referee ch5f): one head, N_q = 256, N_k = 16384 (dry run: 128), TF32 and 3xTF32 against
+    # float64 within the derived bound, and SDPA float32 (CUTLASS's 3xTF32 kernel) against the same float64 reference
+    Nk = 128 if run.dry else 16384
+    q, k, v = (torch.randn(1, 1, n, 64, generator=g) for n in (256, Nk, Nk))
+    o2, lse2 = attention_reference(q.double(), k.double(), v.double(), return_lse=True)
+    e = lambda a, b: float((a.detach().cpu().double() - b).abs().max())
+    long_ = {'Nq': 256, 'Nk': Nk}
+    for prec in TF32:
+        o, lse = flash_attention(q.to(dev), k.to(dev), v.to(dev), return_lse=True, backend='cuda', fp32_precision=prec)
+        bo, bl = A._tf32_bounds(q, k, v, 1 / 8, prec)
+        record(f'fwd {prec} fwd BH=1 Nq=256 Nk={Nk}: O vs float64 (derived bound)', e(o, o2), bo + 1e-6, bound=bo)
+        record(f'fwd {prec} fwd BH=1 Nq=256 Nk={Nk}: L vs float64 (derived bound)', e(lse, lse2), bl + 1e-6, bound=bl)
+        long_[f'{prec}_o_err'], long_[f'{prec}_lse_err'] = e(o, o2), e(lse, lse2)
+    if not run.dry:
+        long_['sdpa_float32_o_err'] = e(torch.nn.functional.scaled_dot_product_attention(q.to(dev), k.to(dev), v.to(dev)), o2)
+        long_['ieee_o_err'] = e(flash_attention(q.to(dev), k.to(dev), v.to(dev), backend='cuda'), o2)
+    out['long_keys'] = long_
+    print('tc long keys:', long_, flush=True)
+    run.save()
 
 
 def _host_timed(run: Run, row: dict, name: str, fn, reps_key: bool = False):

@@ -1788,16 +1788,18 @@ def _tf32_bounds(q, k, v, scale: float, dtype: str) -> tuple:
     """(bound on max |O_tc − O|, bound on max |L_tc − L|) for the TF32 / 3xTF32 attention forward (`dtype`) of
     q (…, N_q, D), k, v (…, N_k, D) (float arrays or tensors) against exact attention of the same float32 inputs:
     S_max = τ·maxᵢⱼ Σ_d |q_id||k_jd| bounds every |S_ij|;
-    ε = (ρ + γ(D + 2))·S_max + 2⁻²¹ bounds every score's error (operand rounding ρ = _tf32_rho, D float32 additions in a
-    row at most, the scale and the subtraction of m; exp2's ≤ 2 ulp as 2⁻²¹);
+    ε = (ρ + γ(9D/8 + 2))·S_max + 2⁻²¹ bounds every score's error (operand rounding ρ = _tf32_rho; D/8 chained mma
+    steps, each a block FMA that aligns 8 exact products and C to the largest and truncates: ≤ 9·2⁻²³ of Σ|terms|;
+    the scale and the subtraction of m; exp2's ≤ 2 ulp as 2⁻²¹);
     |ΔO| ≤ (exp(2ε) − 1 + ρ + γ(6N_k + 4) + N_k·2⁻¹²⁶)·max|v| (softmax of scores moved by ≤ ε moves each P by ≤ (exp(2ε) − 1)P;
     P and V rounded for P V; the float32 sums of O and ℓ and the division; P below 2⁻¹²⁶ flushed);
     |ΔL| ≤ ε + γ(2N_k + 2) + 2⁻²⁴·log₂(N_k + 1)."""
+    check_choice(dtype, 'dtype', ('tf32', '3xtf32'))
     q, k, v = (torch.as_tensor(x).double() for x in (q, k, v))
     D, Nk = q.shape[-1], k.shape[-2]
     smax = scale * float((q.abs() @ k.abs().transpose(-1, -2)).max())
     rho = _tf32_rho(dtype)
-    eps = (rho + _gamma(D + 2)) * smax + 2.0 ** -21
+    eps = (rho + _gamma(-(-9 * D // 8) + 2)) * smax + 2.0 ** -21
     vmax = float(v.abs().max())
     grow = math.expm1(2 * eps) if eps < 350 else math.inf       # (exp(2ε) overflows float64 beyond ε ≈ 355: no bound)
     o = (grow + rho + _gamma(6 * Nk + 4) + Nk * 2.0 ** -126) * vmax
@@ -2389,8 +2391,10 @@ def flash_attention(q, k, v, causal: bool = False, scale: float | None = None, r
     chapter), '3xtf32' on tensor cores with float32-class accuracy (3 TF32 products each). They take effect where the
     tensor-core forward applies (backend 'cuda' on a GPU of compute capability ≥ 8.0, no causal mask, max(D, D_v) in
     57..64)
-    after a first-call check against the float32 kernel (one RuntimeWarning and float32 if it fails); elsewhere, and
-    for the backward, float32 arithmetic as with 'ieee'. Empty inputs give empty (or all-masked) results.
+    after a first-call check against the float32 kernel (one RuntimeWarning and float32 if it fails); elsewhere
+    float32 arithmetic as with 'ieee'; for float64, float16 and bfloat16 inputs it is ignored (float64 never runs on
+    TF32). The backward is float32 arithmetic on the forward's O and L, so after a 'tf32' forward the gradients inherit
+    its error (of the order of O's). Empty inputs give empty (or all-masked) results.
     validate_inputs: True (default) refuses NaN/inf and scores beyond float32's range (ValueError) and rescales float64
     inputs outside it exactly, from one reduction over q, k, v read back to the host: on a GPU the call's only
     device→host synchronisation. False skips it (a GPU call then never waits for the device, as SDPA): a batch·head
@@ -2414,10 +2418,11 @@ def flash_attention(q, k, v, causal: bool = False, scale: float | None = None, r
     if min(Nq, Nk, BH) == 0:           # nothing to fuse: the dense oracle gives the empty or all-masked answer
         return attention_reference(q, k, v, causal, scale, return_lse)
     dtype = q.dtype
+    precision = fp32_precision if dtype == torch.float32 else 'ieee'   # decided before the cast to float32 below
     q, k, v, ev = _fit_float32(q, k, v, scale) if validate_inputs else (q, k, v, 0)   # False: no device→host sync
     flat = lambda t: t.expand(*batch, *t.shape[-2:]).reshape(BH, *t.shape[-2:])
     o, lse = _fused(flat(q), flat(k), flat(v), scale, _Mask('causal' if causal else 'full', off=Nk - Nq), backend,
-                    fp32_precision, validate_inputs)
+                    precision, validate_inputs)
     o = _ldexp(o.reshape(*batch, Nq, Dv).to(dtype), ev)
     return (o, lse.reshape(*batch, Nq).to(_lse_dtype(dtype))) if return_lse else o
 

@@ -487,3 +487,31 @@ def test_validate_inputs_must_be_a_bool(bad):
         flash_attention(q, q, q, backend='cpu', validate_inputs=bad)
     with pytest.raises(TypeError, match='`validate_inputs`'):
         neighborhood_attention(q, q, q, 3, backend='cpu', validate_inputs=bad)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# fp32_precision applies to float32 inputs only (referee ch5f, item 2: float64 inputs ran on TF32 after the cast)
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+@pytest.mark.parametrize('precision', ['ieee', 'tf32', '3xtf32'])
+def test_fp32_precision_follows_the_callers_dtype(monkeypatch, dtype, precision):
+    """The referee's probe (probe2.py) without a GPU: the backend is 'cuda', the tensor-core forward "applies" (GPU test
+    patched away) and is forced ('always'); both CUDA forwards are stand-ins that record their call and return the
+    CPU result. float32 with 'tf32'/'3xtf32' must reach the tensor-core forward with that precision; float64 (cast to
+    float32 inside) and 'ieee' must not, whatever the flag. The output is the float64 reference's to float32 rounding."""
+    import geobook.attention as A
+    calls = []
+    cpu = lambda q, k, v, s: A._forward_impl(q.float(), k.float(), v.float(), s, A._Mask('full'), 'cpu')
+    monkeypatch.setattr(A, '_resolve_backend', lambda backend, x: 'cuda')
+    monkeypatch.setattr(A, '_mma_applies', lambda q, mask, precision='ieee':
+                        mask.kind == 'full' and A._mma_dtype(q, precision) is not None)
+    monkeypatch.setattr(A, '_TENSOR_CORES', 'always')
+    monkeypatch.setattr(A, '_forward_mma', lambda q, k, v, s, p='ieee': (calls.append(('mma', q.dtype, p)), cpu(q, k, v, s))[1])
+    monkeypatch.setattr(A, '_forward_tiled', lambda q, k, v, s, mask: (calls.append(('tiled', q.dtype)), cpu(q, k, v, s))[1])
+    g = torch.Generator().manual_seed(21)
+    q, k, v = (torch.randn(1, 2, n, 64, generator=g, dtype=torch.float64).to(dtype) for n in (70, 90, 90))
+    o = A.flash_attention(q, k, v, backend='cuda', fp32_precision=precision)
+    want = [('mma', torch.float32, precision)] if dtype == torch.float32 and precision != 'ieee' else [('tiled', torch.float32)]
+    assert calls == want, calls
+    assert o.dtype == dtype
+    ref = A.attention_reference(q.double(), k.double(), v.double())
+    assert float((o.double() - ref).abs().max()) < 2e-5
