@@ -32,6 +32,7 @@ POT_MAX_BYTES = 6 << 30        # POT materialises two (n, L) float64 arrays (and
 NAIVE_MAX_BYTES = 6 << 30      # the naive version holds two (n, L) arrays too
 GRAD_MAX_NL = 5 * 10**7        # forward+backward comparisons up to n·L = 5e7
 GOAL_POT, GOAL_NAIVE = 15.0, 1.0
+TIMING_S, MAX_RUNS = 1.0, 25   # per method and row: runs for about a second, at most 25 (fast rows get stable medians)
 
 
 def meets_goal(r: dict) -> bool | None:
@@ -42,17 +43,24 @@ def meets_goal(r: dict) -> bool | None:
     return bool((sp is None or sp >= GOAL_POT) and (nv is None or nv <= GOAL_NAIVE))
 
 
+def runs_for(first_s: float, repeats: int) -> int:
+    """Timed runs after a first run of `first_s` seconds: enough for about a second of timing (a median of 3 runs of a
+    10 ms call moves with every hiccup of a shared 2-core machine), at least `repeats`, at most MAX_RUNS."""
+    return int(min(MAX_RUNS, max(repeats, round(TIMING_S / max(first_s, 1e-9)))))
+
+
 def timed(fn, budget_s: float, repeats: int) -> dict:
     """One first run under both memory probes: its time, its value, the peak extra RSS (which undercounts memory the
     allocator reuses from earlier runs) and tracemalloc's peak of NumPy's and Python's heap allocations (which counts
     it; torch's own allocations are not traced: geobook hands its work to NumPy). When that run took more than
     `budget_s` it is the measurement (POT takes about a minute at n = 1e5, L = 500: running it again would only
-    repeat the minute); otherwise `repeats` more runs give the median."""
+    repeat the minute); otherwise `runs_for(first, repeats)` more runs (about a second of them, at least `repeats`)
+    give the median."""
     with PeakRSS() as pk:
         tracemalloc.start(); t0 = time.perf_counter(); value = fn(); first = time.perf_counter() - t0
         traced = tracemalloc.get_traced_memory()[1] / 2**20; tracemalloc.stop()
     res = ({'median_s': first, 'min_s': first, 'runs': [first], 'peak_mb': pk.peak_mb} if first > budget_s
-           else measure(fn, repeats=repeats, warmup=0))
+           else measure(fn, repeats=runs_for(first, repeats), warmup=0))
     return res | {'first_s': first, 'traced_mb': traced, 'value': value}
 
 

@@ -17,7 +17,7 @@ and Numba 212 MB, NumPy 71 MB; no matplotlib, SciPy or numba-cuda unless you ask
 style and the chapters' checks: matplotlib, SciPy, SymPy) or `cuda` (numba-cuda). Measured by
 `python tools/measure_install.py`, which installs both into fresh virtual environments and prints the sizes.
 
-The package has one module per chapter, and the library imports only torch, NumPy, Numba and tqdm:
+The package has one module per chapter, and the library imports only torch, NumPy, Numba, tqdm and threadpoolctl:
 
 - `geobook.core`: Gaussian expectations by Gauss–Hermite quadrature, seeds and generators, devices, input checks,
   progress bars.

@@ -6,10 +6,11 @@ Docs: https://geobook.github.io/geobook/sliced_wasserstein.html.md"""
 
 # %% ../nbs/04_sliced_wasserstein.ipynb #lib-imports
 from __future__ import annotations
-import math, os, itertools, threading, warnings
+import contextlib, math, os, itertools, threading, warnings
 from collections import namedtuple
 from concurrent.futures import ThreadPoolExecutor
 import numpy as np
+from threadpoolctl import ThreadpoolController
 import torch
 from torch import nn
 from .core import (as_tensor, check_positive, check_int, check_choice, as_generator, progress)
@@ -333,9 +334,12 @@ def _pool() -> ThreadPoolExecutor:
     return _POOL
 
 def _forget_pool():
-    "After fork() the child has none of the parent's threads: drop the pool so that the child starts its own."
+    """After fork() the child has none of the parent's threads: drop the pool so that the child starts its own, and
+    reset the BLAS limit of `_one_blas_thread` (a lock held by a parent thread would never be released here)."""
     global _POOL, _POOL_PID
     _POOL, _POOL_PID = None, None
+    _BLAS['lock'] = threading.Lock()
+    if _BLAS['users']: _BLAS['users'] = 0; _restore_blas()
 
 if hasattr(os, 'register_at_fork'): os.register_at_fork(after_in_child=_forget_pool)
 
@@ -386,17 +390,57 @@ def _transposed(X: np.ndarray):
     "Xᵀ as a contiguous (d, n) array for small d (where _project reads it), else None (a transposed copy is slow)."
     return np.ascontiguousarray(X.T) if X.shape[1] <= 16 else None
 
-def _project(Tb: np.ndarray, X: np.ndarray, XT) -> np.ndarray:
-    """The rows Tbᵀ Xᵀ (r, n) for directions Tb (d, r) and points X (n, d) (XT = Xᵀ, contiguous), by BLAS calls small
-    enough to run on the calling thread: BLAS's own threads, woken for every large call, are what a loaded machine
-    leaves waiting. Small d: blocks of columns of XT; large d: blocks of rows of X, written into the transposed output
-    (contiguous reads of X, which dominate there)."""
+_BLAS = {'ctl': None, 'users': 0, 'saved': [], 'lock': threading.Lock()}
+
+def _blas_controller():
+    """threadpoolctl's handle on the BLAS libraries of this process (NumPy's among them), found on first use; False
+    where none can be limited reliably: none found, or an OpenMP build of OpenBLAS (which resets its thread count to
+    OpenMP's on every call)."""
+    if _BLAS['ctl'] is None:
+        try: libs = ThreadpoolController().select(user_api='blas').lib_controllers
+        except Exception: libs = []
+        omp = any(c.internal_api == 'openblas' and getattr(c, 'threading_layer', '') == 'openmp' for c in libs)
+        _BLAS['ctl'] = libs if libs and not omp else False
+    return _BLAS['ctl']
+
+def _restore_blas():
+    for c, k in zip(_BLAS['ctl'] or [], _BLAS['saved']): c.set_num_threads(k)
+
+@contextlib.contextmanager
+def _one_blas_thread(wanted: bool = True):
+    """BLAS limited to one thread while any of our parallel regions runs, counted across threads: the first region in
+    saves the thread counts and sets them to 1, the last one out restores them (BLAS calls of other threads of the
+    process run single-threaded meanwhile). Yields True when BLAS is so limited: then a projection is one GEMM on the
+    calling thread; False when it is not (`wanted` False, or no controllable BLAS): then products go in blocks small
+    enough for OpenBLAS to keep on the calling thread (`_budget`)."""
+    libs = _blas_controller() if wanted else False
+    if not libs:
+        yield False
+        return
+    with _BLAS['lock']:
+        if _BLAS['users'] == 0:
+            _BLAS['saved'] = [c.get_num_threads() for c in libs]
+            for c in libs: c.set_num_threads(1)
+        _BLAS['users'] += 1
+    try: yield True
+    finally:
+        with _BLAS['lock']:
+            _BLAS['users'] -= 1
+            if _BLAS['users'] == 0: _restore_blas()
+
+def _project(Tb: np.ndarray, X: np.ndarray, XT, single: bool = False) -> np.ndarray:
+    """The rows Tbᵀ Xᵀ (r, n) for directions Tb (d, r) and points X (n, d) (XT = Xᵀ, contiguous), on the calling
+    thread. Small d: blocks of columns of XT, each small enough for OpenBLAS to keep on this thread (a GEMM with inner
+    dimension d ≤ 16 is memory-bound: blocks that stay in cache beat one call). Large d with BLAS limited to one
+    thread (`single`, see `_one_blas_thread`): one GEMM. Large d otherwise: blocks of rows of X, written into the
+    transposed output (BLAS's own threads, woken for every large call, are what a loaded machine leaves waiting)."""
     d, r = Tb.shape; n = X.shape[0]
     out = np.empty((r, n), dtype=X.dtype)
     nb = _budget(r, d)
     if d <= 16:
         TT = np.ascontiguousarray(Tb.T)
         for s in range(0, n, nb): np.matmul(TT, XT[:, s:s + nb], out=out[:, s:s + nb])
+    elif single: np.matmul(np.ascontiguousarray(Tb.T), X.T, out=out)
     else:
         Tc, oT = np.ascontiguousarray(Tb), out.T
         for s in range(0, n, nb): np.matmul(X[s:s + nb], Tc, out=oT[s:s + nb])
@@ -465,25 +509,30 @@ def _np_distances(Tn: np.ndarray, Xn: np.ndarray, Yn: np.ndarray, p: float, chun
     """w_l = W_p(θ_l♯X, θ_l♯Y) for the columns of Tn (d, L), clouds Xn, Yn (n, d) with uniform weights: one parallel
     region of tasks, each projecting its rows (single-threaded GEMMs), sorting them in place and reducing them."""
     d, L = Tn.shape; n = Xn.shape[0]
-    XT, YT = _transposed(Xn), _transposed(Yn)
-    out = np.empty(L, dtype=Xn.dtype)
-    r, k = _blocks(L, n, d, chunk)
-    if k == 1 and L * n >= _MIN_SPLIT: return _np_distances_split(Tn, Xn, Yn, XT, YT, p)
-    def task(i):
-        lo, hi = i * r, min(L, (i + 1) * r)
-        a, b = _project(Tn[:, lo:hi], Xn, XT), _project(Tn[:, lo:hi], Yn, YT)
-        a.sort(axis=1); b.sort(axis=1); a -= b
-        out[lo:hi] = _np_row_lp(a, p)
-    _run_tasks(task, k, L * n)
-    return out
+    with _one_blas_thread(_wants_one_gemm(n, d, L)) as single:
+        XT, YT = _transposed(Xn), _transposed(Yn)
+        out = np.empty(L, dtype=Xn.dtype)
+        r, k = _blocks(L, n, d, chunk)
+        if k == 1 and L * n >= _MIN_SPLIT: return _np_distances_split(Tn, Xn, Yn, XT, YT, p, single)
+        def task(i):
+            lo, hi = i * r, min(L, (i + 1) * r)
+            a, b = _project(Tn[:, lo:hi], Xn, XT, single), _project(Tn[:, lo:hi], Yn, YT, single)
+            a.sort(axis=1); b.sort(axis=1); a -= b
+            out[lo:hi] = _np_row_lp(a, p)
+        _run_tasks(task, k, L * n)
+        return out
 
-def _np_distances_split(Tn, Xn, Yn, XT, YT, p: float) -> np.ndarray:
+def _wants_one_gemm(n: int, d: int, L: int) -> bool:
+    "Whether a call is worth limiting BLAS to one thread: d > 16 and its projections need more than one small GEMM."
+    return d > 16 and n * d * L > _GEMM_MNK
+
+def _np_distances_split(Tn, Xn, Yn, XT, YT, p: float, single: bool = False) -> np.ndarray:
     """One task's work (all L rows) split by cloud: one thread projects and sorts θᵀX, another θᵀY, then one
     reduction. Worth it from _MIN_SPLIT elements, where a single task would leave a core idle."""
     L, ab = Tn.shape[1], [None, None]
     def cloud(c):
         Z, ZT = (Xn, XT) if c == 0 else (Yn, YT)
-        ab[c] = _project(Tn, Z, ZT); ab[c].sort(axis=1)
+        ab[c] = _project(Tn, Z, ZT, single); ab[c].sort(axis=1)
     _run_tasks(cloud, 2, L * Xn.shape[0], min_work=_MIN_SPLIT)
     ab[0] -= ab[1]
     return _np_row_lp(ab[0], p)
@@ -493,13 +542,18 @@ def _np_grads(Tn, Xn, Yn, p: float, w, go, chunk: int, need):
     each task argsorts its rows, scatters ∂w_l/∂(projections) through the permutations and accumulates Gᵀθ into
     its thread's own (n, d) buffers (summed at the end) with single-threaded GEMMs."""
     d, L = Tn.shape; n = Xn.shape[0]
+    with _one_blas_thread(_wants_one_gemm(n, d, L)) as single:
+        return _np_grads_in(Tn, Xn, Yn, p, w, go, chunk, need, single)
+
+def _np_grads_in(Tn, Xn, Yn, p: float, w, go, chunk: int, need, single: bool):
+    d, L = Tn.shape; n = Xn.shape[0]
     TT, XT, YT = np.ascontiguousarray(Tn.T), _transposed(Xn), _transposed(Yn)
     gT = np.zeros_like(Tn) if need[2] else None
     acc = {}
     r, k = _blocks(L, n, d, chunk)
     def task(i):
         lo, hi = i * r, min(L, (i + 1) * r)
-        a, b = _project(Tn[:, lo:hi], Xn, XT), _project(Tn[:, lo:hi], Yn, YT)
+        a, b = _project(Tn[:, lo:hi], Xn, XT, single), _project(Tn[:, lo:hi], Yn, YT, single)
         ia, ib = np.argsort(a, axis=1), np.argsort(b, axis=1)
         D = np.take_along_axis(a, ia, 1) - np.take_along_axis(b, ib, 1)
         W = _np_row_lp_grad(D, w[lo:hi], p) * go[lo:hi, None]

@@ -1,4 +1,4 @@
-"""The library a researcher installs: `pip install geobook` brings torch, numpy, numba and tqdm and nothing else, so no
+"""The library a researcher installs: `pip install geobook` brings torch, numpy, numba, tqdm and threadpoolctl and nothing else, so no
 module may import anything else when it is imported (matplotlib, SciPy, SymPy, scikit-learn, Jupyter are the book's,
 in the `book`/`dev` extras; numba-cuda is the `cuda` extra). Lazy imports inside a function are allowed where a
 function needs an optional library and says so."""
@@ -30,8 +30,8 @@ def _top_level_imports(path: Path) -> set[str]:
     return found
 
 
-def test_declared_dependencies_are_the_four():
-    assert _declared() == {'torch', 'numpy', 'numba', 'tqdm'}
+def test_declared_dependencies_are_the_five():
+    assert _declared() == {'torch', 'numpy', 'numba', 'tqdm', 'threadpoolctl'}
 
 
 @pytest.mark.parametrize('module', LIBRARY_MODULES)

@@ -54,3 +54,77 @@ def test_forked_child_computes_instead_of_hanging():
 def test_pool_is_sized_from_the_affinity():
     expected = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
     assert sliced._n_threads() == max(1, min(expected, 16))
+
+
+# ---- the BLAS limit of the fast path (d > 16): a parent thread inside a limited call while the process forks
+def _child_blas(q):
+    "In the child: the limit's lock was reset (a call does not deadlock), no user is left, BLAS threads restored."
+    from threadpoolctl import threadpool_info
+    state = (sliced._BLAS['users'], [i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas'])
+    rng = np.random.default_rng(1)
+    X, Y = torch.from_numpy(rng.standard_normal((4000, 32))), torch.from_numpy(rng.standard_normal((4000, 32)))
+    th = sample_projections(32, 40, seed=1)
+    q.put(state + (sliced_wasserstein(X, Y, projections=th).item(), sliced._BLAS['users']))
+
+
+@pytest.mark.skipif(not hasattr(os, 'fork') or sys.platform == 'darwin', reason='needs the fork start method')
+def test_fork_while_a_thread_holds_the_blas_limit():
+    """A thread of the parent is inside `_one_blas_thread` (BLAS limited, its lock just used) when the main thread forks:
+    the child must reset the count and restore the thread counts saved on entry, and its own call must complete and
+    give the parent's value (d = 32 > 16 takes the limited path)."""
+    import threading
+    from threadpoolctl import threadpool_info
+    if not sliced._blas_controller(): pytest.skip('no controllable BLAS in this process')
+    before = [i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas']
+    entered, release = threading.Event(), threading.Event()
+    def hold():
+        with sliced._one_blas_thread(): entered.set(); release.wait(60)
+    t = threading.Thread(target=hold); t.start(); entered.wait(10)
+    try:
+        ctx = mp.get_context('fork')
+        q = ctx.Queue()
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', DeprecationWarning)
+            p = ctx.Process(target=_child_blas, args=(q,)); p.start()
+        p.join(TIMEOUT_S)
+        if p.is_alive():
+            p.kill(); p.join()
+            pytest.fail(f'the forked child hung for {TIMEOUT_S} s (the BLAS limit lock inherited locked?)')
+        users_at_start, threads_in_child, value, users_after = q.get(timeout=5)
+    finally:
+        release.set(); t.join()
+    rng = np.random.default_rng(1)
+    X, Y = torch.from_numpy(rng.standard_normal((4000, 32))), torch.from_numpy(rng.standard_normal((4000, 32)))
+    assert (users_at_start, users_after) == (0, 0)
+    assert threads_in_child == before                                 # restored to what the parent had saved
+    assert value == sliced_wasserstein(X, Y, projections=sample_projections(32, 40, seed=1)).item()
+    assert [i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas'] == before and sliced._BLAS['users'] == 0
+
+
+def test_openmp_openblas_is_not_limited(monkeypatch):
+    "An OpenMP build of OpenBLAS resets its count on every call (OpenBLAS issue 5806): the fallback (blocks) is used."
+    class Lib:
+        internal_api, threading_layer = 'openblas', 'openmp'
+    class Ctl:
+        def select(self, **kw): return type('S', (), {'lib_controllers': [Lib()]})()
+    monkeypatch.setattr(sliced, 'ThreadpoolController', Ctl)
+    monkeypatch.setitem(sliced._BLAS, 'ctl', None)
+    assert sliced._blas_controller() is False
+    with sliced._one_blas_thread() as single: assert single is False
+
+
+def test_gradients_same_with_and_without_the_limit(monkeypatch):
+    "The backward pass projects with one GEMM under the limit and in blocks without it: same gradients to 1e-13."
+    rng = np.random.default_rng(2)
+    X = torch.from_numpy(rng.standard_normal((3000, 40))).requires_grad_(True)
+    Y = torch.from_numpy(rng.standard_normal((3000, 40)) + 0.2)
+    th = sample_projections(40, 60, seed=2).requires_grad_(True)
+    def grads():
+        X.grad = th.grad = None
+        sliced_wasserstein(X, Y, projections=th).backward()
+        return X.grad.clone(), th.grad.clone()
+    gx1, gt1 = grads()
+    monkeypatch.setitem(sliced._BLAS, 'ctl', False)
+    gx2, gt2 = grads()
+    torch.testing.assert_close(gx1, gx2, rtol=0, atol=1e-13 * gx2.abs().max().item())
+    torch.testing.assert_close(gt1, gt2, rtol=0, atol=1e-13 * gt2.abs().max().item())
