@@ -18,9 +18,10 @@ from .core import (as_tensor, check_positive, check_int, check_choice, as_genera
 # %% auto #0
 __all__ = ['SAMPLERS', 'PACBound', 'SliceDistribution', 'SlicedPlan', 'PRIORS', 'wasserstein_1d', 'wasserstein_1d_plan',
            'sample_projections', 'sliced_costs', 'sliced_wasserstein', 'max_sliced_wasserstein',
-           'generalized_sliced_wasserstein', 'distributional_sliced_wasserstein', 'augmented_sliced_wasserstein',
-           'vmf_mean_resultant_length', 'vmf_kl_uniform', 'vmf_sample', 'pac_sliced_bound', 'learn_slice_distribution',
-           'sliced_plan', 'sliced_barycenter', 'sliced_wasserstein_sphere', 'sample_prior', 'SWAE']
+           'generalized_sliced_wasserstein', 'distributional_sliced_wasserstein', 'ASWScaleWarning',
+           'augmented_sliced_wasserstein', 'vmf_mean_resultant_length', 'vmf_kl_uniform', 'vmf_sample',
+           'PACRoundingWarning', 'pac_sliced_bound', 'learn_slice_distribution', 'sliced_plan', 'sliced_barycenter',
+           'sliced_wasserstein_sphere', 'sample_prior', 'SWAE']
 
 # %% ../nbs/04_sliced_wasserstein.ipynb #lib-checks
 _MAX_ELEMENTS = 1 << 28        # the largest array an argument may make us allocate: 2 GiB of float64
@@ -143,14 +144,16 @@ def _root(c: torch.Tensor, p: float) -> torch.Tensor:
 def _lp_rows(D: torch.Tensor, p: float, dq: torch.Tensor | None = None) -> torch.Tensor:
     """(Σ_k dq_k |D_k|^p)^(1/p) over the last axis (dq None: the mean), computed as M·(Σ_k dq_k (|D_k|/M)^p)^(1/p)
     with M = max_k |D_k| over the pieces of positive width, so the p-th powers neither overflow nor underflow and a
-    zero-width piece never meets an infinite power (0·inf). Exactly 0, with a zero gradient, where D = 0."""
+    zero-width piece never meets an infinite power (0·inf). Exactly 0, with a zero gradient, where D = 0. The widths dq
+    may be float64 for float32 D (the merged levels' widths): the weighted sum is then taken in float64 and the result
+    rounded once to D's dtype."""
     A = D.abs()
     if dq is not None: A = torch.where(dq > 0, A, torch.zeros_like(A))
     M = A.detach().amax(-1, keepdim=True)
     Ms = torch.where(M > 0, M, torch.ones_like(M))
     R = (A / Ms).pow(p)
     S = R.mean(-1) if dq is None else (dq * R).sum(-1)
-    return Ms[..., 0] * _root(S, p)
+    return (Ms[..., 0] * _root(S, p)).to(D.dtype)
 
 def _power_mean(w: torch.Tensor, p: float) -> torch.Tensor:
     "((1/L) Σ_l w_l^p)^(1/p) of non-negative w (L,), scaled by max w so that w^p never overflows: SW from the slices."
@@ -169,8 +172,8 @@ def _wasserstein_1d(u: torch.Tensor, v: torch.Tensor, uw=None, vw=None, p: float
     vs, iv = torch.sort(v, -1)
     if uw is None and vw is None and n == m:
         return _lp_rows(us - vs, p)
-    q, ik, jk = _merged_quantiles(iu, iv, uw, vw, batch, n, m, us.dtype)
-    dq = torch.diff(q, dim=-1, prepend=torch.zeros_like(q[..., :1]))
+    q, ik, jk = _merged_quantiles(iu, iv, uw, vw, batch, n, m)
+    dq = torch.diff(q, dim=-1, prepend=torch.zeros_like(q[..., :1]))         # float64: a tiny piece keeps its width
     return _lp_rows(torch.gather(us, -1, ik) - torch.gather(vs, -1, jk), p, dq)
 
 _SLIVER_ULPS = 8               # weighted merges: levels of the two measures within 8 ulps are one level
@@ -192,7 +195,7 @@ def _cumulative(w, idx, batch, k: int) -> torch.Tensor:
     c = c + torch.cumsum(err, -1)
     return c / c[..., -1:]
 
-def _merged_quantiles(iu, iv, uw, vw, batch, n, m, dtype):
+def _merged_quantiles(iu, iv, uw, vw, batch, n, m):
     """The merged cumulative weights q_1 ≤ … ≤ q_K (K = n + m) of two sorted measures and, for each piece
     (q_(k-1), q_k], the sorted indices i_k = min{i : A_i ≥ q_k} and j_k = min{j : B_j ≥ q_k}.
 
@@ -201,13 +204,14 @@ def _merged_quantiles(iu, iv, uw, vw, batch, n, m, dtype):
     ε^(1/p)·|Δ|: 0.5 at p = 50). Uniform weights give exact levels; weighted levels are compensated sums (a few ε off),
     and a level B_j of the second measure within 8·ε₆₄·B_j of a level A_i of the first, the two being each other's nearest level of the other measure,
     is set to A_i (`_snap_levels`). Pieces between two levels of one measure are never touched: a real atom keeps its
-    mass however small."""
+    mass however small. The levels q are returned in float64 whatever the data's dtype: rounded to float32 first, a
+    width q_k − q_(k-1) narrower than a float32 ulp of its level (6e-8 at q ≈ 0.5) would become 0 or a whole ulp."""
     A, Bc = _cumulative(uw, iu, batch, n), _cumulative(vw, iv, batch, m)
     if uw is not None or vw is not None: Bc = _snap_levels(A, Bc, _SLIVER_ULPS * torch.finfo(torch.float64).eps)
     q = torch.sort(torch.cat([A, Bc], -1), -1).values
     ik = torch.searchsorted(A.detach().contiguous(), q.detach().contiguous()).clamp_max(n - 1)
     jk = torch.searchsorted(Bc.detach().contiguous(), q.detach().contiguous()).clamp_max(m - 1)
-    return q.to(dtype), ik, jk
+    return q, ik, jk
 
 def _nearest(S: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     "Index of the entry of the sorted rows S (..., k) nearest to each entry of x (..., j)."
@@ -271,13 +275,18 @@ def wasserstein_1d_plan(u, v, u_weights=None, v_weights=None, sparse: bool = Fal
     ct = torch.float32 if u.dtype in (torch.float16, torch.bfloat16) else u.dtype
     uw = _check_weights(u_weights, n, 'u_weights', u.to(ct)); vw = _check_weights(v_weights, m, 'v_weights', u.to(ct))
     iu, iv = torch.sort(u).indices, torch.sort(v).indices
-    q, ik, jk = _merged_quantiles(iu, iv, uw, vw, (), n, m, ct)
-    dq = torch.diff(q, prepend=torch.zeros_like(q[:1]))
+    q, ik, jk = _merged_quantiles(iu, iv, uw, vw, (), n, m)
+    dq = torch.diff(q, prepend=torch.zeros_like(q[:1]))                      # float64 masses
     keep = dq > 0
-    rows, cols, mass = iu[ik][keep], iv[jk][keep], dq[keep]
-    if sparse:
-        return torch.sparse_coo_tensor(torch.stack([rows, cols]), mass, (n, m), check_invariants=True).coalesce().to(u.dtype)
-    return torch.zeros(n, m, dtype=ct, device=u.device).index_put_((rows, cols), mass, accumulate=True).to(u.dtype)
+    return _plan_tensor(iu[ik][keep], iv[jk][keep], dq[keep], n, m, u.dtype, sparse)
+
+def _plan_tensor(rows, cols, mass, n: int, m: int, dtype, sparse: bool) -> torch.Tensor:
+    """The plan Σ_k mass_k e_(rows_k) e_(cols_k)ᵀ (n, m): the float64 masses summed in float64 (coalesced) and rounded
+    once to `dtype`, sparse COO or dense."""
+    P = torch.sparse_coo_tensor(torch.stack([rows, cols]), mass.to(torch.float64), (n, m), check_invariants=True).coalesce()
+    if sparse: return P.to(dtype)
+    i = P.indices()
+    return torch.zeros(n, m, dtype=dtype, device=mass.device).index_put_((i[0], i[1]), P.values().to(dtype))
 
 # %% ../nbs/04_sliced_wasserstein.ipynb #lib-samplers
 SAMPLERS = ('gaussian', 'orthogonal', 'qmc')
@@ -830,7 +839,7 @@ def distributional_sliced_wasserstein(X, Y, p: float = 2, n_projections: int = 1
     lam = check_positive(lam, 'lam', strict=False); lr = check_positive(lr, 'lr')
     if 16 * lr > torch.finfo(X.dtype).max:                  # Adam's first step is lr/(1 − β₁) = 10·lr, in X's dtype
         raise OverflowError(f"`lr` = {lr:g} overflows {X.dtype} in Adam's step (lr/(1 − β₁) = 10·lr): use "
-                            f"lr ≤ {torch.finfo(X.dtype).max / 16:.3g}, or float64 data")
+                            f"lr ≤ {torch.finfo(X.dtype).max / 16:.3g}" + ("" if X.dtype == torch.float64 else ", or float64 data"))
     a = _check_weights(a, X.shape[0], 'a', X); b = _check_weights(b, Y.shape[0], 'b', X)
     d, g = X.shape[1], as_generator(seed)
     _check_size(d * max(d, L) + L * L, 'n_projections', 'the (d, L) directions and their (L, L) Gram matrix')
@@ -852,6 +861,13 @@ def distributional_sliced_wasserstein(X, Y, p: float = 2, n_projections: int = 1
     return (dist, th.to(out)) if return_projections else dist
 
 # %% ../nbs/04_sliced_wasserstein.ipynb #lib-asw
+class ASWScaleWarning(UserWarning):
+    """`augmented_sliced_wasserstein`: the trained lift inflated the scale, E‖h(x)‖ + E‖h(y)‖ grew more than
+    `_ASW_MAX_GROWTH` = 1000 times during training (the optimiser overshooting, e.g. a huge `lr`; a weak penalty
+    `lam` grows it more slowly): the value then mostly measures that scale, not a difference of μ and ν."""
+
+_ASW_MAX_GROWTH = 1000.0
+
 class _Lift(nn.Module):
     "h(x) = (x, g_ω(x)) with g_ω: R^d → R^k a two-layer network (last layer initialised to zero)."
     def __init__(self, d: int, k: int, hidden: int, gen: torch.Generator):
@@ -869,7 +885,8 @@ def augmented_sliced_wasserstein(X, Y, p: float = 2, n_projections: int = 128, a
 
     g_ω (k = `aug_dim`, default d) is trained for `n_iters` Adam steps to maximise SW_p(h♯μ, h♯ν) −
     λ (E‖h(x)‖ + E‖h(y)‖) (`seed`: None, int or Generator). Returns the distance, differentiable in X and Y with ω
-    fixed, and with `return_lift=True` also the trained lift h (an nn.Module)."""
+    fixed, and with `return_lift=True` also the trained lift h (an nn.Module). Warns (`ASWScaleWarning`) when training
+    inflated the scale, E‖h(x)‖ + E‖h(y)‖ growing more than 1000 times (an overshooting `lr`, as lr = 1e10)."""
     p = _check_p(p)
     X, Y, out = _check_clouds(X, Y)
     d = X.shape[1]
@@ -882,13 +899,16 @@ def augmented_sliced_wasserstein(X, Y, p: float = 2, n_projections: int = 128, a
     lam = check_positive(lam, 'lam', strict=False); lr = check_positive(lr, 'lr')
     if 16 * lr > torch.finfo(X.dtype).max:                  # Adam's first step is lr/(1 − β₁) = 10·lr, in X's dtype
         raise OverflowError(f"`lr` = {lr:g} overflows {X.dtype} in Adam's step (lr/(1 − β₁) = 10·lr): use "
-                            f"lr ≤ {torch.finfo(X.dtype).max / 16:.3g}, or float64 data")
+                            f"lr ≤ {torch.finfo(X.dtype).max / 16:.3g}" + ("" if X.dtype == torch.float64 else ", or float64 data"))
     a = _check_weights(a, X.shape[0], 'a', X); b = _check_weights(b, Y.shape[0], 'b', X)
     g = as_generator(seed)
     h = _Lift(d, k, hidden, g).to(dtype=X.dtype, device=X.device)
     opt = torch.optim.Adam(h.parameters(), lr=lr)
     Xd, Yd = X.detach(), Y.detach()
     mean_norm = lambda H, w: H.norm(dim=1).mean() if w is None else w @ H.norm(dim=1)
+    norms = lambda HX, HY: float(mean_norm(HX.double(), None if a is None else a.double())
+                                 + mean_norm(HY.double(), None if b is None else b.double()))   # in float64: no overflow
+    norm0 = norms(Xd, Yd)                                           # E‖h‖ at the start: h(x) = (x, 0)
     for _ in range(n_iters):
         with torch.enable_grad():
             HX, HY = h(Xd), h(Yd)
@@ -900,6 +920,11 @@ def augmented_sliced_wasserstein(X, Y, p: float = 2, n_projections: int = 128, a
     HX, HY = h(X), h(Y)
     if not (bool(torch.isfinite(HX).all()) and bool(torch.isfinite(HY).all())):
         raise OverflowError("the lifted points h(x) overflow: lower `lr` or rescale X and Y")
+    grow = norms(HX, HY) / norm0 if norm0 > 0 else 1.0
+    if grow > _ASW_MAX_GROWTH:
+        warnings.warn(f"the lift inflated the scale: E‖h(x)‖ + E‖h(y)‖ grew {grow:.3g}× during training (`lr` = {lr:g}, "
+                      f"`lam` = {lam:g}), so the distance mostly measures that scale: lower `lr` or raise `lam`",
+                      ASWScaleWarning, stacklevel=2)
     dist = _to_out(_power_mean(_slice_distances(HX, HY, th, p, a, b), p), out)
     return (dist, h) if return_lift else dist
 
@@ -1054,17 +1079,30 @@ def _diameter_upper_bound(Z: torch.Tensor) -> float:
     Zs = Z.to(torch.float64) / s
     return 2 * float((Zs - Zs.mean(0)).norm(dim=1).max()) * s * (1 + 1e-12)
 
+class PACRoundingWarning(UserWarning):
+    """PAC bound: the coordinates' rounding allowance 2ε√d·max|z| exceeds 1 % of the diameter Δ (data stored coarsely
+    for their spread, e.g. float32 far from the origin): the certificate is then only as good as the coordinates."""
+
+_PAC_ROUNDING_SHARE = 0.01
+
 def _check_pac(X, Y, diameter, p, delta):
     """Checked inputs of the PAC bound. The diameter must bound every distance between two sample points, up to the
     rounding the coordinates carry: a coordinate stored in the data's dtype (machine ε) is off by at most (ε/2)|z|, so
     two stored points can be ε√d·max|z| farther apart than the true ones; we allow twice that plus 2εΔ (the check's
     own rounding), i.e. Δ + 2ε(√d·max|z| + Δ). Accepted at once when that is at least the cheap bound 2·max‖z − z̄‖
-    over both clouds, else checked exactly over pairs, in float64."""
+    over both clouds, else checked exactly over pairs, in float64. Warns (`PACRoundingWarning`) when the allowance
+    2ε√d·max|z| exceeds 1 % of Δ: coordinates that coarse also round Ŝ, which the bound does not account for."""
     p = _check_p(p)
     X, Y, out = _check_clouds(X, Y)
     D = check_positive(diameter, 'diameter')
     Z = torch.cat([X, Y]).detach()
-    Dt = D + 2 * torch.finfo(out).eps * (math.sqrt(Z.shape[1]) * float(Z.abs().max()) + D)
+    allow = 2 * torch.finfo(out).eps * math.sqrt(Z.shape[1]) * float(Z.abs().max())
+    if allow > _PAC_ROUNDING_SHARE * D:
+        warnings.warn(f"the coordinates' rounding allowance 2ε√d·max|z| = {allow:.3g} is {100 * allow / D:.3g} % of "
+                      f"`diameter` = {D:g} ({out}, max|z| = {float(Z.abs().max()):.3g}): the data are rounded coarsely "
+                      f"for their spread and Ŝ is computed from the same rounded values, so the certificate is only as "
+                      f"good as the coordinates; store the data centred or in float64", PACRoundingWarning, stacklevel=3)
+    Dt = D + allow + 2 * torch.finfo(out).eps * D
     far = None if _diameter_upper_bound(Z) <= Dt else _sample_diameter_exceeds(Z.to(torch.float64), Dt)
     if far is not None:
         raise ValueError(f"`diameter` = {D:g} is smaller than the distance between two sample points ({far:g}): it must "
@@ -1105,7 +1143,8 @@ def pac_sliced_bound(X, Y, mu, kappa, diameter: float, p: float = 2, delta: floa
     with Ŝ_L the mean of W_p^p over L = `n_projections` fresh slices θ_l ~ ρ (`seed`: None, int or Generator), σ the
     uniform prior, λ_j a fixed grid of J = 32 values, and Δ = `diameter` a bound on the diameter of supp μ ∪ supp ν.
     Δ is checked against the samples in float64, up to the coordinates' rounding 2ε(√d·max|z| + Δ) (ε of the data's
-    dtype): at once, in O((n + m)d),
+    dtype; a `PACRoundingWarning` when 2ε√d·max|z| exceeds 1 % of Δ: with data that coarsely rounded the certificate
+    is only as good as the coordinates, whose rounding also enters Ŝ): at once, in O((n + m)d),
     when Δ ≥ 2·max‖z − z̄‖ over both clouds; else exactly over pairs, in O((n + m)·|C|·d) with C the points farther
     than Δ/2 from the first (up to quadratic: pass a Δ above that cheap bound for large samples). Returns a PACBound;
     all terms are W_p^p values (not distances)."""
@@ -1218,7 +1257,7 @@ def sliced_plan(X, Y, a=None, b=None, projections=None, n_projections: int = 128
     _check_size(L * (n + m) * 4, 'n_projections', 'the L one-dimensional plans')
     with torch.no_grad():
         iu, iv = torch.sort(th.T @ X.T, 1).indices, torch.sort(th.T @ Y.T, 1).indices       # (L, n), (L, m)
-        q, ik, jk = _merged_quantiles(iu, iv, a, b, (L,), n, m, X.dtype)
+        q, ik, jk = _merged_quantiles(iu, iv, a, b, (L,), n, m)
         dq = torch.diff(q, dim=-1, prepend=torch.zeros_like(q[:, :1]))
         rows, cols = torch.gather(iu, 1, ik), torch.gather(iv, 1, jk)                       # (L, K)
         s = _pow2_scale(max(_amax(X, 'X'), _amax(Y, 'Y')))
@@ -1231,8 +1270,7 @@ def sliced_plan(X, Y, a=None, b=None, projections=None, n_projections: int = 128
         cost = _plan_cost(root, s, p, out)
         keep = mass > 0
         rows, cols, mass = rows[keep], cols[keep], mass[keep]
-        if sparse: plan = torch.sparse_coo_tensor(torch.stack([rows, cols]), mass, (n, m), check_invariants=True).coalesce()
-        else: plan = torch.zeros(n, m, dtype=X.dtype, device=X.device).index_put_((rows, cols), mass, accumulate=True)
+        plan = _plan_tensor(rows, cols, mass, n, m, X.dtype, sparse)
     return SlicedPlan(plan.to(out), cost.to(out))
 
 # %% ../nbs/04_sliced_wasserstein.ipynb #lib-bary
@@ -1281,7 +1319,7 @@ def sliced_barycenter(clouds, weights=None, n_support: int = 256, seed=None, n_p
          else _check_weights(weights, K, 'weights', Xs[0]))
     N = check_int(n_support, 'n_support', minimum=1); L = check_int(n_projections, 'n_projections', minimum=1)
     n_iters = _check_iters(n_iters, 'n_iters'); lr = check_positive(lr, 'lr')
-    if lr > 2: raise ValueError(f"`lr` must be in (0, 2] (η = 1 is the exact step; η > 2 overshoots and diverges), got {lr:g}")
+    if lr > 2: raise ValueError(f"`lr` must be in (0, 2] (η = 1 is the exact step; η > 2 overshoots and diverges), got {lr!r}")
     lam_max = -(-L // d)                                                  # λ_max(ΘΘᵀ) of orthonormal blocks
     _check_size(-(-L // min(d, L)) * min(d, L) * d, 'n_projections', 'the (d, L) orthonormal directions of a step')
     if show_progress is not None: _check_bool(show_progress, 'show_progress')
@@ -1316,15 +1354,16 @@ def _circle_distance(tu, tv, uw, vw, p: float, n_iters: int = 80) -> torch.Tenso
     """W_p on the circle R/Z (circumference 1) between the rows of tu (L, n) and tv (L, m) (coordinates in [0, 1)):
     min over α of C(α) = ∫_0^1 |F_u⁻¹(t) − F_v⁻¹(t + α)|^p dt with the lifted quantile functions (Delon et al.
     2010). For empirical measures C is convex and piecewise linear in α, with kinks where a breakpoint (B_j − α) mod 1
-    meets an A_i: golden-section search on [−1, 1], then the nearest such kink, and C there (α detached)."""
+    meets an A_i: golden-section search on [−1, 1], then the nearest such kink, and C there (α detached). As on the
+    line: float64 levels (`_cumulative`: exact i/n, or compensated sums) and widths, and a shifted level within 8ε₆₄ of
+    an A_i, the two mutually nearest, set to A_i (a tie split by rounding is one level; a real small atom is kept)."""
     L, n, m = tu.shape[0], tu.shape[1], tv.shape[1]
     us, iu = torch.sort(tu, 1); vs, iv = torch.sort(tv, 1)
-    aw = torch.full_like(us, 1.0 / n) if uw is None else uw.expand(L, n).gather(1, iu)
-    bw = torch.full_like(vs, 1.0 / m) if vw is None else vw.expand(L, m).gather(1, iv)
-    A, Bc = torch.cumsum(aw, 1), torch.cumsum(bw, 1)
-    A, Bc = A / A[:, -1:], Bc / Bc[:, -1:]
+    A = _cumulative(uw, iu, (L,), n).contiguous()                   # float64 levels: exact i/n, or compensated sums
+    Bc = _cumulative(vw, iv, (L,), m).contiguous()
     A0 = torch.cat([torch.zeros_like(A[:, :1]), A.detach()], 1).contiguous()          # 0 = A_0 ≤ A_1 ≤ … ≤ A_n = 1
-    snap = 8 * torch.finfo(tu.dtype).eps
+    snap = _SLIVER_ULPS * torch.finfo(torch.float64).eps            # (B_j − α) mod 1 is off by ~ε₆₄ (absolute: < 2)
+    stop = snap                                                     # float64 α: kinks of a tiny atom are its mass apart
     def nearest_A(x):
         "The A_i (i = 0..n) nearest to each entry of x (L, ·), and the signed gap x − A_i."
         k = torch.searchsorted(A0, x.contiguous()).clamp(1, n)
@@ -1332,22 +1371,25 @@ def _circle_distance(tu, tv, uw, vw, p: float, n_iters: int = 80) -> torch.Tenso
         near = torch.where(x - lo_ <= hi_ - x, lo_, hi_)
         return near, x - near
     def dist(alpha):
-        sb = torch.remainder(Bc - alpha[:, None], 1.0)
-        near, gap = nearest_A(sb.detach())
-        sb = torch.where(gap.abs() <= snap, near + (sb - sb.detach()), sb)     # exact ties: zero-width pieces
+        sb = torch.sort(torch.remainder(Bc - alpha[:, None], 1.0), 1).values      # the shifted B-levels, sorted
+        ia = _nearest(A0, sb.detach().contiguous())
+        mutual = _nearest(sb.detach().contiguous(), A0).gather(1, ia) == torch.arange(m, device=sb.device)
+        near = A0.gather(1, ia)
+        tie = mutual & ((sb.detach() - near).abs() <= snap)                  # a tie split by rounding: one level
+        sb = torch.where(tie, near + (sb - sb.detach()), sb)
         sb = torch.where(sb <= 0, torch.ones_like(sb), sb)
         q = torch.sort(torch.cat([A, sb], 1), 1).values
-        dq = torch.diff(q, dim=1, prepend=torch.zeros_like(q[:, :1]))
+        dq = torch.diff(q, dim=1, prepend=torch.zeros_like(q[:, :1]))          # float64 widths
         t = (q - dq / 2).detach()                                   # midpoints of the pieces: robust to rounding
-        i = torch.searchsorted(A.detach().contiguous(), t.contiguous()).clamp_max(n - 1)
+        i = torch.searchsorted(A.detach(), t.contiguous()).clamp_max(n - 1)
         s = t + alpha.detach()[:, None]
         kk = torch.ceil(s) - 1                                     # s = kk + r with r in (0, 1]
-        j = torch.searchsorted(Bc.detach().contiguous(), (s - kk).contiguous()).clamp_max(m - 1)
-        D = torch.gather(us, 1, i) - torch.gather(vs, 1, j) - kk
+        j = torch.searchsorted(Bc.detach(), (s - kk).contiguous()).clamp_max(m - 1)
+        D = torch.gather(us, 1, i) - torch.gather(vs, 1, j) - kk.to(us.dtype)
         return _lp_rows(D, p, dq)
     with torch.no_grad():
         gr = (math.sqrt(5) - 1) / 2
-        lo, hi = torch.full((L,), -1.0, dtype=tu.dtype, device=tu.device), torch.ones(L, dtype=tu.dtype, device=tu.device)
+        lo, hi = torch.full((L,), -1.0, dtype=torch.float64, device=tu.device), torch.ones(L, dtype=torch.float64, device=tu.device)
         c, e = hi - gr * (hi - lo), lo + gr * (hi - lo)
         fc, fe = dist(c), dist(e)
         for _ in range(n_iters):
@@ -1357,7 +1399,7 @@ def _circle_distance(tu, tv, uw, vw, p: float, n_iters: int = 80) -> torch.Tenso
             fx = dist(x)
             c, e, fc, fe = (torch.where(left, x, e), torch.where(left, c, x),
                             torch.where(left, fx, fe), torch.where(left, fc, fx))
-            if bool(((hi - lo) < snap).all()): break
+            if bool(((hi - lo) < stop).all()): break
         a_mid = (lo + hi) / 2
         _, gap = nearest_A(torch.remainder(Bc - a_mid[:, None], 1.0))
         jstar = gap.abs().argmin(1, keepdim=True)
@@ -1405,7 +1447,10 @@ def sliced_wasserstein_sphere(X, Y, p: float = 2, n_projections: int = 128, seed
     _check_size(U.shape[0] * (n + Y.shape[0]) * 8, 'n_projections', 'the projected coordinates')
     def coord(Z):
         P = torch.einsum('ldk,nd->lnk', U, Z)                      # (L, n, 2): Uᵀx, on S^1 after normalising
-        t = torch.remainder(torch.atan2(P[..., 1], P[..., 0]) / (2 * math.pi), 1.0)
+        ang = torch.atan2(P[..., 1], P[..., 0])
+        if ang.device.type == 'cpu':      # torch's vectorised atan2 can round one point differently (1 ulp) by its place
+            ang = torch.from_numpy(np.arctan2(P[..., 1].detach().numpy(), P[..., 0].detach().numpy())).to(ang) + (ang - ang.detach())
+        t = torch.remainder(ang / (2 * math.pi), 1.0)
         return torch.where(t >= 1, t - 1, t)                       # the angle as a coordinate in [0, 1)
     return _to_out(_power_mean(_circle_distance(coord(X), coord(Y), a, b, p), p), out)
 
