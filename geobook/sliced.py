@@ -417,12 +417,14 @@ def _restore_blas():
 
 @contextlib.contextmanager
 def _one_blas_thread(wanted: bool = True):
-    """BLAS limited to one thread while any of our parallel regions runs, counted across threads: the first region in
-    saves the thread counts and sets them to 1, the last one out restores them (BLAS calls of other threads of the
-    process run single-threaded meanwhile). Yields True when BLAS is so limited: then a projection is one GEMM on the
-    calling thread; False when it is not (`wanted` False, or no controllable BLAS): then products go in blocks small
-    enough for OpenBLAS to keep on the calling thread (`_budget`)."""
-    libs = _blas_controller() if wanted else False
+    """BLAS limited to one thread while a call made from the main thread runs: it saves the thread counts, sets them to
+    1 and restores them on the way out (BLAS calls of other threads of the process run single-threaded meanwhile).
+    Yields True when BLAS is so limited: then a projection is one GEMM on the calling thread; False when it is not
+    (`wanted` False, no controllable BLAS, or a call from another thread — OpenBLAS ignored a count set from a thread
+    other than the one that set it last, so a limit set and restored by different threads leaked: a referee's
+    six-thread run left BLAS on one thread for good): then products go in blocks small enough for OpenBLAS to keep on
+    the calling thread (`_budget`)."""
+    libs = _blas_controller() if wanted and threading.current_thread() is threading.main_thread() else False
     if not libs:
         yield False
         return

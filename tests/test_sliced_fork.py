@@ -68,19 +68,15 @@ def _child_blas(q):
 
 
 @pytest.mark.skipif(not hasattr(os, 'fork') or sys.platform == 'darwin', reason='needs the fork start method')
-def test_fork_while_a_thread_holds_the_blas_limit():
-    """A thread of the parent is inside `_one_blas_thread` (BLAS limited, its lock just used) when the main thread forks:
-    the child must reset the count and restore the thread counts saved on entry, and its own call must complete and
-    give the parent's value (d = 32 > 16 takes the limited path)."""
-    import threading
+def test_fork_while_the_blas_limit_is_held():
+    """The main thread is inside `_one_blas_thread` (BLAS limited) when it forks: the child must reset the count and
+    restore the thread counts saved on entry, and its own call must complete and give the parent's value (d = 32 > 16
+    takes the limited path)."""
     from threadpoolctl import threadpool_info
     if not sliced._blas_controller(): pytest.skip('no controllable BLAS in this process')
     before = [i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas']
-    entered, release = threading.Event(), threading.Event()
-    def hold():
-        with sliced._one_blas_thread(): entered.set(); release.wait(60)
-    t = threading.Thread(target=hold); t.start(); entered.wait(10)
-    try:
+    with sliced._one_blas_thread() as single:
+        assert single and sliced._BLAS['users'] == 1
         ctx = mp.get_context('fork')
         q = ctx.Queue()
         with warnings.catch_warnings():
@@ -89,15 +85,34 @@ def test_fork_while_a_thread_holds_the_blas_limit():
         p.join(TIMEOUT_S)
         if p.is_alive():
             p.kill(); p.join()
-            pytest.fail(f'the forked child hung for {TIMEOUT_S} s (the BLAS limit lock inherited locked?)')
+            pytest.fail(f'the forked child hung for {TIMEOUT_S} s')
         users_at_start, threads_in_child, value, users_after = q.get(timeout=5)
-    finally:
-        release.set(); t.join()
     rng = np.random.default_rng(1)
     X, Y = torch.from_numpy(rng.standard_normal((4000, 32))), torch.from_numpy(rng.standard_normal((4000, 32)))
     assert (users_at_start, users_after) == (0, 0)
     assert threads_in_child == before                                 # restored to what the parent had saved
     assert value == sliced_wasserstein(X, Y, projections=sample_projections(32, 40, seed=1)).item()
+    assert [i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas'] == before and sliced._BLAS['users'] == 0
+
+
+def test_concurrent_calls_leave_blas_as_they_found_it():
+    """Referee ch4g's case: six threads (and the main thread) calling the d > 16 path at once left OpenBLAS on one
+    thread for good when the limit was shared across threads. Only the main thread may set and restore it now."""
+    import threading
+    from threadpoolctl import threadpool_info
+    before = [i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas']
+    rng = np.random.default_rng(3)
+    X, Y = torch.from_numpy(rng.standard_normal((400, 64))), torch.from_numpy(rng.standard_normal((400, 64)))
+    ref = sliced_wasserstein(X, Y, n_projections=256, seed=0).item()
+    out, gate = [], threading.Barrier(7)
+    def work():
+        gate.wait()
+        for _ in range(5): out.append(sliced_wasserstein(X, Y, n_projections=256, seed=0).item())
+    ts = [threading.Thread(target=work) for _ in range(6)]
+    for t in ts: t.start()
+    work()
+    for t in ts: t.join()
+    assert len(out) == 35 and max(abs(v - ref) for v in out) <= 1e-12 * ref
     assert [i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas'] == before and sliced._BLAS['users'] == 0
 
 
