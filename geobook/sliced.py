@@ -73,9 +73,11 @@ def _compute_dtype(dtype: torch.dtype, big: float, factor: float, what: str) -> 
                             f"rescale the inputs (sliced distances are homogeneous: SW(X/s, Y/s) = SW(X, Y)/s)")
     return dtype
 
-def _check_clouds(X, Y, nx='X', ny='Y'):
+def _check_clouds(X, Y, nx='X', ny='Y', scan: bool = True):
     """Two point clouds (n, d) and (m, d): tensors in a dtype where their projections and differences cannot
-    overflow (the common dtype of X, on X's device), and the dtype results are returned in (X's)."""
+    overflow (the common dtype of X, on X's device), and the dtype results are returned in (X's). `scan=False` leaves
+    CPU float32/float64 clouds unscanned (their shapes checked, not their values): the caller must then pass them to
+    `_slice_distances` with `unscanned`, which checks the range of their sorted projections or scans them."""
     X = as_tensor(X, nx, ndim=2, shape='(n, d)', finite=False)
     Y = as_tensor(Y, ny, ndim=2, shape='(m, d)', dtype=X.dtype, device=X.device, finite=False)
     if X.shape[0] == 0: raise ValueError(f"`{nx}` is empty: it must contain at least one point")
@@ -83,6 +85,11 @@ def _check_clouds(X, Y, nx='X', ny='Y'):
     if X.shape[1] != Y.shape[1]:
         raise ValueError(f"`{nx}` and `{ny}` must have the same dimension d, got {X.shape[1]} and {Y.shape[1]}")
     if X.shape[1] == 0: raise ValueError(f"`{nx}` must have dimension d >= 1")
+    if not scan and _uses_numpy(X): return X, Y, X.dtype
+    return _scanned(X, Y, nx, ny)
+
+def _scanned(X, Y, nx='X', ny='Y'):
+    "The pass over both clouds' values: NaN/inf refused (naming the cloud), and the dtype raised where needed."
     big = max(_amax(X, nx), _amax(Y, ny))
     ct = _compute_dtype(X.dtype, big, 4 * math.sqrt(X.shape[1]), f"the projections of `{nx}` and `{ny}`")
     return X.to(ct), Y.to(ct), X.dtype
@@ -481,10 +488,10 @@ def _np_row_lp(D: np.ndarray, p: float) -> np.ndarray:
         elif p == 1: c = np.abs(D).sum(1) / n
         else: c = (np.abs(D) ** p).sum(1) / n
         w = np.sqrt(c) if p == 2 else (c if p == 1 else c ** (1.0 / p))
-    fi = np.finfo(D.dtype)
-    for i in np.flatnonzero(~(np.isfinite(c) & (c >= n * fi.tiny / fi.eps))):
-        a = np.abs(D[i]); M = a.max()
-        w[i] = 0.0 if M == 0 else M * np.mean((a / M) ** p) ** (1.0 / p)
+        fi = np.finfo(D.dtype)                  # (NaN and inf reach here only on the fast path, whose check then fails)
+        for i in np.flatnonzero(~(np.isfinite(c) & (c >= n * fi.tiny / fi.eps))):
+            a = np.abs(D[i]); M = a.max()
+            w[i] = 0.0 if M == 0 else M * np.mean((a / M) ** p) ** (1.0 / p)
     return w
 
 def _np_row_lp_grad(D: np.ndarray, w: np.ndarray, p: float) -> np.ndarray:
@@ -516,21 +523,45 @@ def _balanced(L: int, chunk: int) -> int:
     return -(-L // k)
 
 # %% ../nbs/04_sliced_wasserstein.ipynb #lib-fwd
+class _OutOfRange(Exception):
+    "The fast path's range check failed: a sorted projection is NaN, infinite or beyond a quarter of the dtype's range."
+
+def _ends(a: np.ndarray) -> np.ndarray:
+    "max(|first|, |last|) of each sorted row (r, n): its largest |value|, NaN where it holds a NaN (sorted last)."
+    return np.maximum(np.abs(a[:, 0]), np.abs(a[:, -1]))
+
+def _check_ends(big: np.ndarray) -> None:
+    """Raise _OutOfRange unless every projection is finite and |θᵀx| ≤ max/4, where differences of two projections
+    cannot overflow (`big`: the rows' `_ends`; `not big.max() <= …` is also true for NaN)."""
+    if not big.max() <= np.finfo(big.dtype).max / 4: raise _OutOfRange
+
+def _quiet_fp(task):
+    """A task run with NumPy's overflow and invalid-value warnings off (NumPy's error state is per thread, so the task
+    sets it itself): unscanned clouds overflow or give inf − inf only where `_check_ends` then refuses them."""
+    def run(i):
+        with np.errstate(over='ignore', invalid='ignore'): task(i)
+    return run
+
 def _np_distances(Tn: np.ndarray, Xn: np.ndarray, Yn: np.ndarray, p: float, chunk: int) -> np.ndarray:
     """w_l = W_p(θ_l♯X, θ_l♯Y) for the columns of Tn (d, L), clouds Xn, Yn (n, d) with uniform weights: one parallel
-    region of tasks, each projecting its rows (single-threaded GEMMs), sorting them in place and reducing them."""
+    region of tasks, each projecting its rows (single-threaded GEMMs), sorting them in place and reducing them.
+    The clouds' values are checked here, on the sorted rows' ends (`_check_ends`), not by a pass over X and Y."""
     d, L = Tn.shape; n = Xn.shape[0]
     with _one_blas_thread(_wants_one_gemm(n, d, L)) as single:
         XT, YT = _transposed(Xn), _transposed(Yn)
-        out = np.empty(L, dtype=Xn.dtype)
+        out, big = np.empty(L, dtype=Xn.dtype), np.empty(L, dtype=Xn.dtype)
         r, k = _blocks(L, n, d, chunk)
         if k == 1 and L * n >= _MIN_SPLIT: return _np_distances_split(Tn, Xn, Yn, XT, YT, p, single)
+        @_quiet_fp
         def task(i):
             lo, hi = i * r, min(L, (i + 1) * r)
             a, b = _project(Tn[:, lo:hi], Xn, XT, single), _project(Tn[:, lo:hi], Yn, YT, single)
-            a.sort(axis=1); b.sort(axis=1); a -= b
+            a.sort(axis=1); b.sort(axis=1)
+            big[lo:hi] = np.maximum(_ends(a), _ends(b))
+            a -= b
             out[lo:hi] = _np_row_lp(a, p)
         _run_tasks(task, k, L * n)
+        _check_ends(big)
         return out
 
 def _wants_one_gemm(n: int, d: int, L: int) -> bool:
@@ -538,15 +569,27 @@ def _wants_one_gemm(n: int, d: int, L: int) -> bool:
     return d > 16 and n * d * L > _GEMM_MNK
 
 def _np_distances_split(Tn, Xn, Yn, XT, YT, p: float, single: bool = False) -> np.ndarray:
-    """One task's work (all L rows) split by cloud: one thread projects and sorts θᵀX, another θᵀY, then one
-    reduction. Worth it from _MIN_SPLIT elements, where a single task would leave a core idle."""
-    L, ab = Tn.shape[1], [None, None]
-    def cloud(c):
-        Z, ZT = (Xn, XT) if c == 0 else (Yn, YT)
-        ab[c] = _project(Tn, Z, ZT, single); ab[c].sort(axis=1)
-    _run_tasks(cloud, 2, L * Xn.shape[0], min_work=_MIN_SPLIT)
-    ab[0] -= ab[1]
-    return _np_row_lp(ab[0], p)
+    """One task's work (all L rows) split by cloud: tasks 0 and 1 project and sort θᵀX and θᵀY, tasks 2 and 3 each
+    reduce half of the rows once both are sorted (the threads take tasks in order, so a reduction only ever waits for
+    a cloud another running thread has taken). Worth it from _MIN_SPLIT elements, where a single task would leave a
+    core idle."""
+    L, ab, big = Tn.shape[1], [None, None], [None, None]
+    out, done, h = np.empty(L, dtype=Xn.dtype), [threading.Event(), threading.Event()], (L + 1) // 2
+    @_quiet_fp
+    def task(i):
+        if i < 2:
+            try:
+                Z, ZT = (Xn, XT) if i == 0 else (Yn, YT)
+                ab[i] = _project(Tn, Z, ZT, single); ab[i].sort(axis=1); big[i] = _ends(ab[i])
+            finally: done[i].set()                          # a failed cloud must not leave a reduction waiting
+            return
+        for e in done: e.wait()
+        if ab[0] is None or ab[1] is None: return           # the failed cloud's task raises
+        rows = slice(0, h) if i == 2 else slice(h, L)
+        D = ab[0][rows]; D -= ab[1][rows]; out[rows] = _np_row_lp(D, p)
+    _run_tasks(task, 4, L * Xn.shape[0], min_work=_MIN_SPLIT)
+    _check_ends(np.maximum(*big))
+    return out
 
 def _np_grads(Tn, Xn, Yn, p: float, w, go, chunk: int, need):
     """Gradients of Σ_l go_l w_l with respect to X, Y and the directions (those `need` asks for), in the same tasks:
@@ -581,7 +624,8 @@ def _np_grads_in(Tn, Xn, Yn, p: float, w, go, chunk: int, need, single: bool):
 
 # %% ../nbs/04_sliced_wasserstein.ipynb #lib-fn
 class _SlicedDistances(torch.autograd.Function):
-    "w_l = W_p(θ_l♯X, θ_l♯Y) for equal-size uniform clouds, chunked, with a permutation backward."
+    """w_l = W_p(θ_l♯X, θ_l♯Y) for equal-size uniform clouds, chunked, with a permutation backward. On the NumPy path
+    the forward checks the range of the sorted projections (`_OutOfRange`); other paths get scanned clouds."""
     @staticmethod
     def forward(ctx, X, Y, theta, p, chunk):
         L = theta.shape[1]
@@ -625,12 +669,23 @@ def _check_projections(projections, d: int, like: torch.Tensor, name: str = 'pro
     tol = _unit_tol(th.dtype if th.is_floating_point() and th.element_size() < like.element_size() else like.dtype)
     return _check_unit_columns(th.to(dtype=like.dtype, device=like.device), name, tol)   # half-precision θ: its own ulps
 
-def _slice_distances(X, Y, th, p: float, a=None, b=None, chunk_size=None) -> torch.Tensor:
-    "w_l = W_p(θ_l♯μ, θ_l♯ν) (L,) for checked inputs: the fast Function for equal uniform clouds, else the quantiles."
+def _slice_distances(X, Y, th, p: float, a=None, b=None, chunk_size=None, unscanned=None) -> torch.Tensor:
+    """w_l = W_p(θ_l♯μ, θ_l♯ν) (L,) for checked inputs: the fast Function for equal uniform clouds, else the quantiles.
+    `unscanned` = (nx, ny) names clouds from `_check_clouds(scan=False)`: the NumPy path checks their values on the
+    sorted projections, and scans them only when that check fails (to raise the error naming the cloud, or to
+    compute float32 in float64); every other path, and directions with an exact zero (a BLAS may skip 0·x products,
+    and with them a 0·inf), scans them first."""
     n, m = X.shape[0], Y.shape[0]
     chunk = _balanced(th.shape[1], _auto_chunk(max(n, m), X.shape[1], X.element_size(), chunk_size))
-    if a is None and b is None and n == m:
-        return _SlicedDistances.apply(X, Y, th, p, chunk)
+    fast = a is None and b is None and n == m
+    if unscanned is not None:
+        if fast and _uses_numpy(X) and bool(th.all()):
+            try: return _SlicedDistances.apply(X, Y, th, p, chunk)
+            except _OutOfRange: pass
+        X, Y, _ = _scanned(X, Y, *unscanned)
+        th = th.to(X.dtype)
+        chunk = _balanced(th.shape[1], _auto_chunk(max(n, m), X.shape[1], X.element_size(), chunk_size))
+    if fast: return _SlicedDistances.apply(X, Y, th, p, chunk)
     return torch.cat([_wasserstein_1d(th[:, s:s + chunk].T @ X.T, th[:, s:s + chunk].T @ Y.T, a, b, p)
                       for s in range(0, th.shape[1], chunk)])
 
@@ -642,11 +697,11 @@ def sliced_costs(X, Y, projections, p: float = 2, a=None, b=None, chunk_size: in
     float32 and float64 a cost beyond the dtype's range is inf (W_p^p overflows before W_p does: `sliced_wasserstein`
     never does); half-precision inputs are computed in float32, and a cost beyond the half range raises OverflowError."""
     p = _check_p(p)
-    X, Y, out = _check_clouds(X, Y)
+    X, Y, out = _check_clouds(X, Y, scan=a is not None or b is not None)
     th = _check_projections(projections, X.shape[1], X)
     a = _check_weights(a, X.shape[0], 'a', X); b = _check_weights(b, Y.shape[0], 'b', X)
     _check_size(th.shape[1], 'projections', 'a vector of costs')
-    return _to_out(_slice_distances(X, Y, th, p, a, b, chunk_size).pow(p), out)
+    return _to_out(_slice_distances(X, Y, th, p, a, b, chunk_size, unscanned=('X', 'Y')).pow(p), out)
 
 # %% ../nbs/04_sliced_wasserstein.ipynb #lib-sw
 def sliced_wasserstein(X, Y, p: float = 2, n_projections: int = 128, projections=None, a=None, b=None, seed=None,
@@ -659,12 +714,12 @@ def sliced_wasserstein(X, Y, p: float = 2, n_projections: int = 128, projections
     computed in float32). Overflow-safe: the slices' p-th powers are scaled by their maximum; a distance beyond the
     range of X's dtype (half precision: 65504) raises OverflowError instead of returning inf."""
     p = _check_p(p)
-    X, Y, out = _check_clouds(X, Y)
+    X, Y, out = _check_clouds(X, Y, scan=a is not None or b is not None)
     if projections is None:
         projections = sample_projections(X.shape[1], n_projections, sampler, seed, dtype=X.dtype, device=X.device)
     th = _check_projections(projections, X.shape[1], X)
     a = _check_weights(a, X.shape[0], 'a', X); b = _check_weights(b, Y.shape[0], 'b', X)
-    return _to_out(_power_mean(_slice_distances(X, Y, th, p, a, b, chunk_size), p), out)
+    return _to_out(_power_mean(_slice_distances(X, Y, th, p, a, b, chunk_size, unscanned=('X', 'Y')), p), out)
 
 # %% ../nbs/04_sliced_wasserstein.ipynb #lib-maxsw
 def _unit(v: torch.Tensor, dim: int = 0) -> torch.Tensor:

@@ -1,0 +1,99 @@
+"""The fast path's checks on the sorted rows (chapter 4, item 7) and its split call: inputs the scan used to catch are
+caught on the sorted ends, without warnings, on both branches (one task split by cloud, several tasks); a failing cloud
+task neither hangs nor hides its error."""
+import threading
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from geobook import sliced
+from geobook.sliced import sliced_wasserstein, sliced_costs, sample_projections
+
+# (n, L): n·L = 5e5 takes the split call (one task, two clouds); 2e6 takes several tasks on the threads
+SHAPES = [(10_000, 50), (20_000, 100)]
+
+
+@pytest.mark.parametrize('n, L', SHAPES)
+@pytest.mark.parametrize('bad', [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize('where', ['X', 'Y', 'both'])
+def test_non_finite_refused_without_warnings(n, L, bad, where):
+    g = np.random.default_rng(0)
+    X, Y = g.standard_normal((n, 40)), g.standard_normal((n, 40))
+    if where in ('X', 'both'): X[n // 3, 5] = bad
+    if where in ('Y', 'both'): Y[n // 2, 5] = bad
+    th = sample_projections(40, L, seed=0, dtype=torch.float64)
+    r, k = sliced._blocks(L, n, 40, sliced._balanced(L, sliced._auto_chunk(n, 40, 8)))
+    assert (k == 1) == (n * L < 10**6)                     # both branches of the fast path are exercised
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        with pytest.raises(ValueError, match=f"`{'Y' if where == 'Y' else 'X'}` contains non-finite"):
+            sliced_wasserstein(X, Y, projections=th)
+
+
+@pytest.mark.parametrize('n, L', SHAPES)
+def test_fast_path_equals_scanned_path(n, L):
+    "Same inputs, scanned first (a zero in a direction forces the scan) or checked on the ends: the same distance."
+    g = np.random.default_rng(1)
+    X, Y = g.standard_normal((n, 40)), g.standard_normal((n, 40)) + 0.2
+    th = sample_projections(40, L, seed=2, dtype=torch.float64)
+    fast = sliced_wasserstein(X, Y, projections=th)
+    Xs, Ys, _ = sliced._scanned(torch.from_numpy(X), torch.from_numpy(Y))
+    scanned = sliced._power_mean(sliced._slice_distances(Xs, Ys, th, 2.0), 2.0)
+    assert float(fast) == float(scanned)
+
+
+def test_split_reduction_halves_match_one_thread():
+    "The split call's two half reductions give the bits of one reduction over all rows (odd L: unequal halves)."
+    g = np.random.default_rng(3)
+    X, Y = g.standard_normal((10_000, 64)), g.standard_normal((10_000, 64)) - 0.1
+    T = sample_projections(64, 51, seed=4, dtype=torch.float64).numpy()
+    A, B = sliced._project(T, X, None, False), sliced._project(T, Y, None, False)
+    A.sort(axis=1); B.sort(axis=1)
+    got = sliced._np_distances_split(T, X, Y, None, None, 2.0, False)
+    np.testing.assert_array_equal(got, sliced._np_row_lp(A - B, 2.0))
+
+
+def test_failing_cloud_task_raises_and_does_not_hang(monkeypatch):
+    "A cloud task that fails sets its event anyway: the reductions return and the cloud's error reaches the caller."
+    real = sliced._project
+    def boom(Tb, Z, ZT, single=False):
+        if Z.shape[0] == 10_000 and Z[0, 0] == 7.0: raise MemoryError('cloud Y failed')
+        return real(Tb, Z, ZT, single)
+    monkeypatch.setattr(sliced, '_project', boom)
+    g = np.random.default_rng(5)
+    X, Y = g.standard_normal((10_000, 64)), g.standard_normal((10_000, 64)); Y[0, 0] = 7.0
+    T = sample_projections(64, 50, seed=6, dtype=torch.float64).numpy()
+    err = []
+    def call():
+        try: sliced._np_distances_split(T, X, Y, None, None, 2.0, False)
+        except MemoryError as e: err.append(e)
+    t = threading.Thread(target=call, daemon=True); t.start(); t.join(60)
+    assert not t.is_alive() and len(err) == 1 and 'cloud Y failed' in str(err[0])
+
+
+def test_float32_overflowing_projections_computed_in_float64():
+    "float32 clouds whose projections overflow float32: the check fails, the scan raises the dtype, one rounding."
+    g = np.random.default_rng(7)
+    X = torch.tensor(g.standard_normal((3000, 6)) * 6e37, dtype=torch.float32)
+    Y = torch.tensor(g.standard_normal((3000, 6)) * 6e37, dtype=torch.float32)
+    th = sample_projections(6, 30, seed=8, dtype=torch.float32)
+    got = sliced_wasserstein(X, Y, projections=th)
+    want = sliced_wasserstein(X.double(), Y.double(), projections=th.double())
+    assert got.dtype == torch.float32 and torch.isfinite(got) and got == want.float()
+    costs = sliced_costs(X.double(), Y.double(), th.double())
+    assert torch.allclose(sliced._power_mean(costs ** 0.5, 2.0), want, rtol=1e-12)
+
+
+@pytest.mark.parametrize('n, L', SHAPES)
+def test_float64_beyond_range_raises_without_warnings(n, L):
+    "Coordinates up to 1e308: the projections overflow on the fast path (silently), the scan raises OverflowError."
+    g = np.random.default_rng(9)
+    X, Y = g.standard_normal((n, 40)), g.standard_normal((n, 40))
+    X = X / np.abs(X).max() * 1e308
+    th = sample_projections(40, L, seed=0, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        with pytest.raises(OverflowError, match='overflow'):
+            sliced_wasserstein(X, Y, projections=th)
