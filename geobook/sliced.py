@@ -98,6 +98,7 @@ def _check_weights(w, n: int, name: str, like: torch.Tensor, batch=None):
     """Probability weights (non-negative, summing to one) with last dimension n, or None for uniform weights; 1-D (n,)
     unless `batch` (a batch shape the weights' leading dimensions must broadcast with) is given."""
     if w is None: return None
+    src = w.dtype if isinstance(w, torch.Tensor) else None
     w = as_tensor(w, name, dtype=like.dtype, device=like.device)
     if batch is None and w.ndim != 1:
         raise ValueError(f"`{name}` must be a vector of shape ({n},) (one weight per point), got shape {tuple(w.shape)}")
@@ -110,6 +111,8 @@ def _check_weights(w, n: int, name: str, like: torch.Tensor, batch=None):
     if bool((w < 0).any()): raise ValueError(f"`{name}` must be non-negative")
     s = w.sum(-1)
     tol = 1e-6 if w.dtype == torch.float64 else 1e-3
+    if src in (torch.float16, torch.bfloat16):         # each weight rounded to half precision: |Σŵ − 1| ≤ ε/2
+        tol = max(tol, torch.finfo(src).eps)
     if bool(((s - 1).abs() > tol).any()):
         raise ValueError(f"`{name}` must sum to 1 (got {s.flatten()[0].item():.6g}); divide it by its sum to normalise")
     return w
@@ -180,7 +183,7 @@ def _wasserstein_1d(u: torch.Tensor, v: torch.Tensor, uw=None, vw=None, p: float
     if uw is None and vw is None and n == m:
         return _lp_rows(us - vs, p)
     q, ik, jk = _merged_quantiles(iu, iv, uw, vw, batch, n, m)
-    dq = torch.diff(q, dim=-1, prepend=torch.zeros_like(q[..., :1]))         # float64: a tiny piece keeps its width
+    dq = torch.diff(q, dim=-1, prepend=torch.zeros_like(q[..., :1]))         # float64 widths, to a few ε₆₄ absolute
     return _lp_rows(torch.gather(us, -1, ik) - torch.gather(vs, -1, jk), p, dq)
 
 _SLIVER_ULPS = 8               # weighted merges: levels of the two measures within 8 ulps are one level
@@ -600,6 +603,7 @@ def _np_grads(Tn, Xn, Yn, p: float, w, go, chunk: int, need):
         return _np_grads_in(Tn, Xn, Yn, p, w, go, chunk, need, single)
 
 def _np_grads_in(Tn, Xn, Yn, p: float, w, go, chunk: int, need, single: bool):
+    "The body of `_np_grads`, run inside its BLAS region (`single`: BLAS limited to one thread, projections as one GEMM)."
     d, L = Tn.shape; n = Xn.shape[0]
     TT, XT, YT = np.ascontiguousarray(Tn.T), _transposed(Xn), _transposed(Yn)
     gT = np.zeros_like(Tn) if need[2] else None
@@ -921,7 +925,8 @@ def distributional_sliced_wasserstein(X, Y, p: float = 2, n_projections: int = 1
 class ASWScaleWarning(UserWarning):
     """`augmented_sliced_wasserstein`: the trained lift inflated the scale, E‖h(x)‖ + E‖h(y)‖ grew more than
     `_ASW_MAX_GROWTH` = 1000 times during training (the optimiser overshooting, e.g. a huge `lr`; a weak penalty
-    `lam` grows it more slowly): the value then mostly measures that scale, not a difference of μ and ν."""
+    `lam` grows it more slowly): the value then mostly measures that scale, not a difference of μ and ν. It detects
+    that catastrophe only: smaller inflations (as with `lam = 0`, no penalty, which Chen et al. exclude) pass silently."""
 
 _ASW_MAX_GROWTH = 1000.0
 

@@ -97,3 +97,19 @@ def test_float64_beyond_range_raises_without_warnings(n, L):
         warnings.simplefilter('error')
         with pytest.raises(OverflowError, match='overflow'):
             sliced_wasserstein(X, Y, projections=th)
+
+
+def test_half_precision_weights_within_their_rounding():
+    "Weights rounded to bfloat16 from a normalised vector (sum off by up to ε/2) are accepted; a 2 % error is not."
+    from geobook.sliced import wasserstein_1d
+    g = np.random.default_rng(15)
+    w = g.random(7); w /= w.sum()
+    wb = torch.tensor(w).to(torch.bfloat16)
+    off = abs(float(wb.double().sum()) - 1)
+    assert 1e-3 < off <= torch.finfo(torch.bfloat16).eps / 2          # beyond the float32 tolerance, within rounding
+    u, v = torch.tensor(g.standard_normal(7)), torch.tensor(g.standard_normal(5))
+    got = wasserstein_1d(u, v, u_weights=wb)
+    exact = wasserstein_1d(u, v, u_weights=wb.double() / wb.double().sum())
+    assert abs(float(got) - float(exact)) < 1e-2 * float(exact)
+    with pytest.raises(ValueError, match='must sum to 1'):
+        wasserstein_1d(u, v, u_weights=(wb.double() * 1.02).to(torch.bfloat16))
