@@ -12,7 +12,7 @@ gaussian_expectation(lambda u, v: torch.relu(u) * torch.relu(v), K)   # E[relu(u
 Functions take torch tensors (NumPy arrays are converted) and return tensors on the inputs' device and dtype; shapes
 are stated in each docstring with the symbol from the chapter; functions that sample take a `seed`.
 
-`pip install geobook` adds about 286 MB to an environment that has the CPU build of torch 2.13 (880 MB): llvmlite
+`pip install geobook` adds about 287 MB to an environment that has the CPU build of torch 2.13 (880 MB): llvmlite
 and Numba 212 MB, NumPy 71 MB; no matplotlib, SciPy or numba-cuda unless you ask for the extras `book` (the figure
 style and the chapters' checks: matplotlib, SciPy, SymPy) or `cuda` (numba-cuda). Measured by
 `python tools/measure_install.py`, which installs both into fresh virtual environments and prints the sizes.
