@@ -98,7 +98,7 @@ def _check_weights(w, n: int, name: str, like: torch.Tensor, batch=None):
     """Probability weights (non-negative, summing to one) with last dimension n, or None for uniform weights; 1-D (n,)
     unless `batch` (a batch shape the weights' leading dimensions must broadcast with) is given."""
     if w is None: return None
-    src = w.dtype if isinstance(w, torch.Tensor) else None
+    src = w.dtype if isinstance(w, torch.Tensor) else (torch.float16 if getattr(w, 'dtype', None) == np.float16 else None)
     w = as_tensor(w, name, dtype=like.dtype, device=like.device)
     if batch is None and w.ndim != 1:
         raise ValueError(f"`{name}` must be a vector of shape ({n},) (one weight per point), got shape {tuple(w.shape)}")
@@ -112,7 +112,7 @@ def _check_weights(w, n: int, name: str, like: torch.Tensor, batch=None):
     s = w.sum(-1)
     tol = 1e-6 if w.dtype == torch.float64 else 1e-3
     if src in (torch.float16, torch.bfloat16):         # each weight rounded to half precision: |Σŵ − 1| ≤ ε/2
-        tol = max(tol, torch.finfo(src).eps)
+        tol = max(tol, 0.5001 * torch.finfo(src).eps)
     if bool(((s - 1).abs() > tol).any()):
         raise ValueError(f"`{name}` must sum to 1 (got {s.flatten()[0].item():.6g}); divide it by its sum to normalise")
     return w
@@ -170,6 +170,17 @@ def _power_mean(w: torch.Tensor, p: float) -> torch.Tensor:
     M = w.detach().max()
     if float(M) == 0: return (w * 0).sum()
     return M * _root((w / M).pow(p).mean(), p)
+
+def _lines(T: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+    """The projections Tᵀ Xᵀ (c, n) of the points X (n, d) on the directions T (d, c). For d ≤ 16 as d multiply-adds
+    in a fixed order, so that a point's projection does not depend on where it sits in X: a BLAS kernel treats the
+    edge of a matrix differently from its body, and with AVX-512 a point and its copy came out an ulp apart (SW of a
+    cloud and its duplicate then 1e-17, not 0). Larger d: one matrix product, with that caveat."""
+    if X.shape[1] > 16: return T.T @ X.T
+    XT = X.T.contiguous()
+    P = T[0, :, None] * XT[0]
+    for k in range(1, X.shape[1]): P += T[k, :, None] * XT[k]
+    return P
 
 # %% ../nbs/04_sliced_wasserstein.ipynb #lib-w1d
 def _wasserstein_1d(u: torch.Tensor, v: torch.Tensor, uw=None, vw=None, p: float = 2.0) -> torch.Tensor:
@@ -375,8 +386,9 @@ def _run_tasks(task, n_tasks: int, work: int, min_work: int = _MIN_PARALLEL):
         return
     counter, failed = itertools.count(), []
     def worker():
-        for i in counter:
-            if i >= n_tasks or failed: return
+        while not failed:                       # checked before taking a task: a task taken is a task run (the split
+            i = next(counter)                   # call's reductions wait for both clouds' tasks to finish)
+            if i >= n_tasks: return
             try: task(i)
             except BaseException: failed.append(True); raise
     futures = [_pool().submit(worker) for _ in range(t - 1)]
@@ -545,16 +557,16 @@ def _quiet_fp(task):
         with np.errstate(over='ignore', invalid='ignore'): task(i)
     return run
 
-def _np_distances(Tn: np.ndarray, Xn: np.ndarray, Yn: np.ndarray, p: float, chunk: int) -> np.ndarray:
+def _np_distances(Tn: np.ndarray, Xn: np.ndarray, Yn: np.ndarray, p: float, chunk: int, check: bool = False) -> np.ndarray:
     """w_l = W_p(θ_l♯X, θ_l♯Y) for the columns of Tn (d, L), clouds Xn, Yn (n, d) with uniform weights: one parallel
     region of tasks, each projecting its rows (single-threaded GEMMs), sorting them in place and reducing them.
-    The clouds' values are checked here, on the sorted rows' ends (`_check_ends`), not by a pass over X and Y."""
+    `check`: the clouds are unscanned, and their values are checked here, on the sorted rows' ends (`_check_ends`)."""
     d, L = Tn.shape; n = Xn.shape[0]
     with _one_blas_thread(_wants_one_gemm(n, d, L)) as single:
         XT, YT = _transposed(Xn), _transposed(Yn)
         out, big = np.empty(L, dtype=Xn.dtype), np.empty(L, dtype=Xn.dtype)
         r, k = _blocks(L, n, d, chunk)
-        if k == 1 and L * n >= _MIN_SPLIT: return _np_distances_split(Tn, Xn, Yn, XT, YT, p, single)
+        if k == 1 and L * n >= _MIN_SPLIT: return _np_distances_split(Tn, Xn, Yn, XT, YT, p, single, check)
         @_quiet_fp
         def task(i):
             lo, hi = i * r, min(L, (i + 1) * r)
@@ -564,14 +576,14 @@ def _np_distances(Tn: np.ndarray, Xn: np.ndarray, Yn: np.ndarray, p: float, chun
             a -= b
             out[lo:hi] = _np_row_lp(a, p)
         _run_tasks(task, k, L * n)
-        _check_ends(big)
+        if check: _check_ends(big)
         return out
 
 def _wants_one_gemm(n: int, d: int, L: int) -> bool:
     "Whether a call is worth limiting BLAS to one thread: d > 16 and its projections need more than one small GEMM."
     return d > 16 and n * d * L > _GEMM_MNK
 
-def _np_distances_split(Tn, Xn, Yn, XT, YT, p: float, single: bool = False) -> np.ndarray:
+def _np_distances_split(Tn, Xn, Yn, XT, YT, p: float, single: bool = False, check: bool = False) -> np.ndarray:
     """One task's work (all L rows) split by cloud: tasks 0 and 1 project and sort θᵀX and θᵀY, tasks 2 and 3 each
     reduce half of the rows once both are sorted (the threads take tasks in order, so a reduction only ever waits for
     a cloud another running thread has taken). Worth it from _MIN_SPLIT elements, where a single task would leave a
@@ -591,7 +603,7 @@ def _np_distances_split(Tn, Xn, Yn, XT, YT, p: float, single: bool = False) -> n
         rows = slice(0, h) if i == 2 else slice(h, L)
         D = ab[0][rows]; D -= ab[1][rows]; out[rows] = _np_row_lp(D, p)
     _run_tasks(task, 4, L * Xn.shape[0], min_work=_MIN_SPLIT)
-    _check_ends(np.maximum(*big))
+    if check: _check_ends(np.maximum(*big))
     return out
 
 def _np_grads(Tn, Xn, Yn, p: float, w, go, chunk: int, need):
@@ -609,6 +621,7 @@ def _np_grads_in(Tn, Xn, Yn, p: float, w, go, chunk: int, need, single: bool):
     gT = np.zeros_like(Tn) if need[2] else None
     acc = {}
     r, k = _blocks(L, n, d, chunk)
+    @_quiet_fp
     def task(i):
         lo, hi = i * r, min(L, (i + 1) * r)
         a, b = _project(Tn[:, lo:hi], Xn, XT, single), _project(Tn[:, lo:hi], Yn, YT, single)
@@ -622,22 +635,25 @@ def _np_grads_in(Tn, Xn, Yn, p: float, w, go, chunk: int, need, single: bool):
         if need[2]:
             gT[:, lo:hi] = (_gemm_inner(a, Xn) + _gemm_inner(b, Yn)).T
     _run_tasks(task, k, L * n)
-    gX = sum((v[0] for v in acc.values()), np.zeros_like(Xn))
-    gY = sum((v[1] for v in acc.values()), np.zeros_like(Yn))
+    with np.errstate(over='ignore', invalid='ignore'):            # an overflow is refused by the Function's backward
+        gX = sum((v[0] for v in acc.values()), np.zeros_like(Xn))
+        gY = sum((v[1] for v in acc.values()), np.zeros_like(Yn))
     return gX, gY, gT
 
 # %% ../nbs/04_sliced_wasserstein.ipynb #lib-fn
 class _SlicedDistances(torch.autograd.Function):
     """w_l = W_p(θ_l♯X, θ_l♯Y) for equal-size uniform clouds, chunked, with a permutation backward. On the NumPy path
-    the forward checks the range of the sorted projections (`_OutOfRange`); other paths get scanned clouds."""
+    the forward checks the range of the sorted projections when `check` (unscanned clouds: `_OutOfRange`); other paths
+    get scanned clouds. The backward raises OverflowError when a gradient overflows (possible only for float64 clouds
+    the fast path accepted unscanned: coordinates beyond the scan's bound whose projections stay in range)."""
     @staticmethod
-    def forward(ctx, X, Y, theta, p, chunk):
+    def forward(ctx, X, Y, theta, p, chunk, check=False):
         L = theta.shape[1]
         if _uses_numpy(X):                   # CPU: NumPy's sort on rows, in threads
-            w = torch.from_numpy(_np_distances(*(t.detach().numpy() for t in (theta, X, Y)), p, chunk))
+            w = torch.from_numpy(_np_distances(*(t.detach().numpy() for t in (theta, X, Y)), p, chunk, check))
         else:                                # GPU and other dtypes: torch.sort per chunk
-            w = torch.cat([_lp_rows(torch.sort(theta[:, s:s + chunk].T @ X.T, 1).values
-                                    - torch.sort(theta[:, s:s + chunk].T @ Y.T, 1).values, p)
+            w = torch.cat([_lp_rows(torch.sort(_lines(theta[:, s:s + chunk], X), 1).values
+                                    - torch.sort(_lines(theta[:, s:s + chunk], Y), 1).values, p)
                            for s in range(0, L, chunk)])
         ctx.save_for_backward(X, Y, theta, w); ctx.p, ctx.chunk = p, chunk
         return w
@@ -656,13 +672,17 @@ class _SlicedDistances(torch.autograd.Function):
             gX, gY, gT = torch.zeros_like(X), torch.zeros_like(Y), torch.zeros_like(theta)
             for s in range(0, L, c):
                 T = theta[:, s:s + c]
-                (As, ia), (Bs, ib) = torch.sort(T.T @ X.T, 1), torch.sort(T.T @ Y.T, 1)
+                (As, ia), (Bs, ib) = torch.sort(_lines(T, X), 1), torch.sort(_lines(T, Y), 1)
                 W = _torch_row_lp_grad(As - Bs, w[s:s + c], p) * gw[s:s + c, None]
                 GA, GB = torch.zeros_like(As).scatter_(1, ia, W), torch.zeros_like(Bs).scatter_(1, ib, -W)
                 if nX: gX += GA.T @ T.T
                 if nY: gY += GB.T @ T.T
                 if nT: gT[:, s:s + c] = X.T @ GA.T + Y.T @ GB.T
-        return (gX if nX else None), (gY if nY else None), (gT if nT else None), None, None
+        for g, name in ((gX, 'X'), (gY, 'Y'), (gT, 'the projections')):
+            if g is not None and not bool(torch.isfinite(g).all()):
+                raise OverflowError(f"the gradient with respect to {name} overflows {g.dtype}: rescale X and Y "
+                                    f"(SW is homogeneous: SW(X/s, Y/s) = SW(X, Y)/s)")
+        return (gX if nX else None), (gY if nY else None), (gT if nT else None), None, None, None
 
 # %% ../nbs/04_sliced_wasserstein.ipynb #lib-costs
 def _check_projections(projections, d: int, like: torch.Tensor, name: str = 'projections') -> torch.Tensor:
@@ -684,13 +704,13 @@ def _slice_distances(X, Y, th, p: float, a=None, b=None, chunk_size=None, unscan
     fast = a is None and b is None and n == m
     if unscanned is not None:
         if fast and _uses_numpy(X) and bool(th.all()):
-            try: return _SlicedDistances.apply(X, Y, th, p, chunk)
+            try: return _SlicedDistances.apply(X, Y, th, p, chunk, True)
             except _OutOfRange: pass
         X, Y, _ = _scanned(X, Y, *unscanned)
         th = th.to(X.dtype)
         chunk = _balanced(th.shape[1], _auto_chunk(max(n, m), X.shape[1], X.element_size(), chunk_size))
     if fast: return _SlicedDistances.apply(X, Y, th, p, chunk)
-    return torch.cat([_wasserstein_1d(th[:, s:s + chunk].T @ X.T, th[:, s:s + chunk].T @ Y.T, a, b, p)
+    return torch.cat([_wasserstein_1d(_lines(th[:, s:s + chunk], X), _lines(th[:, s:s + chunk], Y), a, b, p)
                       for s in range(0, th.shape[1], chunk)])
 
 def sliced_costs(X, Y, projections, p: float = 2, a=None, b=None, chunk_size: int | None = None) -> torch.Tensor:
@@ -701,11 +721,12 @@ def sliced_costs(X, Y, projections, p: float = 2, a=None, b=None, chunk_size: in
     float32 and float64 a cost beyond the dtype's range is inf (W_p^p overflows before W_p does: `sliced_wasserstein`
     never does); half-precision inputs are computed in float32, and a cost beyond the half range raises OverflowError."""
     p = _check_p(p)
-    X, Y, out = _check_clouds(X, Y, scan=a is not None or b is not None)
+    scan = a is not None or b is not None                           # weighted: the quantile path, which needs the scan
+    X, Y, out = _check_clouds(X, Y, scan=scan)
     th = _check_projections(projections, X.shape[1], X)
     a = _check_weights(a, X.shape[0], 'a', X); b = _check_weights(b, Y.shape[0], 'b', X)
     _check_size(th.shape[1], 'projections', 'a vector of costs')
-    return _to_out(_slice_distances(X, Y, th, p, a, b, chunk_size, unscanned=('X', 'Y')).pow(p), out)
+    return _to_out(_slice_distances(X, Y, th, p, a, b, chunk_size, unscanned=None if scan else ('X', 'Y')).pow(p), out)
 
 # %% ../nbs/04_sliced_wasserstein.ipynb #lib-sw
 def sliced_wasserstein(X, Y, p: float = 2, n_projections: int = 128, projections=None, a=None, b=None, seed=None,
@@ -718,12 +739,13 @@ def sliced_wasserstein(X, Y, p: float = 2, n_projections: int = 128, projections
     computed in float32). Overflow-safe: the slices' p-th powers are scaled by their maximum; a distance beyond the
     range of X's dtype (half precision: 65504) raises OverflowError instead of returning inf."""
     p = _check_p(p)
-    X, Y, out = _check_clouds(X, Y, scan=a is not None or b is not None)
+    scan = a is not None or b is not None                           # weighted: the quantile path, which needs the scan
+    X, Y, out = _check_clouds(X, Y, scan=scan)
     if projections is None:
         projections = sample_projections(X.shape[1], n_projections, sampler, seed, dtype=X.dtype, device=X.device)
     th = _check_projections(projections, X.shape[1], X)
     a = _check_weights(a, X.shape[0], 'a', X); b = _check_weights(b, Y.shape[0], 'b', X)
-    return _to_out(_power_mean(_slice_distances(X, Y, th, p, a, b, chunk_size, unscanned=('X', 'Y')), p), out)
+    return _to_out(_power_mean(_slice_distances(X, Y, th, p, a, b, chunk_size, unscanned=None if scan else ('X', 'Y')), p), out)
 
 # %% ../nbs/04_sliced_wasserstein.ipynb #lib-maxsw
 def _unit(v: torch.Tensor, dim: int = 0) -> torch.Tensor:
@@ -1318,7 +1340,7 @@ def sliced_plan(X, Y, a=None, b=None, projections=None, n_projections: int = 128
     L = th.shape[1]
     _check_size(L * (n + m) * 4, 'n_projections', 'the L one-dimensional plans')
     with torch.no_grad():
-        iu, iv = torch.sort(th.T @ X.T, 1).indices, torch.sort(th.T @ Y.T, 1).indices       # (L, n), (L, m)
+        iu, iv = torch.sort(_lines(th, X), 1).indices, torch.sort(_lines(th, Y), 1).indices     # (L, n), (L, m)
         q, ik, jk = _merged_quantiles(iu, iv, a, b, (L,), n, m)
         dq = torch.diff(q, dim=-1, prepend=torch.zeros_like(q[:, :1]))
         rows, cols = torch.gather(iu, 1, ik), torch.gather(iv, 1, jk)                       # (L, K)
@@ -1508,7 +1530,8 @@ def sliced_wasserstein_sphere(X, Y, p: float = 2, n_projections: int = 128, seed
             raise ValueError("`projections` must have orthonormal columns (Uᵀ U = I for each slice)")
     _check_size(U.shape[0] * (n + Y.shape[0]) * 8, 'n_projections', 'the projected coordinates')
     def coord(Z):
-        P = torch.einsum('ldk,nd->lnk', U, Z)                      # (L, n, 2): Uᵀx, on S^1 after normalising
+        L = U.shape[0]                                             # (L, n, 2): Uᵀx, on S^1 after normalising
+        P = _lines(U.permute(1, 0, 2).reshape(d, 2 * L), Z).reshape(L, 2, -1).transpose(1, 2)
         ang = torch.atan2(P[..., 1], P[..., 0])
         if ang.device.type == 'cpu':      # torch's vectorised atan2 can round one point differently (1 ulp) by its place
             ang = torch.from_numpy(np.arctan2(P[..., 1].detach().numpy(), P[..., 0].detach().numpy())).to(ang) + (ang - ang.detach())

@@ -44,15 +44,23 @@ def test_fast_path_equals_scanned_path(n, L):
     assert float(fast) == float(scanned)
 
 
-def test_split_reduction_halves_match_one_thread():
-    "The split call's two half reductions give the bits of one reduction over all rows (odd L: unequal halves)."
+@pytest.mark.parametrize('L', [1, 2, 3, 50, 51])
+@pytest.mark.parametrize('p', [1.0, 2.0, 3.5])
+def test_split_reduction_halves(L, p, monkeypatch):
+    """The split call's two half reductions: the same bits whatever the number of threads (1 to 4), and equal to one
+    reduction over all rows up to rounding (NumPy's einsum sums differently for different row counts: not bitwise)."""
     g = np.random.default_rng(3)
     X, Y = g.standard_normal((10_000, 64)), g.standard_normal((10_000, 64)) - 0.1
-    T = sample_projections(64, 51, seed=4, dtype=torch.float64).numpy()
+    T = sample_projections(64, L, seed=4, dtype=torch.float64).numpy()
     A, B = sliced._project(T, X, None, False), sliced._project(T, Y, None, False)
     A.sort(axis=1); B.sort(axis=1)
-    got = sliced._np_distances_split(T, X, Y, None, None, 2.0, False)
-    np.testing.assert_array_equal(got, sliced._np_row_lp(A - B, 2.0))
+    got = {}
+    for t in (1, 2, 3, 4):
+        monkeypatch.setattr(sliced, '_n_threads', lambda t=t: t)
+        monkeypatch.setattr(sliced, '_MIN_SPLIT', 0)
+        got[t] = sliced._np_distances_split(T, X, Y, None, None, p, False)
+    for t in (2, 3, 4): np.testing.assert_array_equal(got[t], got[1])
+    np.testing.assert_allclose(got[1], sliced._np_row_lp(A - B, p), rtol=1e-13)
 
 
 def test_failing_cloud_task_raises_and_does_not_hang(monkeypatch):
@@ -113,3 +121,81 @@ def test_half_precision_weights_within_their_rounding():
     assert abs(float(got) - float(exact)) < 1e-2 * float(exact)
     with pytest.raises(ValueError, match='must sum to 1'):
         wasserstein_1d(u, v, u_weights=(wb.double() * 1.02).to(torch.bfloat16))
+
+
+HANG = """
+import sys, threading, time, numpy as np
+import geobook.sliced as s
+s._n_threads = lambda: 3                       # three threads: one can take task 1 after task 0 failed
+real = s._project
+def project(Tb, Z, ZT, single=False):
+    if Z is X: time.sleep(0.2); raise MemoryError('X failed')
+    return real(Tb, Z, ZT, single)
+s._project = project
+def tracer(frame, event, arg):                 # the thread that takes task 1 pauses after taking it
+    if frame.f_code.co_name == 'worker':
+        def local(fr, ev, a):
+            if ev == 'line' and fr.f_locals.get('i') == 1 and not getattr(local, 'done', False):
+                local.done = True; time.sleep(0.5)
+            return local
+        return local
+threading.settrace(tracer); sys.settrace(tracer)
+g = np.random.default_rng(0)
+X, Y = g.standard_normal((10_000, 3)), g.standard_normal((10_000, 3))
+T = g.standard_normal((3, 50)); T /= np.linalg.norm(T, axis=0)
+try: s._np_distances_split(T, X, Y, None, None, 2.0)
+except MemoryError as e: print('raised:', e)
+"""
+
+
+def test_failing_cloud_with_three_threads_does_not_hang():
+    "A referee's case: with three threads, a thread taking task 1 after task 0 failed must still run it (its event)."
+    import subprocess, sys
+    r = subprocess.run([sys.executable, '-c', HANG], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and 'raised: X failed' in r.stdout, (r.stdout, r.stderr)
+
+
+def test_in_range_after_the_scan_is_not_refused():
+    """A referee's case: coordinates at the scan's bound max/(4√d), directions aligned with them: the ends check fails,
+    the scan accepts, and the distance is computed (it once raised the internal _OutOfRange)."""
+    for dt in (torch.float64, torch.float32):
+        d = 3
+        lim = np.nextafter(torch.finfo(dt).max / (4 * np.sqrt(d)), 0)
+        X = torch.full((4, d), lim, dtype=torch.float64).to(dt)
+        Y = torch.zeros(4, d, dtype=dt)
+        th = torch.full((d, 1), 1 / np.sqrt(d), dtype=torch.float64).to(dt)
+        th = th / th.norm()
+        got = sliced_wasserstein(X, Y, projections=th)
+        want = sliced_wasserstein(X.double() / 2.0**100, Y.double(), projections=th.double()) * 2.0**100
+        assert torch.isfinite(got) and abs(float(got) / float(want) - 1) < 1e-6
+        assert torch.isfinite(sliced_costs(X.double() / 2.0**600, Y.double(), th.double())).all()
+    g = np.random.default_rng(11)
+    X = g.standard_normal((50, 3)); X = torch.tensor(X / np.abs(X).max() * np.nextafter(np.finfo(np.float64).max / (4 * np.sqrt(3)), 0))
+    X[0] = float(X.abs().max())                                  # a point on the diagonal: the ascent finds its direction
+    assert torch.isfinite(sliced.max_sliced_wasserstein(X, torch.zeros(50, 3, dtype=torch.float64), seed=0))
+
+
+def test_overflowing_gradient_raises():
+    """A referee's case: float64 coordinates past the scan's bound whose projections cancel are computed by the fast
+    path; the θ-gradient overflows: OverflowError in the backward, no NumPy warning."""
+    X = torch.tensor([[1.5e308, -1.5e308]], dtype=torch.float64)
+    th = torch.tensor([[2 ** -0.5], [2 ** -0.5]], dtype=torch.float64, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        r = sliced_wasserstein(X, -X, projections=th)
+        assert torch.isfinite(r)
+        with pytest.raises(OverflowError, match='gradient with respect to the projections overflows'):
+            r.backward()
+
+
+def test_numpy_float16_weights_like_torch_float16():
+    "A referee's case: float16 weights as a NumPy array get the same tolerance (ε₁₆/2) as a torch.float16 tensor."
+    from geobook.sliced import wasserstein_1d
+    g = np.random.default_rng(12)
+    w = g.random(9); w /= w.sum()
+    w16 = w.astype(np.float16)
+    assert 1e-6 < abs(float(w16.astype(np.float64).sum()) - 1) <= np.finfo(np.float16).eps / 2   # beyond float64's 1e-6
+    u, v = torch.tensor(g.standard_normal(9)), torch.tensor(g.standard_normal(4))
+    assert float(wasserstein_1d(u, v, u_weights=w16)) == float(wasserstein_1d(u, v, u_weights=torch.from_numpy(w16)))
+    with pytest.raises(ValueError, match='must sum to 1'):
+        wasserstein_1d(u, v, u_weights=(w * 1.002).astype(np.float16))
