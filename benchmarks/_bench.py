@@ -80,6 +80,17 @@ def _version(pkg: str):
     try: return metadata.version(pkg)
     except metadata.PackageNotFoundError: return None
 
+def _commit() -> str | None:
+    "The project's git commit, with '+changes' when tracked files differ from it (None outside a git checkout)."
+    import subprocess
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=root, capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError): return None
+    return head + ('+changes' if dirty else '')
+
 def machine_info(packages=('torch', 'numpy', 'numba', 'geobook')) -> dict:
     """The machine a result was measured on: CPU model and the SIMD flags that matter for these kernels, the cores this
     process may use, the load averages (1, 5, 15 min) when the script started and now, versions, date."""
@@ -99,7 +110,7 @@ def machine_info(packages=('torch', 'numpy', 'numba', 'geobook')) -> dict:
             'load_at_end': [round(x, 2) for x in load_now] if load_now else None,
             'python': platform.python_version(), 'platform': platform.platform(),
             'date': datetime.now(timezone.utc).isoformat(timespec='seconds'),
-            'versions': {p: _version(p) for p in packages}}
+            'versions': {p: _version(p) for p in packages}, 'commit': _commit()}
     try:
         import torch
         if torch.cuda.is_available(): info['gpu'] = torch.cuda.get_device_name(0)

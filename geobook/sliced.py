@@ -514,7 +514,7 @@ def _np_row_lp_grad(D: np.ndarray, w: np.ndarray, p: float) -> np.ndarray:
     n = D.shape[1]
     ws = np.where(w > 0, w, 1.0)[:, None]
     if p == 1: G = np.sign(D) / n
-    elif p == 2: G = D / (n * ws)
+    elif p == 2: G = (D / ws) / n                       # not D/(n·w): n·w can overflow where |D|/w ≤ n^(1/2) cannot
     else: G = np.sign(D) * (np.abs(D) / ws) ** (p - 1) / n
     G[w == 0] = 0
     return G
@@ -644,8 +644,8 @@ def _np_grads_in(Tn, Xn, Yn, p: float, w, go, chunk: int, need, single: bool):
 class _SlicedDistances(torch.autograd.Function):
     """w_l = W_p(θ_l♯X, θ_l♯Y) for equal-size uniform clouds, chunked, with a permutation backward. On the NumPy path
     the forward checks the range of the sorted projections when `check` (unscanned clouds: `_OutOfRange`); other paths
-    get scanned clouds. The backward raises OverflowError when a gradient overflows (possible only for float64 clouds
-    the fast path accepted unscanned: coordinates beyond the scan's bound whose projections stay in range)."""
+    get scanned clouds. The backward raises OverflowError when a gradient is not finite though the distances were: with
+    respect to the projections, a sum of products with coordinates near the dtype's largest number can overflow."""
     @staticmethod
     def forward(ctx, X, Y, theta, p, chunk, check=False):
         L = theta.shape[1]
@@ -678,10 +678,7 @@ class _SlicedDistances(torch.autograd.Function):
                 if nX: gX += GA.T @ T.T
                 if nY: gY += GB.T @ T.T
                 if nT: gT[:, s:s + c] = X.T @ GA.T + Y.T @ GB.T
-        for g, name in ((gX, 'X'), (gY, 'Y'), (gT, 'the projections')):
-            if g is not None and not bool(torch.isfinite(g).all()):
-                raise OverflowError(f"the gradient with respect to {name} overflows {g.dtype}: rescale X and Y "
-                                    f"(SW is homogeneous: SW(X/s, Y/s) = SW(X, Y)/s)")
+        for g, name in ((gX, 'X'), (gY, 'Y'), (gT, 'the projections')): _check_gradient(g, name)
         return (gX if nX else None), (gY if nY else None), (gT if nT else None), None, None, None
 
 # %% ../nbs/04_sliced_wasserstein.ipynb #lib-costs
@@ -692,6 +689,31 @@ def _check_projections(projections, d: int, like: torch.Tensor, name: str = 'pro
     if th.shape[1] == 0: raise ValueError(f"`{name}` must contain at least one direction (L >= 1)")
     tol = _unit_tol(th.dtype if th.is_floating_point() and th.element_size() < like.element_size() else like.dtype)
     return _check_unit_columns(th.to(dtype=like.dtype, device=like.device), name, tol)   # half-precision θ: its own ulps
+
+def _check_gradient(g, name: str):
+    "Raise OverflowError when a gradient (None: not needed) is not finite: its forward value was, so it overflowed."
+    if g is not None and not bool(torch.isfinite(g).all()):
+        raise OverflowError(f"the gradient with respect to {name} overflows {g.dtype}: rescale X and Y "
+                            f"(SW is homogeneous: SW(X/s, Y/s) = SW(X, Y)/s)")
+
+class _FiniteGradient(torch.autograd.Function):
+    "The identity, whose backward refuses a non-finite gradient (`_check_gradient`): the quantile path's counterpart of the fast path's check."
+    @staticmethod
+    def forward(ctx, t, name):
+        ctx.name = name
+        return t.view_as(t)
+
+    @staticmethod
+    def backward(ctx, g):
+        _check_gradient(g, ctx.name)
+        return g, None
+
+def _finite_gradients(*named):
+    """The arguments of (argument, name) pairs, each torch tensor that autograd will differentiate wrapped in
+    `_FiniteGradient`: the user's own tensors, before any conversion (float32 computed in float64 has finite gradients
+    that overflow only on the way back to float32)."""
+    wrap = lambda t, n: _FiniteGradient.apply(t, n) if isinstance(t, torch.Tensor) and t.requires_grad else t
+    return [wrap(t, n) for t, n in named] if torch.is_grad_enabled() else [t for t, _ in named]
 
 def _slice_distances(X, Y, th, p: float, a=None, b=None, chunk_size=None, unscanned=None) -> torch.Tensor:
     """w_l = W_p(θ_l♯μ, θ_l♯ν) (L,) for checked inputs: the fast Function for equal uniform clouds, else the quantiles.
@@ -721,12 +743,14 @@ def sliced_costs(X, Y, projections, p: float = 2, a=None, b=None, chunk_size: in
     float32 and float64 a cost beyond the dtype's range is inf (W_p^p overflows before W_p does: `sliced_wasserstein`
     never does); half-precision inputs are computed in float32, and a cost beyond the half range raises OverflowError."""
     p = _check_p(p)
+    X, Y, projections = _finite_gradients((X, 'X'), (Y, 'Y'), (projections, 'the projections'))
     scan = a is not None or b is not None                           # weighted: the quantile path, which needs the scan
     X, Y, out = _check_clouds(X, Y, scan=scan)
     th = _check_projections(projections, X.shape[1], X)
     a = _check_weights(a, X.shape[0], 'a', X); b = _check_weights(b, Y.shape[0], 'b', X)
     _check_size(th.shape[1], 'projections', 'a vector of costs')
-    return _to_out(_slice_distances(X, Y, th, p, a, b, chunk_size, unscanned=None if scan else ('X', 'Y')).pow(p), out)
+    c = _slice_distances(X, Y, th, p, a, b, chunk_size, unscanned=None if scan else ('X', 'Y')).pow(p)
+    return c.to(out) if out in (torch.float32, torch.float64) else _to_out(c, out)    # float32 computed in float64: inf
 
 # %% ../nbs/04_sliced_wasserstein.ipynb #lib-sw
 def sliced_wasserstein(X, Y, p: float = 2, n_projections: int = 128, projections=None, a=None, b=None, seed=None,
@@ -739,6 +763,7 @@ def sliced_wasserstein(X, Y, p: float = 2, n_projections: int = 128, projections
     computed in float32). Overflow-safe: the slices' p-th powers are scaled by their maximum; a distance beyond the
     range of X's dtype (half precision: 65504) raises OverflowError instead of returning inf."""
     p = _check_p(p)
+    X, Y, projections = _finite_gradients((X, 'X'), (Y, 'Y'), (projections, 'the projections'))
     scan = a is not None or b is not None                           # weighted: the quantile path, which needs the scan
     X, Y, out = _check_clouds(X, Y, scan=scan)
     if projections is None:

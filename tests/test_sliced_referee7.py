@@ -1,0 +1,71 @@
+"""Referee ch4i's findings (changes since 2c9fad4), each a test: the p = 2 gradient at large scale (n·W overflowed and
+the gradient became 0 without an error), gradient overflow refused on both paths, `sliced_costs` returning inf in
+float32 as documented, and the input conversions (reversed NumPy views; a value beyond the dtype it is converted to)."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from geobook.core import as_tensor
+from geobook.sliced import sliced_wasserstein, sliced_costs, sample_projections
+
+
+@pytest.mark.parametrize('dtype, scale, n', [(torch.float32, 1e36, 1000), (torch.float64, 1e304, 20_000),
+                                             (torch.float64, 1e305, 1000)])
+@pytest.mark.parametrize('p', [1, 2, 3])
+def test_gradient_is_scale_invariant(dtype, scale, n, p):
+    "SW is 1-homogeneous, so its gradient in X is 0-homogeneous: the same at scale s as at scale 1 (once 0 at p = 2)."
+    g = torch.Generator().manual_seed(0)
+    X0 = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    Y0 = torch.randn(n, 3, generator=g, dtype=torch.float64) + 2
+    th = sample_projections(3, 8, seed=0, dtype=dtype)
+    grads = []
+    for s in (1.0, scale):
+        X = (X0 * s).to(dtype).requires_grad_(True)
+        sliced_wasserstein(X, (Y0 * s).to(dtype), p=p, projections=th).backward()
+        grads.append(X.grad.double())
+    ref = grads[0].abs().max().item()
+    assert ref > 0 and (grads[1] - grads[0]).abs().max().item() <= (1e-4 if dtype == torch.float32 else 1e-10) * ref
+
+
+def _overflowing():
+    th = F.normalize(torch.tensor([[0.2], [0.98]]), dim=0).float().requires_grad_()
+    n = 200
+    X = torch.zeros(n, 2); X[:, 0] = 2e38; X[:, 1] = torch.linspace(0, 1, n)
+    Y = X.clone(); Y[:, 0] = -2e38
+    return X, Y, th, n
+
+
+@pytest.mark.parametrize('weighted', [False, True])
+@pytest.mark.parametrize('p', [1, 2])
+def test_overflowing_projection_gradient_raises_on_both_paths(weighted, p):
+    "Forward finite (computed in float64), the gradient in θ past float32: OverflowError, not inf (weighted) or 0 (p = 2)."
+    X, Y, th, n = _overflowing()
+    kw = dict(a=torch.full((n,), 1 / n), b=torch.full((n,), 1 / n)) if weighted else {}
+    r = sliced_wasserstein(X, Y, p=p, projections=th, **kw)
+    assert torch.isfinite(r).all()
+    with pytest.raises(OverflowError, match='gradient with respect to the projections'):
+        torch.autograd.grad(r, th)
+
+
+def test_sliced_costs_float32_beyond_range_is_inf():
+    "The docstring: in float32 and float64 a cost beyond the dtype's range is inf (it raised for one input, not another)."
+    th = torch.tensor([[.6], [.8]])
+    for x0 in (6e37, 1.2e38):
+        X = np.zeros((10, 2), np.float32); X[0] = x0
+        c = sliced_costs(X, np.zeros((10, 2), np.float32), th)
+        assert c.dtype == torch.float32 and torch.isinf(c).all()
+    X = np.zeros((10, 2), np.float16); X[0] = 1000.0      # W² = 1400²/10 > 65504: half precision still refuses
+    with pytest.raises(OverflowError, match='float16'):
+        sliced_costs(X, np.zeros((10, 2), np.float16), th)
+
+
+def test_reversed_view_and_conversion_range():
+    X = np.random.default_rng(0).normal(size=(20, 3))
+    th = sample_projections(3, 16, seed=0)
+    assert sliced_wasserstein(X[::-1], X[::-1].copy(), projections=th).item() == 0.0
+    np.testing.assert_array_equal(as_tensor(X[::-1], 'X').numpy(), X[::-1])
+    with pytest.raises(ValueError, match='`Y` has values beyond the range of torch.float32'):
+        sliced_wasserstein(torch.tensor(X, dtype=torch.float32), np.full((20, 3), 1e39), seed=0)
+    with pytest.raises(ValueError, match='`Y` contains non-finite'):
+        sliced_wasserstein(torch.tensor(X, dtype=torch.float32), np.full((20, 3), np.inf), seed=0)
