@@ -80,6 +80,14 @@ def _version(pkg: str):
     try: return metadata.version(pkg)
     except metadata.PackageNotFoundError: return None
 
+def _numpy_dispatch() -> dict:
+    """Which of NumPy's AVX-512 kernels this process may use, and NPY_DISABLE_CPU_FEATURES: on AMD Zen 4 NumPy's AVX-512
+    sort is slower than its AVX2 sort (a microcoded compress-store), so a sort-bound benchmark depends on it."""
+    try: from numpy._core._multiarray_umath import __cpu_features__ as f
+    except ImportError: return {}
+    return {'X86_V4': f.get('X86_V4'), 'AVX512_SKX': f.get('AVX512_SKX'), 'AVX512_ICL': f.get('AVX512_ICL'),
+            'NPY_DISABLE_CPU_FEATURES': os.environ.get('NPY_DISABLE_CPU_FEATURES')}
+
 def _commit() -> str | None:
     "The project's git commit, with '+changes' when tracked files differ from it (None outside a git checkout)."
     import subprocess
@@ -94,10 +102,11 @@ def _commit() -> str | None:
 def machine_info(packages=('torch', 'numpy', 'numba', 'geobook')) -> dict:
     """The machine a result was measured on: CPU model and the SIMD flags that matter for these kernels, the cores this
     process may use, the load averages (1, 5, 15 min) when the script started and now, versions, date."""
-    cpu, flags = platform.processor(), []
+    cpu, flags, vendor = platform.processor(), [], {}
     try:
         for line in open('/proc/cpuinfo'):
             if line.startswith('model name'): cpu = line.split(':', 1)[1].strip()
+            if line.startswith(('vendor_id', 'cpu family')): vendor.setdefault(line.split(':')[0].strip(), line.split(':', 1)[1].strip())
             if line.startswith('flags'):
                 have = set(line.split(':', 1)[1].split())
                 flags = sorted(f for f in have if f.startswith(('avx', 'fma', 'sse4', 'amx', 'f16c')))
@@ -110,7 +119,8 @@ def machine_info(packages=('torch', 'numpy', 'numba', 'geobook')) -> dict:
             'load_at_end': [round(x, 2) for x in load_now] if load_now else None,
             'python': platform.python_version(), 'platform': platform.platform(),
             'date': datetime.now(timezone.utc).isoformat(timespec='seconds'),
-            'versions': {p: _version(p) for p in packages}, 'commit': _commit()}
+            'versions': {p: _version(p) for p in packages}, 'commit': _commit(), 'cpu_vendor': vendor,
+            'numpy_dispatch': _numpy_dispatch()}
     try:
         import torch
         if torch.cuda.is_available(): info['gpu'] = torch.cuda.get_device_name(0)
