@@ -99,6 +99,8 @@ def _commit() -> str | None:
     except (OSError, subprocess.CalledProcessError): return None
     return head + ('+changes' if dirty else '')
 
+_COMMIT_AT_START = _commit()       # what the results measure: the code as it was when the script started
+
 def machine_info(packages=('torch', 'numpy', 'numba', 'geobook')) -> dict:
     """The machine a result was measured on: CPU model and the SIMD flags that matter for these kernels, the cores this
     process may use, the load averages (1, 5, 15 min) when the script started and now, versions, date."""
@@ -119,7 +121,7 @@ def machine_info(packages=('torch', 'numpy', 'numba', 'geobook')) -> dict:
             'load_at_end': [round(x, 2) for x in load_now] if load_now else None,
             'python': platform.python_version(), 'platform': platform.platform(),
             'date': datetime.now(timezone.utc).isoformat(timespec='seconds'),
-            'versions': {p: _version(p) for p in packages}, 'commit': _commit(), 'cpu_vendor': vendor,
+            'versions': {p: _version(p) for p in packages}, 'commit': _COMMIT_AT_START, 'cpu_vendor': vendor,
             'numpy_dispatch': _numpy_dispatch()}
     try:
         import torch

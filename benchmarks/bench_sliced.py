@@ -163,6 +163,7 @@ def main(argv=None):
     ap.add_argument('--no-pot', action='store_true', help='skip POT')
     ap.add_argument('--conditions', default='quiet,loaded', help="comma-separated: 'quiet', 'loaded' (default both)")
     ap.add_argument('--hog', type=int, default=None, help='busy processes for the loaded condition (default: usable cores)')
+    ap.add_argument('--name', default='sliced', help="results file benchmarks/results/<name>.json (default 'sliced')")
     args = ap.parse_args(argv)
     grid = QUICK if args.quick else FULL
     conditions = [c.strip() for c in args.conditions.split(',') if c.strip()]
@@ -184,7 +185,7 @@ def main(argv=None):
     print(f"goal (>= {GOAL_POT:g}x POT, <= {GOAL_NAIVE:g}x the naive single-threaded sort): "
           + ('met on every compared row' if not goals else f'missed on {goals}')
           + (f'; not compared (neither POT nor the naive sort measured): {bare}' if bare else ''))
-    write_results('sliced', rows, packages=('torch', 'numpy', 'pot', 'geobook'),
+    write_results(args.name, rows, packages=('torch', 'numpy', 'pot', 'geobook'),
                   grid='quick' if args.quick else 'full', conditions=conditions, condition_loads=loads,
                   hog_processes=hog if 'loaded' in conditions else 0, threads={'torch': torch.get_num_threads()},
                   goal={'speedup_vs_pot_at_least': GOAL_POT, 'ratio_vs_naive_at_most': GOAL_NAIVE},
