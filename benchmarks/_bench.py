@@ -89,14 +89,16 @@ def _numpy_dispatch() -> dict:
             'NPY_DISABLE_CPU_FEATURES': os.environ.get('NPY_DISABLE_CPU_FEATURES')}
 
 def _commit() -> str | None:
-    "The project's git commit, with '+changes' when tracked files differ from it (None outside a git checkout)."
+    """The project's git commit, with '+changes' when its code (geobook/, benchmarks/ but not their results, untracked
+    files included) differs from it; None outside a git checkout."""
     import subprocess
     root = Path(__file__).resolve().parents[1]
     try:
-        head = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=root, capture_output=True,
-                               text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError): return None
+        head = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=root, capture_output=True, text=True, check=True,
+                              timeout=30).stdout.strip()
+        dirty = subprocess.run(['git', 'status', '--porcelain', '--', 'geobook', 'benchmarks', ':(exclude)benchmarks/results'],
+                               cwd=root, capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError): return None
     return head + ('+changes' if dirty else '')
 
 _COMMIT_AT_START = _commit()       # what the results measure: the code as it was when the script started

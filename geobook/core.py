@@ -35,15 +35,18 @@ def as_tensor(x, name: str, *, ndim: int | Sequence[int] | None = None, dtype: t
     if not isinstance(name, str) or not name: raise TypeError(f"`name` must be the argument's name (a non-empty str), got {name!r}")
     if isinstance(x, torch.Tensor): t = x
     elif isinstance(x, (np.ndarray, list, tuple, int, float, np.number)):
-        a = np.asarray(x)
-        if any(s < 0 for s in a.strides): a = np.ascontiguousarray(a)   # torch refuses negative strides (x[::-1])
-        try: t = torch.as_tensor(a)
+        try:
+            a = np.asarray(x)
+            if any(s < 0 for s in a.strides): a = np.ascontiguousarray(a)   # torch refuses negative strides (x[::-1])
+            t = torch.as_tensor(a)
         except (TypeError, ValueError) as e: raise TypeError(f"`{name}` must be numeric, could not convert it: {e}") from None
     else: raise TypeError(f"`{name}` must be a torch tensor or a numpy array, got {type(x).__name__}")
     if t.dtype == torch.bool or t.is_complex(): raise TypeError(f"`{name}` must be real-valued, got dtype {t.dtype}")
     if dtype is not None:
         r = t.to(dtype)
-        if (t.is_floating_point() and dtype.is_floating_point and torch.finfo(dtype).max < torch.finfo(t.dtype).max
+        src_max = (torch.finfo(t.dtype).max if t.is_floating_point() else
+                   torch.iinfo(t.dtype).max if not t.is_complex() and t.dtype != torch.bool else 0)
+        if (dtype.is_floating_point and torch.finfo(dtype).max < src_max
                 and not all_finite(r) and bool((torch.isfinite(t) & ~torch.isfinite(r)).any())):
             raise ValueError(f"`{name}` has values beyond the range of {dtype} (largest {torch.finfo(dtype).max:.4g}), "
                              f"the dtype it is converted to")

@@ -13,6 +13,7 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 from .core import (as_tensor, check_positive, check_int, check_choice, as_generator, progress)
 
 # %% auto #0
@@ -659,6 +660,7 @@ class _SlicedDistances(torch.autograd.Function):
         return w
 
     @staticmethod
+    @once_differentiable                   # a second derivative raises instead of silently vanishing
     def backward(ctx, gw):
         X, Y, theta, w = ctx.saved_tensors
         nX, nY, nT = ctx.needs_input_grad[:3]
@@ -678,7 +680,8 @@ class _SlicedDistances(torch.autograd.Function):
                 if nX: gX += GA.T @ T.T
                 if nY: gY += GB.T @ T.T
                 if nT: gT[:, s:s + c] = X.T @ GA.T + Y.T @ GB.T
-        for g, name in ((gX, 'X'), (gY, 'Y'), (gT, 'the projections')): _check_gradient(g, name)
+        if bool(torch.isfinite(gw).all()):                 # a non-finite gradient from the loss passes through
+            for g, name in ((gX, 'X'), (gY, 'Y'), (gT, 'the projections')): _check_gradient(g, name)
         return (gX if nX else None), (gY if nY else None), (gT if nT else None), None, None, None
 
 # %% ../nbs/04_sliced_wasserstein.ipynb #lib-costs
@@ -697,23 +700,43 @@ def _check_gradient(g, name: str):
                             f"(SW is homogeneous: SW(X/s, Y/s) = SW(X, Y)/s)")
 
 class _FiniteGradient(torch.autograd.Function):
-    "The identity, whose backward refuses a non-finite gradient (`_check_gradient`): the quantile path's counterpart of the fast path's check."
+    """The identity on an input, whose backward refuses a non-finite gradient (`_check_gradient`) unless the gradient
+    that reached the result was already non-finite (`watch`, set by `_IncomingGradient`): an inf from the loss, as a
+    GradScaler produces on purpose, passes through; only an overflow inside the distance raises."""
     @staticmethod
-    def forward(ctx, t, name):
-        ctx.name = name
+    def forward(ctx, t, name, watch):
+        ctx.name, ctx.watch = name, watch
         return t.view_as(t)
 
     @staticmethod
     def backward(ctx, g):
-        _check_gradient(g, ctx.name)
+        if ctx.watch.get('finite', True): _check_gradient(g, ctx.name)
+        return g, None, None
+
+class _IncomingGradient(torch.autograd.Function):
+    "The identity on a result, recording in `watch` whether the gradient that reaches it is finite."
+    @staticmethod
+    def forward(ctx, t, watch):
+        ctx.watch = watch
+        return t.view_as(t)
+
+    @staticmethod
+    def backward(ctx, g):
+        ctx.watch['finite'] = bool(torch.isfinite(g).all())
         return g, None
 
 def _finite_gradients(*named):
     """The arguments of (argument, name) pairs, each torch tensor that autograd will differentiate wrapped in
-    `_FiniteGradient`: the user's own tensors, before any conversion (float32 computed in float64 has finite gradients
-    that overflow only on the way back to float32)."""
-    wrap = lambda t, n: _FiniteGradient.apply(t, n) if isinstance(t, torch.Tensor) and t.requires_grad else t
-    return [wrap(t, n) for t, n in named] if torch.is_grad_enabled() else [t for t, _ in named]
+    `_FiniteGradient` (the user's own tensors, before any conversion: float32 computed in float64 has finite gradients
+    that overflow only on the way back to float32), and the `watch` that `_watched` attaches to the result."""
+    watch = {}
+    if not torch.is_grad_enabled(): return [t for t, _ in named], watch
+    wrap = lambda t, n: _FiniteGradient.apply(t, n, watch) if isinstance(t, torch.Tensor) and t.requires_grad else t
+    return [wrap(t, n) for t, n in named], watch
+
+def _watched(result: torch.Tensor, watch: dict) -> torch.Tensor:
+    "The result, through `_IncomingGradient` when autograd will differentiate it."
+    return _IncomingGradient.apply(result, watch) if result.requires_grad else result
 
 def _slice_distances(X, Y, th, p: float, a=None, b=None, chunk_size=None, unscanned=None) -> torch.Tensor:
     """w_l = W_p(θ_l♯μ, θ_l♯ν) (L,) for checked inputs: the fast Function for equal uniform clouds, else the quantiles.
@@ -743,14 +766,15 @@ def sliced_costs(X, Y, projections, p: float = 2, a=None, b=None, chunk_size: in
     float32 and float64 a cost beyond the dtype's range is inf (W_p^p overflows before W_p does: `sliced_wasserstein`
     never does); half-precision inputs are computed in float32, and a cost beyond the half range raises OverflowError."""
     p = _check_p(p)
-    X, Y, projections = _finite_gradients((X, 'X'), (Y, 'Y'), (projections, 'the projections'))
+    (X, Y, projections), watch = _finite_gradients((X, 'X'), (Y, 'Y'), (projections, 'the projections'))
     scan = a is not None or b is not None                           # weighted: the quantile path, which needs the scan
     X, Y, out = _check_clouds(X, Y, scan=scan)
     th = _check_projections(projections, X.shape[1], X)
     a = _check_weights(a, X.shape[0], 'a', X); b = _check_weights(b, Y.shape[0], 'b', X)
     _check_size(th.shape[1], 'projections', 'a vector of costs')
-    c = _slice_distances(X, Y, th, p, a, b, chunk_size, unscanned=None if scan else ('X', 'Y')).pow(p)
-    return c.to(out) if out in (torch.float32, torch.float64) else _to_out(c, out)    # float32 computed in float64: inf
+    w = _slice_distances(X, Y, th, p, a, b, chunk_size, unscanned=None if scan else ('X', 'Y'))
+    if out in (torch.float32, torch.float64): return _watched(w.pow(p).to(out), watch)   # beyond range: inf
+    return _watched(_to_out(w.double().pow(p), out), watch)          # half precision: a cost beyond its range raises
 
 # %% ../nbs/04_sliced_wasserstein.ipynb #lib-sw
 def sliced_wasserstein(X, Y, p: float = 2, n_projections: int = 128, projections=None, a=None, b=None, seed=None,
@@ -763,14 +787,14 @@ def sliced_wasserstein(X, Y, p: float = 2, n_projections: int = 128, projections
     computed in float32). Overflow-safe: the slices' p-th powers are scaled by their maximum; a distance beyond the
     range of X's dtype (half precision: 65504) raises OverflowError instead of returning inf."""
     p = _check_p(p)
-    X, Y, projections = _finite_gradients((X, 'X'), (Y, 'Y'), (projections, 'the projections'))
+    (X, Y, projections), watch = _finite_gradients((X, 'X'), (Y, 'Y'), (projections, 'the projections'))
     scan = a is not None or b is not None                           # weighted: the quantile path, which needs the scan
     X, Y, out = _check_clouds(X, Y, scan=scan)
     if projections is None:
         projections = sample_projections(X.shape[1], n_projections, sampler, seed, dtype=X.dtype, device=X.device)
     th = _check_projections(projections, X.shape[1], X)
     a = _check_weights(a, X.shape[0], 'a', X); b = _check_weights(b, Y.shape[0], 'b', X)
-    return _to_out(_power_mean(_slice_distances(X, Y, th, p, a, b, chunk_size, unscanned=None if scan else ('X', 'Y')), p), out)
+    return _watched(_to_out(_power_mean(_slice_distances(X, Y, th, p, a, b, chunk_size, unscanned=None if scan else ('X', 'Y')), p), out), watch)
 
 # %% ../nbs/04_sliced_wasserstein.ipynb #lib-maxsw
 def _unit(v: torch.Tensor, dim: int = 0) -> torch.Tensor:

@@ -69,3 +69,53 @@ def test_reversed_view_and_conversion_range():
         sliced_wasserstein(torch.tensor(X, dtype=torch.float32), np.full((20, 3), 1e39), seed=0)
     with pytest.raises(ValueError, match='`Y` contains non-finite'):
         sliced_wasserstein(torch.tensor(X, dtype=torch.float32), np.full((20, 3), np.inf), seed=0)
+
+
+# Referee ch4j (helper-58, snapshot 1717fd4)
+
+@pytest.mark.parametrize('weighted', [False, True])
+@pytest.mark.parametrize('bad', [float('nan'), float('inf')])
+def test_non_finite_gradient_from_the_loss_passes_through(weighted, bad):
+    "An inf or NaN arriving from the loss (a GradScaler's overflow) is not blamed on X: it passes through unchanged."
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(30, 3, generator=g, dtype=torch.float64).requires_grad_(True)
+    Y = torch.randn(30, 3, generator=g, dtype=torch.float64)
+    kw = dict(a=torch.full((30,), 1 / 30, dtype=torch.float64)) if weighted else {}
+    (sliced_wasserstein(X, Y, projections=sample_projections(3, 16, seed=0), **kw) * bad).backward()
+    assert not torch.isfinite(X.grad).all()
+
+
+def test_gradscaler_skips_the_step_instead_of_raising():
+    "Mixed precision: the scaler sees the inf, skips the step and halves its scale (it raised OverflowError)."
+    g = torch.Generator().manual_seed(0)
+    lin = torch.nn.Linear(4, 2)
+    x = torch.randn(64, 4, generator=g)
+    prior = torch.randn(40, 2, generator=g)
+    opt = torch.optim.SGD(lin.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler('cpu', init_scale=2.0 ** 16)
+    with torch.autocast('cpu', dtype=torch.float16):
+        loss = sliced_wasserstein(lin(x), prior.half(), n_projections=16, seed=0,
+                                  a=torch.full((64,), 1 / 64))
+    scaler.scale(loss * 1e4).backward()
+    scaler.step(opt); scaler.update()
+    assert scaler.get_scale() == 2.0 ** 15
+
+
+def test_half_precision_costs_beyond_range_raise():
+    "bfloat16 costs beyond bfloat16's range raise as float16's do (they came out inf: squared in float32 first)."
+    g = torch.Generator().manual_seed(0)
+    X0, Y0 = torch.randn(20, 3, generator=g), torch.randn(20, 3, generator=g) + 1
+    T = sample_projections(3, 4, seed=0)
+    for kw in ({}, dict(a=torch.full((20,), 1 / 20))):
+        with pytest.raises(OverflowError, match='bfloat16'):
+            sliced_costs((X0 * 1e20).bfloat16(), (Y0 * 1e20).bfloat16(), T.bfloat16(), **kw)
+
+
+def test_second_derivative_on_the_fast_path_raises():
+    "Equal sizes: a gradient penalty through the custom backward raised nothing and vanished; now it raises."
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(20, 3, generator=g, dtype=torch.float64).requires_grad_(True)
+    Y = torch.randn(20, 3, generator=g, dtype=torch.float64)
+    gX, = torch.autograd.grad(sliced_wasserstein(X, Y, projections=sample_projections(3, 8, seed=0)), X, create_graph=True)
+    with pytest.raises(RuntimeError, match='once_differentiable'):
+        gX.pow(2).sum().backward()
