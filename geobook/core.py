@@ -39,7 +39,8 @@ def as_tensor(x, name: str, *, ndim: int | Sequence[int] | None = None, dtype: t
             a = np.asarray(x)
             if any(s < 0 for s in a.strides): a = np.ascontiguousarray(a)   # torch refuses negative strides (x[::-1])
             t = torch.as_tensor(a)
-        except (TypeError, ValueError) as e: raise TypeError(f"`{name}` must be numeric, could not convert it: {e}") from None
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise TypeError(f"`{name}` must be numeric, could not convert it: {e}") from None
     else: raise TypeError(f"`{name}` must be a torch tensor or a numpy array, got {type(x).__name__}")
     if t.dtype == torch.bool or t.is_complex(): raise TypeError(f"`{name}` must be real-valued, got dtype {t.dtype}")
     if dtype is not None:

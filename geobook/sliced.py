@@ -702,7 +702,9 @@ def _check_gradient(g, name: str):
 class _FiniteGradient(torch.autograd.Function):
     """The identity on an input, whose backward refuses a non-finite gradient (`_check_gradient`) unless the gradient
     that reached the result was already non-finite (`watch`, set by `_IncomingGradient`): an inf from the loss, as a
-    GradScaler produces on purpose, passes through; only an overflow inside the distance raises."""
+    GradScaler produces on purpose, passes through; only an overflow inside the distance raises. Half-precision inputs
+    always pass through: their gradients overflow when a GradScaler's scale is too large, and the scaler then skips the
+    step. (One `watch` per call: threads running backward through the same result at once can confuse it.)"""
     @staticmethod
     def forward(ctx, t, name, watch):
         ctx.name, ctx.watch = name, watch
@@ -710,7 +712,7 @@ class _FiniteGradient(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
-        if ctx.watch.get('finite', True): _check_gradient(g, ctx.name)
+        if ctx.watch.get('finite', True) and g.dtype not in (torch.float16, torch.bfloat16): _check_gradient(g, ctx.name)
         return g, None, None
 
 class _IncomingGradient(torch.autograd.Function):
@@ -718,7 +720,7 @@ class _IncomingGradient(torch.autograd.Function):
     @staticmethod
     def forward(ctx, t, watch):
         ctx.watch = watch
-        return t.view_as(t)
+        return t.clone()                          # not a view: the result may be changed in place (loss += reg)
 
     @staticmethod
     def backward(ctx, g):
@@ -783,7 +785,8 @@ def sliced_wasserstein(X, Y, p: float = 2, n_projections: int = 128, projections
 
     Directions: `projections` (d, L) with unit columns when given, else `n_projections` drawn by `sampler`
     ('gaussian', 'orthogonal', 'qmc') from `seed` (None: fresh entropy; int or Generator: reproducible). `a` (n,),
-    `b` (m,): probability weights (None: uniform). Differentiable; on X's device, in X's dtype (half precision is
+    `b` (m,): probability weights (None: uniform). Differentiable (twice on the quantile path; the equal-size path's
+    custom backward refuses a second derivative); on X's device, in X's dtype (half precision is
     computed in float32). Overflow-safe: the slices' p-th powers are scaled by their maximum; a distance beyond the
     range of X's dtype (half precision: 65504) raises OverflowError instead of returning inf."""
     p = _check_p(p)

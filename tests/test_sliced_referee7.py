@@ -119,3 +119,45 @@ def test_second_derivative_on_the_fast_path_raises():
     gX, = torch.autograd.grad(sliced_wasserstein(X, Y, projections=sample_projections(3, 8, seed=0)), X, create_graph=True)
     with pytest.raises(RuntimeError, match='once_differentiable'):
         gX.pow(2).sum().backward()
+
+
+# Referee ch4k (helper-59, snapshot c6646f0)
+
+@pytest.mark.parametrize('weighted', [False, True])
+def test_result_can_be_changed_in_place(weighted):
+    "loss += reg on the result (the wrapper once returned a view, which torch forbids modifying in place)."
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(30, 3, generator=g, dtype=torch.float64).requires_grad_(True)
+    Y = torch.randn(30, 3, generator=g, dtype=torch.float64)
+    th = sample_projections(3, 16, seed=0)
+    kw = dict(a=torch.full((30,), 1 / 30, dtype=torch.float64)) if weighted else {}
+    ref = torch.autograd.grad(sliced_wasserstein(X, Y, projections=th, **kw), X)[0]
+    loss = sliced_wasserstein(X, Y, projections=th, **kw)
+    loss += 1.0
+    loss.backward()
+    assert torch.equal(X.grad, ref)
+    c = sliced_costs(X, Y, th, **kw)
+    c[0] = 0
+    c.sum().backward()
+
+
+@pytest.mark.parametrize('weighted', [False, True])
+def test_half_precision_costs_under_a_gradscaler(weighted):
+    "Half-precision gradients that overflow only when cast back pass through as inf: the scaler skips the step."
+    g = torch.Generator().manual_seed(0)
+    lin = torch.nn.Linear(4, 2)
+    x = torch.randn(64, 4, generator=g)
+    prior = torch.randn(64, 2, generator=g) + 60
+    opt = torch.optim.SGD(lin.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler('cpu', init_scale=2.0 ** 14)
+    kw = dict(a=torch.full((64,), 1 / 64)) if weighted else {}
+    with torch.autocast('cpu', dtype=torch.float16):
+        loss = sliced_costs(lin(x), prior.half(), sample_projections(2, 8, seed=0), **kw).float().mean()
+    scaler.scale(loss).backward()
+    scaler.step(opt); scaler.update()
+    assert scaler.get_scale() == 2.0 ** 13
+
+
+def test_list_of_tensors_names_the_argument():
+    with pytest.raises(TypeError, match='`X` must be numeric'):
+        as_tensor([torch.ones(2, requires_grad=True)], 'X')
