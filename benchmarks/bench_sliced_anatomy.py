@@ -7,7 +7,9 @@ At (n, d, L) = (1e4, 64, 50), the grid row of benchmarks/bench_sliced.py with th
     all threads of this process), 25 calls;
   - the work any project-and-sort method does, on one thread (BLAS limited by threadpoolctl): the two projections
     θᵀXᵀ, θᵀYᵀ into preallocated arrays, and the two row sorts (each on a copy, in place), medians of 10;
-  - POT `ot.sliced_wasserstein_distance` with BLAS on its default threads and on one thread, wall and CPU, 5 calls each.
+  - POT `ot.sliced_wasserstein_distance` with BLAS on its default threads and on one thread, wall and CPU, 5 calls each;
+  - TRIALS interleaved trials of the grid's comparison (median of 9 calls of ours, then of 3 of POT): POT/ours per
+    trial, so that the ratio's spread under each condition is on record (the grid measures each row once).
 Same data and directions as the grid (seed 0). Writes benchmarks/results/sliced_anatomy.json with the machine, the
 load and NumPy's sort dispatch (set NPY_DISABLE_CPU_FEATURES before running it to compare with an AVX2-sort grid).
 
@@ -26,6 +28,7 @@ from threadpoolctl import threadpool_limits
 from geobook.sliced import sliced_wasserstein, sample_projections, _n_threads
 
 SIZE = (10_000, 64, 50)
+TRIALS = 10
 
 
 def clocks(f, k: int) -> dict:
@@ -56,6 +59,10 @@ def anatomy(condition: str) -> dict:
     pot()
     row['pot'] = clocks(pot, 5)
     with threadpool_limits(1): row['pot_blas_one_thread'] = clocks(pot, 5)
+    row['trials'] = []
+    for _ in range(TRIALS):
+        o, p = clocks(lambda: sliced_wasserstein(X, Y, projections=th), 9), clocks(pot, 3)
+        row['trials'].append({'ours_s': o['wall_s'], 'pot_s': p['wall_s'], 'speedup_vs_pot': p['wall_s'] / o['wall_s']})
     row['work_share_of_ours_cpu'] = (row['projections_one_thread']['wall_s'] + row['sorts_one_thread']['wall_s']) / row['ours']['cpu_s']
     row['load_after'] = [round(x, 2) for x in os.getloadavg()]
     print(f"[{condition}] ours {row['ours']['wall_s'] * 1e3:.1f} ms wall, {row['ours']['cpu_s'] * 1e3:.1f} ms CPU | "
@@ -64,6 +71,9 @@ def anatomy(condition: str) -> dict:
           f"{row['pot']['wall_s'] * 1e3:.0f} ms wall, {row['pot']['cpu_s'] * 1e3:.0f} ms CPU; BLAS on one thread "
           f"{row['pot_blas_one_thread']['wall_s'] * 1e3:.0f} / {row['pot_blas_one_thread']['cpu_s'] * 1e3:.0f} ms | "
           f"load {row['load'][0]}", flush=True)
+    sp = sorted(t['speedup_vs_pot'] for t in row['trials'])
+    print(f"[{condition}] POT/ours over {len(sp)} interleaved trials: {sp[0]:.1f}x to {sp[-1]:.1f}x, median "
+          f"{float(np.median(sp)):.1f}x", flush=True)
     return row
 
 
