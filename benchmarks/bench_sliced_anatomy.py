@@ -6,7 +6,8 @@ At (n, d, L) = (1e4, 64, 50), the grid row of benchmarks/bench_sliced.py with th
   - geobook `sliced_wasserstein(X, Y, projections=θ)`: median wall time and CPU time per call (`time.process_time`:
     all threads of this process), 25 calls;
   - the work any project-and-sort method does, on one thread (BLAS limited by threadpoolctl): the two projections
-    θᵀXᵀ, θᵀYᵀ into preallocated arrays, and the two row sorts (each on a copy, in place), medians of 10;
+    θᵀXᵀ, θᵀYᵀ into preallocated arrays, and the two row sorts (each on a copy, in place), medians of 10 (their CPU
+    time over ours is `work_share_of_ours_cpu`: CPU, not wall, time, which a loaded machine stretches);
   - POT `ot.sliced_wasserstein_distance` with BLAS on its default threads and on one thread, wall and CPU, 5 calls each;
   - TRIALS interleaved trials of the grid's comparison (median of 9 calls of ours, then of 3 of POT): POT/ours per
     trial, so that the ratio's spread under each condition is on record (the grid measures each row once).
@@ -63,11 +64,11 @@ def anatomy(condition: str) -> dict:
     for _ in range(TRIALS):
         o, p = clocks(lambda: sliced_wasserstein(X, Y, projections=th), 9), clocks(pot, 3)
         row['trials'].append({'ours_s': o['wall_s'], 'pot_s': p['wall_s'], 'speedup_vs_pot': p['wall_s'] / o['wall_s']})
-    row['work_share_of_ours_cpu'] = (row['projections_one_thread']['wall_s'] + row['sorts_one_thread']['wall_s']) / row['ours']['cpu_s']
+    row['work_share_of_ours_cpu'] = (row['projections_one_thread']['cpu_s'] + row['sorts_one_thread']['cpu_s']) / row['ours']['cpu_s']
     row['load_after'] = [round(x, 2) for x in os.getloadavg()]
     print(f"[{condition}] ours {row['ours']['wall_s'] * 1e3:.1f} ms wall, {row['ours']['cpu_s'] * 1e3:.1f} ms CPU | "
-          f"one thread: projections {row['projections_one_thread']['wall_s'] * 1e3:.1f} ms, sorts "
-          f"{row['sorts_one_thread']['wall_s'] * 1e3:.1f} ms ({row['work_share_of_ours_cpu']:.0%} of our CPU) | POT "
+          f"one thread (CPU time): projections {row['projections_one_thread']['cpu_s'] * 1e3:.1f} ms, sorts "
+          f"{row['sorts_one_thread']['cpu_s'] * 1e3:.1f} ms ({row['work_share_of_ours_cpu']:.0%} of our CPU) | POT "
           f"{row['pot']['wall_s'] * 1e3:.0f} ms wall, {row['pot']['cpu_s'] * 1e3:.0f} ms CPU; BLAS on one thread "
           f"{row['pot_blas_one_thread']['wall_s'] * 1e3:.0f} / {row['pot_blas_one_thread']['cpu_s'] * 1e3:.0f} ms | "
           f"load {row['load'][0]}", flush=True)
