@@ -115,7 +115,7 @@ _LOG2E = 1.4426950408889634                # log₂ e: eˣ = 2^(x·log₂ e)
 _NEG = float(np.finfo(np.float32).min)     # −FLT_MAX: finite stand-in for −∞ (fastmath assumes no infinities)
 _SCORE_MAX = float(np.finfo(np.float32).max) / 4   # |τ q·k| bound: a difference of two scores stays finite
 _LN2 = math.log(2.0)                       # ln 2 = 1/log₂ e
-_BQ_CPU, _BK_CPU = 128, 128
+_BQ_CPU, _BK_CPU = 256, 128                # query rows per work item, keys per tile
 
 @njit(inline='always', fastmath=True)
 def _exp2_row(s, p, eb, r, jl, mx, w):
@@ -240,73 +240,97 @@ def _flash_fwd_cpu(q, k, v, scale, causal, off, o, mrow, lrow, w0, nw):
 
 # %% ../nbs/05_fused_attention.ipynb #f463ef05
 @njit(nogil=True, fastmath=True, cache=True)
-def _flash_bwd_dkdv_cpu(q, k, v, do, mrow, lrow, delta, scale, causal, off, dk, dv, w0, nw):
-    """dK, dV for one (batch·head, key block) per work item: dV = Pᵀ dO, dK = τ dSᵀ Q, P = 2^((S − m) − log₂ ℓ)
-    recomputed with S bit-identical to the forward's (τ·log₂e folded into Q, the same loops)."""
+def _flash_bwd_dkdv_cpu(q, k, v, do, mrow, lrow, delta, scale, causal, off, dk, dv, dq, fused, w0, nw):
+    """dK, dV per (batch·head, key block): dV = Pᵀ dO, dK = τ dSᵀ Q, P = 2^((S − m) − log₂ ℓ) recomputed with S
+    bit-identical to the forward's (τ·log₂e folded into Q, the same loops). `fused`: one work item per batch·head, its
+    key blocks in order, and dQ = τ dS K accumulated from the same dS into dq (not recomputed by `_flash_bwd_dq_cpu`):
+    five tile products instead of seven, and the same bits: query rows are taken in the groups of four of
+    `_flash_bwd_dq_cpu` (aligned to multiples of 4), so every sum runs over the same terms in the same order."""
     BH, Nq, D = q.shape
     Nk = k.shape[1]
     nkb = (Nk + _BK_CPU - 1) // _BK_CPU
     c = np.float32(scale * _LOG2E)
-    for t in range(w0, BH * nkb, nw):
-        bh = t // nkb
-        k0 = (t % nkb) * _BK_CPU
-        nc = min(_BK_CPU, Nk - k0)
-        kt = np.zeros((D + 3, _BK_CPU), np.float32)
-        vt = np.zeros((D + 3, _BK_CPU), np.float32)
-        _load_kv_tile(k, v, bh, k0, nc, np.float32(1.0), kt, vt)    # Kᵀ, Vᵀ
-        dka = np.zeros((_BK_CPU, D), np.float32)
-        dva = np.zeros((_BK_CPU, D), np.float32)
-        s = np.empty((4, _BK_CPU), np.float32)
-        dp = np.empty((4, _BK_CPU), np.float32)
-        p = np.empty((4, _BK_CPU), np.float32)
-        eb = np.empty(_BK_CPU, np.int32)
-        qr = np.zeros((4, D + 3), np.float32)
-        gr = np.zeros((4, D + 3), np.float32)
-        jlr = np.empty(4, np.int64)
-        i0 = max(0, k0 - off) if causal else 0
-        for g0 in range(i0, Nq, 4):
-            jmax = _row_key_limits(jlr, g0, Nq, nc, causal, off, k0)
-            for r in range(4):
-                i = g0 + r
-                for d in range(D):
-                    qr[r, d] = q[bh, i, d] * c if jlr[r] > 0 else np.float32(0.0)   # q·τ·log₂e, as in the forward
-                    gr[r, d] = do[bh, i, d] if jlr[r] > 0 else np.float32(0.0)
-            if jmax <= 0:
-                continue
-            for r in range(4):
+    kt = np.zeros((D + 3, _BK_CPU), np.float32)
+    vt = np.zeros((D + 3, _BK_CPU), np.float32)
+    dka = np.empty((_BK_CPU, D), np.float32)
+    dva = np.empty((_BK_CPU, D), np.float32)
+    s = np.empty((4, _BK_CPU), np.float32)
+    dp = np.empty((4, _BK_CPU), np.float32)
+    p = np.empty((4, _BK_CPU), np.float32)
+    eb = np.empty(_BK_CPU, np.int32)
+    qr = np.zeros((4, D + 3), np.float32)
+    gr = np.zeros((4, D + 3), np.float32)
+    jlr = np.empty(4, np.int64)
+    for t in range(w0, BH if fused else BH * nkb, nw):
+        bh = t if fused else t // nkb
+        kb0 = 0 if fused else t % nkb
+        if fused:
+            dq[bh] = 0.0
+        for kb in range(kb0, nkb if fused else kb0 + 1):
+            k0 = kb * _BK_CPU
+            nc = min(_BK_CPU, Nk - k0)
+            _load_kv_tile(k, v, bh, k0, nc, np.float32(1.0), kt, vt)    # Kᵀ, Vᵀ
+            dka[:] = 0.0
+            dva[:] = 0.0
+            i0 = max(0, k0 - off) // 4 * 4 if causal else 0           # groups of 4 rows aligned as in dQ's kernel
+            for g0 in range(i0, Nq, 4):
+                jmax = _row_key_limits(jlr, g0, Nq, nc, causal, off, k0)
+                for r in range(4):
+                    i = g0 + r
+                    for d in range(D):
+                        qr[r, d] = q[bh, i, d] * c if jlr[r] > 0 else np.float32(0.0)   # q·τ·log₂e, as in the forward
+                        gr[r, d] = do[bh, i, d] if jlr[r] > 0 else np.float32(0.0)
+                if jmax <= 0:
+                    continue
+                for r in range(4):
+                    for j in range(jmax):
+                        s[r, j] = 0.0; dp[r, j] = 0.0
+                for d0 in range(0, D, 4):
+                    for j in range(jmax):
+                        x0 = s[0, j]; x1 = s[1, j]; x2 = s[2, j]; x3 = s[3, j]
+                        y0 = dp[0, j]; y1 = dp[1, j]; y2 = dp[2, j]; y3 = dp[3, j]
+                        for dd in range(4):
+                            kd = kt[d0 + dd, j]; vd = vt[d0 + dd, j]
+                            x0 += qr[0, d0 + dd] * kd; x1 += qr[1, d0 + dd] * kd
+                            x2 += qr[2, d0 + dd] * kd; x3 += qr[3, d0 + dd] * kd
+                            y0 += gr[0, d0 + dd] * vd; y1 += gr[1, d0 + dd] * vd
+                            y2 += gr[2, d0 + dd] * vd; y3 += gr[3, d0 + dd] * vd
+                        s[0, j] = x0; s[1, j] = x1; s[2, j] = x2; s[3, j] = x3   # S = τ·Q Kᵀ
+                        dp[0, j] = y0; dp[1, j] = y1; dp[2, j] = y2; dp[3, j] = y3   # dP = dO Vᵀ
+                for r in range(4):
+                    jl = jlr[r]
+                    if jl > 0:
+                        _exp2_row(s, p, eb, r, jl, mrow[bh, g0 + r], np.exp2(-lrow[bh, g0 + r]))   # P = 2^(S − m)/ℓ
+                        di = delta[bh, g0 + r]
+                        for j in range(jl):
+                            dp[r, j] = p[r, j] * (dp[r, j] - di)              # dS = P∘(dP − Δ), in place
+                    for j in range(max(jl, 0), jmax):
+                        p[r, j] = 0.0; dp[r, j] = 0.0
                 for j in range(jmax):
-                    s[r, j] = 0.0; dp[r, j] = 0.0
-            for d0 in range(0, D, 4):
-                for j in range(jmax):
-                    x0 = s[0, j]; x1 = s[1, j]; x2 = s[2, j]; x3 = s[3, j]
-                    y0 = dp[0, j]; y1 = dp[1, j]; y2 = dp[2, j]; y3 = dp[3, j]
-                    for dd in range(4):
-                        kd = kt[d0 + dd, j]; vd = vt[d0 + dd, j]
-                        x0 += qr[0, d0 + dd] * kd; x1 += qr[1, d0 + dd] * kd
-                        x2 += qr[2, d0 + dd] * kd; x3 += qr[3, d0 + dd] * kd
-                        y0 += gr[0, d0 + dd] * vd; y1 += gr[1, d0 + dd] * vd
-                        y2 += gr[2, d0 + dd] * vd; y3 += gr[3, d0 + dd] * vd
-                    s[0, j] = x0; s[1, j] = x1; s[2, j] = x2; s[3, j] = x3   # S = τ·Q Kᵀ
-                    dp[0, j] = y0; dp[1, j] = y1; dp[2, j] = y2; dp[3, j] = y3   # dP = dO Vᵀ
-            for r in range(4):
-                jl = jlr[r]
-                if jl > 0:
-                    _exp2_row(s, p, eb, r, jl, mrow[bh, g0 + r], np.exp2(-lrow[bh, g0 + r]))   # P = 2^(S − m)/ℓ
-                    di = delta[bh, g0 + r]
-                    for j in range(jl):
-                        dp[r, j] = p[r, j] * (dp[r, j] - di)              # dS = P∘(dP − Δ), in place
-                for j in range(max(jl, 0), jmax):
-                    p[r, j] = 0.0; dp[r, j] = 0.0
-            for j in range(jmax):
-                p0 = p[0, j]; p1 = p[1, j]; p2 = p[2, j]; p3 = p[3, j]
-                e0 = dp[0, j]; e1 = dp[1, j]; e2 = dp[2, j]; e3 = dp[3, j]
+                    p0 = p[0, j]; p1 = p[1, j]; p2 = p[2, j]; p3 = p[3, j]
+                    e0 = dp[0, j]; e1 = dp[1, j]; e2 = dp[2, j]; e3 = dp[3, j]
+                    for d in range(D):
+                        dva[j, d] += p0 * gr[0, d] + p1 * gr[1, d] + p2 * gr[2, d] + p3 * gr[3, d]   # dV += Pᵀ dO
+                        dka[j, d] += e0 * qr[0, d] + e1 * qr[1, d] + e2 * qr[2, d] + e3 * qr[3, d]   # dK += dSᵀ Q·τ log₂e
+                if fused:
+                    nr = min(4, Nq - g0)
+                    for d in range(D):
+                        x0 = np.float32(0.0); x1 = np.float32(0.0); x2 = np.float32(0.0); x3 = np.float32(0.0)
+                        for j in range(jmax):
+                            kd = kt[d, j]
+                            x0 += dp[0, j] * kd; x1 += dp[1, j] * kd; x2 += dp[2, j] * kd; x3 += dp[3, j] * kd
+                        dq[bh, g0, d] += x0                                      # dQ += dS K (this key block)
+                        if nr > 1: dq[bh, g0 + 1, d] += x1
+                        if nr > 2: dq[bh, g0 + 2, d] += x2
+                        if nr > 3: dq[bh, g0 + 3, d] += x3
+            for j in range(nc):
                 for d in range(D):
-                    dva[j, d] += p0 * gr[0, d] + p1 * gr[1, d] + p2 * gr[2, d] + p3 * gr[3, d]   # dV += Pᵀ dO
-                    dka[j, d] += e0 * qr[0, d] + e1 * qr[1, d] + e2 * qr[2, d] + e3 * qr[3, d]   # dK += dSᵀ Q·τ log₂e
-        for j in range(nc):
-            for d in range(D):
-                dk[bh, k0 + j, d] = dka[j, d] * np.float32(_LN2)       # dK = τ·dSᵀ Q = ln 2·dSᵀ (Q·τ log₂e)
-                dv[bh, k0 + j, d] = dva[j, d]
+                    dk[bh, k0 + j, d] = dka[j, d] * np.float32(_LN2)       # dK = τ·dSᵀ Q = ln 2·dSᵀ (Q·τ log₂e)
+                    dv[bh, k0 + j, d] = dva[j, d]
+        if fused:
+            for i in range(Nq):
+                for d in range(D):
+                    dq[bh, i, d] *= scale                                  # dQ = τ·dS K
 
 @njit(nogil=True, fastmath=True, cache=True)
 def _flash_bwd_dq_cpu(q, k, v, do, mrow, lrow, delta, scale, causal, off, dq, w0, nw):
@@ -2146,6 +2170,13 @@ def _backward_tiled(q, k, v, do, ml, delta, scale, mask):
     if Dp != D: dq, dk, dv = (t[..., :D].contiguous() for t in (dq, dk, dv))
     return dq, dk, dv
 
+def _fuse_backward(BH: int, threads: int) -> bool:
+    """Whether the CPU backward runs fused, one work item per batch·head (`_flash_bwd_dkdv_cpu` with `fused`): where
+    the heads share the threads evenly enough (BH a multiple of the thread count, or at least four heads per thread).
+    Otherwise two kernels split the work by key block and by query block, which any thread count can share. Both give
+    the same bits, so the choice never changes a result."""
+    return BH % max(threads, 1) == 0 or BH >= 4 * threads
+
 def _backward_impl(q, k, v, o, ml, do, dlse, scale, mask, backend):
     "dQ, dK, dV by recomputation from the forward's row statistics ml = (m, log₂ ℓ); Δ = rowsum(dO∘O) − dL."
     BH, Nq, D = q.shape
@@ -2163,10 +2194,11 @@ def _backward_impl(q, k, v, o, ml, do, dlse, scale, mask, backend):
             _on_threads(_na_bwd_dq_cpu, qn, kn, vn, don, mn[0], wn, dn, np.float32(scale), *geo, dq)
             _on_threads(_na_bwd_dkdv_cpu, qn, kn, vn, don, mn[0], wn, dn, np.float32(scale), *geo, dk, dv)
         else:
-            causal = mask.kind == 'causal'
+            causal, fused = mask.kind == 'causal', _fuse_backward(BH, numba.get_num_threads())
             _on_threads(_flash_bwd_dkdv_cpu, qn, kn, vn, don, mn[0], mn[1], dn, np.float32(scale), causal, mask.off,
-                        dk, dv)
-            _on_threads(_flash_bwd_dq_cpu, qn, kn, vn, don, mn[0], mn[1], dn, np.float32(scale), causal, mask.off, dq)
+                        dk, dv, dq, fused)
+            if not fused:
+                _on_threads(_flash_bwd_dq_cpu, qn, kn, vn, don, mn[0], mn[1], dn, np.float32(scale), causal, mask.off, dq)
         return torch.from_numpy(dq), torch.from_numpy(dk), torch.from_numpy(dv)
     if _TILED_BACKWARD and mask.kind != 'window':
         return _backward_tiled(q, k, v, do, ml, delta, scale, mask)
