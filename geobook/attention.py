@@ -239,13 +239,13 @@ def _flash_fwd_cpu(q, k, v, scale, causal, off, o, mrow, lrow, w0, nw):
                 lrow[bh, q0 + i] = 0.0
 
 # %% ../nbs/05_fused_attention.ipynb #f463ef05
-@njit(nogil=True, fastmath=True, cache=True)
-def _flash_bwd_dkdv_cpu(q, k, v, do, mrow, lrow, delta, scale, causal, off, dk, dv, dq, fused, w0, nw):
-    """dK, dV per (batch·head, key block): dV = Pᵀ dO, dK = τ dSᵀ Q, P = 2^((S − m) − log₂ ℓ) recomputed with S
-    bit-identical to the forward's (τ·log₂e folded into Q, the same loops). `fused`: one work item per batch·head, its
-    key blocks in order, and dQ = τ dS K accumulated from the same dS into dq (not recomputed by `_flash_bwd_dq_cpu`):
-    five tile products instead of seven, and the same bits: query rows are taken in the groups of four of
-    `_flash_bwd_dq_cpu` (aligned to multiples of 4), so every sum runs over the same terms in the same order."""
+@njit(inline='always', fastmath=True)
+def _bwd_key_blocks(q, k, v, do, mrow, lrow, delta, scale, causal, off, dk, dv, dq, fused, w0, nw):
+    """The body of both kernels below (inlined into each, where `fused` is a constant): dK, dV per (batch·head, key
+    block), dV = Pᵀ dO, dK = τ dSᵀ Q, P = 2^((S − m) − log₂ ℓ) recomputed with S formed as the forward forms it
+    (τ·log₂e folded into Q, the same loops). `fused`: one work item per batch·head, its key blocks in order, and also
+    dQ = τ dS K, accumulated into dq from the same dS. Query rows go in the groups of four of `_flash_bwd_dq_cpu`
+    (aligned to multiples of 4), so dQ's sums have the same terms in the same order as that kernel's."""
     BH, Nq, D = q.shape
     Nk = k.shape[1]
     nkb = (Nk + _BK_CPU - 1) // _BK_CPU
@@ -331,6 +331,16 @@ def _flash_bwd_dkdv_cpu(q, k, v, do, mrow, lrow, delta, scale, causal, off, dk, 
             for i in range(Nq):
                 for d in range(D):
                     dq[bh, i, d] *= scale                                  # dQ = τ·dS K
+
+@njit(nogil=True, fastmath=True, cache=True)
+def _flash_bwd_dkdv_cpu(q, k, v, do, mrow, lrow, delta, scale, causal, off, dk, dv, w0, nw):
+    "dK and dV, one work item per (batch·head, key block); dQ by `_flash_bwd_dq_cpu`."
+    _bwd_key_blocks(q, k, v, do, mrow, lrow, delta, scale, causal, off, dk, dv, dk, False, w0, nw)   # dq unused
+
+@njit(nogil=True, fastmath=True, cache=True)
+def _flash_bwd_fused_cpu(q, k, v, do, mrow, lrow, delta, scale, causal, off, dk, dv, dq, w0, nw):
+    "dK, dV and dQ in one pass, one work item per batch·head: five tile products instead of seven."
+    _bwd_key_blocks(q, k, v, do, mrow, lrow, delta, scale, causal, off, dk, dv, dq, True, w0, nw)
 
 @njit(nogil=True, fastmath=True, cache=True)
 def _flash_bwd_dq_cpu(q, k, v, do, mrow, lrow, delta, scale, causal, off, dq, w0, nw):
@@ -2171,10 +2181,10 @@ def _backward_tiled(q, k, v, do, ml, delta, scale, mask):
     return dq, dk, dv
 
 def _fuse_backward(BH: int, threads: int) -> bool:
-    """Whether the CPU backward runs fused, one work item per batch·head (`_flash_bwd_dkdv_cpu` with `fused`): where
+    """Whether the CPU backward runs fused, one work item per batch·head (`_flash_bwd_fused_cpu`): where
     the heads share the threads evenly enough (BH a multiple of the thread count, or at least four heads per thread).
     Otherwise two kernels split the work by key block and by query block, which any thread count can share. Both give
-    the same bits, so the choice never changes a result."""
+    the same bits (tested on the compiled kernels: tests/test_attention_fused.py), so the choice changes no result."""
     return BH % max(threads, 1) == 0 or BH >= 4 * threads
 
 def _backward_impl(q, k, v, o, ml, do, dlse, scale, mask, backend):
@@ -2195,10 +2205,11 @@ def _backward_impl(q, k, v, o, ml, do, dlse, scale, mask, backend):
             _on_threads(_na_bwd_dkdv_cpu, qn, kn, vn, don, mn[0], wn, dn, np.float32(scale), *geo, dk, dv)
         else:
             causal, fused = mask.kind == 'causal', _fuse_backward(BH, numba.get_num_threads())
-            _on_threads(_flash_bwd_dkdv_cpu, qn, kn, vn, don, mn[0], mn[1], dn, np.float32(scale), causal, mask.off,
-                        dk, dv, dq, fused)
-            if not fused:
-                _on_threads(_flash_bwd_dq_cpu, qn, kn, vn, don, mn[0], mn[1], dn, np.float32(scale), causal, mask.off, dq)
+            args = (qn, kn, vn, don, mn[0], mn[1], dn, np.float32(scale), causal, mask.off)
+            if fused: _on_threads(_flash_bwd_fused_cpu, *args, dk, dv, dq)
+            else:
+                _on_threads(_flash_bwd_dkdv_cpu, *args, dk, dv)
+                _on_threads(_flash_bwd_dq_cpu, *args, dq)
         return torch.from_numpy(dq), torch.from_numpy(dk), torch.from_numpy(dv)
     if _TILED_BACKWARD and mask.kind != 'window':
         return _backward_tiled(q, k, v, do, ml, delta, scale, mask)
@@ -2301,12 +2312,27 @@ def _poison(q, k, v):
         mm = [torch.aminmax(t.detach().reshape(t.shape[0], -1).float(), dim=1) for t in (q, k, v)]
         return sum(a * 0.0 + b * 0.0 for a, b in mm).abs()[:, None, None]
 
+class _PoisonGrad(torch.autograd.Function):
+    """The identity, whose backward subtracts `nan` ((BH, 1, 1): +0 or NaN, from `_poison`) from the incoming gradient:
+    the gradient of a batch·head whose inputs held NaN or ±inf is NaN, every other bit for bit (g − (+0) = g). The CPU
+    kernels see such inputs zeroed, so without it their gradients would come back finite."""
+    @staticmethod
+    def forward(ctx, t, nan):
+        ctx.save_for_backward(nan)
+        return t.view_as(t)
+
+    @staticmethod
+    def backward(ctx, g):
+        (nan,) = ctx.saved_tensors
+        return g - nan.to(g.dtype), None
+
 def _fused(q, k, v, scale, mask, backend, precision: str = 'ieee', validate: bool = True):
     """q (BH, N_q, D), k (BH, N_k, D), v (BH, N_k, D_v) in any float dtype → O (BH, N_q, D_v) and L (BH, N_q) in float32
     (L = −∞ on rows with no key), differentiable. D ≠ D_v: the shorter of q, k or v is padded with zeros (padding q and
     k leaves every score unchanged; padding v adds output columns, dropped). validate=False (inputs not checked by
     `_fit_float32`): O and L of a batch·head whose q, k or v (as the kernels read them) holds NaN or ±inf are NaN
-    (`_poison`); on the CPU such values are zeroed before the kernels, which are compiled with fastmath (no NaN/inf)."""
+    (`_poison`), and so are the gradients of its q, k and v (`_PoisonGrad`); on the CPU such values are zeroed before
+    the kernels, which are compiled with fastmath (no NaN/inf)."""
     D, Dv = q.shape[-1], v.shape[-1]
     if Dv < D: v = F.pad(v, (0, D - Dv))
     elif Dv > D: q, k = F.pad(q, (0, Dv - D)), F.pad(k, (0, Dv - D))
@@ -2315,6 +2341,7 @@ def _fused(q, k, v, scale, mask, backend, precision: str = 'ieee', validate: boo
     q, k, v = f(q), f(k), f(v)
     if not validate:
         nan = _poison(q, k, v)
+        if any(t.requires_grad for t in (q, k, v)): q, k, v = (_PoisonGrad.apply(t, nan) for t in (q, k, v))
         if backend == 'cpu': q, k, v = (torch.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0) for t in (q, k, v))
     o, lse = _FusedAttentionFn.apply(q, k, v, scale, mask, backend, precision)
     if not validate: o, lse = o - nan, lse - nan[:, 0]      # x − (+0) = x bit for bit; NaN where poisoned
@@ -2430,7 +2457,8 @@ def flash_attention(q, k, v, causal: bool = False, scale: float | None = None, r
     validate_inputs: True (default) refuses NaN/inf and scores beyond float32's range (ValueError) and rescales float64
     inputs outside it exactly, from one reduction over q, k, v read back to the host: on a GPU the call's only
     device→host synchronisation. False skips it (a GPU call then never waits for the device, as SDPA): a batch·head
-    whose q, k or v holds NaN or ±inf gets NaN in all its O and L (SDPA: only the rows or columns they reach), scores
+    whose q, k or v holds NaN or ±inf gets NaN in all its O and L and in the gradients of its q, k and v (SDPA: only the
+    rows or columns they reach), scores
     beyond float32's range are not detected (the result is then undefined), and float64 inputs are cast to float32 as
     they are (beyond its range: ±inf, hence NaN out; below it: 0); for finite inputs with τ·max|q|, max|k|, max|v|
     in [2⁻⁶⁴, 2⁶⁴] the result is the same as with True.

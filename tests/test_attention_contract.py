@@ -382,7 +382,7 @@ BENCH = ROOT / 'benchmarks' / 'bench_attention.py'
 def test_benchmark_docstring_matches_the_code():
     doc = ast.get_docstring(ast.parse(BENCH.read_text()))
     assert 'parallel=True' not in doc
-    for kern in (A._flash_fwd_cpu, A._flash_bwd_dq_cpu, A._flash_bwd_dkdv_cpu, A._na_fwd_cpu):
+    for kern in (A._flash_fwd_cpu, A._flash_bwd_dq_cpu, A._flash_bwd_dkdv_cpu, A._flash_bwd_fused_cpu, A._na_fwd_cpu):
         assert not kern.targetoptions.get('parallel'), kern     # serial nogil kernels on a thread pool
         assert kern.targetoptions.get('nogil')
     assert 'thread' in doc and 'materialises' not in doc

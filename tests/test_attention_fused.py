@@ -1,0 +1,106 @@
+"""Chapter 5's fused CPU backward (`_flash_bwd_fused_cpu`: dK, dV and dQ in one pass per batch·head) against the two
+kernels it replaces (`_flash_bwd_dkdv_cpu` + `_flash_bwd_dq_cpu`): the same bits on ragged, causal and offset shapes at
+one and two threads, every dQ entry written, the public function's gradients unchanged whichever `_fuse_backward`
+picks, and NaN gradients for a poisoned batch·head when inputs are not validated (a referee's findings, 2026-12-01)."""
+import numpy as np
+import numba
+import pytest
+import torch
+
+import geobook.attention as A
+from geobook.attention import flash_attention
+
+
+def _stats(q, k, v, causal, off, scale):
+    "The forward's O and row statistics (m, log₂ ℓ), as the backward kernels read them."
+    BH, Nq, _ = q.shape
+    o, ml = np.empty_like(q), np.empty((2, BH, Nq), np.float32)
+    A._on_threads(A._flash_fwd_cpu, q, k, v, np.float32(scale), causal, off, o, ml[0], ml[1])
+    return o, ml
+
+
+def _backward(q, k, v, do, causal, off, fused, threads):
+    """dQ, dK, dV by the fused kernel or by the two kernels, on `threads` workers, outputs prefilled with NaN (so an
+    entry a kernel forgets to write shows)."""
+    prev = numba.get_num_threads(); numba.set_num_threads(threads)
+    try:
+        scale = 1 / np.sqrt(q.shape[-1])
+        o, ml = _stats(q, k, v, causal, off, scale)
+        delta = (do * o).sum(-1).astype(np.float32)
+        dq, dk, dv = (np.full_like(t, np.nan) for t in (q, k, v))
+        args = (q, k, v, do, ml[0], ml[1], delta, np.float32(scale), causal, off)
+        if fused: A._on_threads(A._flash_bwd_fused_cpu, *args, dk, dv, dq)
+        else:
+            A._on_threads(A._flash_bwd_dkdv_cpu, *args, dk, dv)
+            A._on_threads(A._flash_bwd_dq_cpu, *args, dq)
+        return dq, dk, dv
+    finally: numba.set_num_threads(prev)
+
+
+def _cases(seed=0, count=40):
+    "Random (BH, Nq, Nk, D, causal): sizes around the tiles (4, 128, 256) and tiny ones, D not a multiple of 4."
+    rng = np.random.default_rng(seed)
+    Ns, Ds = [1, 2, 3, 5, 7, 128, 129, 255, 257, 300, 513], [1, 3, 5, 16, 33, 64]
+    return [(int(rng.integers(1, 6)), int(rng.choice(Ns)), int(rng.choice(Ns)), int(rng.choice(Ds)), bool(rng.integers(0, 2)))
+            for _ in range(count)]
+
+
+@pytest.mark.parametrize('BH,Nq,Nk,D,causal', _cases())
+def test_fused_backward_has_the_two_kernels_bits(BH, Nq, Nk, D, causal):
+    rng = np.random.default_rng(BH * 7919 + Nq * 31 + Nk + D)
+    q, k = (2 * rng.standard_normal((BH, n, D)).astype(np.float32) for n in (Nq, Nk))
+    v, do = (rng.standard_normal((BH, n, D)).astype(np.float32) for n in (Nk, Nq))
+    off = Nk - Nq if causal else 0                               # bottom-right aligned, as flash_attention calls them
+    ref = _backward(q, k, v, do, causal, off, fused=False, threads=1)
+    assert all(np.isfinite(t).all() for t in ref)
+    for fused, threads in ((False, 2), (True, 1), (True, 2)):
+        got = _backward(q, k, v, do, causal, off, fused, threads)
+        for name, a, b in zip(('dq', 'dk', 'dv'), ref, got):
+            assert np.array_equal(a, b), (name, fused, threads)  # NaN-prefilled: every entry written, bit for bit
+
+
+def test_fuse_backward_rule():
+    "Fused where the heads divide evenly among the threads or number at least four per thread."
+    assert [A._fuse_backward(bh, 2) for bh in (1, 2, 3, 4, 5, 7, 8)] == [False, True, False, True, False, False, True]
+    assert A._fuse_backward(1, 1) and A._fuse_backward(33, 8) and not A._fuse_backward(31, 8)
+
+
+@pytest.mark.parametrize('H,Nq,Nk,causal', [(1, 257, 129, True), (3, 129, 257, True), (5, 64, 64, False), (2, 300, 1, True)])
+def test_public_gradients_do_not_depend_on_the_choice(monkeypatch, H, Nq, Nk, causal):
+    g = torch.Generator().manual_seed(H + Nq)
+    q, k, v = (torch.randn(2, H, n, 24, generator=g) for n in (Nq, Nk, Nk))
+    do = torch.randn(2, H, Nq, 24, generator=g)
+    grads = []
+    for fuse in (True, False):
+        monkeypatch.setattr(A, '_fuse_backward', lambda BH, threads, fuse=fuse: fuse)
+        qq, kk, vv = (t.clone().requires_grad_() for t in (q, k, v))
+        flash_attention(qq, kk, vv, causal=causal, backend='cpu').backward(do)
+        grads.append([t.grad for t in (qq, kk, vv)])
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+    # against float64 (the plain formula, bottom-right causal mask), to float32 accuracy
+    q64, k64, v64 = (t.double().requires_grad_() for t in (q, k, v))
+    s = q64 @ k64.transpose(-1, -2) / 24 ** 0.5
+    if causal:
+        keep = torch.arange(Nk)[None, :] <= torch.arange(Nq)[:, None] + (Nk - Nq)
+        s = s.masked_fill(~keep, float('-inf'))
+    p = torch.softmax(s, -1).nan_to_num(0.0)                     # rows with no key: O = 0
+    (p @ v64).backward(do.double())
+    for a, ref in zip(grads[0], (q64.grad, k64.grad, v64.grad)):
+        assert (a.double() - ref).abs().max() <= 1e-5 * (1 + ref.abs().max())
+
+
+def test_unvalidated_nan_poisons_its_heads_gradients():
+    "validate_inputs=False: a NaN in one batch·head's q makes that head's dq, dk, dv NaN; finite heads keep their bits."
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 40, 8, generator=g) for _ in range(3))
+    q_bad = q.clone(); q_bad[0, 1, 5, 2] = float('nan')
+    runs = []
+    for qi, validate in ((q_bad, False), (q, True), (q, False)):
+        qq, kk, vv = (t.clone().requires_grad_() for t in (qi, k, v))
+        flash_attention(qq, kk, vv, backend='cpu', validate_inputs=validate).sum().backward()
+        runs.append([t.grad for t in (qq, kk, vv)])
+    for bad, checked, unchecked in zip(*runs):
+        assert torch.isnan(bad[0, 1]).all()
+        finite = [(0, 0), (0, 2), (1, 0), (1, 1), (1, 2)]
+        assert all(torch.equal(bad[b, h], checked[b, h]) for b, h in finite)    # the other heads: bit for bit
+        assert torch.equal(checked, unchecked)                                  # finite inputs: the same either way
