@@ -11,7 +11,8 @@ At (n, d, L) = (1e4, 64, 50), the grid row of benchmarks/bench_sliced.py with th
   - POT `ot.sliced_wasserstein_distance` with BLAS on its default threads and on one thread, wall and CPU, 5 calls each;
   - TRIALS interleaved trials of the grid's comparison (median of 9 calls of ours, then of 3 of POT): POT/ours per
     trial, so that the ratio's spread under each condition is on record (the grid measures each row once).
-Same data and directions as the grid (seed 0). Writes benchmarks/results/sliced_anatomy.json with the machine, the
+Same data and directions as the grid (seed 0). Each condition also records the CPU that other processes used while it
+ran (`other_cpu_cores`, from /proc/stat: the cores' busy time minus this process's and the busy processes'). Writes benchmarks/results/sliced_anatomy.json with the machine, the
 load and NumPy's sort dispatch (set NPY_DISABLE_CPU_FEATURES before running it to compare with an AVX2-sort grid).
 
     python benchmarks/bench_sliced_anatomy.py           # about a minute on two cores
@@ -30,6 +31,35 @@ from geobook.sliced import sliced_wasserstein, sample_projections, _n_threads
 
 SIZE = (10_000, 64, 50)
 TRIALS = 10
+_TICK = os.sysconf('SC_CLK_TCK') if hasattr(os, 'sysconf') else 100
+
+
+def _busy_s() -> float | None:
+    "CPU seconds all cores have spent busy since boot (/proc/stat: all but idle and iowait), or None off Linux."
+    try: v = list(map(int, open('/proc/stat').readline().split()[1:]))
+    except OSError: return None
+    return (sum(v) - v[3] - v[4]) / _TICK
+
+
+def _cpu_s(pid: int) -> float:
+    "User + system CPU seconds of process `pid` (all its threads), from /proc/<pid>/stat."
+    f = open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()
+    return (int(f[11]) + int(f[12])) / _TICK
+
+
+class OtherCPU:
+    """`with OtherCPU(pids) as o:` the cores' busy time during the block that neither this process nor `pids` (the busy
+    processes of the loaded condition) used, over the block's wall time: other work on the machine, in cores
+    (`o.cores`; None off Linux). A 1-minute load average cannot tell it from the benchmark's own threads."""
+    def __init__(self, pids=()): self.pids, self.cores = list(pids), None
+    def _mine(self): return _cpu_s(os.getpid()) + sum(_cpu_s(p) for p in self.pids)
+    def __enter__(self):
+        self.b0, self.m0, self.t0 = _busy_s(), self._mine(), time.perf_counter()
+        return self
+    def __exit__(self, *exc):
+        b1 = _busy_s()
+        if self.b0 is not None and b1 is not None:
+            self.cores = max(0.0, (b1 - self.b0) - (self._mine() - self.m0)) / (time.perf_counter() - self.t0)
 
 
 def clocks(f, k: int) -> dict:
@@ -41,7 +71,15 @@ def clocks(f, k: int) -> dict:
     return {'wall_s': float(np.median(wall)), 'cpu_s': float(np.median(cpu)), 'wall_runs': wall, 'cpu_runs': cpu}
 
 
-def anatomy(condition: str) -> dict:
+def anatomy(condition: str, hog=None) -> dict:
+    with OtherCPU([p.pid for p in hog.procs] if hog else []) as other: row = _anatomy(condition)
+    row['other_cpu_cores'] = other.cores
+    print(f"[{condition}] other work on the machine meanwhile: "
+          + ('not measured' if other.cores is None else f"{other.cores:.2f} cores"), flush=True)
+    return row
+
+
+def _anatomy(condition: str) -> dict:
     n, d, L = SIZE
     rng = np.random.default_rng(0)
     X, Y = rng.standard_normal((n, d)), rng.standard_normal((n, d)) + 0.5
@@ -85,7 +123,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     hog = args.hog if args.hog is not None else len(os.sched_getaffinity(0))
     rows = [anatomy('quiet')]
-    with Hog(hog): rows.append(anatomy('loaded'))
+    with Hog(hog) as h: rows.append(anatomy('loaded', h))
     write_results('sliced_anatomy', rows, packages=('torch', 'numpy', 'pot', 'geobook'), hog_processes=hog,
                   note='medians; CPU time is time.process_time of the whole process (all threads); the one-thread '
                        'projections and sorts are the work any project-and-sort method does at this size')
