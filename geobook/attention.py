@@ -240,6 +240,20 @@ def _flash_fwd_cpu(q, k, v, scale, causal, off, o, mrow, lrow, w0, nw):
 
 # %% ../nbs/05_fused_attention.ipynb #f463ef05
 @njit(inline='always', fastmath=True)
+def _ds_k_pair(dp, kt, d, jmax):
+    """Σⱼ dS[r, j]·K[j, d] and Σⱼ dS[r, j]·K[j, d + 1] for the four rows r of a group (K from the transposed tile `kt`,
+    whose zero padding rows make d + 1 = D harmless): two columns of dQ per pass, each dS loaded once for both. Both dQ
+    kernels call it, so their sums are the same."""
+    x0 = np.float32(0.0); x1 = np.float32(0.0); x2 = np.float32(0.0); x3 = np.float32(0.0)
+    y0 = np.float32(0.0); y1 = np.float32(0.0); y2 = np.float32(0.0); y3 = np.float32(0.0)
+    for j in range(jmax):
+        kd = kt[d, j]; ke = kt[d + 1, j]
+        e0 = dp[0, j]; e1 = dp[1, j]; e2 = dp[2, j]; e3 = dp[3, j]
+        x0 += e0 * kd; x1 += e1 * kd; x2 += e2 * kd; x3 += e3 * kd
+        y0 += e0 * ke; y1 += e1 * ke; y2 += e2 * ke; y3 += e3 * ke
+    return x0, x1, x2, x3, y0, y1, y2, y3
+
+@njit(inline='always', fastmath=True)
 def _bwd_key_blocks(q, k, v, do, mrow, lrow, delta, scale, causal, off, dk, dv, dq, fused, w0, nw):
     """The body of both kernels below (inlined into each, where `fused` is a constant): dK, dV per (batch·head, key
     block), dV = Pᵀ dO, dK = τ dSᵀ Q, P = 2^((S − m) − log₂ ℓ) recomputed with S formed as the forward forms it
@@ -314,15 +328,17 @@ def _bwd_key_blocks(q, k, v, do, mrow, lrow, delta, scale, causal, off, dk, dv, 
                         dka[j, d] += e0 * qr[0, d] + e1 * qr[1, d] + e2 * qr[2, d] + e3 * qr[3, d]   # dK += dSᵀ Q·τ log₂e
                 if fused:
                     nr = min(4, Nq - g0)
-                    for d in range(D):
-                        x0 = np.float32(0.0); x1 = np.float32(0.0); x2 = np.float32(0.0); x3 = np.float32(0.0)
-                        for j in range(jmax):
-                            kd = kt[d, j]
-                            x0 += dp[0, j] * kd; x1 += dp[1, j] * kd; x2 += dp[2, j] * kd; x3 += dp[3, j] * kd
-                        dq[bh, g0, d] += x0                                      # dQ += dS K (this key block)
+                    for d in range(0, D, 2):                                   # dQ += dS K (this key block)
+                        x0, x1, x2, x3, y0, y1, y2, y3 = _ds_k_pair(dp, kt, d, jmax)
+                        dq[bh, g0, d] += x0
                         if nr > 1: dq[bh, g0 + 1, d] += x1
                         if nr > 2: dq[bh, g0 + 2, d] += x2
                         if nr > 3: dq[bh, g0 + 3, d] += x3
+                        if d + 1 < D:
+                            dq[bh, g0, d + 1] += y0
+                            if nr > 1: dq[bh, g0 + 1, d + 1] += y1
+                            if nr > 2: dq[bh, g0 + 2, d + 1] += y2
+                            if nr > 3: dq[bh, g0 + 3, d + 1] += y3
             for j in range(nc):
                 for d in range(D):
                     dk[bh, k0 + j, d] = dka[j, d] * np.float32(_LN2)       # dK = τ·dSᵀ Q = ln 2·dSᵀ (Q·τ log₂e)
@@ -398,12 +414,11 @@ def _flash_bwd_dq_cpu(q, k, v, do, mrow, lrow, delta, scale, causal, off, dq, w0
                             dp[r, j] = p[r, j] * (dp[r, j] - di)          # dS = P∘(dP − Δ)
                     for j in range(max(jl, 0), jmax):
                         dp[r, j] = 0.0
-                for d in range(D):
-                    x0 = np.float32(0.0); x1 = np.float32(0.0); x2 = np.float32(0.0); x3 = np.float32(0.0)
-                    for j in range(jmax):
-                        kd = kt[d, j]
-                        x0 += dp[0, j] * kd; x1 += dp[1, j] * kd; x2 += dp[2, j] * kd; x3 += dp[3, j] * kd
+                for d in range(0, D, 2):
+                    x0, x1, x2, x3, y0, y1, y2, y3 = _ds_k_pair(dp, kt, d, jmax)
                     dqa[g0, d] += x0; dqa[g0 + 1, d] += x1; dqa[g0 + 2, d] += x2; dqa[g0 + 3, d] += x3   # dQ += dS K
+                    if d + 1 < D:
+                        dqa[g0, d + 1] += y0; dqa[g0 + 1, d + 1] += y1; dqa[g0 + 2, d + 1] += y2; dqa[g0 + 3, d + 1] += y3
         for r in range(nr):
             for d in range(D):
                 dq[bh, q0 + r, d] = dqa[r, d] * scale                  # dQ = τ·dS K
