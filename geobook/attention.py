@@ -240,6 +240,27 @@ def _flash_fwd_cpu(q, k, v, scale, causal, off, o, mrow, lrow, w0, nw):
 
 # %% ../nbs/05_fused_attention.ipynb #f463ef05
 @njit(inline='always', fastmath=True)
+def _s_dp_tile(a, b, r0, kt, vt, s, dp, jmax, D):
+    """S = a Kᵀ and dP = b Vᵀ for the four rows r0..r0+3 of a (Q·τ log₂e) and b (dO), keys 0..jmax of the transposed
+    tiles kt, vt, into s and dp (4, ·): four terms of Σ_d per pass, in the forward's order. Both backward kernels call
+    it, so the S they recompute is formed the same way."""
+    for r in range(4):
+        for j in range(jmax):
+            s[r, j] = 0.0; dp[r, j] = 0.0
+    for d0 in range(0, D, 4):
+        for j in range(jmax):
+            x0 = s[0, j]; x1 = s[1, j]; x2 = s[2, j]; x3 = s[3, j]
+            y0 = dp[0, j]; y1 = dp[1, j]; y2 = dp[2, j]; y3 = dp[3, j]
+            for dd in range(4):
+                kd = kt[d0 + dd, j]; vd = vt[d0 + dd, j]
+                x0 += a[r0, d0 + dd] * kd; x1 += a[r0 + 1, d0 + dd] * kd
+                x2 += a[r0 + 2, d0 + dd] * kd; x3 += a[r0 + 3, d0 + dd] * kd
+                y0 += b[r0, d0 + dd] * vd; y1 += b[r0 + 1, d0 + dd] * vd
+                y2 += b[r0 + 2, d0 + dd] * vd; y3 += b[r0 + 3, d0 + dd] * vd
+            s[0, j] = x0; s[1, j] = x1; s[2, j] = x2; s[3, j] = x3
+            dp[0, j] = y0; dp[1, j] = y1; dp[2, j] = y2; dp[3, j] = y3
+
+@njit(inline='always', fastmath=True)
 def _ds_k_pair(dp, kt, d, jmax):
     """Σⱼ dS[r, j]·K[j, d] and Σⱼ dS[r, j]·K[j, d + 1] for the four rows r of a group (K from the transposed tile `kt`,
     whose zero padding rows make d + 1 = D harmless): two columns of dQ per pass, each dS loaded once for both. Both dQ
@@ -296,21 +317,7 @@ def _bwd_key_blocks(q, k, v, do, mrow, lrow, delta, scale, causal, off, dk, dv, 
                         gr[r, d] = do[bh, i, d] if jlr[r] > 0 else np.float32(0.0)
                 if jmax <= 0:
                     continue
-                for r in range(4):
-                    for j in range(jmax):
-                        s[r, j] = 0.0; dp[r, j] = 0.0
-                for d0 in range(0, D, 4):
-                    for j in range(jmax):
-                        x0 = s[0, j]; x1 = s[1, j]; x2 = s[2, j]; x3 = s[3, j]
-                        y0 = dp[0, j]; y1 = dp[1, j]; y2 = dp[2, j]; y3 = dp[3, j]
-                        for dd in range(4):
-                            kd = kt[d0 + dd, j]; vd = vt[d0 + dd, j]
-                            x0 += qr[0, d0 + dd] * kd; x1 += qr[1, d0 + dd] * kd
-                            x2 += qr[2, d0 + dd] * kd; x3 += qr[3, d0 + dd] * kd
-                            y0 += gr[0, d0 + dd] * vd; y1 += gr[1, d0 + dd] * vd
-                            y2 += gr[2, d0 + dd] * vd; y3 += gr[3, d0 + dd] * vd
-                        s[0, j] = x0; s[1, j] = x1; s[2, j] = x2; s[3, j] = x3   # S = τ·Q Kᵀ
-                        dp[0, j] = y0; dp[1, j] = y1; dp[2, j] = y2; dp[3, j] = y3   # dP = dO Vᵀ
+                _s_dp_tile(qr, gr, 0, kt, vt, s, dp, jmax, D)                 # S = τ·Q Kᵀ, dP = dO Vᵀ
                 for r in range(4):
                     jl = jlr[r]
                     if jl > 0:
@@ -390,21 +397,7 @@ def _flash_bwd_dq_cpu(q, k, v, do, mrow, lrow, delta, scale, causal, off, dq, w0
                 jmax = _row_key_limits(jlr, q0 + g0, q0 + nr, nc, causal, off, k0)
                 if jmax <= 0:
                     continue
-                for r in range(4):
-                    for j in range(jmax):
-                        s[r, j] = 0.0; dp[r, j] = 0.0
-                for d0 in range(0, D, 4):
-                    for j in range(jmax):
-                        x0 = s[0, j]; x1 = s[1, j]; x2 = s[2, j]; x3 = s[3, j]
-                        y0 = dp[0, j]; y1 = dp[1, j]; y2 = dp[2, j]; y3 = dp[3, j]
-                        for dd in range(4):
-                            kd = kt[d0 + dd, j]; vd = vt[d0 + dd, j]
-                            x0 += qs[g0, d0 + dd] * kd; x1 += qs[g0 + 1, d0 + dd] * kd
-                            x2 += qs[g0 + 2, d0 + dd] * kd; x3 += qs[g0 + 3, d0 + dd] * kd
-                            y0 += gs[g0, d0 + dd] * vd; y1 += gs[g0 + 1, d0 + dd] * vd
-                            y2 += gs[g0 + 2, d0 + dd] * vd; y3 += gs[g0 + 3, d0 + dd] * vd
-                        s[0, j] = x0; s[1, j] = x1; s[2, j] = x2; s[3, j] = x3   # S = τ·Q Kᵀ
-                        dp[0, j] = y0; dp[1, j] = y1; dp[2, j] = y2; dp[3, j] = y3   # dP = dO Vᵀ
+                _s_dp_tile(qs, gs, g0, kt, vt, s, dp, jmax, D)                # S = τ·Q Kᵀ, dP = dO Vᵀ
                 for r in range(4):
                     jl = jlr[r]
                     if jl > 0:
