@@ -17,10 +17,12 @@
    (bfloat16, float16, and float32 with fp32_precision 'tf32' and '3xtf32'), the tensor-core GEMM (bfloat16, float16,
    TF32, 3xTF32) and attention forward (bfloat16, float16 with gradients through the tiled backward; float32 through
    TF32 (both kernel variants) and 3xTF32, against the derived bound `_tf32_bounds`) against float64 and against the
-   NumPy emulator, CUDA-event timings for N in {1024, 4096, 16384}, D = 64, full mask: tensor cores vs the tiled
+   NumPy emulator — the 16-bit forward also causal (N_q ≠ N_k both ways) and at D = 128 —, CUDA-event timings for
+   N in {1024, 4096, 16384}, D = 64, full mask: tensor cores vs the tiled
    kernels vs SDPA (bfloat16 and float16 forward, bfloat16 fwd+bwd; float32 forward: TF32 in both variants and 3xTF32,
    through flash_attention and the bare kernel, vs the tiled float32 kernel and vs SDPA float32 with
-   torch.backends.cuda.matmul.allow_tf32 off (the default) and on), and the tensor-core kernels' registers. Dry run:
+   torch.backends.cuda.matmul.allow_tf32 off (the default) and on); then the bfloat16 forward causal at D = 64 and
+   full and causal at D = 128 (last: the budget cuts them first); and the tensor-core kernels' registers. Dry run:
    the emulator stands in for the kernels.
 
 `--only tensor_cores` runs section 5 alone (≤ 2 minutes on an H200, compilation included): it reads the JSON of an
@@ -250,6 +252,10 @@ def neighborhood(run: Run):
 TC_DTYPES = {'bfloat16': torch.bfloat16, 'float16': torch.float16}
 TC_CHECKS = [(2, 80, 100), (3, 200, 300), (1, 1, 1), (2, 1000, 1500)]     # (BH, N_q, N_k), D = 64, full mask
 TC_DRY_CHECKS = [(1, 20, 70), (1, 1, 1)]
+TC_VARIANTS = [(64, False), (64, True), (128, False), (128, True)]   # (D, causal) of the 16-bit forward's checks
+TC_VARIANT_CHECKS = [(2, 80, 100), (2, 100, 37), (1, 300, 200)]      # (BH, N_q, N_k) of the causal and D = 128 ones
+TC_VARIANT_DRY_CHECKS = [(1, 20, 9)]                                # (N_q > N_k: rows without keys)
+TC_VARIANT_ROWS = [(64, True), (128, False), (128, True)]            # bfloat16 forward timings beyond D = 64, full
 TC_NS = [1024, 4096, 16384]
 TF32 = ('tf32', '3xtf32')                # float32 through TF32 tensor cores: flash_attention(fp32_precision=...)
 TF32_KINDS = ('fwd', 'fwd_qreg')         # the two variants: Q tile in shared memory (32-key tiles), Q in registers (64)
@@ -262,22 +268,23 @@ TF32_CHECKS = [(2, 80, 100), (3, 200, 300), (1, 1, 1), (2, 1000, 1500)]
 TF32_DRY_CHECKS = [(1, 20, 70)]
 
 
-def _emulated_forward_mma_tf32(q, k, v, scale, precision):
+def _emulated_forward_mma_tf32(q, k, v, scale, precision, causal=False):
     "The dry run's stand-in for A._forward_mma on float32 (CPU tensors): the NumPy emulator of the _TF32_KIND variant."
     D = q.shape[-1]
     if D != A._MMA_D: q, k, v = (torch.nn.functional.pad(t, (0, A._MMA_D - D)) for t in (q, k, v))
     o, m, lam = A._emulate_flash_fwd_tf32(*(t.detach().numpy() for t in (q, k, v)), scale, precision,
-                                          qreg=A._TF32_KIND == 'fwd_qreg')
+                                          qreg=A._TF32_KIND == 'fwd_qreg', causal=causal)
     return torch.from_numpy(o)[..., :D].contiguous(), torch.from_numpy(np.stack([m, lam]))
 
 
-def _emulated_forward_mma(q, k, v, scale, precision='ieee'):
-    "The dry run's stand-in for A._forward_mma: the NumPy emulator of the same kernel (CPU tensors, D ≤ 64)."
-    if q.dtype == torch.float32: return _emulated_forward_mma_tf32(q, k, v, scale, precision)
-    D = q.shape[-1]
-    if D != A._MMA_D: q, k, v = (torch.nn.functional.pad(t, (0, A._MMA_D - D)) for t in (q, k, v))
+def _emulated_forward_mma(q, k, v, scale, precision='ieee', mask=None):
+    "The dry run's stand-in for A._forward_mma: the NumPy emulator of the same kernel (CPU tensors, D ≤ 128)."
+    causal = mask is not None and mask.kind == 'causal'
+    if q.dtype == torch.float32: return _emulated_forward_mma_tf32(q, k, v, scale, precision, causal)
+    D, W = q.shape[-1], A._mma_width(q, precision)
+    if D != W: q, k, v = (torch.nn.functional.pad(t, (0, W - D)) for t in (q, k, v))
     bits = lambda t: t.detach().contiguous().view(torch.int16).numpy().view(np.uint16)
-    o, m, lam = A._emulate_flash_fwd(bits(q), bits(k), bits(v), scale, A._KERNEL_DTYPES[q.dtype])
+    o, m, lam = A._emulate_flash_fwd(bits(q), bits(k), bits(v), scale, A._KERNEL_DTYPES[q.dtype], causal=causal)
     return torch.from_numpy(o)[..., :D].contiguous(), torch.from_numpy(np.stack([m, lam]))
 
 
@@ -343,6 +350,41 @@ def _with_allow_tf32(fn):
             return fn()
         finally:
             torch.backends.cuda.matmul.allow_tf32 = allow
+
+
+def _variant_checks(run: Run, g, record):
+    """The 16-bit forward beyond D = 64 with the full mask: causal (N_q ≠ N_k both ways, rows without keys when
+    N_q > N_k) and D = 128, through flash_attention (as dispatched: the tensor-core forward, the tiled backward) against
+    float64 — O within the derived bound, L to 10⁻⁴ on rows with keys and −∞ on the others, gradients relative — and
+    the bare kernel against the NumPy emulator of the same variant."""
+    inf_gap = lambda a, b: float(torch.where(torch.isneginf(a) & torch.isneginf(b), torch.zeros_like(b),
+                                             (a - b).abs()).max())
+    for dname, dt in list(TC_DTYPES.items())[:1 if run.dry else None]:     # the dry run (simulator): bfloat16 only
+        for D, causal in TC_VARIANTS[1:]:
+            for BH, Nq, Nk in (TC_VARIANT_DRY_CHECKS if run.dry else TC_VARIANT_CHECKS):
+                q, k, v, do = (torch.randn(1, BH, n, D, generator=g).to(dt) for n in (Nq, Nk, Nk, Nq))
+                qc, kc, vc = (t.detach().clone().to(run.device).requires_grad_() for t in (q, k, v))
+                o, lse = flash_attention(qc, kc, vc, return_lse=True, backend='cuda', causal=causal)
+                (o.float() * do.to(run.device).float()).sum().backward()
+                q2, k2, v2 = (t.detach().double().requires_grad_() for t in (q, k, v))
+                o2, lse2 = attention_reference(q2, k2, v2, causal=causal, return_lse=True)
+                (o2 * do.double()).sum().backward()
+                e = lambda a, b: float((a.detach().cpu().double() - b.detach()).abs().max())
+                tag = f"fwd {dname} D={D}{' causal' if causal else ''} BH={BH} Nq={Nq} Nk={Nk}"
+                u = A._MMA_U[dt]
+                record(f'{tag}: O vs float64', e(o, o2), A._mma_o_bound(dt, float(v.abs().max()), Nk)
+                       + u * float(o2.detach().abs().max()))
+                record(f'{tag}: L vs float64', inf_gap(lse.detach().cpu().double(), lse2.detach()), 1e-4)
+                for n, a, b in (('dq', qc, q2), ('dk', kc, k2), ('dv', vc, v2)):
+                    rel = e(a.grad, b.grad) / max(float(b.grad.abs().max()), 1e-30)
+                    record(f'{tag}: {n} vs float64 (relative)', rel, 4 * u)
+                if not run.dry and Nq * Nk <= 100 * 100:
+                    oe, me, le = A._emulate_flash_fwd(*(_bits16(t[0]) for t in (q, k, v)), 1 / 8, dname, causal=causal)
+                    mask = A._Mask('causal' if causal else 'full', off=Nk - Nq)
+                    o_raw, ml = A._forward_mma(*(t[0].to(run.device).contiguous() for t in (q, k, v)), 1 / 8, 'ieee', mask)
+                    record(f'{tag}: O vs emulator', float(np.abs(o_raw.cpu().numpy() - oe).max()), 2e-3)
+                    record(f'{tag}: m, log2 l vs emulator', float(np.abs(ml.cpu().numpy() - np.stack([me, le])).max()), 1e-4)
+                run.save()
 
 
 def _tf32_checks(run: Run, g, record, out):
@@ -484,7 +526,8 @@ def tensor_cores(run: Run) -> dict:
     saved, tf32_kind = (A._forward_mma, A._mma_applies), A._TF32_KIND
     if run.dry:
         A._forward_mma = _emulated_forward_mma
-        A._mma_applies = lambda q, mask, precision='ieee': mask.kind == 'full' and A._mma_dtype(q, precision) is not None
+        A._mma_applies = lambda q, mask, precision='ieee': (mask.kind in ('full', 'causal')
+                                                             and A._mma_width(q, precision) is not None)
         out['note'] = 'dry run: the NumPy emulator stands in for the tensor-core kernels'
     else:
         out['capability'] = list(torch.cuda.get_device_capability())
@@ -507,7 +550,13 @@ def tensor_cores(run: Run) -> dict:
         for prec in TF32:                          # (its own generator: the draws after it stay as they were)
             q = torch.randn(1, 2, 64, 64, generator=torch.Generator().manual_seed(1)).to(dev)
             flash_attention(q, q, q, backend='cuda', fp32_precision=prec)
-    out['first_call_check'] = {f'{d} {t if isinstance(t, str) else str(t)[6:]}': s for (d, t), s in A._MMA_STATUS.items()}
+        gv = torch.Generator().manual_seed(2)      # the causal and D = 128 kernels (bfloat16), each checked on first use
+        for D, causal in TC_VARIANTS[1:]:
+            q, k = (torch.randn(1, 2, n, D, generator=gv).to(dev, torch.bfloat16) for n in (64, 80))
+            flash_attention(q, k, k, backend='cuda', causal=causal)
+    name = lambda d, t, w, c: (f"{d} {t if isinstance(t, str) else str(t)[6:]}" + (f' D={w}' if w != A._MMA_D else '')
+                               + (' causal' if c else ''))
+    out['first_call_check'] = {name(*key): s for key, s in A._MMA_STATUS.items()}
     out['first_call_warnings'] = [str(w.message)[:500] for w in caught if 'tensor-core' in str(w.message)]
     print('tc first-call check:', out['first_call_check'], out['first_call_warnings'], flush=True)
     A._TENSOR_CORES = 'always'                     # from here on: the tensor-core forward wherever it applies
@@ -551,19 +600,22 @@ def tensor_cores(run: Run) -> dict:
                     record(f'{tag}: O vs emulator', float(np.abs(o_raw.cpu().numpy() - oe).max()), 2e-3)
                     record(f'{tag}: m, log2 l vs emulator', float(np.abs(ml.cpu().numpy() - np.stack([me, le])).max()), 1e-4)
                 run.save()
+        _variant_checks(run, g, record)
         _tf32_checks(run, g, record, out)
         out['sync_debug'] = _sync_debug(run); out['launch_overhead'] = _launch_overhead(run); run.save()
         # 4. timings: forward (and bfloat16 fwd+bwd) of the tensor-core path, the tiled kernels and SDPA, same dtype
         B, H = (1, 1) if run.dry else (1, 8)
         Ns = [64] if run.dry else TC_NS
-        cases = [(N, 'float32', 'forward') for N in Ns] + [          # float32 (TF32) first: the budget may stop
-            (N, dn, p) for N in Ns for dn, p in (('bfloat16', 'forward'), ('float16', 'forward'), ('bfloat16', 'fwd+bwd'))]
-        for N, dname, passes in cases:
-            cfg = {'N': N, 'D': 64, 'dtype': dname, 'pass': passes, 'B': B, 'H': H, 'causal': False}
+        cases = [(N, 'float32', 'forward', 64, False) for N in Ns] + [          # float32 (TF32) first: the budget may stop
+            (N, dn, p, 64, False) for N in Ns for dn, p in (('bfloat16', 'forward'), ('float16', 'forward'),
+                                                            ('bfloat16', 'fwd+bwd'))]
+        cases += [(N, 'bfloat16', 'forward', D, c) for D, c in TC_VARIANT_ROWS for N in Ns]   # causal, D = 128: last
+        for N, dname, passes, D, causal in cases:
+            cfg = {'N': N, 'D': D, 'dtype': dname, 'pass': passes, 'B': B, 'H': H, 'causal': causal}
             if run.left() <= 0:
                 out['rows'].append({**cfg, 'skipped': 'time budget spent'}); continue
             dt = {**TC_DTYPES, 'float32': torch.float32}[dname]
-            q, k, v, do = (torch.randn(B, H, N, 64, generator=g).to(dev, dt) for _ in range(4))
+            q, k, v, do = (torch.randn(B, H, N, D, generator=g).to(dev, dt) for _ in range(4))
             if passes == 'fwd+bwd':
                 for t in (q, k, v): t.requires_grad_()
             make = lambda f: _step(f, passes, q, k, v, do)
@@ -572,22 +624,23 @@ def tensor_cores(run: Run) -> dict:
             for name, mode in (('tensor_cores_s', 'always'), ('tiled_s', 'never')):
                 if name == 'tensor_cores_s' and dname == 'float32': continue      # float32: the TF32 keys above
                 A._TENSOR_CORES = mode
-                _host_timed(run, row, name, make(lambda a, b, c: flash_attention(a, b, c, backend='cuda')), reps_key=True)
+                _host_timed(run, row, name, make(lambda a, b, c: flash_attention(a, b, c, backend='cuda', causal=causal)),
+                            reps_key=True)
             A._TENSOR_CORES = 'always'
-            if dname == 'bfloat16' and passes == 'forward':       # the sync's share and the bare kernel, as for float32
+            if dname == 'bfloat16' and passes == 'forward' and (D, causal) == (64, False):   # the sync's share, the bare kernel
                 _host_timed(run, row, 'tensor_cores_unchecked_s',
                             lambda: flash_attention(q, k, v, backend='cuda', validate_inputs=False))
                 if not run.dry:
                     q3, k3, v3 = (t.reshape(-1, N, 64).contiguous() for t in (q, k, v))
                     _host_timed(run, row, 'tensor_cores_kernel_s', lambda: A._forward_mma(q3, k3, v3, 1 / 8))
-            r = run.time(make(lambda a, b, c: sdpa(a, b, c)))
+            r = run.time(make(lambda a, b, c: sdpa(a, b, c, is_causal=causal)))     # N_q = N_k: the same mask
             row.update(sdpa_s=r['median_s'], sdpa_reps=r['reps'])
             if dname == 'float32':              # SDPA with TF32 allowed for matmuls (torch's opt-in), then restored
                 row['sdpa_allow_tf32_s'] = _with_allow_tf32(lambda: run.time(make(lambda a, b, c: sdpa(a, b, c))))['median_s']
             timed = [n for n in row if n.endswith('_s') and n != 'sdpa_s' and isinstance(row[n], float)]
             for name in timed:
                 row[name[:-2] + '_ratio'] = row[name] / row['sdpa_s']
-            flops = 4 * B * H * N * N * 64 * (1 if passes == 'forward' else 3.5)
+            flops = 4 * B * H * N * N * D * (1 if passes == 'forward' else 3.5) * (0.5 if causal else 1)
             row['tflops'] = {n: flops / row[n] / 1e12 for n in timed + ['sdpa_s']}
             out['rows'].append(row); run.result['tensor_cores'] = out; run.save()
             print('tc timing', {k_: (f'{x:.3g}' if isinstance(x, float) else x) for k_, x in row.items()}, flush=True)
@@ -691,7 +744,7 @@ def only_tensor_cores(args, out: str):
         run.result['tensor_cores_error'] = traceback.format_exc()[-3000:]
         print('tensor-core section failed:', run.result['tensor_cores_error'], flush=True)
         run.save(); return
-    key = lambda r: (r['N'], r['dtype'], r['pass'])
+    key = lambda r: (r['N'], r['dtype'], r['pass'], r.get('D', 64), r.get('causal', False))
     done = {key(r) for r in tc['rows'] if 'skipped' not in r}
     tc['rows'] = [r for r in tc['rows'] if 'skipped' not in r] + [
         {**r, 'from_run': when} for r in old.get('rows', []) if key(r) not in done and 'skipped' not in r]

@@ -1123,6 +1123,8 @@ _MMA_WARPS = 4                # warps per block of the tensor-core kernels (128 
 _MMA_BQ, _MMA_BK = 16 * _MMA_WARPS, 64     # query rows per block (16 per warp), keys per K/V tile
 _MMA_KS = _MMA_D // 2 + 4     # 32-bit words per row of the shared K and Q tiles (+4: conflict-free fragment reads)
 _MMA_VT = _MMA_BK // 2 + 4    # 32-bit words per row of the shared Vᵀ tile
+_MMA_BK_D = {64: _MMA_BK, 128: 32}   # keys per K/V tile of the 16-bit forward by head dimension: at D = 128 the O
+                              # accumulators take 64 registers per lane, and 32-key tiles halve those of S and P
 _MMA_U = {torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}   # unit roundoff of P rounded to 16 bits
 
 def _mma_o_bound(dtype, vmax: float, Nk: int) -> float:
@@ -1259,6 +1261,30 @@ def _p_a_frag(s, u):
     return (_pack_pair(s[8 * u], s[8 * u + 1]), _pack_pair(s[8 * u + 2], s[8 * u + 3]),
             _pack_pair(s[8 * u + 4], s[8 * u + 5]), _pack_pair(s[8 * u + 6], s[8 * u + 7]))
 
+def _key_end(q0, Nk, off, causal):
+    """How far the block of query rows q0..q0+B_q−1 reads keys: N_k, or with the causal mask min(N_k, q0 + B_q + off),
+    one past its last row's last key (query i sees key j iff j ≤ i + off, off = N_k − N_q: bottom-right aligned).
+    ≤ 0 when no row of the block sees a key."""
+    if causal:
+        return min(Nk, q0 + _MMA_BQ + off)
+    return Nk
+
+def _tile_masked(k0, bk, Nk, q0, off, causal):
+    """Whether the key tile k0..k0+bk−1 needs masking for the block whose first row is q0: it runs past N_k, or (causal)
+    its last key lies past the first row's limit q0 + off, i.e. the tile straddles the diagonal. Other tiles are
+    used whole, with no test per score."""
+    return k0 + bk > Nk or (causal and k0 + bk - 1 > q0 + off)
+
+def _mask_scores(s, nj, k0, Nk, r, t, off, causal):
+    """−∞ into this lane's scores s (n-tile j in s[4j:4j+4]: rows r, r+8 × keys k0+8j+2t, k0+8j+2t+1, the accumulator
+    layout of the 16-bit and the TF32 kernels alike) for keys ≥ N_k and, causal, for keys past the row's limit i + off."""
+    for j in range(nj):
+        for e in range(2):
+            col = k0 + 8 * j + 2 * t + e
+            for h in range(2):
+                if col >= Nk or (causal and col > r + 8 * h + off):
+                    s[4 * j + 2 * h + e] = np.float32(-np.inf)
+
 def _mma_bind(f, env: dict):
     "A copy of the plain function f whose global names in env are replaced (how the kernels and the emulator share code)."
     g = dict(f.__globals__)
@@ -1266,7 +1292,7 @@ def _mma_bind(f, env: dict):
     return pytypes.FunctionType(f.__code__, g, f.__name__, f.__defaults__)
 
 # %% ../nbs/05_fused_attention.ipynb #50801fe3
-_MMA_KERNELS = {}         # ('fwd' | 'fwd_qreg' | 'gemm', dtype) → compiled tensor-core kernel, made on first use and kept
+_MMA_KERNELS = {}         # (kind, dtype) → compiled tensor-core kernel (kinds: _mma_variant), made on first use and kept
 _MMA_DEV = {}             # (function, dtype) → its force-inlined device version
 
 def _mma_dev(f, dtype: str):
@@ -1306,58 +1332,65 @@ def _mma_gemm_py(dtype: str):
         stc(C, r0, n0, lane, c0, c1, c2, c3)
     return gemm
 
-def _flash_fwd_mma_py(dtype: str):
-    """The Python function of the tensor-core FlashAttention-2 forward (full mask, D = 64), for 16-bit `dtype`
-    ('bfloat16' or 'float16'): fwd(q32, k32, v16, o, mrow, lrow, scale2) with q32 (BH, N_q, 32), k32 (BH, N_k, 32) uint32
-    (q, k with pairs of neighbouring head dims in one word), v16 (BH, N_k, 64) uint16 bits, o (BH, N_q, 64) float32,
-    mrow, lrow (BH, N_q) float32 (m and log₂ ℓ in base-2 units, as the tiled kernels write them), scale2 = τ·log₂e.
+def _flash_fwd_mma_py(dtype: str, causal: bool = False, D: int = _MMA_D):
+    """The Python function of the tensor-core FlashAttention-2 forward for 16-bit `dtype` ('bfloat16' or 'float16'),
+    head dimension D = 64 or 128, full or `causal` mask: fwd(q32, k32, v16, o, mrow, lrow, scale2, off) with q32
+    (BH, N_q, D/2), k32 (BH, N_k, D/2) uint32 (q, k with pairs of neighbouring head dims in one word), v16 (BH, N_k, D)
+    uint16 bits, o (BH, N_q, D) float32, mrow, lrow (BH, N_q) float32 (m and log₂ ℓ in base-2 units, as the tiled
+    kernels write them), scale2 = τ·log₂e, off = N_k − N_q (the causal offset; unused without the mask).
     Grid (⌈N_q/64⌉, BH), 128 threads: warp w owns query rows 16w..16w+15 of the block's Q tile; S = Q Kᵀ and O += P V
     on tensor cores (mma.m16n8k16, float32 accumulators), the online softmax in float32 on the accumulator fragments,
-    P rounded to `dtype` and reused from registers as the A operand of P V. Any N_q, N_k ≥ 1."""
+    P rounded to `dtype` and reused from registers as the A operand of P V. Key tiles of _MMA_BK_D[D] keys.
+    Causal: a block reads keys below `_key_end` only and masks only the tiles `_tile_masked` picks (the diagonal's, and
+    the last); a row without any key keeps m = −∞ (its P are 2^(−∞ − 0) = 0 against a stand-in maximum of 0, never
+    NaN) and is stored as O = 0, m = _NEG, log₂ ℓ = 0, the tiled kernels' convention. Any N_q, N_k ≥ 1."""
+    BK = _MMA_BK_D[D]
+    KS, VT = D // 2 + 4, BK // 2 + 4             # words per row of the shared Q and K tiles and of the Vᵀ tile
     mma = _mma_ops()[0][dtype]
-    qsa, ktb, vtb, pa, ksw, vtw = (_mma_dev(f, dtype) for f in (_qs_a_frag, _kt_b_frag, _vt_b_frag, _p_a_frag,
-                                                                 _ks_word, _vt_word))
-    D2 = _MMA_D // 2
-    NJ_S, NS_S = _MMA_BK // 8, _MMA_D // 16      # S: 8 n-tiles of keys, 4 k-steps of head dims
-    NJ_O, NS_O = _MMA_D // 8, _MMA_BK // 16      # O: 8 n-tiles of head dims, 4 k-steps of keys
+    qsa, ktb, vtb, pa, ksw, vtw, kend, masked, mask = (_mma_dev(f, dtype) for f in (
+        _qs_a_frag, _kt_b_frag, _vt_b_frag, _p_a_frag, _ks_word, _vt_word, _key_end, _tile_masked, _mask_scores))
+    D2 = D // 2
+    NJ_S, NS_S = BK // 8, D // 16                # S: n-tiles of 8 keys, k-steps of 16 head dims
+    NJ_O, NS_O = D // 8, BK // 16                # O: n-tiles of 8 head dims, k-steps of 16 keys
     PF, SF, OF = 4 * NS_O, 4 * NJ_S, 4 * NJ_O    # local array sizes (compile-time constants: registers)
-    NEG_INF = float32(-math.inf)
+    NEG_INF, NEG = float32(-math.inf), float32(_NEG)
     NT = 32 * _MMA_WARPS
 
-    def fwd(q32, k32, v16, o, mrow, lrow, scale2):
+    def fwd(q32, k32, v16, o, mrow, lrow, scale2, off):
         tid = cuda.threadIdx.x
         lane = tid & 31
         warp = tid >> 5
         bh = cuda.blockIdx.y
         Nq = q32.shape[1]
         Nk = k32.shape[1]
-        r0 = cuda.blockIdx.x * _MMA_BQ + 16 * warp        # this warp's first query row
+        q0 = cuda.blockIdx.x * _MMA_BQ                # the block's first query row
+        r0 = q0 + 16 * warp                           # this warp's first query row
         g = lane >> 2
         t = lane & 3
-        Qs = cuda.shared.array((_MMA_BQ, _MMA_KS), numba.uint32)
-        Ks = cuda.shared.array((_MMA_BK, _MMA_KS), numba.uint32)
-        Vt = cuda.shared.array((_MMA_D, _MMA_VT), numba.uint32)
+        Qs = cuda.shared.array((_MMA_BQ, KS), numba.uint32)
+        Ks = cuda.shared.array((BK, KS), numba.uint32)
+        Vt = cuda.shared.array((D, VT), numba.uint32)
         pf = cuda.local.array(PF, numba.uint32)       # P fragments (16-bit pairs) of the current tile
-        s = cuda.local.array(SF, float32)             # S accumulators (16 rows × 64 keys per warp)
-        acc = cuda.local.array(OF, float32)           # O accumulators (16 rows × 64 head dims per warp)
+        s = cuda.local.array(SF, float32)             # S accumulators (16 rows × BK keys per warp)
+        acc = cuda.local.array(OF, float32)           # O accumulators (16 rows × D head dims per warp)
         m = cuda.local.array(2, float32)              # running max of rows g, g+8 (base-2 units)
         l = cuda.local.array(2, float32)              # this lane's part of the running sums of rows g, g+8
         for idx in range(tid, _MMA_BQ * D2, NT):      # the Q tile, once
             qr = idx // D2
-            Qs[qr, idx - qr * D2] = ksw(q32, bh, cuda.blockIdx.x * _MMA_BQ, qr, idx - qr * D2)
+            Qs[qr, idx - qr * D2] = ksw(q32, bh, q0, qr, idx - qr * D2)
         for i in range(OF):
             acc[i] = float32(0.0)
         for h in range(2):
             m[h] = NEG_INF
             l[h] = float32(0.0)
-        for k0 in range(0, Nk, _MMA_BK):
+        for k0 in range(0, kend(q0, Nk, off, causal), BK):   # the same bounds for every thread: all reach each barrier
             cuda.syncthreads()                        # the previous tiles are no longer read
-            for idx in range(tid, _MMA_BK * D2, NT):  # K tile: 32-bit pairs of head dims, copied
+            for idx in range(tid, BK * D2, NT):       # K tile: 32-bit pairs of head dims, copied
                 kr = idx // D2
                 Ks[kr, idx - kr * D2] = ksw(k32, bh, k0, kr, idx - kr * D2)
-            for idx in range(tid, _MMA_D * (_MMA_BK // 2), NT):   # Vᵀ tile: pairs of neighbouring keys, packed
-                kp = idx // _MMA_D
-                Vt[idx - kp * _MMA_D, kp] = vtw(v16, bh, k0, kp, idx - kp * _MMA_D)
+            for idx in range(tid, D * (BK // 2), NT): # Vᵀ tile: pairs of neighbouring keys, packed
+                kp = idx // D
+                Vt[idx - kp * D, kp] = vtw(v16, bh, k0, kp, idx - kp * D)
             cuda.syncthreads()
             for j in range(NJ_S):                     # S = Q Kᵀ on tensor cores, scaled to base 2
                 c0 = c1 = c2 = c3 = float32(0.0)
@@ -1369,28 +1402,22 @@ def _flash_fwd_mma_py(dtype: str):
                 s[4 * j + 1] = c1 * scale2
                 s[4 * j + 2] = c2 * scale2
                 s[4 * j + 3] = c3 * scale2
-            if k0 + _MMA_BK > Nk:                     # only the last tile holds keys past N_k
-                for j in range(NJ_S):
-                    col = k0 + 8 * j + 2 * t
-                    if col >= Nk:
-                        s[4 * j] = NEG_INF
-                        s[4 * j + 2] = NEG_INF
-                    if col + 1 >= Nk:
-                        s[4 * j + 1] = NEG_INF
-                        s[4 * j + 3] = NEG_INF
+            if masked(k0, BK, Nk, q0, off, causal):   # the last tile, and (causal) the diagonal's
+                mask(s, NJ_S, k0, Nk, r0 + g, t, off, causal)
             for h in range(2):                        # online softmax: row g (registers 0, 1), row g+8 (2, 3)
                 mx = NEG_INF
                 for j in range(NJ_S):
                     mx = max(mx, max(s[4 * j + 2 * h], s[4 * j + 2 * h + 1]))
                 mx = max(mx, cuda.shfl_xor_sync(0xffffffff, mx, 1))   # the 4 lanes of a group share the row
                 mx = max(mx, cuda.shfl_xor_sync(0xffffffff, mx, 2))
-                mnew = max(m[h], mx)                  # finite: every tile has a key < N_k
-                alpha = math.exp2(m[h] - mnew)
+                mnew = max(m[h], mx)
+                mref = mnew if mnew > NEG_INF else float32(0.0)   # no key yet (causal): P = 0, α = 0, not NaN
+                alpha = math.exp2(m[h] - mref)
                 m[h] = mnew
                 ls = float32(0.0)
                 for j in range(NJ_S):
-                    p0 = math.exp2(s[4 * j + 2 * h] - mnew)
-                    p1 = math.exp2(s[4 * j + 2 * h + 1] - mnew)
+                    p0 = math.exp2(s[4 * j + 2 * h] - mref)
+                    p1 = math.exp2(s[4 * j + 2 * h + 1] - mref)
                     s[4 * j + 2 * h] = p0
                     s[4 * j + 2 * h + 1] = p1
                     ls += p0 + p1
@@ -1422,33 +1449,44 @@ def _flash_fwd_mma_py(dtype: str):
             lt += cuda.shfl_xor_sync(0xffffffff, lt, 2)
             r = r0 + g + 8 * h
             if r < Nq:
-                inv = float32(1.0) / lt
+                inv = float32(1.0) / lt if lt > float32(0.0) else float32(0.0)   # a row without keys: O = 0
                 for j in range(NJ_O):
                     o[bh, r, 8 * j + 2 * t] = acc[4 * j + 2 * h] * inv
                     o[bh, r, 8 * j + 2 * t + 1] = acc[4 * j + 2 * h + 1] * inv
                 if t == 0:
-                    mrow[bh, r] = m[h]
-                    lrow[bh, r] = math.log2(lt)
+                    mrow[bh, r] = m[h] if lt > float32(0.0) else NEG
+                    lrow[bh, r] = math.log2(lt) if lt > float32(0.0) else float32(0.0)
     return fwd
 
+def _mma_variant(kind: str) -> tuple:
+    """(base, D, causal) of a tensor-core kernel kind: base 'gemm', 'fwd' or 'fwd_qreg', then optionally '_d128' (head
+    dimension 128; else 64) and '_causal' (the causal mask), e.g. 'fwd_d128_causal' → ('fwd', 128, True)."""
+    causal = kind.endswith('_causal')
+    base = kind[:-len('_causal')] if causal else kind
+    D = 128 if base.endswith('_d128') else _MMA_D
+    return (base[:-len('_d128')] if D == 128 else base), D, causal
+
 def _mma_fn(kind: str, dtype: str):
-    """The Python function of a tensor-core kernel: kind 'gemm' (_mma_gemm_py), 'fwd' (16-bit `dtype`: _flash_fwd_mma_py;
-    'tf32', '3xtf32': _flash_fwd_mma_tf32_py with the Q tile in shared memory) or 'fwd_qreg' ('tf32': Q in registers,
-    64-key tiles)."""
-    if kind == 'gemm': return _mma_gemm_py(dtype)
-    if dtype in ('tf32', '3xtf32'): return _flash_fwd_mma_tf32_py(dtype, qreg=kind == 'fwd_qreg')
-    return _flash_fwd_mma_py(dtype)
+    """The Python function of a tensor-core kernel (`kind` as in _mma_variant): 'gemm' (_mma_gemm_py), 'fwd…' for a
+    16-bit `dtype` (_flash_fwd_mma_py: D 64 or 128, full or causal), for 'tf32', '3xtf32' (_flash_fwd_mma_tf32_py, D = 64,
+    Q tile in shared memory; 'fwd_qreg…', TF32 only: Q in registers, 64-key tiles)."""
+    base, D, causal = _mma_variant(kind)
+    if base == 'gemm': return _mma_gemm_py(dtype)
+    if dtype in ('tf32', '3xtf32'):
+        if D != _MMA_D: raise ValueError(f'the TF32 forwards have D = {_MMA_D} only, not {kind}')
+        return _flash_fwd_mma_tf32_py(dtype, qreg=base == 'fwd_qreg', causal=causal)
+    return _flash_fwd_mma_py(dtype, causal, D)
 
 def _mma_sig(kind: str, dtype: str) -> tuple:
     "Numba argument types of a tensor-core kernel (`kind` and `dtype` as in _mma_fn), for compiling it without arguments."
     a = lambda t, n: numba.types.Array(t, n, 'C')
-    if kind != 'gemm' and dtype in ('tf32', '3xtf32'):
-        return (a(float32, 3),) * 4 + (a(float32, 2), a(float32, 2), float32)
-    if kind == 'fwd':
-        return (a(numba.uint32, 3), a(numba.uint32, 3), a(numba.uint16, 3), a(float32, 3), a(float32, 2), a(float32, 2),
-                float32)
-    x = a(numba.uint16, 2) if dtype in ('bfloat16', 'float16') else a(float32, 2)
-    return x, x, a(float32, 2)
+    if kind == 'gemm':
+        x = a(numba.uint16, 2) if dtype in ('bfloat16', 'float16') else a(float32, 2)
+        return x, x, a(float32, 2)
+    if dtype in ('tf32', '3xtf32'):
+        return (a(float32, 3),) * 4 + (a(float32, 2), a(float32, 2), float32, numba.int32)
+    return (a(numba.uint32, 3), a(numba.uint32, 3), a(numba.uint16, 3), a(float32, 3), a(float32, 2), a(float32, 2),
+            float32, numba.int32)
 
 def _mma_kernel(kind: str, dtype: str):
     """The compiled tensor-core kernel (`kind` and `dtype` as in _mma_fn), made once and kept in _MMA_KERNELS: cuda.jit
@@ -1533,7 +1571,8 @@ def _emu_mma(a, b, c, dtype: str):
     return (np.asarray(c, np.float32) + mma8(ab, bb, e)).astype(np.float32)
 
 _EMU_FRAGMENTS = ['_a_frag', '_b_frag', '_a_frag_tf32', '_b_frag_tf32', '_c_store', '_qs_a_frag', '_kt_b_frag',
-                  '_vt_b_frag', '_ks_word', '_vt_word', '_p_a_frag']   # the float32 section below adds its own
+                  '_vt_b_frag', '_ks_word', '_vt_word', '_p_a_frag', '_key_end', '_tile_masked',
+                  '_mask_scores']     # the float32 section below adds its own
 
 def _emu_helpers(dtype: str) -> dict:
     "The kernels' fragment functions (_EMU_FRAGMENTS) bound for NumPy (_pack_pair: cvt.rn.{bf16,f16}x2.f32 emulated), by name."
@@ -1561,69 +1600,99 @@ def _emulate_gemm(A, B, dtype: str, helpers=None):
                 h['_c_store'](C, r0, n0, lane, *acc[lane])
     return C
 
-def _emulate_flash_fwd(q16, k16, v16, scale: float, dtype: str, helpers=None):
-    """What _flash_fwd_mma_py(dtype) computes, step for step: q16 (BH, N_q, 64), k16, v16 (BH, N_k, 64) uint16 bits →
-    o (BH, N_q, 64), mrow, lrow (BH, N_q) float32 (m and log₂ ℓ, base 2). Shared tiles through _ks_word / _vt_word,
-    fragments through _qs_a_frag / _kt_b_frag / _vt_b_frag / _p_a_frag, the mma emulated, the online softmax on each
-    lane's accumulators written for a whole warp at once (arrays over 32 lanes), row reductions over the 4 lanes of a
-    group as the kernel's two shfl_xor steps."""
+_LANES = np.arange(32)
+
+def _quad(x, op):
+    "The kernels' reduction over the 4 lanes of a group (shfl_xor 1, then 2) for arrays over a warp's 32 lanes."
+    y = op(x, x[_LANES ^ 1])
+    return op(y, y[_LANES ^ 2])
+
+def _emu_mask(h, s, nj, k0, Nk, q0, r0, off, causal, bk):
+    "The kernels' masking step for one warp (rows r0..r0+15) and key tile k0: only where _tile_masked says, per lane."
+    if h['_tile_masked'](k0, bk, Nk, q0, off, causal):
+        for lane in range(32):
+            h['_mask_scores'](s[lane], nj, k0, Nk, r0 + (lane >> 2), lane & 3, off, causal)
+
+def _emu_softmax(s, m, l, acc):
+    """The kernels' online-softmax step for one warp, arrays over its 32 lanes: s (32, 4·n_j) base-2 scores → P in
+    place; m, l (32, 2) the running maximum and this lane's part of the sums of rows g, g+8; acc (32, 4·n_o) rescaled.
+    A row without a key so far keeps m = −∞, and its P are taken against a stand-in maximum of 0 (so 0, not NaN)."""
+    for hh in range(2):
+        cs = np.array([4 * j + 2 * hh + e for j in range(s.shape[1] // 4) for e in range(2)])
+        co = np.array([4 * n + 2 * hh + e for n in range(acc.shape[1] // 4) for e in range(2)])
+        mnew = np.maximum(m[:, hh], _quad(s[:, cs].max(axis=1), np.maximum))
+        mref = np.where(mnew > -np.inf, mnew, np.float32(0.0)).astype(np.float32)
+        alpha = np.exp2(m[:, hh] - mref).astype(np.float32)
+        m[:, hh] = mnew
+        p = np.exp2(s[:, cs] - mref[:, None]).astype(np.float32)
+        s[:, cs] = p
+        l[:, hh] = l[:, hh] * alpha + p.sum(axis=1, dtype=np.float32)
+        acc[:, co] *= alpha[:, None]
+
+def _emu_store(o, mrow, lrow, bh, r0, acc, m, l):
+    """The kernels' epilogue for the warp whose first row is r0: row sums over the 4 lanes of a group, O = acc·(1/ℓ),
+    m and log₂ ℓ; a row without keys gets O = 0, m = _NEG, log₂ ℓ = 0."""
+    g, t, no = _LANES >> 2, _LANES & 3, acc.shape[1] // 4
+    for hh in range(2):
+        lt = _quad(l[:, hh], np.add)
+        r = r0 + g + 8 * hh
+        for lane in np.flatnonzero(r < o.shape[1]):
+            ok = lt[lane] > 0
+            inv = np.float32(1.0) / lt[lane] if ok else np.float32(0.0)
+            for e in range(2):
+                o[bh, r[lane], 8 * np.arange(no) + 2 * t[lane] + e] = acc[lane, 4 * np.arange(no) + 2 * hh + e] * inv
+            if t[lane] == 0:
+                mrow[bh, r[lane]], lrow[bh, r[lane]] = (m[lane, hh], np.log2(lt[lane])) if ok else (_NEG, 0.0)
+
+def _emulate_flash_fwd(q16, k16, v16, scale: float, dtype: str, helpers=None, causal: bool = False):
+    """What _flash_fwd_mma_py(dtype, causal, D) computes, step for step: q16 (BH, N_q, D), k16, v16 (BH, N_k, D) uint16
+    bits, D = 64 or 128 → o (BH, N_q, D), mrow, lrow (BH, N_q) float32 (m and log₂ ℓ, base 2). Shared tiles through
+    _ks_word / _vt_word, fragments through _qs_a_frag / _kt_b_frag / _vt_b_frag / _p_a_frag, the tiles visited and masked
+    through _key_end / _tile_masked / _mask_scores, the mma emulated; the online softmax (_emu_softmax) and the epilogue
+    (_emu_store) on each lane's accumulators written for a whole warp at once, row reductions over the 4 lanes of a
+    group as the kernel's two shfl_xor steps. `helpers` (default _emu_helpers(dtype)) lets a test swap a function."""
     h = helpers or _emu_helpers(dtype)
     BH, Nq, D = q16.shape
     Nk = k16.shape[1]
+    BK = _MMA_BK_D[D]
+    NJ_S, NS_S, NJ_O, NS_O = BK // 8, D // 16, D // 8, BK // 16
+    off = Nk - Nq
     q32, k32 = (np.ascontiguousarray(x).view(np.uint32) for x in (q16, k16))
     scale2 = np.float32(scale * _LOG2E)
     o = np.full((BH, Nq, D), np.nan, np.float32)
     mrow, lrow = np.full((BH, Nq), np.nan, np.float32), np.full((BH, Nq), np.nan, np.float32)
-    lanes = np.arange(32)
-    g, t = lanes >> 2, lanes & 3
-    quad = lambda x, op: (lambda y: op(y, y[lanes ^ 2]))(op(x, x[lanes ^ 1]))   # shfl_xor 1, then 2
-    cols = [np.array([4 * j + 2 * hh + e for j in range(8) for e in range(2)]) for hh in range(2)]
     for bh in range(BH):
-        tiles = [(k0, np.array([[h['_ks_word'](k32, bh, k0, kr, kc) for kc in range(D // 2)] for kr in range(_MMA_BK)],
+        tiles = [(k0, np.array([[h['_ks_word'](k32, bh, k0, kr, kc) for kc in range(D // 2)] for kr in range(BK)],
                                np.uint32),
-                  np.array([[h['_vt_word'](v16, bh, k0, kp, d) for kp in range(_MMA_BK // 2)] for d in range(D)],
-                           np.uint32)) for k0 in range(0, Nk, _MMA_BK)]
+                  np.array([[h['_vt_word'](v16, bh, k0, kp, d) for kp in range(BK // 2)] for d in range(D)],
+                           np.uint32)) for k0 in range(0, Nk, BK)]
         for qb in range(0, Nq, _MMA_BQ):
             Qs = np.array([[h['_ks_word'](q32, bh, qb, qr, c) for c in range(D // 2)] for qr in range(_MMA_BQ)], np.uint32)
+            kend = h['_key_end'](qb, Nk, off, causal)
             for w in range(_MMA_WARPS):
-                qf = np.array([[h['_qs_a_frag'](Qs, w, ss, lane) for ss in range(4)] for lane in range(32)], np.uint32)
-                acc, s = np.zeros((32, 32), np.float32), np.zeros((32, 32), np.float32)
+                qf = np.array([[h['_qs_a_frag'](Qs, w, ss, lane) for ss in range(NS_S)] for lane in range(32)], np.uint32)
+                acc, s = np.zeros((32, 4 * NJ_O), np.float32), np.zeros((32, 4 * NJ_S), np.float32)
                 m, l = np.full((32, 2), -np.inf, np.float32), np.zeros((32, 2), np.float32)
                 for k0, Ks, Vt in tiles:
-                    for j in range(8):
+                    if k0 >= kend: break
+                    for j in range(NJ_S):
                         c = np.zeros((32, 4), np.float32)
-                        for ss in range(4):
+                        for ss in range(NS_S):
                             b = np.array([h['_kt_b_frag'](Ks, j, ss, lane) for lane in range(32)], np.uint32)
                             c = _emu_mma(qf[:, ss], b, c, dtype)
                         s[:, 4 * j:4 * j + 4] = c * scale2
-                    for j in range(8):                 # keys past N_k (the kernel tests only the last tile: same)
-                        col = k0 + 8 * j + 2 * t
-                        s[col >= Nk, 4 * j], s[col >= Nk, 4 * j + 2] = -np.inf, -np.inf
-                        s[col + 1 >= Nk, 4 * j + 1], s[col + 1 >= Nk, 4 * j + 3] = -np.inf, -np.inf
-                    for hh in range(2):
-                        mnew = np.maximum(m[:, hh], quad(s[:, cols[hh]].max(axis=1), np.maximum))
-                        alpha = np.exp2(m[:, hh] - mnew).astype(np.float32)
-                        m[:, hh] = mnew
-                        p = np.exp2(s[:, cols[hh]] - mnew[:, None]).astype(np.float32)
-                        s[:, cols[hh]] = p
-                        l[:, hh] = l[:, hh] * alpha + p.sum(axis=1, dtype=np.float32)
-                        acc[:, cols[hh]] *= alpha[:, None]
-                    pf = np.array([[h['_p_a_frag'](s[lane], u) for u in range(4)] for lane in range(32)], np.uint32)
-                    for j in range(8):
+                    _emu_mask(h, s, NJ_S, k0, Nk, qb, qb + 16 * w, off, causal, BK)
+                    _emu_softmax(s, m, l, acc)
+                    pf = np.array([[h['_p_a_frag'](s[lane], u) for u in range(NS_O)] for lane in range(32)], np.uint32)
+                    for j in range(NJ_O):
                         c = acc[:, 4 * j:4 * j + 4]
-                        for u in range(4):
+                        for u in range(NS_O):
                             b = np.array([h['_vt_b_frag'](Vt, j, u, lane) for lane in range(32)], np.uint32)
                             c = _emu_mma(pf[:, u], b, c, dtype)
                         acc[:, 4 * j:4 * j + 4] = c
-                for hh in range(2):
-                    lt = quad(l[:, hh], np.add)
-                    r = qb + 16 * w + g + 8 * hh
-                    for lane in np.flatnonzero(r < Nq):
-                        o[bh, r[lane], 8 * np.arange(8) + 2 * t[lane]] = acc[lane, 4 * np.arange(8) + 2 * hh] / lt[lane]
-                        o[bh, r[lane], 8 * np.arange(8) + 2 * t[lane] + 1] = acc[lane, 4 * np.arange(8) + 2 * hh + 1] / lt[lane]
-                        if t[lane] == 0:
-                            mrow[bh, r[lane]], lrow[bh, r[lane]] = m[lane, hh], np.log2(lt[lane])
+                _emu_store(o, mrow, lrow, bh, qb + 16 * w, acc, m, l)
     return o, mrow, lrow
+
 
 # %% ../nbs/05_fused_attention.ipynb #d92f3c97
 _TF32_LD = _MMA_D + 4         # floats per row of the shared float32 tiles: 68 (conflict-free fragment reads, see above)
@@ -1669,11 +1738,11 @@ _EMU_FRAGMENTS += ['_f32_word', '_qs_a_frag_tf32', '_kt_b_frag_tf32', '_p_a_frag
 
 
 # %% ../nbs/05_fused_attention.ipynb #9f4a5729
-def _flash_fwd_mma_tf32_py(dtype: str, qreg: bool = False):
-    """The Python function of the float32 tensor-core FlashAttention-2 forward (full mask, D = 64) through TF32
-    (`dtype` 'tf32') or 3xTF32 ('3xtf32'): fwd(q, k, v, o, mrow, lrow, scale2) with q (BH, N_q, 64), k, v (BH, N_k, 64),
-    o (BH, N_q, 64) float32, mrow, lrow (BH, N_q) float32 (m and log₂ ℓ, base 2, as the other kernels write them),
-    scale2 = τ·log₂e. Grid (⌈N_q/64⌉, BH), 128 threads; warp w owns query rows 16w..16w+15. S = Q Kᵀ and O += P V with
+def _flash_fwd_mma_tf32_py(dtype: str, qreg: bool = False, causal: bool = False):
+    """The Python function of the float32 tensor-core FlashAttention-2 forward (full or `causal` mask, D = 64) through
+    TF32 (`dtype` 'tf32') or 3xTF32 ('3xtf32'): fwd(q, k, v, o, mrow, lrow, scale2, off) with q (BH, N_q, 64), k, v
+    (BH, N_k, 64), o (BH, N_q, 64) float32, mrow, lrow (BH, N_q) float32 (m and log₂ ℓ, base 2, as the other kernels
+    write them), scale2 = τ·log₂e, off = N_k − N_q (causal offset; the mask and rows without keys as in _flash_fwd_mma_py). Grid (⌈N_q/64⌉, BH), 128 threads; warp w owns query rows 16w..16w+15. S = Q Kᵀ and O += P V with
     mma.m16n8k8 (float32 accumulators; the helper rounds its operands), the online softmax on the accumulators, P fed
     from registers as the A operand of P V with the keys of each k-step relabelled (_p_a_frag_tf32, _v_b_frag_tf32).
     qreg=False: the Q tile stays in shared memory, 32-key K/V tiles (3xTF32: 16); qreg=True (TF32 only): Q's fragments
@@ -1682,16 +1751,16 @@ def _flash_fwd_mma_tf32_py(dtype: str, qreg: bool = False):
     if (dtype, qreg) not in _TF32_BK:
         raise ValueError(f'no {dtype} forward with qreg={qreg}: it would not fit 128 registers (see _TF32_BK)')
     mma = _mma_ops()[0][dtype]
-    qsa, ktb, vb, pa, ldw = (_mma_dev(f, dtype) for f in (_qs_a_frag_tf32, _kt_b_frag_tf32, _v_b_frag_tf32,
-                                                           _p_a_frag_tf32, _f32_word))
+    qsa, ktb, vb, pa, ldw, kend, masked, mask = (_mma_dev(f, dtype) for f in (
+        _qs_a_frag_tf32, _kt_b_frag_tf32, _v_b_frag_tf32, _p_a_frag_tf32, _f32_word, _key_end, _tile_masked, _mask_scores))
     D, LD, BQ, BK = _MMA_D, _TF32_LD, _MMA_BQ, _TF32_BK[dtype, qreg]
     NJ, NSQ, NO = BK // 8, D // 8, D // 8        # S: NJ n-tiles of 8 keys × NSQ k-steps; O: NO n-tiles × NJ k-steps
     QROWS, QF = (1, 4 * NSQ) if qreg else (BQ, 1)  # shared Q rows (1: a placeholder) and Q registers (1: unused)
     SF, OF = 4 * NJ, 4 * NO
-    NEG_INF = float32(-math.inf)
+    NEG_INF, NEG = float32(-math.inf), float32(_NEG)
     NT = 32 * _MMA_WARPS
 
-    def fwd(q, k, v, o, mrow, lrow, scale2):
+    def fwd(q, k, v, o, mrow, lrow, scale2, off):
         tid = cuda.threadIdx.x
         lane = tid & 31
         warp = tid >> 5
@@ -1730,7 +1799,7 @@ def _flash_fwd_mma_tf32_py(dtype: str, qreg: bool = False):
         for h in range(2):
             m[h] = NEG_INF
             l[h] = float32(0.0)
-        for k0 in range(0, Nk, BK):
+        for k0 in range(0, kend(q0, Nk, off, causal), BK):   # the same bounds for every thread
             cuda.syncthreads()                        # the previous tiles (or Q, through Ks) are no longer read
             for idx in range(tid, BK * D, NT):        # K and V tiles, row-major as in memory (coalesced)
                 kr = idx // D
@@ -1757,28 +1826,22 @@ def _flash_fwd_mma_tf32_py(dtype: str, qreg: bool = False):
                     s[4 * j + 3] = c3
             for i in range(SF):                       # scaled to base 2
                 s[i] *= scale2
-            if k0 + BK > Nk:                          # only the last tile holds keys past N_k
-                for j in range(NJ):
-                    col = k0 + 8 * j + 2 * t
-                    if col >= Nk:
-                        s[4 * j] = NEG_INF
-                        s[4 * j + 2] = NEG_INF
-                    if col + 1 >= Nk:
-                        s[4 * j + 1] = NEG_INF
-                        s[4 * j + 3] = NEG_INF
+            if masked(k0, BK, Nk, q0, off, causal):   # the last tile, and (causal) the diagonal's
+                mask(s, NJ, k0, Nk, r0 + g, t, off, causal)
             for h in range(2):                        # online softmax: row g (registers 0, 1), row g+8 (2, 3)
                 mx = NEG_INF
                 for j in range(NJ):
                     mx = max(mx, max(s[4 * j + 2 * h], s[4 * j + 2 * h + 1]))
                 mx = max(mx, cuda.shfl_xor_sync(0xffffffff, mx, 1))   # the 4 lanes of a group share the row
                 mx = max(mx, cuda.shfl_xor_sync(0xffffffff, mx, 2))
-                mnew = max(m[h], mx)                  # finite: every tile has a key < N_k
-                alpha = math.exp2(m[h] - mnew)
+                mnew = max(m[h], mx)
+                mref = mnew if mnew > NEG_INF else float32(0.0)   # no key yet (causal): P = 0, α = 0, not NaN
+                alpha = math.exp2(m[h] - mref)
                 m[h] = mnew
                 ls = float32(0.0)
                 for j in range(NJ):
-                    p0 = math.exp2(s[4 * j + 2 * h] - mnew)
-                    p1 = math.exp2(s[4 * j + 2 * h + 1] - mnew)
+                    p0 = math.exp2(s[4 * j + 2 * h] - mref)
+                    p1 = math.exp2(s[4 * j + 2 * h + 1] - mref)
                     s[4 * j + 2 * h] = p0
                     s[4 * j + 2 * h + 1] = p1
                     ls += p0 + p1
@@ -1802,13 +1865,13 @@ def _flash_fwd_mma_tf32_py(dtype: str, qreg: bool = False):
             lt += cuda.shfl_xor_sync(0xffffffff, lt, 2)
             r = r0 + g + 8 * h
             if r < Nq:
-                inv = float32(1.0) / lt
+                inv = float32(1.0) / lt if lt > float32(0.0) else float32(0.0)   # a row without keys: O = 0
                 for n in range(NO):
                     o[bh, r, 8 * n + 2 * t] = acc[4 * n + 2 * h] * inv
                     o[bh, r, 8 * n + 2 * t + 1] = acc[4 * n + 2 * h + 1] * inv
                 if t == 0:
-                    mrow[bh, r] = m[h]
-                    lrow[bh, r] = math.log2(lt)
+                    mrow[bh, r] = m[h] if lt > float32(0.0) else NEG
+                    lrow[bh, r] = math.log2(lt) if lt > float32(0.0) else float32(0.0)
     return fwd
 
 
@@ -1849,68 +1912,50 @@ def _tf32_bounds(q, k, v, scale: float, dtype: str) -> tuple:
 
 
 # %% ../nbs/05_fused_attention.ipynb #05a3fda3
-def _emulate_flash_fwd_tf32(q, k, v, scale: float, dtype: str, qreg: bool = False, helpers=None):
-    """What _flash_fwd_mma_tf32_py(dtype, qreg) computes, step for step: q (BH, N_q, 64), k, v (BH, N_k, 64) float32 →
-    o (BH, N_q, 64), mrow, lrow (BH, N_q) float32 (m and log₂ ℓ, base 2). Shared tiles through _f32_word, fragments
-    through _qs_a_frag_tf32 / _kt_b_frag_tf32 / _p_a_frag_tf32 / _v_b_frag_tf32, the mma emulated (TF32 or 3xTF32), the
-    online softmax as in _emulate_flash_fwd. `helpers` (default _emu_helpers(dtype)) lets a test swap a fragment function."""
+def _emulate_flash_fwd_tf32(q, k, v, scale: float, dtype: str, qreg: bool = False, helpers=None, causal: bool = False):
+    """What _flash_fwd_mma_tf32_py(dtype, qreg, causal) computes, step for step: q (BH, N_q, 64), k, v (BH, N_k, 64)
+    float32 → o (BH, N_q, 64), mrow, lrow (BH, N_q) float32 (m and log₂ ℓ, base 2). Shared tiles through _f32_word,
+    fragments through _qs_a_frag_tf32 / _kt_b_frag_tf32 / _p_a_frag_tf32 / _v_b_frag_tf32, the mma emulated (TF32 or
+    3xTF32), tiles visited and masked, the online softmax and the epilogue as in _emulate_flash_fwd. `helpers`
+    (default _emu_helpers(dtype)) lets a test swap a fragment function."""
     h = helpers or _emu_helpers(dtype)
     q, k, v = (np.ascontiguousarray(x, np.float32) for x in (q, k, v))
     BH, Nq, D = q.shape
     Nk = k.shape[1]
     BK = _TF32_BK[dtype, qreg]
     NJ = BK // 8
+    off = Nk - Nq
     scale2 = np.float32(scale * _LOG2E)
     o = np.full((BH, Nq, D), np.nan, np.float32)
     mrow, lrow = np.full((BH, Nq), np.nan, np.float32), np.full((BH, Nq), np.nan, np.float32)
-    lanes = np.arange(32)
-    g, t = lanes >> 2, lanes & 3
-    quad = lambda x, op: (lambda y: op(y, y[lanes ^ 2]))(op(x, x[lanes ^ 1]))   # shfl_xor 1, then 2
-    cols = [np.array([4 * j + 2 * hh + e for j in range(NJ) for e in range(2)]) for hh in range(2)]
-    ocols = [np.array([4 * n + 2 * hh + e for n in range(D // 8) for e in range(2)]) for hh in range(2)]
     tile = lambda x, bh, r0, rows: np.array([[h['_f32_word'](x, bh, r0, r, c) for c in range(D)] for r in range(rows)],
                                             np.float32)
     for bh in range(BH):
         tiles = [(k0, tile(k, bh, k0, BK), tile(v, bh, k0, BK)) for k0 in range(0, Nk, BK)]
         for qb in range(0, Nq, _MMA_BQ):
             Qs = tile(q, bh, qb, _MMA_BQ)             # (qreg: the same values staged through the K tile)
+            kend = h['_key_end'](qb, Nk, off, causal)
             for w in range(_MMA_WARPS):
                 qf = np.array([[h['_qs_a_frag_tf32'](Qs, w, ss, lane) for ss in range(D // 8)] for lane in range(32)],
                               np.float32)             # (32 lanes, 8 k-steps, 4 registers)
                 acc, s = np.zeros((32, 4 * (D // 8)), np.float32), np.zeros((32, 4 * NJ), np.float32)
                 m, l = np.full((32, 2), -np.inf, np.float32), np.zeros((32, 2), np.float32)
                 for k0, Ks, Vs in tiles:
+                    if k0 >= kend: break
                     s[:] = 0
                     for ss in range(D // 8):
                         for j in range(NJ):
                             b = np.array([h['_kt_b_frag_tf32'](Ks, j, ss, lane) for lane in range(32)], np.float32)
                             s[:, 4 * j:4 * j + 4] = _emu_mma(qf[:, ss], b, s[:, 4 * j:4 * j + 4], dtype)
                     s *= scale2
-                    for j in range(NJ):                # keys past N_k
-                        col = k0 + 8 * j + 2 * t
-                        s[col >= Nk, 4 * j], s[col >= Nk, 4 * j + 2] = -np.inf, -np.inf
-                        s[col + 1 >= Nk, 4 * j + 1], s[col + 1 >= Nk, 4 * j + 3] = -np.inf, -np.inf
-                    for hh in range(2):
-                        mnew = np.maximum(m[:, hh], quad(s[:, cols[hh]].max(axis=1), np.maximum))
-                        alpha = np.exp2(m[:, hh] - mnew).astype(np.float32)
-                        m[:, hh] = mnew
-                        p = np.exp2(s[:, cols[hh]] - mnew[:, None]).astype(np.float32)
-                        s[:, cols[hh]] = p
-                        l[:, hh] = l[:, hh] * alpha + p.sum(axis=1, dtype=np.float32)
-                        acc[:, ocols[hh]] *= alpha[:, None]
+                    _emu_mask(h, s, NJ, k0, Nk, qb, qb + 16 * w, off, causal, BK)
+                    _emu_softmax(s, m, l, acc)
                     for j in range(NJ):
                         pf = np.array([h['_p_a_frag_tf32'](s[lane], j) for lane in range(32)], np.float32)
                         for n in range(D // 8):
                             b = np.array([h['_v_b_frag_tf32'](Vs, j, n, lane) for lane in range(32)], np.float32)
                             acc[:, 4 * n:4 * n + 4] = _emu_mma(pf, b, acc[:, 4 * n:4 * n + 4], dtype)
-                for hh in range(2):
-                    lt = quad(l[:, hh], np.add)
-                    r = qb + 16 * w + g + 8 * hh
-                    for lane in np.flatnonzero(r < Nq):
-                        o[bh, r[lane], 8 * np.arange(8) + 2 * t[lane]] = acc[lane, 4 * np.arange(8) + 2 * hh] / lt[lane]
-                        o[bh, r[lane], 8 * np.arange(8) + 2 * t[lane] + 1] = acc[lane, 4 * np.arange(8) + 2 * hh + 1] / lt[lane]
-                        if t[lane] == 0:
-                            mrow[bh, r[lane]], lrow[bh, r[lane]] = m[lane, hh], np.log2(lt[lane])
+                _emu_store(o, mrow, lrow, bh, qb + 16 * w, acc, m, l)
     return o, mrow, lrow
 
 
@@ -1934,7 +1979,10 @@ def _nvidia_tool(name: str):
     return shutil.which(name)
 
 _MMA_OFFLINE_KERNELS = (('fwd', 'bfloat16'), ('fwd', 'float16'), ('gemm', 'bfloat16'), ('gemm', 'float16'),
-                        ('gemm', 'tf32'), ('gemm', '3xtf32'), ('fwd', 'tf32'), ('fwd', '3xtf32'), ('fwd_qreg', 'tf32'))
+                        ('gemm', 'tf32'), ('gemm', '3xtf32'), ('fwd', 'tf32'), ('fwd', '3xtf32'), ('fwd_qreg', 'tf32'),
+                        *((f'fwd{w}_causal', d) for w in ('', '_d128') for d in ('bfloat16', 'float16')),
+                        ('fwd_d128', 'bfloat16'), ('fwd_d128', 'float16'),
+                        ('fwd_causal', 'tf32'), ('fwd_causal', '3xtf32'), ('fwd_qreg_causal', 'tf32'))
 _MMA_PTX = {'bfloat16': 'mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32',
             'float16': 'mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32',
             'tf32': 'mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32',
@@ -2155,7 +2203,7 @@ def _forward_impl(q, k, v, scale, mask, backend, precision: str = 'ieee'):
             _on_threads(_flash_fwd_cpu, qn, kn, vn, np.float32(scale), mask.kind == 'causal', mask.off, o, ml[0], ml[1])
         return torch.from_numpy(o), torch.from_numpy(ml)
     if _TILED_FORWARD and mask.kind != 'window':
-        if _use_mma(q, mask, precision): return _forward_mma(q, k, v, scale, precision)   # tensor cores: see below
+        if _use_mma(q, mask, precision): return _forward_mma(q, k, v, scale, precision, mask)   # tensor cores: below
         return _forward_tiled(q, k, v, scale, mask)
     q, k, v = (t.float() for t in (q, k, v))
     o = torch.empty_like(q); ml = torch.empty((2, BH, Nq), dtype=torch.float32, device=q.device)
@@ -2358,8 +2406,8 @@ def _fused(q, k, v, scale, mask, backend, precision: str = 'ieee', validate: boo
 # %% ../nbs/05_fused_attention.ipynb #1ad30db6
 _TENSOR_CORES = 'auto'    # 'auto': the tensor-core forward where it applies, once its first-call check passed;
                           # 'never': the tiled kernels only; 'always': where it applies, without the check
-_MMA_STATUS = {}          # (device, dtype) → True (checked, in use) or the reason it is not used (a string); float32:
-                          # (device, 'tf32' or '3xtf32')
+_MMA_STATUS = {}          # (device, dtype, D, causal) → True (checked, in use) or the reason it is not used (a string);
+                          # dtype torch.bfloat16 / torch.float16, or for float32 'tf32' / '3xtf32'; D the kernel's 64 or 128
 _TF32_KIND = 'fwd'        # the TF32 tensor-core forward dispatched: 'fwd' (Q tile in shared memory, 32-key tiles) or
                           # 'fwd_qreg' (Q in registers, 64-key tiles); the GPU script times both. 3xTF32: always 'fwd'
 _FP32_PRECISIONS = ('ieee', 'tf32', '3xtf32')
@@ -2370,46 +2418,75 @@ def _mma_dtype(q, precision: str = 'ieee'):
     if q.dtype in _MMA_U: return _KERNEL_DTYPES[q.dtype]
     return precision if q.dtype == torch.float32 and precision != 'ieee' else None
 
+def _mma_width(q, precision: str = 'ieee'):
+    """The head dimension of the tensor-core kernel for (BH, N, D) inputs like q, or None where none applies: 64 for
+    D_p = 64 (D rounded up to a multiple of 8), 128 for D_p = 128 (16-bit inputs only: the TF32 tiles of 128 floats
+    would not fit 48 KiB of shared memory); other D_p would waste a quarter or more of the products on zero columns."""
+    dt = _mma_dtype(q, precision)
+    if dt is None: return None
+    Dp = -(-q.shape[-1] // _TX) * _TX
+    return Dp if Dp == _MMA_D or (Dp in _MMA_BK_D and dt in ('bfloat16', 'float16')) else None
+
+def _mma_kind(mask, D: int, base: str = 'fwd') -> str:
+    "The tensor-core kernel kind (see _mma_variant) for `mask` ('full' or 'causal') and kernel head dimension D."
+    return base + ('_d128' if D == 128 else '') + ('_causal' if mask.kind == 'causal' else '')
+
 def _mma_applies(q, mask, precision: str = 'ieee') -> bool:
     """Whether the tensor-core forward can run for these (BH, N, D) inputs on the 'cuda' backend: bfloat16 or float16,
-    or float32 with precision 'tf32' / '3xtf32'; the full mask, D_p = 64 (padded with zero columns), a real GPU (never
-    the simulator) of compute capability ≥ 8.0."""
-    if mask.kind != 'full' or _mma_dtype(q, precision) is None or _tiled_shape(q.shape[-1])[2] != _MMA_D: return False
+    or float32 with precision 'tf32' / '3xtf32'; the full or the causal mask (not windows); a kernel width D_p
+    (_mma_width); a real GPU (never the simulator) of compute capability ≥ 8.0."""
+    if mask.kind not in ('full', 'causal') or _mma_width(q, precision) is None: return False
     return _cuda_mode() == 'gpu' and torch.cuda.get_device_capability(q.device) >= (8, 0)
 
-def _forward_mma(q, k, v, scale, precision: str = 'ieee'):
+def _forward_mma(q, k, v, scale, precision: str = 'ieee', mask=None):
     """The tensor-core forward: q (BH, N_q, D), k, v (BH, N_k, D) contiguous on a GPU, bfloat16 or float16, or float32
-    with precision 'tf32' / '3xtf32' (the _TF32_KIND variant), D ≤ 64 (padded to 64 with zero columns) → O (BH, N_q, D)
-    float32 and the row statistics ml (2, BH, N_q) = (m, log₂ ℓ) in base 2, as _forward_tiled returns them (so the
-    tiled backward can use them)."""
+    with precision 'tf32' / '3xtf32' (the _TF32_KIND variant); `mask` _Mask('full') (default) or ('causal', off); D
+    padded with zero columns to the kernel's width, 64 or 128 (_mma_width) → O (BH, N_q, D) float32 and the row
+    statistics ml (2, BH, N_q) = (m, log₂ ℓ) in base 2, as _forward_tiled returns them (so the tiled backward can use
+    them)."""
+    mask = mask or _Mask('full')
     BH, Nq, D = q.shape
-    if D != _MMA_D: q, k, v = (F.pad(t, (0, _MMA_D - D)).contiguous() for t in (q, k, v))
-    o = torch.empty((BH, Nq, _MMA_D), dtype=torch.float32, device=q.device)
+    W = _mma_width(q, precision) or _MMA_D
+    if D != W: q, k, v = (F.pad(t, (0, W - D)).contiguous() for t in (q, k, v))
+    o = torch.empty((BH, Nq, W), dtype=torch.float32, device=q.device)
     ml = torch.empty((2, BH, Nq), dtype=torch.float32, device=q.device)
-    grid, consts = (-(-Nq // _MMA_BQ), BH), (o, ml[0], ml[1], np.float32(scale * _LOG2E))
+    grid, consts = (-(-Nq // _MMA_BQ), BH), (o, ml[0], ml[1], np.float32(scale * _LOG2E), np.int32(mask.off))
     if q.dtype == torch.float32:        # float32 as it is: the helper rounds to TF32 in registers
         dt = _mma_dtype(q, precision)
-        kind = _TF32_KIND if (dt, _TF32_KIND == 'fwd_qreg') in _TF32_BK else 'fwd'
-        _launch_cuda(_mma_kernel(kind, dt), grid, 32 * _MMA_WARPS, q, k, v, *consts)
+        base = _TF32_KIND if (dt, _TF32_KIND == 'fwd_qreg') in _TF32_BK else 'fwd'
+        _launch_cuda(_mma_kernel(_mma_kind(mask, W, base), dt), grid, 32 * _MMA_WARPS, q, k, v, *consts)
     else:
         bits = lambda t, tt, nt: cuda.as_cuda_array(t.detach().view(tt), sync=False).view(nt)   # no copy
-        _launch_cuda(_mma_kernel('fwd', _KERNEL_DTYPES[q.dtype]), grid, 32 * _MMA_WARPS, bits(q, torch.int32, np.uint32),
-                     bits(k, torch.int32, np.uint32), bits(v, torch.int16, np.uint16), *consts)
-    return (o if D == _MMA_D else o[..., :D].contiguous()), ml
+        _launch_cuda(_mma_kernel(_mma_kind(mask, W), _KERNEL_DTYPES[q.dtype]), grid, 32 * _MMA_WARPS,
+                     bits(q, torch.int32, np.uint32), bits(k, torch.int32, np.uint32), bits(v, torch.int16, np.uint16),
+                     *consts)
+    return (o if D == W else o[..., :D].contiguous()), ml
 
-def _mma_first_call_check(device, dtype, forward_mma, forward_plain):
-    """Run `forward_mma` and `forward_plain` ((q, k, v, τ) → (O, ml)) on one seeded problem (BH = 2, N_q = 80, N_k = 100,
-    D = 64, τ = 1/8: a partial Q block and a partial K tile) on `device`, in `dtype` (torch.bfloat16 or torch.float16),
-    or in float32 for dtype 'tf32' / '3xtf32'. True when both are finite and agree within the derived bound + 10⁻⁴ on O
+def _mma_check_shape(causal: bool = False) -> tuple:
+    """(N_q, N_k) of the first-call check: full mask 80 queries, 100 keys (a partial Q block, a partial K tile); causal
+    100 queries, 80 keys (off = −20: the first 20 rows see no key; tiles across the diagonal; a partial K tile)."""
+    return (100, 80) if causal else (80, 100)
+
+def _lse_gap(ml1, ml2) -> float:
+    "max |L₁ − L₂| over the rows; a row where both are −∞ (no key in either) counts 0, where one only: ∞."
+    a, b = _lse(ml1), _lse(ml2)
+    both = torch.isneginf(a) & torch.isneginf(b)
+    return float(torch.where(both, torch.zeros_like(a), (a - b).abs()).max())
+
+def _mma_first_call_check(device, dtype, forward_mma, forward_plain, D: int = _MMA_D, causal: bool = False):
+    """Run `forward_mma` and `forward_plain` ((q, k, v, τ) → (O, ml)) on one seeded problem (BH = 2, (N_q, N_k) from
+    _mma_check_shape(causal), head dimension D, τ = 1/8) on `device`, in `dtype` (torch.bfloat16 or torch.float16), or in
+    float32 for dtype 'tf32' / '3xtf32'. True when both are finite and agree within the derived bound + 10⁻⁴ on O
     (_mma_o_bound: P's rounding to 16 bits; _tf32_bounds for TF32) and within 10⁻³ on L (16-bit: the scores are exact;
-    TF32: _tf32_bounds + 10⁻⁴); otherwise (or when forward_mma raises) the reason, a string, after one RuntimeWarning
-    that names it."""
+    TF32: _tf32_bounds + 10⁻⁴; rows without a key must be −∞ in both); otherwise (or when forward_mma raises) the
+    reason, a string, after one RuntimeWarning that names it."""
     tf32 = isinstance(dtype, str)
     g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(2, n, _MMA_D, generator=g).to(device, torch.float32 if tf32 else dtype) for n in (80, 100, 100))
+    nq, nk = _mma_check_shape(causal)
+    q, k, v = (torch.randn(2, n, D, generator=g).to(device, torch.float32 if tf32 else dtype) for n in (nq, nk, nk))
     try:
         (o1, ml1), (o2, ml2) = forward_mma(q, k, v, 0.125), forward_plain(q, k, v, 0.125)
-        eo, el = (float((a - b).abs().max()) for a, b in ((o1, o2), (_lse(ml1), _lse(ml2))))
+        eo, el = float((o1 - o2).abs().max()), _lse_gap(ml1, ml2)
         if tf32:
             tol, tol_l = (b + 1e-4 for b in _tf32_bounds(q, k, v, 0.125, dtype))
         else:
@@ -2420,24 +2497,26 @@ def _mma_first_call_check(device, dtype, forward_mma, forward_plain):
         if eo <= tol and el <= tol_l: return True       # (NaN fails both comparisons)
         reason = (f'on a check problem it disagrees with the tiled kernel: max |ΔO| = {eo:.3g} (tolerance '
                   f'{tol:.3g}), max |ΔL| = {el:.3g} (tolerance {tol_l:.3g})')
-    name = dtype if tf32 else str(dtype)[6:]
+    name = (dtype if tf32 else str(dtype)[6:]) + (f', D = {D}' if D != _MMA_D else '') + (', causal' if causal else '')
     warnings.warn(f'geobook.attention: the tensor-core forward is not used for {name} on {device}: {reason}; '
                   'the tiled kernels run instead', RuntimeWarning, stacklevel=2)
     return reason
 
 def _use_mma(q, mask, precision: str = 'ieee') -> bool:
     """Whether this forward runs on tensor cores: _TENSOR_CORES 'never' → no; where _mma_applies (float32: only with
-    precision 'tf32' or '3xtf32'), 'always' → yes, 'auto' → after the first-call check per (device, dtype or precision),
-    made once and remembered in _MMA_STATUS."""
+    precision 'tf32' or '3xtf32'), 'always' → yes, 'auto' → after the first-call check of the kernel it would run, per
+    (device, dtype or precision, kernel width D, causal), made once and remembered in _MMA_STATUS."""
     check_choice(_TENSOR_CORES, '_TENSOR_CORES', ['auto', 'never', 'always'])
     if _TENSOR_CORES == 'never' or not _mma_applies(q, mask, precision): return False
     if _TENSOR_CORES == 'always': return True
     dt = q.dtype if q.dtype in _MMA_U else _mma_dtype(q, precision)
-    key = (str(q.device), dt)
+    W, causal = _mma_width(q, precision), mask.kind == 'causal'
+    key = (str(q.device), dt, W, causal)
     if key not in _MMA_STATUS:
-        plain = lambda q_, k_, v_, s_: _forward_tiled(q_, k_, v_, s_, _Mask('full'))
-        mma = lambda q_, k_, v_, s_: _forward_mma(q_, k_, v_, s_, precision)
-        _MMA_STATUS[key] = _mma_first_call_check(q.device, dt, mma, plain)
+        m_ = lambda q_, k_: _Mask(mask.kind, off=k_.shape[1] - q_.shape[1])
+        plain = lambda q_, k_, v_, s_: _forward_tiled(q_, k_, v_, s_, m_(q_, k_))
+        mma = lambda q_, k_, v_, s_: _forward_mma(q_, k_, v_, s_, precision, m_(q_, k_))
+        _MMA_STATUS[key] = _mma_first_call_check(q.device, dt, mma, plain, W, causal)
     return _MMA_STATUS[key] is True
 
 # %% ../nbs/05_fused_attention.ipynb #6540891c
@@ -2456,9 +2535,8 @@ def flash_attention(q, k, v, causal: bool = False, scale: float | None = None, r
     `torch.backends.cuda.matmul.fp32_precision`): 'ieee' (default) computes in float32 arithmetic; 'tf32' allows the
     forward to run on TF32 tensor cores (inputs rounded to 10 fraction bits: errors of order 10⁻³, bounded in the
     chapter), '3xtf32' on tensor cores with float32-class accuracy (3 TF32 products each). They take effect where the
-    tensor-core forward applies (backend 'cuda' on a GPU of compute capability ≥ 8.0, no causal mask, max(D, D_v) in
-    57..64)
-    after a first-call check against the float32 kernel (one RuntimeWarning and float32 if it fails); elsewhere
+    tensor-core forward applies (backend 'cuda' on a GPU of compute capability ≥ 8.0, full or causal mask, max(D, D_v)
+    in 57..64) after a first-call check against the float32 kernel (one RuntimeWarning and float32 if it fails); elsewhere
     float32 arithmetic as with 'ieee'; for float64, float16 and bfloat16 inputs it is ignored (float64 never runs on
     TF32). The backward is float32 arithmetic on the forward's O and L, so after a 'tf32' forward the gradients inherit
     its error (of the order of O's). Empty inputs give empty (or all-masked) results.

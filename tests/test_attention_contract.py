@@ -505,7 +505,8 @@ def test_fp32_precision_follows_the_callers_dtype(monkeypatch, dtype, precision)
     monkeypatch.setattr(A, '_mma_applies', lambda q, mask, precision='ieee':
                         mask.kind == 'full' and A._mma_dtype(q, precision) is not None)
     monkeypatch.setattr(A, '_TENSOR_CORES', 'always')
-    monkeypatch.setattr(A, '_forward_mma', lambda q, k, v, s, p='ieee': (calls.append(('mma', q.dtype, p)), cpu(q, k, v, s))[1])
+    monkeypatch.setattr(A, '_forward_mma', lambda q, k, v, s, p='ieee', mask=None:
+                        (calls.append(('mma', q.dtype, p)), cpu(q, k, v, s))[1])
     monkeypatch.setattr(A, '_forward_tiled', lambda q, k, v, s, mask: (calls.append(('tiled', q.dtype)), cpu(q, k, v, s))[1])
     g = torch.Generator().manual_seed(21)
     q, k, v = (torch.randn(1, 2, n, 64, generator=g, dtype=torch.float64).to(dtype) for n in (70, 90, 90))

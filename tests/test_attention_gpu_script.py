@@ -42,7 +42,13 @@ def test_gpu_run_dry(tmp_path):
     acc = tc['accumulation']['rows']['33x17x9']
     assert acc['3xtf32'] <= acc['tol_3xtf32'] and acc['3xtf32'] < acc['tf32'] / 100, acc
     assert tc['failures'] == [] and tc['checks'] and all(c['ok'] for c in tc['checks'].values()), tc['failures']
-    assert tc['first_call_check'] == {'cpu bfloat16': True, 'cpu float16': True, 'cpu tf32': True, 'cpu 3xtf32': True}
+    assert tc['first_call_check'] == {'cpu bfloat16': True, 'cpu float16': True, 'cpu tf32': True, 'cpu 3xtf32': True,
+                                      'cpu bfloat16 causal': True, 'cpu bfloat16 D=128': True,
+                                      'cpu bfloat16 D=128 causal': True}
+    # the causal and D = 128 tensor-core forwards (emulated) against float64: O, L (−∞ rows too) and the gradients
+    variants = {' '.join(n.split(':')[0].split()[2:4]).replace(' BH=1', '') for n in tc['checks'] if 'D=' in n}
+    assert variants == {'D=64 causal', 'D=128', 'D=128 causal'}, variants
+    assert sum('D=' in n for n in tc['checks']) == 3 * 5
     assert tc['first_call_warnings'] == []
     # float32 through TF32 (emulated): O and L within the derived bound, both variants and both precisions
     tf32_checks = {n for n in tc['checks'] if n.startswith(('fwd tf32 ', 'fwd 3xtf32 '))}
@@ -51,6 +57,8 @@ def test_gpu_run_dry(tmp_path):
     assert {n.split()[1] for n in tc['checks'] if n.startswith('gemm')} == {'bfloat16', 'float16', 'tf32', '3xtf32'}
     assert {(r['dtype'], r['pass']) for r in tc['rows']} == {('bfloat16', 'forward'), ('float16', 'forward'),
                                                              ('bfloat16', 'fwd+bwd'), ('float32', 'forward')}
+    assert {(r['D'], r['causal']) for r in tc['rows'] if r['dtype'] == 'bfloat16' and r['pass'] == 'forward'} == \
+        {(64, False), (64, True), (128, False), (128, True)}
     for r in tc['rows']:
         assert r['tiled_s'] > 0 and r['sdpa_s'] > 0 and (r['dtype'] == 'float32') == ('tensor_cores_s' not in r), r
         if r['dtype'] == 'float32':     # TF32 (both variants), 3xTF32, SDPA with TF32 allowed, all as ratios
@@ -59,7 +67,7 @@ def test_gpu_run_dry(tmp_path):
             assert r['sdpa_allow_tf32_s'] > 0, r
             # validate_inputs=False beside each, with the host's time per call of every timing
             assert all(r[f'{k}_unchecked_s'] > 0 and r['host_s'][f'{k}_unchecked_s'] > 0 for k in keys), r
-        elif r['pass'] == 'forward' and r['dtype'] == 'bfloat16':
+        elif r['pass'] == 'forward' and r['dtype'] == 'bfloat16' and (r['D'], r['causal']) == (64, False):
             assert r['tensor_cores_unchecked_s'] > 0 and r['host_s']['tensor_cores_s'] > 0, r
     # Numba's launch cost on an empty kernel (the dry run: through _launch_cuda only) and torch's sync debug mode
     assert tc['launch_overhead']['launch_cuda_s'] > 0 and 'note' in tc['sync_debug'], tc['launch_overhead']

@@ -61,10 +61,12 @@ KERNELS = [f'{kind}_{dt}_sm{a}{b}' for kind, dt in A._MMA_OFFLINE_KERNELS for a,
 
 
 def _kernel_kind(name):
-    "(kind, dtype, keys per tile B_k) of an offline-facts name such as 'fwd_qreg_3xtf32_sm90' (B_k None for a GEMM)."
+    """(base kind, dtype, keys per tile B_k, head dimension D) of an offline-facts name such as
+    'fwd_qreg_causal_tf32_sm90' (B_k None for a GEMM); base 'gemm', 'fwd' or 'fwd_qreg' (A._mma_variant)."""
     kind, dt = next((k, d) for k, d in A._MMA_OFFLINE_KERNELS if name.startswith(f'{k}_{d}_sm'))
-    if kind == 'gemm': return kind, dt, None
-    return kind, dt, (A._TF32_BK[dt, kind == 'fwd_qreg'] if dt in ('tf32', '3xtf32') else A._MMA_BK)
+    base, D, _ = A._mma_variant(kind)
+    if base == 'gemm': return base, dt, None, None
+    return base, dt, (A._TF32_BK[dt, base == 'fwd_qreg'] if dt in ('tf32', '3xtf32') else A._MMA_BK_D[D]), D
 
 
 @pytest.mark.parametrize('name', KERNELS)
@@ -72,7 +74,7 @@ def test_helper_inlined_and_mma_in_sass(facts, name):
     f = facts[name]
     assert f['ltoir_pieces'] == 2, f                                # the kernel and attention_mma.cu (NVRTC)
     assert f['ptx_calls'] == 0 and f['ptx_local'] == 0, f           # inlined: no call, no local memory in PTX
-    kind, dt, bk = _kernel_kind(name)
+    kind, dt, bk, _ = _kernel_kind(name)
     x3 = 3 if dt == '3xtf32' else 1
     # mma per key tile and warp (16-bit forward: QKᵀ 8 n-tiles × 4 k-steps + PV 8 × 4) or per k-step (GEMM); TF32
     # forwards: PV unrolled (8 n-tiles × B_k/8 k-steps) and QKᵀ a multiple of B_k/8 (its loop over the 8 k-steps of
@@ -92,9 +94,10 @@ def test_ptxas_resources(facts, name):
     f = facts[name]
     assert f['stack'] == 0 and f['spill_st'] == 0 and f['spill_ld'] == 0, f
     assert 0 < f['regs'] <= 128, f
-    kind, dt, bk = _kernel_kind(name)
-    if kind != 'gemm' and dt in ('bfloat16', 'float16'):   # Q (64 rows) and K (64 keys) tiles of 36 words, Vᵀ 64 × 36
-        assert f['smem'] == 4 * (A._MMA_BQ * A._MMA_KS + A._MMA_BK * A._MMA_KS + A._MMA_D * A._MMA_VT), f
+    kind, dt, bk, D = _kernel_kind(name)
+    if kind != 'gemm' and dt in ('bfloat16', 'float16'):   # Q (64 rows) and K (B_k keys) tiles of D/2 + 4 words, Vᵀ
+        assert f['smem'] == 4 * ((A._MMA_BQ + bk) * (D // 2 + 4) + D * (bk // 2 + 4)) <= A._SMEM_MAX, f   # D × B_k/2+4
+        if D == 64: assert f['smem'] == 4 * (A._MMA_BQ * A._MMA_KS + A._MMA_BK * A._MMA_KS + A._MMA_D * A._MMA_VT), f
     elif kind != 'gemm':           # float32 tiles of 68: Q (64 rows; with Q in registers its placeholder is dropped), K, V
         assert f['smem'] == 4 * A._TF32_LD * ((0 if kind == 'fwd_qreg' else A._MMA_BQ) + 2 * bk) <= A._SMEM_MAX, f
     if kind != 'gemm':             # row max/sum by shuffles; exp2 per score: B_k/2 per lane per tile, + 2 (α)
@@ -211,6 +214,74 @@ def test_flash_fwd_wrong_v_fragment_is_caught():
     assert np.abs(o - oref.numpy()).max() > 10 * A._mma_o_bound(torch.bfloat16, vmax, 64)
 
 
+def _masked_reference(q, k, v, scale, causal):
+    """float64 softmax attention with the bottom-right causal mask (query i sees key j iff j ≤ i + N_k − N_q): O (0 on
+    rows without a key) and L (−∞ there)."""
+    nq, nk = q.shape[-2], k.shape[-2]
+    allowed = torch.ones(nq, nk, dtype=torch.bool).tril(nk - nq) if causal else torch.ones(nq, nk, dtype=torch.bool)
+    s = (q @ k.transpose(-1, -2) * scale).masked_fill(~allowed, float('-inf'))
+    return torch.softmax(s, -1).nan_to_num(0.0) @ v, torch.logsumexp(s, -1)
+
+
+def _check_masked(o, m, lam, oref, lref, obound, lbound):
+    "O within obound, L within lbound on rows with keys; rows without keys: O = 0, m = _NEG, log₂ ℓ = 0 exactly."
+    assert not np.isnan(o).any() and not np.isnan(m).any() and not np.isnan(lam).any()
+    none = np.isneginf(lref.numpy())
+    assert (m[none] == np.float32(A._NEG)).all() and (lam[none] == 0).all() and (o[none] == 0).all()
+    assert (m[~none] > A._NEG / 2).all()
+    el = np.abs((m[~none].astype(np.float64) + lam[~none]) * A._LN2 - lref.numpy()[~none]).max(initial=0.0)
+    eo = np.abs(o - oref.numpy()).max()
+    assert el <= lbound and eo <= obound, (el, lbound, eo, obound)
+
+
+@pytest.mark.parametrize('dtype', ['bfloat16', 'float16'])
+@pytest.mark.parametrize('D,causal,nq,nk', [(64, True, 80, 100), (64, True, 100, 37), (64, True, 130, 130),
+                                            (128, False, 20, 70), (128, True, 70, 130), (128, True, 100, 37)])
+def test_flash_fwd_emulation_causal_and_d128(dtype, D, causal, nq, nk):
+    """The 16-bit forward with the causal mask (bottom-right aligned; N_q > N_k leaves rows with no key) and at D = 128
+    (32-key tiles), emulated lane by lane, against float64 masked softmax attention of the same 16-bit inputs: L to
+    float32 rounding (1e-5), O within _mma_o_bound; rows without keys exactly O = 0, m = _NEG, log₂ ℓ = 0."""
+    rng = np.random.default_rng(nq * 1000 + nk + D)
+    q16, k16, v16 = (A._MMA_ENCODE[dtype](rng.standard_normal((1, n, D))) for n in (nq, nk, nk))
+    o, m, lam = A._emulate_flash_fwd(q16, k16, v16, 0.125, dtype, causal=causal)
+    q, k, v = (torch.from_numpy(A._MMA_DECODE[dtype](x)).double() for x in (q16, k16, v16))
+    oref, lref = _masked_reference(q, k, v, 0.125, causal)
+    _check_masked(o, m, lam, oref, lref, A._mma_o_bound(getattr(torch, dtype), float(v.abs().max()), nk), 1e-5)
+
+
+@pytest.mark.parametrize('wrong', ['diagonal_unmasked', 'key_end_of_first_row'])
+def test_causal_tile_plan_errors_are_caught(wrong):
+    """Negative controls for the causal plan: a _tile_masked that masks only the last tile (not the diagonal's), or a
+    _key_end taken from the block's first row instead of its last (later rows lose whole tiles of keys), fail the
+    same comparison (O or L)."""
+    rng = np.random.default_rng(7)
+    q16, k16, v16 = (A._bf16_bits(rng.standard_normal((1, n, 64))) for n in (70, 130, 130))
+    h = A._emu_helpers('bfloat16')
+    if wrong == 'diagonal_unmasked':
+        h['_tile_masked'] = lambda k0, bk, Nk, q0, off, causal: k0 + bk > Nk
+    else:
+        h['_key_end'] = lambda q0, Nk, off, causal: min(Nk, q0 + 1 + off)
+    o, m, lam = A._emulate_flash_fwd(q16, k16, v16, 0.125, 'bfloat16', helpers=h, causal=True)
+    q, k, v = (torch.from_numpy(A._MMA_DECODE['bfloat16'](x)).double() for x in (q16, k16, v16))
+    oref, lref = _masked_reference(q, k, v, 0.125, True)
+    with pytest.raises(AssertionError):
+        _check_masked(o, m, lam, oref, lref, A._mma_o_bound(torch.bfloat16, float(v.abs().max()), 130), 1e-5)
+
+
+@pytest.mark.parametrize('dtype,qreg', list(A._TF32_BK))
+@pytest.mark.parametrize('nq,nk', [(80, 100), (100, 37), (70, 130)])
+def test_flash_fwd_tf32_emulation_causal(dtype, qreg, nq, nk):
+    """The TF32 / 3xTF32 forwards with the causal mask, emulated, against float64 masked attention of the same float32
+    inputs within _tf32_bounds (the bound of the full mask holds row by row: a row's keys are a subset); rows without
+    keys exactly 0 / _NEG / 0."""
+    rng = np.random.default_rng(nq * 1000 + nk)
+    q, k, v = (rng.standard_normal((1, n, 64)).astype(np.float32) for n in (nq, nk, nk))
+    o, m, lam = A._emulate_flash_fwd_tf32(q, k, v, 0.125, dtype, qreg, causal=True)
+    oref, lref = _masked_reference(*(torch.from_numpy(x).double() for x in (q, k, v)), 0.125, True)
+    bo, bl = A._tf32_bounds(q, k, v, 0.125, dtype)
+    _check_masked(o, m, lam, oref, lref, bo, bl)
+
+
 # ---------------------------------------------------------------- dispatch
 def _stand_in(shift=0.0):
     def fwd(q, k, v, s):
@@ -259,18 +330,75 @@ def test_use_mma_checks_once_per_device_and_dtype(monkeypatch):
         A._use_mma(q, A._Mask('full'))
 
 
-def test_tensor_cores_never_apply_off_their_domain():
-    "Causal or windowed masks, float32 inputs and head dims other than D_p = 64 stay on the tiled kernels (no GPU query)."
-    q = torch.zeros(1, 4, 64, dtype=torch.bfloat16)
-    assert not A._mma_applies(q, A._Mask('causal'))
-    assert not A._mma_applies(q.float(), A._Mask('full'))
-    assert not A._mma_applies(torch.zeros(1, 4, 128, dtype=torch.float16), A._Mask('full'))
-    assert not A._mma_applies(torch.zeros(1, 4, 48, dtype=torch.float16), A._Mask('full'))
-    for prec in ('tf32', '3xtf32'):   # float32 only with the opt-in, and never for float64 or off the domain
-        assert not A._mma_applies(q.double(), A._Mask('full'), prec)
-        assert not A._mma_applies(q.float(), A._Mask('causal'), prec)
-        assert not A._mma_applies(torch.zeros(1, 4, 128), A._Mask('full'), prec)
-        assert A._mma_dtype(q.float(), prec) == prec and A._mma_dtype(q.float(), 'ieee') is None
+def test_tensor_cores_domain(monkeypatch):
+    """On a (pretended) GPU of compute capability ≥ 8.0: 16-bit inputs with the full or causal mask and D_p = 64 or 128
+    run on tensor cores; windowed masks, D_p of 48 or 96 (padding would waste a quarter or more), float32 without the
+    opt-in and float64 do not; float32 with 'tf32'/'3xtf32' only at D_p = 64. Off a GPU or below sm_80: never."""
+    monkeypatch.setattr(A, '_cuda_mode', lambda: 'gpu')
+    monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda device=None: (9, 0))
+    z = lambda D, dt=torch.bfloat16: torch.zeros(1, 4, D, dtype=dt)
+    full, causal, window = A._Mask('full'), A._Mask('causal', off=3), A._Mask('window')
+    for dt in (torch.bfloat16, torch.float16):
+        for D, W in ((64, 64), (57, 64), (128, 128), (121, 128)):
+            assert A._mma_applies(z(D, dt), full) and A._mma_applies(z(D, dt), causal) and A._mma_width(z(D, dt)) == W
+        for D in (48, 96, 32):
+            assert not A._mma_applies(z(D, dt), full) and A._mma_width(z(D, dt)) is None
+        assert not A._mma_applies(z(64, dt), window)
+    assert not A._mma_applies(z(64, torch.float32), full) and not A._mma_applies(z(64, torch.float64), full, 'tf32')
+    for prec in ('tf32', '3xtf32'):
+        assert A._mma_applies(z(64, torch.float32), full, prec) and A._mma_applies(z(64, torch.float32), causal, prec)
+        assert not A._mma_applies(z(128, torch.float32), full, prec) and A._mma_dtype(z(64, torch.float32), prec) == prec
+    assert [A._mma_kind(m_, w) for m_, w in ((full, 64), (causal, 64), (full, 128), (causal, 128))] == \
+        ['fwd', 'fwd_causal', 'fwd_d128', 'fwd_d128_causal']
+    assert A._mma_kind(causal, 64, 'fwd_qreg') == 'fwd_qreg_causal' and A._mma_variant('fwd_qreg_causal') == ('fwd_qreg', 64, True)
+    with pytest.raises(ValueError, match='D = 64'):
+        A._mma_fn('fwd_d128', 'tf32')
+    monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda device=None: (7, 5))
+    assert not A._mma_applies(z(64), full)
+    monkeypatch.setattr(A, '_cuda_mode', lambda: 'sim')
+    assert not A._mma_applies(z(64), full)
+
+
+def test_use_mma_checks_each_kernel_once(monkeypatch):
+    """The first-call check runs once per (device, dtype, kernel width, causal), on the kernel that would run: D = 128
+    and causal variants get their own check, with the check problem of their own shape and mask."""
+    seen = []
+    def check(dev, dt, mma, plain, D=64, causal=False):
+        nq, nk = A._mma_check_shape(causal)
+        q = torch.zeros(1, nq, D, dtype=torch.bfloat16); k = torch.zeros(1, nk, D, dtype=torch.bfloat16)
+        seen.append((dt, D, causal, plain(q, k, k, 0.125)))
+        return True
+    monkeypatch.setattr(A, '_cuda_mode', lambda: 'gpu')
+    monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda device=None: (9, 0))
+    monkeypatch.setattr(A, '_mma_first_call_check', check)
+    monkeypatch.setattr(A, '_forward_tiled', lambda q, k, v, s, mask: (mask.kind, mask.off))
+    monkeypatch.setattr(A, '_MMA_STATUS', {})
+    monkeypatch.setattr(A, '_TENSOR_CORES', 'auto')
+    for D in (64, 128, 64):
+        for m_ in (A._Mask('full'), A._Mask('causal', off=5)):
+            assert A._use_mma(torch.zeros(1, 4, D, dtype=torch.bfloat16), m_)
+    assert [x[:3] for x in seen] == [(torch.bfloat16, 64, False), (torch.bfloat16, 64, True),
+                                      (torch.bfloat16, 128, False), (torch.bfloat16, 128, True)]
+    assert [x[3] for x in seen] == [('full', 20), ('causal', -20), ('full', 20), ('causal', -20)]   # the check's own off
+
+
+def test_first_call_check_compares_rows_without_keys():
+    """Causal check problem (N_q = 100 > N_k = 80): rows without a key have L = −∞ in both forwards, which counts as
+    agreement (not NaN); a forward that gives such a row a finite L is rejected."""
+    def masked(shift=0.0, break_row=False):
+        def fwd(q, k, v, s):
+            o, lse = _masked_reference(q.double(), k.double(), v.double(), s, True)
+            m = (lse * A._LOG2E).float()
+            m = torch.where(torch.isneginf(m), torch.full_like(m, A._NEG), m)
+            if break_row: m[..., 0] = 0.0
+            return (o + shift).float(), torch.stack([m, torch.zeros_like(m)])
+        return fwd
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        assert A._mma_first_call_check('cpu', torch.bfloat16, masked(), masked(), 64, True) is True
+        bad = A._mma_first_call_check('cpu', torch.bfloat16, masked(break_row=True), masked(), 128, True)
+    assert 'disagrees' in bad and 'inf' in bad and len(caught) == 1
+    assert 'bfloat16, D = 128, causal on cpu' in str(caught[0].message)
 
 
 def test_simulator_never_dispatches_to_tensor_cores():
@@ -417,7 +545,7 @@ def test_use_mma_float32_needs_the_opt_in(monkeypatch):
     checks = []
     monkeypatch.setattr(A, '_cuda_mode', lambda: 'gpu')
     monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda device=None: (9, 0))
-    monkeypatch.setattr(A, '_mma_first_call_check', lambda dev, dt, f, p: (checks.append(dt), True)[1])
+    monkeypatch.setattr(A, '_mma_first_call_check', lambda dev, dt, f, p, D=64, causal=False: (checks.append(dt), True)[1])
     monkeypatch.setattr(A, '_MMA_STATUS', {})
     monkeypatch.setattr(A, '_TENSOR_CORES', 'auto')
     q = torch.zeros(1, 4, 64)
