@@ -22,7 +22,8 @@
    kernels vs SDPA (bfloat16 and float16 forward, bfloat16 fwd+bwd; float32 forward: TF32 in both variants and 3xTF32,
    through flash_attention and the bare kernel, vs the tiled float32 kernel and vs SDPA float32 with
    torch.backends.cuda.matmul.allow_tf32 off (the default) and on); then the bfloat16 forward causal at D = 64 and
-   full and causal at D = 128 (last: the budget cuts them first); and the tensor-core kernels' registers. Dry run:
+   full and causal at D = 128, and the causal fwd+bwd (last: the budget cuts them first); the tensor-core backward
+   (bfloat16 and float16, D = 64, full and causal) against the NumPy emulator; the kernels' registers. Dry run:
    the emulator stands in for the kernels.
 
 `--only tensor_cores` runs section 5 alone (≤ 2 minutes on an H200, compilation included): it reads the JSON of an
@@ -255,7 +256,8 @@ TC_DRY_CHECKS = [(1, 20, 70), (1, 1, 1)]
 TC_VARIANTS = [(64, False), (64, True), (128, False), (128, True)]   # (D, causal) of the 16-bit forward's checks
 TC_VARIANT_CHECKS = [(2, 80, 100), (2, 100, 37), (1, 300, 200)]      # (BH, N_q, N_k) of the causal and D = 128 ones
 TC_VARIANT_DRY_CHECKS = [(1, 20, 9)]                                # (N_q > N_k: rows without keys)
-TC_VARIANT_ROWS = [(64, True), (128, False), (128, True)]            # bfloat16 forward timings beyond D = 64, full
+TC_VARIANT_ROWS = [(64, True, 'forward'), (128, False, 'forward'), (128, True, 'forward'), (64, True, 'fwd+bwd')]
+                                                               # bfloat16 timings beyond D = 64, full
 TC_NS = [1024, 4096, 16384]
 TF32 = ('tf32', '3xtf32')                # float32 through TF32 tensor cores: flash_attention(fp32_precision=...)
 TF32_KINDS = ('fwd', 'fwd_qreg')         # the two variants: Q tile in shared memory (32-key tiles), Q in registers (64)
@@ -286,6 +288,16 @@ def _emulated_forward_mma(q, k, v, scale, precision='ieee', mask=None):
     bits = lambda t: t.detach().contiguous().view(torch.int16).numpy().view(np.uint16)
     o, m, lam = A._emulate_flash_fwd(bits(q), bits(k), bits(v), scale, A._KERNEL_DTYPES[q.dtype], causal=causal)
     return torch.from_numpy(o)[..., :D].contiguous(), torch.from_numpy(np.stack([m, lam]))
+
+
+def _emulated_backward_mma(q, k, v, do, ml, delta, scale, mask):
+    "The dry run's stand-in for A._backward_mma: the NumPy emulators of the same two kernels (CPU tensors, D ≤ 64)."
+    D, causal, dt = q.shape[-1], mask.kind == 'causal', A._KERNEL_DTYPES[q.dtype]
+    b = [_bits16(torch.nn.functional.pad(t.to(q.dtype), (0, A._MMA_D - D))) for t in (q, k, v, do)]
+    m, lam = ml.contiguous().numpy()
+    dq = A._emulate_bwd_dq(*b, m, lam, delta.contiguous().numpy(), scale, dt, causal)
+    dk, dv = A._emulate_bwd_dkdv(*b, m, lam, delta.contiguous().numpy(), scale, dt, causal)
+    return tuple(torch.from_numpy(x)[..., :D].contiguous() for x in (dq, dk, dv))
 
 
 def _bits16(t):
@@ -352,13 +364,16 @@ def _with_allow_tf32(fn):
             torch.backends.cuda.matmul.allow_tf32 = allow
 
 
+def _gap(a, b) -> float:
+    "max |a − b| over entries, where two −∞ (rows without keys) count 0 and one −∞ counts ∞."
+    return float(torch.where(torch.isneginf(a) & torch.isneginf(b), torch.zeros_like(b), (a - b).abs()).max())
+
+
 def _variant_checks(run: Run, g, record):
     """The 16-bit forward beyond D = 64 with the full mask: causal (N_q ≠ N_k both ways, rows without keys when
     N_q > N_k) and D = 128, through flash_attention (as dispatched: the tensor-core forward, the tiled backward) against
     float64 — O within the derived bound, L to 10⁻⁴ on rows with keys and −∞ on the others, gradients relative — and
     the bare kernel against the NumPy emulator of the same variant."""
-    inf_gap = lambda a, b: float(torch.where(torch.isneginf(a) & torch.isneginf(b), torch.zeros_like(b),
-                                             (a - b).abs()).max())
     for dname, dt in list(TC_DTYPES.items())[:1 if run.dry else None]:     # the dry run (simulator): bfloat16 only
         for D, causal in TC_VARIANTS[1:]:
             for BH, Nq, Nk in (TC_VARIANT_DRY_CHECKS if run.dry else TC_VARIANT_CHECKS):
@@ -374,7 +389,7 @@ def _variant_checks(run: Run, g, record):
                 u = A._MMA_U[dt]
                 record(f'{tag}: O vs float64', e(o, o2), A._mma_o_bound(dt, float(v.abs().max()), Nk)
                        + u * float(o2.detach().abs().max()))
-                record(f'{tag}: L vs float64', inf_gap(lse.detach().cpu().double(), lse2.detach()), 1e-4)
+                record(f'{tag}: L vs float64', _gap(lse.detach().cpu().double(), lse2.detach()), 1e-4)
                 for n, a, b in (('dq', qc, q2), ('dk', kc, k2), ('dv', vc, v2)):
                     rel = e(a.grad, b.grad) / max(float(b.grad.abs().max()), 1e-30)
                     record(f'{tag}: {n} vs float64 (relative)', rel, 4 * u)
@@ -385,6 +400,22 @@ def _variant_checks(run: Run, g, record):
                     record(f'{tag}: O vs emulator', float(np.abs(o_raw.cpu().numpy() - oe).max()), 2e-3)
                     record(f'{tag}: m, log2 l vs emulator', float(np.abs(ml.cpu().numpy() - np.stack([me, le])).max()), 1e-4)
                 run.save()
+    if not run.dry:                                # the backward kernels on hardware against their emulators
+        for dname, dt in TC_DTYPES.items():
+            for causal, (BH, Nq, Nk) in ((False, (2, 80, 100)), (True, (2, 100, 37))):
+                rng = np.random.default_rng(Nq)
+                bits = [A._MMA_ENCODE[dname](rng.standard_normal((BH, n, 64))) for n in (Nq, Nk, Nk, Nq)]
+                ref = A._mma_bwd_reference(*bits, 1 / 8, dname, causal)
+                st = (ref['mrow'], ref['lrow'], ref['delta'])
+                emu = (A._emulate_bwd_dq(*bits, *st, 1 / 8, dname, causal), *A._emulate_bwd_dkdv(*bits, *st, 1 / 8, dname, causal))
+                tq, tk, tv, tdo = (torch.from_numpy(A._MMA_DECODE[dname](b)).to(run.device, dt) for b in bits)
+                ml = torch.from_numpy(np.stack(st[:2])).to(run.device)
+                mask = A._Mask('causal' if causal else 'full', off=Nk - Nq)
+                got = A._backward_mma(tq, tk, tv, tdo, ml, torch.from_numpy(st[2]).to(run.device), 1 / 8, mask)
+                for n_, g_, e_ in zip(('dq', 'dk', 'dv'), got, emu):
+                    record(f"bwd {dname}{' causal' if causal else ''} BH={BH} Nq={Nq} Nk={Nk}: {n_} vs emulator",
+                           float(np.abs(g_.cpu().numpy() - e_).max()), 2e-3)
+                run.save()
 
 
 def _tf32_checks(run: Run, g, record, out):
@@ -394,23 +425,26 @@ def _tf32_checks(run: Run, g, record, out):
     the sums' order and rounding inside mma differ: O within 2u·max|v| + 10⁻⁴ for TF32, where P may round the other
     way at a tie, 10⁻⁴ for 3xTF32; m and log₂ ℓ within 10⁻³)."""
     dev = run.device
+    cases = [(BH, Nq, Nk, False) for BH, Nq, Nk in (TF32_DRY_CHECKS if run.dry else TF32_CHECKS)]
+    cases += [(1, 20, 9, True)] if run.dry else [(2, 100, 37, True), (2, 80, 100, True)]   # causal (rows without keys)
     for prec in TF32:
         for kind in _kinds(prec):
             A._TF32_KIND = kind
-            for BH, Nq, Nk in (TF32_DRY_CHECKS if run.dry else TF32_CHECKS):
+            for BH, Nq, Nk, causal in cases:
                 q, k, v = (torch.randn(1, BH, n, 64, generator=g) for n in (Nq, Nk, Nk))
                 o, lse = flash_attention(q.to(dev), k.to(dev), v.to(dev), return_lse=True, backend='cuda',
-                                         fp32_precision=prec)
-                o2, lse2 = attention_reference(q.double(), k.double(), v.double(), return_lse=True)
+                                         fp32_precision=prec, causal=causal)
+                o2, lse2 = attention_reference(q.double(), k.double(), v.double(), return_lse=True, causal=causal)
                 bo, bl = A._tf32_bounds(q, k, v, 1 / 8, prec)
-                e = lambda a, b: float((a.detach().cpu().double() - b).abs().max())
-                tag = f'fwd {prec} {kind} BH={BH} Nq={Nq} Nk={Nk}'
+                e = lambda a, b: _gap(a.detach().cpu().double(), b)
+                tag = f"fwd {prec} {kind}{' causal' if causal else ''} BH={BH} Nq={Nq} Nk={Nk}"
                 record(f'{tag}: O vs float64 (derived bound)', e(o, o2), bo + 1e-6, bound=bo)
                 record(f'{tag}: L vs float64 (derived bound)', e(lse, lse2), bl + 1e-6, bound=bl)
-                if not run.dry and Nq * Nk <= 80 * 100:
+                if not run.dry and Nq * Nk <= 100 * 100:
                     oe, me, le = A._emulate_flash_fwd_tf32(*(t[0].numpy() for t in (q, k, v)), 1 / 8, prec,
-                                                           qreg=kind == 'fwd_qreg')
-                    o_raw, ml = A._forward_mma(*(t[0].to(dev).contiguous() for t in (q, k, v)), 1 / 8, prec)
+                                                           qreg=kind == 'fwd_qreg', causal=causal)
+                    mask = A._Mask('causal' if causal else 'full', off=Nk - Nq)
+                    o_raw, ml = A._forward_mma(*(t[0].to(dev).contiguous() for t in (q, k, v)), 1 / 8, prec, mask)
                     tol = (2 * A._TF32_U * float(v.abs().max()) if prec == 'tf32' else 0.0) + 1e-4
                     record(f'{tag}: O vs emulator', float(np.abs(o_raw.cpu().numpy() - oe).max()), tol)
                     record(f'{tag}: m, log2 l vs emulator', float(np.abs(ml.cpu().numpy() - np.stack([me, le])).max()), 1e-3)
@@ -523,9 +557,9 @@ def tensor_cores(run: Run) -> dict:
     kernels' resources. In the dry run the emulator stands in for the kernels (shapes shrunk): it tests the plumbing."""
     import warnings
     out = {'checks': {}, 'rows': [], 'failures': []}
-    saved, tf32_kind = (A._forward_mma, A._mma_applies), A._TF32_KIND
+    saved, tf32_kind = (A._forward_mma, A._mma_applies, A._backward_mma), A._TF32_KIND
     if run.dry:
-        A._forward_mma = _emulated_forward_mma
+        A._forward_mma, A._backward_mma = _emulated_forward_mma, _emulated_backward_mma
         A._mma_applies = lambda q, mask, precision='ieee': (mask.kind in ('full', 'causal')
                                                              and A._mma_width(q, precision) is not None)
         out['note'] = 'dry run: the NumPy emulator stands in for the tensor-core kernels'
@@ -540,7 +574,7 @@ def tensor_cores(run: Run) -> dict:
         print(f'tc {name:52s} max err {err:.3e}  tol {tol:.2e}  {"ok" if ok else "FAIL"}', flush=True)
         if not ok: out['failures'].append(name)
     # 1. the first-call check, as a user meets it (default switch 'auto')
-    A._TENSOR_CORES, A._MMA_STATUS = 'auto', {}
+    A._TENSOR_CORES, A._MMA_STATUS, A._MMA_BWD_STATUS = 'auto', {}, {}
     g = torch.Generator().manual_seed(0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
@@ -551,14 +585,24 @@ def tensor_cores(run: Run) -> dict:
             q = torch.randn(1, 2, 64, 64, generator=torch.Generator().manual_seed(1)).to(dev)
             flash_attention(q, q, q, backend='cuda', fp32_precision=prec)
         gv = torch.Generator().manual_seed(2)      # the causal and D = 128 kernels (bfloat16), each checked on first use
-        for D, causal in TC_VARIANTS[1:]:
-            q, k = (torch.randn(1, 2, n, D, generator=gv).to(dev, torch.bfloat16) for n in (64, 80))
-            flash_attention(q, k, k, backend='cuda', causal=causal)
+        for dt in list(TC_DTYPES.values())[:1 if run.dry else None]:
+            for D, causal in TC_VARIANTS[1:]:
+                q, k = (torch.randn(1, 2, n, D, generator=gv).to(dev, dt) for n in (64, 80))
+                flash_attention(q, k, k, backend='cuda', causal=causal)
+        for prec in TF32:                          # the TF32 causal kernels
+            q = torch.randn(1, 2, 64, 64, generator=gv).to(dev)
+            flash_attention(q, q, q, backend='cuda', fp32_precision=prec, causal=True)
+        for dt in list(TC_DTYPES.values())[:1 if run.dry else None]:   # the backward's check (the dry run: bfloat16)
+            for causal in (False, True):
+                q = torch.randn(1, 2, 64, 64, generator=gv).to(dev, dt).requires_grad_()
+                flash_attention(q, q, q, backend='cuda', causal=causal).float().sum().backward()
     name = lambda d, t, w, c: (f"{d} {t if isinstance(t, str) else str(t)[6:]}" + (f' D={w}' if w != A._MMA_D else '')
                                + (' causal' if c else ''))
     out['first_call_check'] = {name(*key): s for key, s in A._MMA_STATUS.items()}
+    out['first_call_check_backward'] = {name(d, t, A._MMA_D, c): s for (d, t, c), s in A._MMA_BWD_STATUS.items()}
     out['first_call_warnings'] = [str(w.message)[:500] for w in caught if 'tensor-core' in str(w.message)]
-    print('tc first-call check:', out['first_call_check'], out['first_call_warnings'], flush=True)
+    print('tc first-call check:', out['first_call_check'], out['first_call_check_backward'], out['first_call_warnings'],
+          flush=True)
     A._TENSOR_CORES = 'always'                     # from here on: the tensor-core forward wherever it applies
     try:
         # 2. GEMM: the hardware's fragment layout against float64 and the emulator
@@ -609,7 +653,7 @@ def tensor_cores(run: Run) -> dict:
         cases = [(N, 'float32', 'forward', 64, False) for N in Ns] + [          # float32 (TF32) first: the budget may stop
             (N, dn, p, 64, False) for N in Ns for dn, p in (('bfloat16', 'forward'), ('float16', 'forward'),
                                                             ('bfloat16', 'fwd+bwd'))]
-        cases += [(N, 'bfloat16', 'forward', D, c) for D, c in TC_VARIANT_ROWS for N in Ns]   # causal, D = 128: last
+        cases += [(N, 'bfloat16', p, D, c) for D, c, p in TC_VARIANT_ROWS for N in Ns]   # causal, D = 128: last
         for N, dname, passes, D, causal in cases:
             cfg = {'N': N, 'D': D, 'dtype': dname, 'pass': passes, 'B': B, 'H': H, 'causal': causal}
             if run.left() <= 0:
@@ -646,7 +690,7 @@ def tensor_cores(run: Run) -> dict:
             print('tc timing', {k_: (f'{x:.3g}' if isinstance(x, float) else x) for k_, x in row.items()}, flush=True)
     finally:
         A._TENSOR_CORES, A._TF32_KIND = 'auto', tf32_kind
-        A._forward_mma, A._mma_applies = saved
+        A._forward_mma, A._mma_applies, A._backward_mma = saved
     # 5. resources of the compiled tensor-core kernels
     if not run.dry:
         for (kind, dname), kern in A._MMA_KERNELS.items():

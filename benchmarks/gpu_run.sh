@@ -29,7 +29,7 @@ export GEOBOOK_NO_PROGRESS=1
 if [ "${1:-}" = "--dry" ]; then
   shift
   export NUMBA_ENABLE_CUDASIM=1        # must be set before numba is imported
-  exec timeout 300 "$PY" benchmarks/bench_attention_gpu.py --dry "$@"
+  exec timeout 600 "$PY" benchmarks/bench_attention_gpu.py --dry "$@"
 fi
 unset NUMBA_ENABLE_CUDASIM
 if ! "$PY" -c 'import torch, numba.cuda as c; assert torch.cuda.is_available(), "torch sees no CUDA GPU"; assert c.is_available(), "numba-cuda sees no GPU"'; then

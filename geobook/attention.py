@@ -1459,7 +1459,7 @@ def _flash_fwd_mma_py(dtype: str, causal: bool = False, D: int = _MMA_D):
     return fwd
 
 def _mma_variant(kind: str) -> tuple:
-    """(base, D, causal) of a tensor-core kernel kind: base 'gemm', 'fwd' or 'fwd_qreg', then optionally '_d128' (head
+    """(base, D, causal) of a tensor-core kernel kind: base 'gemm', 'fwd', 'fwd_qreg', 'bwd_dq' or 'bwd_dkdv', then optionally '_d128' (head
     dimension 128; else 64) and '_causal' (the causal mask), e.g. 'fwd_d128_causal' → ('fwd', 128, True)."""
     causal = kind.endswith('_causal')
     base = kind[:-len('_causal')] if causal else kind
@@ -1472,6 +1472,8 @@ def _mma_fn(kind: str, dtype: str):
     Q tile in shared memory; 'fwd_qreg…', TF32 only: Q in registers, 64-key tiles)."""
     base, D, causal = _mma_variant(kind)
     if base == 'gemm': return _mma_gemm_py(dtype)
+    if base in ('bwd_dq', 'bwd_dkdv'):          # the backward (16-bit, D = 64): see "The backward on tensor cores"
+        return (_flash_bwd_dq_mma_py if base == 'bwd_dq' else _flash_bwd_dkdv_mma_py)(dtype, causal)
     if dtype in ('tf32', '3xtf32'):
         if D != _MMA_D: raise ValueError(f'the TF32 forwards have D = {_MMA_D} only, not {kind}')
         return _flash_fwd_mma_tf32_py(dtype, qreg=base == 'fwd_qreg', causal=causal)
@@ -1483,6 +1485,9 @@ def _mma_sig(kind: str, dtype: str) -> tuple:
     if kind == 'gemm':
         x = a(numba.uint16, 2) if dtype in ('bfloat16', 'float16') else a(float32, 2)
         return x, x, a(float32, 2)
+    u32, u16, f3, f2 = a(numba.uint32, 3), a(numba.uint16, 3), a(float32, 3), a(float32, 2)
+    if kind.startswith('bwd_dq'): return (u32, u32, u32, u16, u32, f2, f2, f2, f3, float32, float32, numba.int32)
+    if kind.startswith('bwd_dkdv'): return (u32, u32, u32, u32, u16, u16, f2, f2, f2, f3, f3, float32, float32, numba.int32)
     if dtype in ('tf32', '3xtf32'):
         return (a(float32, 3),) * 4 + (a(float32, 2), a(float32, 2), float32, numba.int32)
     return (a(numba.uint32, 3), a(numba.uint32, 3), a(numba.uint16, 3), a(float32, 3), a(float32, 2), a(float32, 2),
@@ -1959,6 +1964,508 @@ def _emulate_flash_fwd_tf32(q, k, v, scale: float, dtype: str, qreg: bool = Fals
     return o, mrow, lrow
 
 
+# %% ../nbs/05_fused_attention.ipynb #2c087311
+_BWD_BQ = 32                  # queries per tile of the tensor-core dK/dV kernel (64 would need > 48 KiB of shared memory)
+_BWD_QT = _BWD_BQ // 2 + 4    # 32-bit words per row of its transposed Q and dO tiles (pairs of queries; +4 as above)
+_MMA_NT = 32 * _MMA_WARPS     # threads per block of the tensor-core kernels
+
+def _mma_bwd_smem(kind: str) -> int:
+    "Bytes of static shared memory of the dQ ('dq') or dK/dV ('dkdv') kernel."
+    if kind == 'dq':
+        return 4 * (4 * _MMA_BQ * _MMA_KS + _MMA_D * _MMA_VT)
+    return 4 * (2 * _MMA_BQ * _MMA_KS + 2 * _BWD_BQ * _MMA_KS + 2 * _MMA_D * _BWD_QT + 3 * _BWD_BQ)
+
+def _bwd_stat(mrow, lrow, delta, bh, i):
+    """(m, log₂ ℓ, Δ) of query i as the backward uses them: m = +FLT_MAX on a row with no key (m = _NEG) and past N_q,
+    so that P = 2^((S − m) − log₂ ℓ) is exactly 0 there whatever the mask test does (the dK/dV kernel relies on it for
+    the queries of a ragged last tile: no mask test for them)."""
+    if i < mrow.shape[1]:
+        m = mrow[bh, i]
+        if m <= float32(_NEG / 2):
+            m = float32(-_NEG)
+        return m, lrow[bh, i], delta[bh, i]
+    return float32(-_NEG), float32(0.0), float32(0.0)
+
+def _dkdv_lo(rb, Nq, causal, off):
+    "First query tile (a multiple of _BWD_BQ) that can see a key of block rb..rb+63; N_q-clamped (empty loop: none)."
+    if causal:
+        return min(Nq, max(0, rb - off)) // _BWD_BQ * _BWD_BQ
+    return 0
+
+def _dkdv_straddle(c0, rb, causal, off):
+    """Whether query tile c0 needs the mask test for key block rb: it crosses the causal diagonal. (Queries past N_q
+    have P = 0 from their statistics, _bwd_stat; keys past N_k are rows of the block whose dK, dV are not stored and
+    touch no other row.)"""
+    return causal and c0 + off < rb + _MMA_BQ - 1
+
+def _dq_pds(s, dp, lane, i0, j0, mr, lr, dr, scale2, Nk, off, causal, straddle):
+    """dS on this lane's accumulators of n-tiles 2u, 2u+1 (s: S = Q Kᵀ unscaled, dp: dO Vᵀ; 8 values each, register
+    e of n-tile e >> 2 is row g + 8·((e >> 1) & 1), column 2t + (e & 1)), in place in s: s ← P∘(dp − Δ) with
+    P = 2^((S·scale2 − m) − log₂ ℓ), 0 where masked (tested only on a straddling tile). Rows: queries i0 + g (+8),
+    statistics mr, lr, dr[h] of row g + 8h; columns: keys j0 + 8·(e >> 2) + 2t + (e & 1)."""
+    g = lane >> 2
+    t = lane & 3
+    lim0 = Nk - j0                                # allowed columns of rows g, g + 8: 2t + … < lim (straddle only)
+    lim1 = lim0
+    if straddle and causal:
+        lim0 = min(lim0, i0 + g + off + 1 - j0)   # key j ≤ i + off
+        lim1 = min(lim1, i0 + g + 8 + off + 1 - j0)
+    for e in range(8):
+        h = (e >> 1) & 1
+        x = s[e] * scale2
+        if straddle:
+            if not 8 * (e >> 2) + 2 * t + (e & 1) < (lim1 if h else lim0):
+                x = float32(-math.inf)            # masked: P = 2^−∞ = 0 exactly (m, log₂ ℓ are finite)
+        p = float32(math.exp2((x - mr[h]) - lr[h]))
+        s[e] = p * (dp[e] - dr[h])
+
+def _dkdv_pds(s, dp, lane, j0, cu, st, scale2, straddle, off_c):
+    """Pᵀ and dSᵀ on this lane's accumulators of n-tiles 2u, 2u+1 of Sᵀ = K Qᵀ (s, unscaled) and dPᵀ = V dOᵀ (dp), in
+    place: s ← Pᵀ, dp ← Pᵀ∘(dPᵀ − Δ). Rows: keys j0 + g (+8); columns: the tile's queries c = cu + 8·(e >> 2) + 2t +
+    (e & 1), whose m, log₂ ℓ, Δ are st[0..2, c] (staged by _bwd_stat: P = 0 past N_q). On a straddling tile key j is
+    masked for column c iff j > c + off_c, off_c = off + c0 (the causal diagonal in tile columns)."""
+    g = lane >> 2
+    t = lane & 3
+    # key j0 + g + 8h is masked for column c iff b + 8h − 8n − odd > 0 (c = cu + 8n + 2t + odd); b is computed on a
+    # straddling tile only, elsewhere b = −64 makes the test inert. Branch-free on purpose: an `if straddle:` around
+    # the test cost the causal kernel 12-28 bytes of spills at 128 registers (ptxas 12.x, sm_80 and sm_90).
+    b = j0 + g - off_c - cu - 2 * t if straddle else -64
+    for e in range(8):
+        c = cu + 8 * (e >> 2) + 2 * t + (e & 1)
+        x = s[e] * scale2
+        if b + 8 * ((e >> 1) & 1) - 8 * (e >> 2) - (e & 1) > 0:
+            x = float32(-math.inf)                # masked: P = 2^−∞ = 0 exactly (m, log₂ ℓ are finite)
+        p = float32(math.exp2((x - st[0, c]) - st[1, c]))
+        s[e] = p
+        dp[e] = p * (dp[e] - st[2, c])
+
+_BWD_SHARED = ['_bwd_stat', '_dkdv_lo', '_dkdv_straddle', '_dq_pds', '_dkdv_pds']   # bound for the emulators too
+
+# %% ../nbs/05_fused_attention.ipynb #d95a50f5
+def _flash_bwd_dq_mma_py(dtype: str, causal: bool):
+    """The Python function of the tensor-core dQ kernel: bwd_dq(q32, k32, v32, k16, do32, mrow, lrow, delta, dq, scale,
+    scale2, off) with q32, do32 (BH, N_q, 32), k32, v32 (BH, N_k, 32) uint32 (pairs of neighbouring head dims),
+    k16 (BH, N_k, 64) uint16 bits (the same K, for the transposed tile), mrow, lrow, delta (BH, N_q) float32, dq
+    (BH, N_q, 64) float32 out, scale = τ, scale2 = τ log₂e (float32), off = N_k − N_q (int32).
+    Grid (⌈N_q/64⌉, BH), 128 threads."""
+    mma = _mma_ops()[0][dtype]
+    qsa, ktb, vtb, pa, ksw, vtw = (_mma_dev(f, dtype) for f in (_qs_a_frag, _kt_b_frag, _vt_b_frag, _p_a_frag,
+                                                                 _ks_word, _vt_word))
+    stat, kend, masked, pds = (_mma_dev(f, dtype) for f in (_bwd_stat, _key_end, _tile_masked, _dq_pds))
+    D2 = _MMA_D // 2
+    AF = 4 * (_MMA_D // 8)                            # accumulator registers of a 16 × 64 tile per lane
+    CAUSAL = bool(causal)
+
+    def bwd_dq(q32, k32, v32, k16, do32, mrow, lrow, delta, dq, scale, scale2, off):
+        tid = cuda.threadIdx.x
+        lane = tid & 31
+        warp = tid >> 5
+        bh = cuda.blockIdx.y
+        Nq = q32.shape[1]
+        Nk = k32.shape[1]
+        rb = cuda.blockIdx.x * _MMA_BQ                    # the block's first query
+        r0 = rb + 16 * warp                           # this warp's first query
+        g = lane >> 2
+        t = lane & 3
+        Qs = cuda.shared.array((_MMA_BQ, _MMA_KS), numba.uint32)
+        Os = cuda.shared.array((_MMA_BQ, _MMA_KS), numba.uint32)     # dO rows
+        Ks = cuda.shared.array((_MMA_BK, _MMA_KS), numba.uint32)
+        Vs = cuda.shared.array((_MMA_BK, _MMA_KS), numba.uint32)
+        Kt = cuda.shared.array((_MMA_D, _MMA_VT), numba.uint32)      # Kᵀ: (head dim, key pair)
+        s = cuda.local.array(8, float32)              # S, then dS, of n-tiles 2u, 2u+1
+        dp = cuda.local.array(8, float32)             # dP of n-tiles 2u, 2u+1
+        acc = cuda.local.array(AF, float32)           # dQ (16 rows × 64 head dims per warp)
+        mr = cuda.local.array(2, float32)
+        lr = cuda.local.array(2, float32)
+        dr = cuda.local.array(2, float32)
+        for idx in range(tid, _MMA_BQ * D2, _MMA_NT):         # Q and dO tiles, once
+            qr = idx // D2
+            Qs[qr, idx - qr * D2] = ksw(q32, bh, rb, qr, idx - qr * D2)
+            Os[qr, idx - qr * D2] = ksw(do32, bh, rb, qr, idx - qr * D2)
+        for h in range(2):
+            mr[h], lr[h], dr[h] = stat(mrow, lrow, delta, bh, r0 + g + 8 * h)
+        for i in range(AF):
+            acc[i] = float32(0.0)
+        for k0 in range(0, kend(rb, Nk, off, CAUSAL), _MMA_BK):   # the forward's tile plan (same bounds for all threads)
+            cuda.syncthreads()                        # the previous tiles are no longer read
+            for idx in range(tid, _MMA_BK * D2, _MMA_NT):
+                kr = idx // D2
+                Ks[kr, idx - kr * D2] = ksw(k32, bh, k0, kr, idx - kr * D2)
+                Vs[kr, idx - kr * D2] = ksw(v32, bh, k0, kr, idx - kr * D2)
+            for idx in range(tid, _MMA_D * (_MMA_BK // 2), _MMA_NT):      # Kᵀ: pairs of neighbouring keys, packed
+                kp = idx // _MMA_D
+                Kt[idx - kp * _MMA_D, kp] = vtw(k16, bh, k0, kp, idx - kp * _MMA_D)
+            cuda.syncthreads()
+            straddle = masked(k0, _MMA_BK, Nk, rb, off, CAUSAL)
+            for u in range(_MMA_BK // 16):                # k-step u of dS K: keys 16u..16u+15 = n-tiles 2u, 2u+1
+                for n in range(2):
+                    c0 = c1 = c2 = c3 = float32(0.0)
+                    e0 = e1 = e2 = e3 = float32(0.0)
+                    for ss in range(_MMA_D // 16):
+                        a0, a1, a2, a3 = qsa(Qs, warp, ss, lane)
+                        b0, b1 = ktb(Ks, 2 * u + n, ss, lane)
+                        c0, c1, c2, c3 = mma(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3)
+                        a0, a1, a2, a3 = qsa(Os, warp, ss, lane)
+                        b0, b1 = ktb(Vs, 2 * u + n, ss, lane)
+                        e0, e1, e2, e3 = mma(a0, a1, a2, a3, b0, b1, e0, e1, e2, e3)
+                    s[4 * n] = c0
+                    s[4 * n + 1] = c1
+                    s[4 * n + 2] = c2
+                    s[4 * n + 3] = c3
+                    dp[4 * n] = e0
+                    dp[4 * n + 1] = e1
+                    dp[4 * n + 2] = e2
+                    dp[4 * n + 3] = e3
+                pds(s, dp, lane, r0, k0 + 16 * u, mr, lr, dr, scale2, Nk, off, CAUSAL, straddle)
+                a0, a1, a2, a3 = pa(s, 0)             # dS rounded to 16 bits: the A fragment of k-step u
+                for j in range(_MMA_D // 8):              # dQ += dS K
+                    b0, b1 = vtb(Kt, j, u, lane)
+                    acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3] = mma(
+                        a0, a1, a2, a3, b0, b1, acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3])
+        for h in range(2):
+            r = r0 + g + 8 * h
+            if r < Nq:
+                for j in range(_MMA_D // 8):
+                    dq[bh, r, 8 * j + 2 * t] = acc[4 * j + 2 * h] * scale
+                    dq[bh, r, 8 * j + 2 * t + 1] = acc[4 * j + 2 * h + 1] * scale
+    return bwd_dq
+
+# %% ../nbs/05_fused_attention.ipynb #2e5995fe
+def _flash_bwd_dkdv_mma_py(dtype: str, causal: bool):
+    """The Python function of the tensor-core dK/dV kernel: bwd_dkdv(k32, v32, q32, do32, q16, do16, mrow, lrow, delta,
+    dk, dv, scale, scale2, off) with k32, v32 (BH, N_k, 32), q32, do32 (BH, N_q, 32) uint32, q16, do16 (BH, N_q, 64)
+    uint16 bits (for the transposed tiles), mrow, lrow, delta (BH, N_q) float32, dk, dv (BH, N_k, 64) float32 out,
+    scale, scale2 float32, off int32. Grid (⌈N_k/64⌉, BH), 128 threads."""
+    mma = _mma_ops()[0][dtype]
+    qsa, ktb, vtb, pa, ksw, vtw = (_mma_dev(f, dtype) for f in (_qs_a_frag, _kt_b_frag, _vt_b_frag, _p_a_frag,
+                                                                 _ks_word, _vt_word))
+    stat, lo_of, strad, pds = (_mma_dev(f, dtype) for f in (_bwd_stat, _dkdv_lo, _dkdv_straddle, _dkdv_pds))
+    D2 = _MMA_D // 2
+    AF = 4 * (_MMA_D // 8)
+    BQ = _BWD_BQ
+    CAUSAL = bool(causal)
+
+    def bwd_dkdv(k32, v32, q32, do32, q16, do16, mrow, lrow, delta, dk, dv, scale, scale2, off):
+        tid = cuda.threadIdx.x
+        lane = tid & 31
+        warp = tid >> 5
+        bh = cuda.blockIdx.y
+        Nq = q32.shape[1]
+        Nk = k32.shape[1]
+        rb = cuda.blockIdx.x * _MMA_BQ                    # the block's first key
+        r0 = rb + 16 * warp                           # this warp's first key
+        g = lane >> 2
+        t = lane & 3
+        Ks = cuda.shared.array((_MMA_BQ, _MMA_KS), numba.uint32)
+        Vs = cuda.shared.array((_MMA_BQ, _MMA_KS), numba.uint32)
+        Qs = cuda.shared.array((BQ, _MMA_KS), numba.uint32)
+        Os = cuda.shared.array((BQ, _MMA_KS), numba.uint32)      # dO rows
+        Qt = cuda.shared.array((_MMA_D, _BWD_QT), numba.uint32)      # Qᵀ: (head dim, query pair)
+        Ot = cuda.shared.array((_MMA_D, _BWD_QT), numba.uint32)      # dOᵀ
+        st = cuda.shared.array((3, BQ), float32)             # m, log₂ ℓ, Δ of the tile's queries
+        s = cuda.local.array(8, float32)              # Sᵀ, then Pᵀ, of n-tiles 2u, 2u+1
+        dp = cuda.local.array(8, float32)             # dPᵀ, then dSᵀ
+        ak = cuda.local.array(AF, float32)            # dK (16 keys × 64 head dims per warp)
+        av = cuda.local.array(AF, float32)            # dV
+        for idx in range(tid, _MMA_BQ * D2, _MMA_NT):         # K and V tiles, once
+            kr = idx // D2
+            Ks[kr, idx - kr * D2] = ksw(k32, bh, rb, kr, idx - kr * D2)
+            Vs[kr, idx - kr * D2] = ksw(v32, bh, rb, kr, idx - kr * D2)
+        for i in range(AF):
+            ak[i] = float32(0.0)
+            av[i] = float32(0.0)
+        lo = lo_of(rb, Nq, CAUSAL, off)
+        for c0 in range(lo, Nq, BQ):
+            cuda.syncthreads()
+            for idx in range(tid, BQ * D2, _MMA_NT):
+                qr = idx // D2
+                Qs[qr, idx - qr * D2] = ksw(q32, bh, c0, qr, idx - qr * D2)
+                Os[qr, idx - qr * D2] = ksw(do32, bh, c0, qr, idx - qr * D2)
+            for idx in range(tid, _MMA_D * (BQ // 2), _MMA_NT):       # Qᵀ, dOᵀ: pairs of neighbouring queries, packed
+                qp = idx // _MMA_D
+                Qt[idx - qp * _MMA_D, qp] = vtw(q16, bh, c0, qp, idx - qp * _MMA_D)
+                Ot[idx - qp * _MMA_D, qp] = vtw(do16, bh, c0, qp, idx - qp * _MMA_D)
+            for idx in range(tid, BQ, _MMA_NT):
+                st[0, idx], st[1, idx], st[2, idx] = stat(mrow, lrow, delta, bh, c0 + idx)
+            cuda.syncthreads()
+            straddle = strad(c0, rb, CAUSAL, off)
+            for u in range(BQ // 16):                 # k-step u: queries 16u..16u+15 = n-tiles 2u, 2u+1 of Sᵀ
+                for n in range(2):
+                    f0 = f1 = f2 = f3 = float32(0.0)
+                    e0 = e1 = e2 = e3 = float32(0.0)
+                    for ss in range(_MMA_D // 16):
+                        a0, a1, a2, a3 = qsa(Ks, warp, ss, lane)
+                        b0, b1 = ktb(Qs, 2 * u + n, ss, lane)
+                        f0, f1, f2, f3 = mma(a0, a1, a2, a3, b0, b1, f0, f1, f2, f3)
+                        a0, a1, a2, a3 = qsa(Vs, warp, ss, lane)
+                        b0, b1 = ktb(Os, 2 * u + n, ss, lane)
+                        e0, e1, e2, e3 = mma(a0, a1, a2, a3, b0, b1, e0, e1, e2, e3)
+                    s[4 * n] = f0
+                    s[4 * n + 1] = f1
+                    s[4 * n + 2] = f2
+                    s[4 * n + 3] = f3
+                    dp[4 * n] = e0
+                    dp[4 * n + 1] = e1
+                    dp[4 * n + 2] = e2
+                    dp[4 * n + 3] = e3
+                pds(s, dp, lane, r0, 16 * u, st, scale2, straddle, off + c0)
+                p0, p1, p2, p3 = pa(s, 0)             # Pᵀ rounded to 16 bits: A fragment of k-step u
+                d0, d1, d2, d3 = pa(dp, 0)            # dSᵀ
+                for j in range(_MMA_D // 8):              # dV += Pᵀ dO, dK += dSᵀ Q
+                    b0, b1 = vtb(Ot, j, u, lane)
+                    av[4 * j], av[4 * j + 1], av[4 * j + 2], av[4 * j + 3] = mma(
+                        p0, p1, p2, p3, b0, b1, av[4 * j], av[4 * j + 1], av[4 * j + 2], av[4 * j + 3])
+                    b0, b1 = vtb(Qt, j, u, lane)
+                    ak[4 * j], ak[4 * j + 1], ak[4 * j + 2], ak[4 * j + 3] = mma(
+                        d0, d1, d2, d3, b0, b1, ak[4 * j], ak[4 * j + 1], ak[4 * j + 2], ak[4 * j + 3])
+        for h in range(2):
+            r = r0 + g + 8 * h
+            if r < Nk:
+                for j in range(_MMA_D // 8):
+                    dv[bh, r, 8 * j + 2 * t] = av[4 * j + 2 * h]
+                    dv[bh, r, 8 * j + 2 * t + 1] = av[4 * j + 2 * h + 1]
+                    dk[bh, r, 8 * j + 2 * t] = ak[4 * j + 2 * h] * scale
+                    dk[bh, r, 8 * j + 2 * t + 1] = ak[4 * j + 2 * h + 1] * scale
+    return bwd_dkdv
+
+def _bwd_launches(q16, k16, v16, do16, mrow, lrow, delta, dq, dk, dv, scale: float, w32=None, f: float = 1.0) -> list:
+    """[(kind, grid, threads, args)] of the two kernels for arrays q16, do16 (BH, N_q, 64), k16, v16 (BH, N_k, 64)
+    uint16 bits (C-contiguous), mrow, lrow, delta (BH, N_q) float32 and outputs dq (BH, N_q, 64), dk, dv (BH, N_k, 64)
+    float32: NumPy arrays (the uint16 pairs reinterpreted as uint32 with .view) or Numba device arrays, whose uint32
+    views w32 = (q32, k32, v32, do32) the caller makes (from torch: _backward_mma). q may hold q·f (_mma_prescale):
+    the exponent's scale becomes τ·log₂e/f and dK's τ/f. The emulators run these lists."""
+    BH, Nq, _ = q16.shape
+    Nk = k16.shape[1]
+    q32, k32, v32, do32 = w32 or (x.view(np.uint32) for x in (q16, k16, v16, do16))
+    c2, off = np.float32(scale * _LOG2E / f), np.int32(Nk - Nq)
+    return [('dq', (-(-Nq // _MMA_BQ), BH), _MMA_NT, (q32, k32, v32, k16, do32, mrow, lrow, delta, dq,
+                                                     np.float32(scale), c2, off)),
+            ('dkdv', (-(-Nk // _MMA_BQ), BH), _MMA_NT, (k32, v32, q32, do32, q16, do16, mrow, lrow, delta, dk, dv,
+                                                        np.float32(scale / f), c2, off))]
+
+# %% ../nbs/05_fused_attention.ipynb #7366baef
+_EMU_MATH = pytypes.SimpleNamespace(exp2=lambda x: np.exp2(np.float64(x)), inf=math.inf)   # exp2 overflows to inf,
+                              # as on the device (math.exp2 would raise: rows of keys past N_k, scores far below 0)
+
+_EMU_PAD = np.uint32(0x7FC07FC0)   # fills the +4 padding words of emulated shared tiles: a NaN pair if read
+
+def _bwd_emu_helpers(dtype: str) -> dict:
+    """geobook's fragment functions bound for NumPy (_emu_helpers) plus this module's shared plain functions, by name:
+    what the emulators call, so a test can swap one."""
+    h = dict(_emu_helpers(dtype))
+    pack = h['_p_a_frag'].__globals__['_pack_pair']
+    for n in _BWD_SHARED:
+        h[n] = _mma_bind(globals()[n], {'_pack_pair': pack, 'math': _EMU_MATH})
+    return h
+
+def _emu_rows(h, x32, bh, r0, nrows):
+    "An emulated shared row tile (nrows, _MMA_KS) from _ks_word (padding words poisoned)."
+    T = np.full((nrows, _MMA_KS), _EMU_PAD, np.uint32)
+    for r in range(nrows):
+        for c in range(_MMA_D // 2):
+            T[r, c] = h['_ks_word'](x32, bh, r0, r, c)
+    return T
+
+def _emu_trans(h, x16, bh, r0, npairs, width):
+    "An emulated transposed pair-packed tile (_MMA_D, width) from _vt_word (padding words poisoned)."
+    T = np.full((_MMA_D, width), _EMU_PAD, np.uint32)
+    for kp in range(npairs):
+        for d in range(_MMA_D):
+            T[d, kp] = h['_vt_word'](x16, bh, r0, kp, d)
+    return T
+
+def _frags_a(h, T, w):
+    "(32, 4 k-steps, 4) A registers of warp w from a row tile (_qs_a_frag)."
+    return np.array([[h['_qs_a_frag'](T, w, ss, lane) for ss in range(_MMA_D // 16)] for lane in range(32)], np.uint32)
+
+def _emulate_bwd_dq(q16, k16, v16, do16, mrow, lrow, delta, scale: float, dtype: str, causal: bool, helpers=None):
+    """What _flash_bwd_dq_mma_py(dtype, causal) computes, lane by lane: 16-bit inputs as uint16 bits (BH, N, 64),
+    mrow, lrow, delta (BH, N_q) float32 → dq (BH, N_q, 64) float32. Runs on the very grid and argument list that
+    flash_bwd_mma launches (_bwd_launches). Shared tiles through _ks_word / _vt_word, fragments through _qs_a_frag /
+    _kt_b_frag / _vt_b_frag / _p_a_frag, loop bounds, mask and P/dS through the kernel's own _key_end / _tile_masked /
+    _dq_pds, the mma emulated (_emu_mma)."""
+    BH, Nq, _ = q16.shape
+    Nk = k16.shape[1]
+    dq = np.full((BH, Nq, _MMA_D), np.nan, np.float32)
+    unused = np.full((BH, Nk, _MMA_D), np.nan, np.float32)
+    (_, grid, _, args), _ = _bwd_launches(*(np.ascontiguousarray(x) for x in (q16, k16, v16, do16, mrow, lrow, delta)),
+                                          dq, unused, unused, scale)
+    _emu_dq_kernel(grid, args, dtype, causal, helpers or _bwd_emu_helpers(dtype))
+    return dq
+
+def _emu_dq_kernel(grid, args, dtype, causal, h):
+    "The dQ kernel's grid, emulated block by block, warp by warp, on the kernel's own argument list."
+    q32, k32, v32, k16, do32, mrow, lrow, delta, dq, scale, scale2, off = args
+    Nq, Nk = q32.shape[1], k32.shape[1]
+    for bh in range(grid[1]):
+        tiles = {}
+        for rb in range(0, grid[0] * _MMA_BQ, _MMA_BQ):
+            Qs, Os = _emu_rows(h, q32, bh, rb, _MMA_BQ), _emu_rows(h, do32, bh, rb, _MMA_BQ)
+            hi = h['_key_end'](rb, Nk, off, causal)
+            for w in range(_MMA_WARPS):
+                r0 = rb + 16 * w
+                qf, of = _frags_a(h, Qs, w), _frags_a(h, Os, w)
+                stats = np.array([[h['_bwd_stat'](mrow, lrow, delta, bh, r0 + (lane >> 2) + 8 * hh) for hh in range(2)]
+                                  for lane in range(32)], np.float32)            # (32, 2, 3)
+                acc = np.zeros((32, 4 * (_MMA_D // 8)), np.float32)
+                for k0 in range(0, hi, _MMA_BK):
+                    if k0 not in tiles:
+                        tiles[k0] = (_emu_rows(h, k32, bh, k0, _MMA_BK), _emu_rows(h, v32, bh, k0, _MMA_BK),
+                                     _emu_trans(h, k16, bh, k0, _MMA_BK // 2, _MMA_VT))
+                    Ks, Vs, Kt = tiles[k0]
+                    straddle = h['_tile_masked'](k0, _MMA_BK, Nk, rb, off, causal)
+                    for u in range(_MMA_BK // 16):
+                        s, dp = np.zeros((32, 8), np.float32), np.zeros((32, 8), np.float32)
+                        for n in range(2):
+                            c, e = np.zeros((32, 4), np.float32), np.zeros((32, 4), np.float32)
+                            for ss in range(_MMA_D // 16):
+                                c = _emu_mma(qf[:, ss], np.array([h['_kt_b_frag'](Ks, 2 * u + n, ss, l) for l in range(32)],
+                                                                 np.uint32), c, dtype)
+                                e = _emu_mma(of[:, ss], np.array([h['_kt_b_frag'](Vs, 2 * u + n, ss, l) for l in range(32)],
+                                                                 np.uint32), e, dtype)
+                            s[:, 4 * n:4 * n + 4], dp[:, 4 * n:4 * n + 4] = c, e
+                        for lane in range(32):
+                            h['_dq_pds'](s[lane], dp[lane], lane, r0, k0 + 16 * u, stats[lane, :, 0], stats[lane, :, 1],
+                                         stats[lane, :, 2], scale2, Nk, off, causal, straddle)
+                        a = np.array([h['_p_a_frag'](s[lane], 0) for lane in range(32)], np.uint32)
+                        for j in range(_MMA_D // 8):
+                            b = np.array([h['_vt_b_frag'](Kt, j, u, l) for l in range(32)], np.uint32)
+                            acc[:, 4 * j:4 * j + 4] = _emu_mma(a, b, acc[:, 4 * j:4 * j + 4], dtype)
+                _emu_store_grad(acc, dq, bh, r0, Nq, scale)
+
+def _emu_store_grad(acc, out, bh, r0, N, mult):
+    "The kernels' store: lane 4g + t writes rows r0 + g, r0 + g + 8 (< N), columns 8j + 2t, 8j + 2t + 1."
+    for lane in range(32):
+        g, t = lane >> 2, lane & 3
+        for hh in range(2):
+            r = r0 + g + 8 * hh
+            if r < N:
+                for j in range(_MMA_D // 8):
+                    out[bh, r, 8 * j + 2 * t] = acc[lane, 4 * j + 2 * hh] * mult
+                    out[bh, r, 8 * j + 2 * t + 1] = acc[lane, 4 * j + 2 * hh + 1] * mult
+
+def _emulate_bwd_dkdv(q16, k16, v16, do16, mrow, lrow, delta, scale: float, dtype: str, causal: bool, helpers=None):
+    """What _flash_bwd_dkdv_mma_py(dtype, causal) computes, lane by lane → dk, dv (BH, N_k, 64) float32 (see
+    _emulate_bwd_dq; here _dkdv_lo / _dkdv_straddle / _dkdv_pds and the staged query statistics)."""
+    BH, Nq, _ = q16.shape
+    Nk = k16.shape[1]
+    dk, dv = np.full((BH, Nk, _MMA_D), np.nan, np.float32), np.full((BH, Nk, _MMA_D), np.nan, np.float32)
+    unused = np.full((BH, Nq, _MMA_D), np.nan, np.float32)
+    _, (_, grid, _, args) = _bwd_launches(*(np.ascontiguousarray(x) for x in (q16, k16, v16, do16, mrow, lrow, delta)),
+                                          unused, dk, dv, scale)
+    _emu_dkdv_kernel(grid, args, dtype, causal, helpers or _bwd_emu_helpers(dtype))
+    return dk, dv
+
+def _emu_dkdv_kernel(grid, args, dtype, causal, h):
+    "The dK/dV kernel's grid, emulated block by block, warp by warp, on the kernel's own argument list."
+    k32, v32, q32, do32, q16, do16, mrow, lrow, delta, dk, dv, scale, scale2, off = args
+    Nq, Nk = q32.shape[1], k32.shape[1]
+    BQ = _BWD_BQ
+    for bh in range(grid[1]):
+        tiles = {}
+        for rb in range(0, grid[0] * _MMA_BQ, _MMA_BQ):
+            Ks, Vs = _emu_rows(h, k32, bh, rb, _MMA_BQ), _emu_rows(h, v32, bh, rb, _MMA_BQ)
+            lo = h['_dkdv_lo'](rb, Nq, causal, off)
+            for w in range(_MMA_WARPS):
+                r0 = rb + 16 * w
+                kf, vf = _frags_a(h, Ks, w), _frags_a(h, Vs, w)
+                ak, av = np.zeros((32, 4 * (_MMA_D // 8)), np.float32), np.zeros((32, 4 * (_MMA_D // 8)), np.float32)
+                for c0 in range(lo, Nq, BQ):
+                    if c0 not in tiles:
+                        st = np.zeros((3, BQ), np.float32)
+                        for i in range(BQ):
+                            st[:, i] = h['_bwd_stat'](mrow, lrow, delta, bh, c0 + i)
+                        tiles[c0] = (_emu_rows(h, q32, bh, c0, BQ), _emu_rows(h, do32, bh, c0, BQ),
+                                     _emu_trans(h, q16, bh, c0, BQ // 2, _BWD_QT), _emu_trans(h, do16, bh, c0, BQ // 2, _BWD_QT), st)
+                    Qs, Os, Qt, Ot, st = tiles[c0]
+                    straddle = h['_dkdv_straddle'](c0, rb, causal, off)
+                    for u in range(BQ // 16):
+                        s, dp = np.zeros((32, 8), np.float32), np.zeros((32, 8), np.float32)
+                        for n in range(2):
+                            c, e = np.zeros((32, 4), np.float32), np.zeros((32, 4), np.float32)
+                            for ss in range(_MMA_D // 16):
+                                c = _emu_mma(kf[:, ss], np.array([h['_kt_b_frag'](Qs, 2 * u + n, ss, l) for l in range(32)],
+                                                                 np.uint32), c, dtype)
+                                e = _emu_mma(vf[:, ss], np.array([h['_kt_b_frag'](Os, 2 * u + n, ss, l) for l in range(32)],
+                                                                 np.uint32), e, dtype)
+                            s[:, 4 * n:4 * n + 4], dp[:, 4 * n:4 * n + 4] = c, e
+                        for lane in range(32):
+                            h['_dkdv_pds'](s[lane], dp[lane], lane, r0, 16 * u, st, scale2, straddle, off + c0)
+                        pa = np.array([h['_p_a_frag'](s[lane], 0) for lane in range(32)], np.uint32)
+                        da = np.array([h['_p_a_frag'](dp[lane], 0) for lane in range(32)], np.uint32)
+                        for j in range(_MMA_D // 8):
+                            b = np.array([h['_vt_b_frag'](Ot, j, u, l) for l in range(32)], np.uint32)
+                            av[:, 4 * j:4 * j + 4] = _emu_mma(pa, b, av[:, 4 * j:4 * j + 4], dtype)
+                            b = np.array([h['_vt_b_frag'](Qt, j, u, l) for l in range(32)], np.uint32)
+                            ak[:, 4 * j:4 * j + 4] = _emu_mma(da, b, ak[:, 4 * j:4 * j + 4], dtype)
+                _emu_store_grad(av, dv, bh, r0, Nk, np.float32(1.0))
+                _emu_store_grad(ak, dk, bh, r0, Nk, scale)
+
+# %% ../nbs/05_fused_attention.ipynb #48e770a0
+_MMA_ETA = {'bfloat16': 2.0 ** -133, 'float16': 2.0 ** -25}   # absolute rounding error below the 16-bit normal range
+
+def _mma_bwd_reference(q16, k16, v16, do16, scale: float, dtype: str, causal: bool) -> dict:
+    """float64 truth for the tensor-core backward on 16-bit inputs (uint16 bits, (BH, N, 64)): the kernels' inputs
+    mrow, lrow (m, log₂ ℓ in base 2; _NEG and 0 on rows without keys), Δ = rowsum(dO∘O) (float32), the float64
+    gradients dq, dk, dv of masked softmax attention (bottom-right causal), and the quantities _mma_bwd_bounds needs."""
+    dec = _MMA_DECODE[dtype]
+    q, k, v, do = (torch.tensor(dec(b).astype(np.float64), requires_grad=True) for b in (q16, k16, v16, do16))
+    Nq, Nk = q.shape[-2], k.shape[-2]
+    allowed = torch.ones(Nq, Nk, dtype=torch.bool)
+    if causal: allowed = torch.arange(Nk)[None, :] <= torch.arange(Nq)[:, None] + (Nk - Nq)
+    has = allowed.any(-1)
+    ninf = torch.tensor(-math.inf, dtype=torch.float64)
+    with torch.enable_grad():                   # (also when called inside a backward: the first-call check)
+        S = scale * q @ k.transpose(-1, -2)
+        P = torch.softmax(torch.where(has[:, None], torch.where(allowed, S, ninf), torch.zeros_like(S)), -1) * has[:, None]
+        O = P @ v
+        (O * do).sum().backward()
+    with torch.no_grad():
+        s2 = S * _LOG2E
+        m = torch.where(allowed, s2, ninf).amax(-1)
+        lsum = torch.where(allowed, torch.exp2(s2 - m[..., None]), torch.zeros_like(s2)).sum(-1)
+        m0, l0 = torch.where(has, m, torch.zeros_like(m)), torch.where(has, torch.log2(lsum), torch.zeros_like(lsum))
+        delta = (do * O).sum(-1)
+        dS = P * (do @ v.transpose(-1, -2) - delta[..., None])
+        return dict(mrow=torch.where(has, m, torch.tensor(_NEG, dtype=torch.float64)).float().numpy(),
+                    lrow=l0.float().numpy(), delta=delta.float().numpy(), dq=q.grad.numpy(), dk=k.grad.numpy(),
+                    dv=v.grad.numpy(), P=P.numpy(), dS=dS.numpy(), delta64=delta.numpy(), m=m0.numpy(), l=l0.numpy(),
+                    allowed=np.broadcast_to(allowed.numpy(), P.shape),
+                    AS=(scale * _LOG2E) * (q.abs() @ k.abs().transpose(-1, -2)).numpy(),
+                    AP=(do.abs() @ v.abs().transpose(-1, -2)).numpy(), q=q.detach().numpy(), k=k.detach().numpy(),
+                    do=do.detach().numpy())
+
+def _mma_bwd_bounds(ref: dict, scale: float, dtype: str, given=None) -> tuple:
+    """Elementwise bounds (dq, dk, dv) on |tensor-core backward − float64| (the derivation above, first order in
+    ε = 2⁻²⁴): W = (u + (n + 8)ε + ln2·δx)|dS| + P(4ε Σ|dO||V| + ε|Δ|) + η, δx = 8ε(τlog₂e Σ|q||k| + |m| + |log₂ℓ|),
+    n the k-steps (16 keys or queries) accumulated; |ΔdQ| ≤ (1+2u)τ W|K|, |ΔdK| ≤ (1+2u)τ Wᵀ|Q|,
+    |ΔdV| ≤ (1+2u) W'ᵀ|dO| (P for |dS|). `given` = (mrow, lrow, Δ) the kernels received when not from float64: their
+    differences from the exact ones enter δx and, as P|δΔ|, W. A worst case: every rounding aligned."""
+    eps, u, eta = 2.0 ** -24, _MMA_U[getattr(torch, dtype)], _MMA_ETA[dtype] + 2.0 ** -126
+    P, dS, A = ref['P'], ref['dS'], ref['allowed']
+    Nq, Nk = P.shape[-2:]
+    dx = 8 * eps * (ref['AS'] + np.abs(ref['m'])[..., None] + np.abs(ref['l'])[..., None])
+    ddelta = 0.0
+    if given is not None:
+        gm, gl, gd = (np.asarray(x, np.float64) for x in given)
+        has = A.any(-1)
+        dx = dx + np.where(has, np.abs(gm - ref['m']) + np.abs(gl - ref['l']), 0.0)[..., None]
+        ddelta = P * np.abs(gd - ref['delta64'])[..., None]
+    n_q, n_k = -(-Nq // _BWD_BQ) * (_BWD_BQ // 16), -(-Nk // _MMA_BK) * (_MMA_BK // 16)
+    extra = P * (4 * eps * ref['AP'] + eps * np.abs(ref['delta64'])[..., None]) + eta * A + ddelta
+    Wq = (u + (n_k + 8) * eps + np.log(2) * dx) * np.abs(dS) + extra
+    Wk = (u + (n_q + 8) * eps + np.log(2) * dx) * np.abs(dS) + extra
+    Wv = (u + (n_q + 8) * eps + np.log(2) * dx) * P + eta * A
+    T, f = (lambda x: np.swapaxes(x, -1, -2)), 1 + 2 * u
+    return f * scale * Wq @ np.abs(ref['k']), f * scale * T(Wk) @ np.abs(ref['q']), f * T(Wv) @ np.abs(ref['do'])
+
+def _bound_ratio(err, bound) -> float:
+    "max |err|/bound elementwise: 0 where both are 0 (rows without keys), ∞ where only the bound is (or err is not finite)."
+    e = np.abs(np.asarray(err, np.float64))
+    r = np.divide(e, bound, out=np.where(e > 0, np.inf, 0.0), where=np.asarray(bound) > 0)
+    return float(np.max(np.where(np.isfinite(e), r, np.inf)))
+
+
 # %% ../nbs/05_fused_attention.ipynb #9024c867
 def _nvidia_tool(name: str):
     """Path of NVIDIA's command-line tool `name` (ptxas, nvdisasm, cuobjdump), or None: first NVIDIA's pip wheels
@@ -1982,7 +2489,8 @@ _MMA_OFFLINE_KERNELS = (('fwd', 'bfloat16'), ('fwd', 'float16'), ('gemm', 'bfloa
                         ('gemm', 'tf32'), ('gemm', '3xtf32'), ('fwd', 'tf32'), ('fwd', '3xtf32'), ('fwd_qreg', 'tf32'),
                         *((f'fwd{w}_causal', d) for w in ('', '_d128') for d in ('bfloat16', 'float16')),
                         ('fwd_d128', 'bfloat16'), ('fwd_d128', 'float16'),
-                        ('fwd_causal', 'tf32'), ('fwd_causal', '3xtf32'), ('fwd_qreg_causal', 'tf32'))
+                        ('fwd_causal', 'tf32'), ('fwd_causal', '3xtf32'), ('fwd_qreg_causal', 'tf32'),
+                        *((f'bwd_{k}{c}', d) for k in ('dq', 'dkdv') for c in ('', '_causal') for d in ('bfloat16', 'float16')))
 _MMA_PTX = {'bfloat16': 'mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32',
             'float16': 'mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32',
             'tf32': 'mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32',
@@ -2268,6 +2776,7 @@ def _backward_impl(q, k, v, o, ml, do, dlse, scale, mask, backend):
                 _on_threads(_flash_bwd_dq_cpu, *args, dq)
         return torch.from_numpy(dq), torch.from_numpy(dk), torch.from_numpy(dv)
     if _TILED_BACKWARD and mask.kind != 'window':
+        if _use_mma_bwd(q, mask): return _backward_mma(q, k, v, do, ml, delta, scale, mask)   # tensor cores: below
         return _backward_tiled(q, k, v, do, ml, delta, scale, mask)
     q, k, v = (t.float() for t in (q, k, v))
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
@@ -2438,19 +2947,30 @@ def _mma_applies(q, mask, precision: str = 'ieee') -> bool:
     if mask.kind not in ('full', 'causal') or _mma_width(q, precision) is None: return False
     return _cuda_mode() == 'gpu' and torch.cuda.get_device_capability(q.device) >= (8, 0)
 
+def _mma_prescale(q, scale: float) -> float:
+    """The power of two f ≤ τ·log₂e by which the tensor-core kernels' q is multiplied before S = (q f)·k (then scaled by
+    τ·log₂e/f ∈ [1, 2)): the kernels form the raw products in float32, which for τ < 1 may overflow where the scores
+    τ q·k do not (the input check bounds τ·D·max|q|·max|k| by FLT_MAX/4). q·f is exact for bfloat16 and float32 (their
+    exponent range); float16 keeps f = 1: its range (|x| ≤ 65504) cannot overflow a float32 sum of D ≤ 128 products."""
+    return 1.0 if q.dtype == torch.float16 else 2.0 ** math.floor(math.log2(scale * _LOG2E))
+
 def _forward_mma(q, k, v, scale, precision: str = 'ieee', mask=None):
     """The tensor-core forward: q (BH, N_q, D), k, v (BH, N_k, D) contiguous on a GPU, bfloat16 or float16, or float32
     with precision 'tf32' / '3xtf32' (the _TF32_KIND variant); `mask` _Mask('full') (default) or ('causal', off); D
-    padded with zero columns to the kernel's width, 64 or 128 (_mma_width) → O (BH, N_q, D) float32 and the row
-    statistics ml (2, BH, N_q) = (m, log₂ ℓ) in base 2, as _forward_tiled returns them (so the tiled backward can use
-    them)."""
+    padded with zero columns to the kernel's width, 64 or 128 (_mma_width; ValueError where none applies), q multiplied
+    by _mma_prescale → O (BH, N_q, D) float32 and the row statistics ml (2, BH, N_q) = (m, log₂ ℓ) in base 2, as
+    _forward_tiled returns them (so the tiled backward can use them)."""
     mask = mask or _Mask('full')
     BH, Nq, D = q.shape
-    W = _mma_width(q, precision) or _MMA_D
-    if D != W: q, k, v = (F.pad(t, (0, W - D)).contiguous() for t in (q, k, v))
+    W = _mma_width(q, precision)
+    if W is None: raise ValueError(f'no tensor-core forward for {q.dtype} (precision {precision!r}) with D = {D}')
+    f = _mma_prescale(q, scale)
+    if f != 1.0: q = q * f
+    if D != W: q, k, v = (F.pad(t, (0, W - D)) for t in (q, k, v))
+    q, k, v = (t.contiguous() for t in (q, k, v))
     o = torch.empty((BH, Nq, W), dtype=torch.float32, device=q.device)
     ml = torch.empty((2, BH, Nq), dtype=torch.float32, device=q.device)
-    grid, consts = (-(-Nq // _MMA_BQ), BH), (o, ml[0], ml[1], np.float32(scale * _LOG2E), np.int32(mask.off))
+    grid, consts = (-(-Nq // _MMA_BQ), BH), (o, ml[0], ml[1], np.float32(scale * _LOG2E / f), np.int32(mask.off))
     if q.dtype == torch.float32:        # float32 as it is: the helper rounds to TF32 in registers
         dt = _mma_dtype(q, precision)
         base = _TF32_KIND if (dt, _TF32_KIND == 'fwd_qreg') in _TF32_BK else 'fwd'
@@ -2518,6 +3038,71 @@ def _use_mma(q, mask, precision: str = 'ieee') -> bool:
         mma = lambda q_, k_, v_, s_: _forward_mma(q_, k_, v_, s_, precision, m_(q_, k_))
         _MMA_STATUS[key] = _mma_first_call_check(q.device, dt, mma, plain, W, causal)
     return _MMA_STATUS[key] is True
+
+_MMA_BWD_STATUS = {}      # (device, dtype, causal) → True or the reason the tensor-core backward is not used
+
+def _backward_mma(q, k, v, do, ml, delta, scale, mask):
+    """dQ, dK, dV (float32) by the tensor-core backward kernels: q, k, v (BH, N, D) bfloat16 or float16 on a GPU with
+    D_p = 64 (padded to 64 with zero columns), do the incoming gradient (rounded to q's dtype: O is returned in it, so
+    exact), ml (2, BH, N_q) the forward's statistics, delta (BH, N_q) float32 Δ, `mask` full or causal; q multiplied
+    by _mma_prescale as in the forward."""
+    BH, Nq, D = q.shape
+    Nk = k.shape[1]
+    f = _mma_prescale(q, scale)                 # S = (q f)·k: finite raw products (see _mma_prescale); dK gets 1/f
+    q, k, v, do = (F.pad(t.to(q.dtype), (0, _MMA_D - D)).contiguous() for t in (q * f if f != 1.0 else q, k, v, do))
+    dq = torch.empty((BH, Nq, _MMA_D), dtype=torch.float32, device=q.device)
+    dk, dv = (torch.empty((BH, Nk, _MMA_D), dtype=torch.float32, device=q.device) for _ in range(2))
+    arr = lambda t, tt, nt: cuda.as_cuda_array(t.detach().view(tt), sync=False).view(nt)    # no copy
+    w16 = [arr(t, torch.int16, np.uint16) for t in (q, k, v, do)]
+    w32 = tuple(arr(t, torch.int32, np.uint32) for t in (q, k, v, do))
+    ml = ml.contiguous()
+    dt, causal = _KERNEL_DTYPES[q.dtype], mask.kind == 'causal'
+    for kind, grid, threads, args in _bwd_launches(*w16, ml[0], ml[1], delta, dq, dk, dv, scale, w32, f):
+        _launch_cuda(_mma_kernel(f"bwd_{kind}{'_causal' if causal else ''}", dt), grid, threads, *args)
+    return tuple(t if D == _MMA_D else t[..., :D].contiguous() for t in (dq, dk, dv))
+
+def _mma_bwd_first_call_check(device, dtype, backward_mma, backward_plain, causal: bool = False):
+    """Run the backwards `backward_mma` and `backward_plain` ((q, k, v, do, ml, Δ, τ, mask) → dQ, dK, dV) on one seeded
+    problem (BH = 2, (N_q, N_k) from _mma_check_shape(causal), D = 64, τ = 1/8; m, log₂ ℓ and Δ from float64) on
+    `device` in `dtype`; True when both are finite and agree elementwise within the derived bound _mma_bwd_bounds
+    (+ 10⁻⁴ for the float32 kernel's own rounding), else the reason, a string, after one RuntimeWarning."""
+    dname = _KERNEL_DTYPES[dtype]
+    rng = np.random.default_rng(0)
+    nq, nk = _mma_check_shape(causal)
+    bits = [_MMA_ENCODE[dname](rng.standard_normal((2, n, _MMA_D))) for n in (nq, nk, nk, nq)]
+    ref = _mma_bwd_reference(*bits, 0.125, dname, causal)
+    mask = _Mask('causal' if causal else 'full', off=nk - nq)
+    q, k, v = (torch.from_numpy(_MMA_DECODE[dname](b)).to(device, dtype) for b in bits[:3])
+    do = torch.from_numpy(_MMA_DECODE[dname](bits[3])).to(device)       # float32, as autograd hands it to the backward
+    ml = torch.from_numpy(np.stack([ref['mrow'], ref['lrow']])).to(device)
+    delta = torch.from_numpy(ref['delta']).to(device)
+    try:
+        got = [backward(q, k, v, do, ml, delta, 0.125, mask) for backward in (backward_mma, backward_plain)]
+        bounds = _mma_bwd_bounds(ref, 0.125, dname)
+        worst = max(_bound_ratio((a.double() - b.double()).cpu().numpy(), bd + 1e-4) for a, b, bd in zip(*got, bounds))
+    except Exception as e:          # noqa: BLE001 - any failure (compiler, linker, launch) means: do not use it
+        reason = f'it failed with {type(e).__name__}: {str(e)[:300]}'
+    else:
+        if worst <= 1: return True
+        reason = f'on a check problem it disagrees with the tiled backward: largest |Δ| ÷ (bound + 1e-4) = {worst:.3g}'
+    warnings.warn(f"geobook.attention: the tensor-core backward is not used for {dname}{', causal' if causal else ''} "
+                  f'on {device}: {reason}; the tiled kernels run instead', RuntimeWarning, stacklevel=2)
+    return reason
+
+def _use_mma_bwd(q, mask) -> bool:
+    """Whether this backward runs on tensor cores: bfloat16 or float16 inputs with D_p = 64, the full or causal mask,
+    a GPU of compute capability ≥ 8.0 (as _mma_applies); _TENSOR_CORES as for the forward ('auto': after the first-call
+    check per (device, dtype, causal), remembered in _MMA_BWD_STATUS)."""
+    check_choice(_TENSOR_CORES, '_TENSOR_CORES', ['auto', 'never', 'always'])
+    if (_TENSOR_CORES == 'never' or q.dtype not in _MMA_U or _mma_width(q) != _MMA_D
+            or not _mma_applies(q, mask)): return False
+    if _TENSOR_CORES == 'always': return True
+    key = (str(q.device), q.dtype, mask.kind == 'causal')
+    if key not in _MMA_BWD_STATUS:
+        plain = lambda q_, k_, v_, do_, ml_, d_, s_, m_: _backward_tiled(q_, k_, v_, do_, ml_, d_, s_, m_)
+        mma = lambda *a: _backward_mma(*a)
+        _MMA_BWD_STATUS[key] = _mma_bwd_first_call_check(q.device, q.dtype, mma, plain, key[2])
+    return _MMA_BWD_STATUS[key] is True
 
 # %% ../nbs/05_fused_attention.ipynb #6540891c
 def flash_attention(q, k, v, causal: bool = False, scale: float | None = None, return_lse: bool = False,

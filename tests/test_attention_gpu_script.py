@@ -15,7 +15,7 @@ def test_gpu_run_dry(tmp_path):
     out = tmp_path / 'attention_gpu_dry.json'
     env = {k: v for k, v in os.environ.items() if k != 'NUMBA_ENABLE_CUDASIM'}
     p = subprocess.run(['bash', str(ROOT / 'benchmarks' / 'gpu_run.sh'), '--dry', '--out', str(out)], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=600, env=env)
+                       capture_output=True, text=True, timeout=900, env=env)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     res = json.loads(out.read_text())
     assert res['dry_run_on_simulator'] is True and res['benchmark'] == 'attention_gpu'
@@ -44,7 +44,8 @@ def test_gpu_run_dry(tmp_path):
     assert tc['failures'] == [] and tc['checks'] and all(c['ok'] for c in tc['checks'].values()), tc['failures']
     assert tc['first_call_check'] == {'cpu bfloat16': True, 'cpu float16': True, 'cpu tf32': True, 'cpu 3xtf32': True,
                                       'cpu bfloat16 causal': True, 'cpu bfloat16 D=128': True,
-                                      'cpu bfloat16 D=128 causal': True}
+                                      'cpu bfloat16 D=128 causal': True, 'cpu tf32 causal': True, 'cpu 3xtf32 causal': True}
+    assert tc['first_call_check_backward'] == {'cpu bfloat16': True, 'cpu bfloat16 causal': True}   # emulated backward
     # the causal and D = 128 tensor-core forwards (emulated) against float64: O, L (−∞ rows too) and the gradients
     variants = {' '.join(n.split(':')[0].split()[2:4]).replace(' BH=1', '') for n in tc['checks'] if 'D=' in n}
     assert variants == {'D=64 causal', 'D=128', 'D=128 causal'}, variants
@@ -53,12 +54,15 @@ def test_gpu_run_dry(tmp_path):
     # float32 through TF32 (emulated): O and L within the derived bound, both variants and both precisions
     tf32_checks = {n for n in tc['checks'] if n.startswith(('fwd tf32 ', 'fwd 3xtf32 '))}
     assert {' '.join(n.split()[1:3]) for n in tf32_checks} == {'tf32 fwd', 'tf32 fwd_qreg', '3xtf32 fwd'}
+    assert {' '.join(n.split()[1:4]) for n in tf32_checks if ' causal ' in n} == \
+        {'tf32 fwd causal', 'tf32 fwd_qreg causal', '3xtf32 fwd causal'}
     assert all(tc['checks'][n]['max_err'] <= tc['checks'][n]['bound'] for n in tf32_checks if 'bound' in tc['checks'][n])
     assert {n.split()[1] for n in tc['checks'] if n.startswith('gemm')} == {'bfloat16', 'float16', 'tf32', '3xtf32'}
     assert {(r['dtype'], r['pass']) for r in tc['rows']} == {('bfloat16', 'forward'), ('float16', 'forward'),
                                                              ('bfloat16', 'fwd+bwd'), ('float32', 'forward')}
     assert {(r['D'], r['causal']) for r in tc['rows'] if r['dtype'] == 'bfloat16' and r['pass'] == 'forward'} == \
         {(64, False), (64, True), (128, False), (128, True)}
+    assert any(r['dtype'] == 'bfloat16' and r['pass'] == 'fwd+bwd' and r['causal'] for r in tc['rows'])
     for r in tc['rows']:
         assert r['tiled_s'] > 0 and r['sdpa_s'] > 0 and (r['dtype'] == 'float32') == ('tensor_cores_s' not in r), r
         if r['dtype'] == 'float32':     # TF32 (both variants), 3xTF32, SDPA with TF32 allowed, all as ratios
@@ -85,7 +89,7 @@ def test_gpu_run_only_tensor_cores_keeps_the_rest(tmp_path):
     out = tmp_path / 'out.json'
     env = {k: v for k, v in os.environ.items() if k != 'NUMBA_ENABLE_CUDASIM'}
     p = subprocess.run(['bash', str(ROOT / 'benchmarks' / 'gpu_run.sh'), '--dry', '--only', 'tensor_cores', '--base',
-                        str(b), '--out', str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+                        str(b), '--out', str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     old, new = json.loads(b.read_text()), json.loads(out.read_text())
     assert b.read_text() == base.read_text()                                  # the base is read, never written

@@ -66,6 +66,7 @@ def _kernel_kind(name):
     kind, dt = next((k, d) for k, d in A._MMA_OFFLINE_KERNELS if name.startswith(f'{k}_{d}_sm'))
     base, D, _ = A._mma_variant(kind)
     if base == 'gemm': return base, dt, None, None
+    if base.startswith('bwd'): return base, dt, None, D
     return base, dt, (A._TF32_BK[dt, base == 'fwd_qreg'] if dt in ('tf32', '3xtf32') else A._MMA_BK_D[D]), D
 
 
@@ -79,7 +80,10 @@ def test_helper_inlined_and_mma_in_sass(facts, name):
     # mma per key tile and warp (16-bit forward: QKᵀ 8 n-tiles × 4 k-steps + PV 8 × 4) or per k-step (GEMM); TF32
     # forwards: PV unrolled (8 n-tiles × B_k/8 k-steps) and QKᵀ a multiple of B_k/8 (its loop over the 8 k-steps of
     # head dimensions may stay a loop); 3xTF32: three of each
-    if kind == 'gemm' or dt in ('bfloat16', 'float16'):
+    if kind.startswith('bwd'):      # per k-step of 16 keys (dQ: S, dP, dS K) or queries (dK/dV: Sᵀ, dPᵀ, dV, dK), 8 each
+        step = {'bwd_dq': 24, 'bwd_dkdv': 32}[kind]
+        assert f['ptx_mma'] >= step and f['ptx_mma'] % step == 0, f
+    elif kind == 'gemm' or dt in ('bfloat16', 'float16'):
         per_tile = x3 * (1 if kind == 'gemm' else 64)
         assert f['ptx_mma'] >= per_tile and f['ptx_mma'] % per_tile == 0, f
     else:
@@ -95,6 +99,10 @@ def test_ptxas_resources(facts, name):
     assert f['stack'] == 0 and f['spill_st'] == 0 and f['spill_ld'] == 0, f
     assert 0 < f['regs'] <= 128, f
     kind, dt, bk, D = _kernel_kind(name)
+    if kind.startswith('bwd'):     # dQ: Q, dO, K, V tiles + Kᵀ; dK/dV: K, V, Q, dO (32 rows), Qᵀ, dOᵀ, 3 × 32 statistics
+        assert f['smem'] == A._mma_bwd_smem(kind[4:]) <= A._SMEM_MAX, f
+        assert f['sass_ex2'] >= 8, f                        # P = 2^x per score: 8 per lane per k-step
+        return
     if kind != 'gemm' and dt in ('bfloat16', 'float16'):   # Q (64 rows) and K (B_k keys) tiles of D/2 + 4 words, Vᵀ
         assert f['smem'] == 4 * ((A._MMA_BQ + bk) * (D // 2 + 4) + D * (bk // 2 + 4)) <= A._SMEM_MAX, f   # D × B_k/2+4
         if D == 64: assert f['smem'] == 4 * (A._MMA_BQ * A._MMA_KS + A._MMA_BK * A._MMA_KS + A._MMA_D * A._MMA_VT), f
