@@ -32,7 +32,8 @@ The package has one module per chapter, and the library imports only torch, NumP
 - `geobook.feature_learning`: abc-parameterisations of MLPs (standard, NTK, mean-field, μP) with per-layer learning
   rates for plain SGD and Adam, the coordinate check, feature and kernel movement, learning-rate sweeps for μTransfer.
 - `geobook.attention`: fused FlashAttention-2 forward and backward passes and neighborhood attention in Numba, for the
-  CPU and (with the `cuda` extra) the GPU.
+  CPU and (with the `cuda` extra) the GPU, where bfloat16, float16 and opted-in float32 (TF32) run on tensor cores
+  through a linked CUDA C++ `mma` helper.
 - `geobook.book`: what only the chapters use: the figure style, the long-cell switch, peak-memory measurement and the
   benchmark results (it needs the `book` extra; the library never imports it)."""
 

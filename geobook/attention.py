@@ -2948,11 +2948,14 @@ def _mma_applies(q, mask, precision: str = 'ieee') -> bool:
     return _cuda_mode() == 'gpu' and torch.cuda.get_device_capability(q.device) >= (8, 0)
 
 def _mma_prescale(q, scale: float) -> float:
-    """The power of two f ≤ τ·log₂e by which the tensor-core kernels' q is multiplied before S = (q f)·k (then scaled by
-    τ·log₂e/f ∈ [1, 2)): the kernels form the raw products in float32, which for τ < 1 may overflow where the scores
-    τ q·k do not (the input check bounds τ·D·max|q|·max|k| by FLT_MAX/4). q·f is exact for bfloat16 and float32 (their
-    exponent range); float16 keeps f = 1: its range (|x| ≤ 65504) cannot overflow a float32 sum of D ≤ 128 products."""
-    return 1.0 if q.dtype == torch.float16 else 2.0 ** math.floor(math.log2(scale * _LOG2E))
+    """The power of two f ≤ min(1, τ·log₂e) by which the tensor-core kernels' q is multiplied before S = (q f)·k (then
+    scaled by τ·log₂e/f ≥ 1, < 2 where τ·log₂e < 1): the kernels form the raw products in float32, which for small τ
+    may overflow where the scores τ q·k do not (the input check bounds τ·D·max|q|·max|k| by FLT_MAX/4). f ≤ 1, so q·f
+    never overflows, and it is exact for bfloat16 and float32 down to their smallest normal number 2⁻¹²⁶ (below, the
+    rounding moves a base-2 score by at most 2·D·2⁻¹³³·max|k|); float16 keeps f = 1: its range (|x| ≤ 65504) cannot
+    overflow a float32 sum of D ≤ 128 products."""
+    if q.dtype == torch.float16: return 1.0
+    return min(1.0, 2.0 ** math.floor(math.log2(scale * _LOG2E)))
 
 def _forward_mma(q, k, v, scale, precision: str = 'ieee', mask=None):
     """The tensor-core forward: q (BH, N_q, D), k, v (BH, N_k, D) contiguous on a GPU, bfloat16 or float16, or float32

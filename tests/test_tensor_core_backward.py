@@ -582,3 +582,14 @@ def test_backward_launcher_within_bound(emulated_gpu, dtype, D, causal, nq, nk):
     for g, name, b in zip(got, ('dq', 'dk', 'dv'), M._mma_bwd_bounds(r, D ** -0.5, dname)):
         assert g.shape == r[name].shape
         _check(g.numpy(), r[name], b)
+
+
+def test_prescale_never_scales_up_and_is_exact():
+    """_mma_prescale: the power of two ≤ min(1, τ·log₂e) (never > 1: q·f cannot overflow, e.g. for a user's τ = 4),
+    1 for float16; q·f exact for bfloat16 and float32 down to 2⁻¹²⁶."""
+    z = lambda dt: torch.zeros(1, 2, 64, dtype=dt)
+    assert [M._mma_prescale(z(torch.bfloat16), s) for s in (0.125, 0.5, 0.6, 4.0, 1e-3)] == \
+        [0.125, 0.5, 0.5, 1.0, 2.0 ** math.floor(math.log2(1e-3 * _LOG2E))]
+    assert M._mma_prescale(z(torch.float16), 0.125) == 1.0 and M._mma_prescale(z(torch.float32), 0.125) == 0.125
+    x = torch.tensor([3e38, -1.5, 2.0 ** -120, 7.0]).to(torch.bfloat16)
+    assert torch.equal((x * 0.125).float() * 8, x.float())
