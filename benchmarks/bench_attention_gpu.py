@@ -15,7 +15,7 @@
 4. Registers, local memory (stack/spills) and shared memory per compiled kernel, from numba-cuda.
 5. Tensor cores (part 2; run after 2, before 3, key `tensor_cores`): the first-call check as a user meets it
    (bfloat16, float16, and float32 with fp32_precision 'tf32' and '3xtf32'), the tensor-core GEMM (bfloat16, float16,
-   TF32, 3xTF32) and attention forward (bfloat16, float16 with gradients through the tiled backward; float32 through
+   TF32, 3xTF32) and attention forward (bfloat16, float16 with gradients through the tensor-core backward at D = 64; float32 through
    TF32 (both kernel variants) and 3xTF32, against the derived bound `_tf32_bounds`) against float64 and against the
    NumPy emulator — the 16-bit forward also causal (N_q ≠ N_k both ways) and at D = 128 —, CUDA-event timings for
    N in {1024, 4096, 16384}, D = 64, full mask: tensor cores vs the tiled
@@ -371,7 +371,7 @@ def _gap(a, b) -> float:
 
 def _variant_checks(run: Run, g, record):
     """The 16-bit forward beyond D = 64 with the full mask: causal (N_q ≠ N_k both ways, rows without keys when
-    N_q > N_k) and D = 128, through flash_attention (as dispatched: the tensor-core forward, the tiled backward) against
+    N_q > N_k) and D = 128, through flash_attention (as dispatched: the tensor-core forward; the tensor-core backward at D = 64, else the tiled one) against
     float64 — O within the derived bound, L to 10⁻⁴ on rows with keys and −∞ on the others, gradients relative — and
     the bare kernel against the NumPy emulator of the same variant."""
     for dname, dt in list(TC_DTYPES.items())[:1 if run.dry else None]:     # the dry run (simulator): bfloat16 only
@@ -552,7 +552,7 @@ def _launch_overhead(run: Run) -> dict:
 
 def tensor_cores(run: Run) -> dict:
     """The tensor-core kernels on this GPU: the first-call check under the default switch, GEMM and attention forward
-    (then the tiled backward from its statistics) against float64 and against the NumPy emulator, timings against the
+    (then the backward from its statistics: on tensor cores at D = 64) against float64 and against the NumPy emulator, timings against the
     tiled kernels and SDPA (bfloat16 and float16 forward, bfloat16 fwd+bwd, float32 forward: tiled only), and the
     kernels' resources. In the dry run the emulator stands in for the kernels (shapes shrunk): it tests the plumbing."""
     import warnings
@@ -619,7 +619,7 @@ def tensor_cores(run: Run) -> dict:
             record(f'gemm {dname} 40x56x20 vs emulator', float(np.abs(_gemm_mma(run, X.to(dev), Y.to(dev), dname)
                                                                          .cpu().numpy() - emu).max()), 5e-5)
         out['accumulation'] = _accumulation(run)
-        # 3. attention: O and L against float64, gradients (tiled backward from the tensor-core statistics), emulator
+        # 3. attention: O and L against float64, gradients (the backward from the tensor-core statistics), emulator
         for dname, dt in TC_DTYPES.items():
             for BH, Nq, Nk in (TC_DRY_CHECKS if run.dry else TC_CHECKS):
                 q, k, v, do = (torch.randn(1, BH, n, 64, generator=g).to(dt) for n in (Nq, Nk, Nk, Nq))

@@ -2776,7 +2776,8 @@ def _backward_impl(q, k, v, o, ml, do, dlse, scale, mask, backend):
                 _on_threads(_flash_bwd_dq_cpu, *args, dq)
         return torch.from_numpy(dq), torch.from_numpy(dk), torch.from_numpy(dv)
     if _TILED_BACKWARD and mask.kind != 'window':
-        if _use_mma_bwd(q, mask): return _backward_mma(q, k, v, do, ml, delta, scale, mask)   # tensor cores: below
+        if _use_mma_bwd(q, mask) and _mma_bwd_fits(q, v, do):                            # tensor cores: below
+            return _backward_mma(q, k, v, do, ml, delta, scale, mask)
         return _backward_tiled(q, k, v, do, ml, delta, scale, mask)
     q, k, v = (t.float() for t in (q, k, v))
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
@@ -2952,8 +2953,9 @@ def _mma_prescale(q, scale: float) -> float:
     scaled by τ·log₂e/f ≥ 1, < 2 where τ·log₂e < 1): the kernels form the raw products in float32, which for small τ
     may overflow where the scores τ q·k do not (the input check bounds τ·D·max|q|·max|k| by FLT_MAX/4). f ≤ 1, so q·f
     never overflows, and it is exact for bfloat16 and float32 down to their smallest normal number 2⁻¹²⁶ (below, the
-    rounding moves a base-2 score by at most 2·D·2⁻¹³³·max|k|); float16 keeps f = 1: its range (|x| ≤ 65504) cannot
-    overflow a float32 sum of D ≤ 128 products."""
+    rounding moves a base-2 score by at most 2·D·2⁻¹³³·max|k|, which after the input check, max|k| ≤ 2⁶⁴, is below
+    2·D·2⁻⁶⁹; the error bounds assume it); float16 keeps f = 1: its range (|x| ≤ 65504) cannot overflow a float32 sum of
+    D ≤ 128 products."""
     if q.dtype == torch.float16: return 1.0
     return min(1.0, 2.0 ** math.floor(math.log2(scale * _LOG2E)))
 
@@ -3080,9 +3082,12 @@ def _mma_bwd_first_call_check(device, dtype, backward_mma, backward_plain, causa
     ml = torch.from_numpy(np.stack([ref['mrow'], ref['lrow']])).to(device)
     delta = torch.from_numpy(ref['delta']).to(device)
     try:
-        got = [backward(q, k, v, do, ml, delta, 0.125, mask) for backward in (backward_mma, backward_plain)]
+        got = [tuple(backward(q, k, v, do, ml, delta, 0.125, mask)) for backward in (backward_mma, backward_plain)]
         bounds = _mma_bwd_bounds(ref, 0.125, dname)
-        worst = max(_bound_ratio((a.double() - b.double()).cpu().numpy(), bd + 1e-4) for a, b, bd in zip(*got, bounds))
+        shapes = [tuple(a.shape) for a in got[0]]
+        if shapes != [tuple(b.shape) for b in bounds]: raise ValueError(f'gradients of shapes {shapes}, not dq, dk, dv')
+        worst = max(_bound_ratio((a.double() - b.double()).cpu().numpy(), bd + 1e-4)
+                    for a, b, bd in zip(*got, bounds, strict=True))
     except Exception as e:          # noqa: BLE001 - any failure (compiler, linker, launch) means: do not use it
         reason = f'it failed with {type(e).__name__}: {str(e)[:300]}'
     else:
@@ -3091,6 +3096,12 @@ def _mma_bwd_first_call_check(device, dtype, backward_mma, backward_plain, causa
     warnings.warn(f"geobook.attention: the tensor-core backward is not used for {dname}{', causal' if causal else ''} "
                   f'on {device}: {reason}; the tiled kernels run instead', RuntimeWarning, stacklevel=2)
     return reason
+
+def _mma_bwd_fits(q, v, do) -> bool:
+    """Whether dS = P∘(dP − Δ) fits q's 16-bit dtype before the tensor-core backward rounds it: always for bfloat16
+    (float32's exponent range); for float16 where |dS| ≤ 2·D·max|dO|·max|V| ≤ 65504 (one reduction, read back)."""
+    if q.dtype != torch.float16: return True
+    return 2 * v.shape[-1] * float(do.abs().max()) * float(v.abs().max()) <= 65504.0
 
 def _use_mma_bwd(q, mask) -> bool:
     """Whether this backward runs on tensor cores: bfloat16 or float16 inputs with D_p = 64, the full or causal mask,

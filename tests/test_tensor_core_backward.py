@@ -593,3 +593,48 @@ def test_prescale_never_scales_up_and_is_exact():
     assert M._mma_prescale(z(torch.float16), 0.125) == 1.0 and M._mma_prescale(z(torch.float32), 0.125) == 0.125
     x = torch.tensor([3e38, -1.5, 2.0 ** -120, 7.0]).to(torch.bfloat16)
     assert torch.equal((x * 0.125).float() * 8, x.float())
+
+
+def test_float16_ds_that_would_overflow_goes_to_the_tiled_backward(monkeypatch):
+    """Referee ch5n: float16 with |q|, |k| ≈ 0.01, |V| ≈ 700, |dO| ≈ 1000 (a scaled loss): dS reaches 3·10⁵ > 65504,
+    and rounding it to float16 gives inf, so the emulated kernels return non-finite dQ, dK, although the gradients
+    (≈ 3·10³) fit. _mma_bwd_fits (2·D·max|dO|·max|V| ≤ 65504) sends such a call to the tiled backward; unit inputs and
+    bfloat16 stay on tensor cores."""
+    rng = np.random.default_rng(2)
+    f16 = lambda x: M._MMA_ENCODE['float16'](x)
+    bits = [f16(0.01 * rng.standard_normal((1, 64, 64))), f16(0.01 * rng.standard_normal((1, 64, 64))),
+            f16(700 * rng.standard_normal((1, 64, 64))), f16(1000 * rng.standard_normal((1, 64, 64)))]
+    r = M._mma_bwd_reference(*bits, 0.125, 'float16', False)
+    assert np.abs(r['dS']).max() > 65504 and np.abs(r['dq']).max() < 65504
+    with np.errstate(all='ignore'):
+        dq = M._emulate_bwd_dq(*bits, *_stats(r), 0.125, 'float16', False)
+    assert not np.isfinite(dq).all()                      # what the kernel would return
+    q, k, v = (torch.from_numpy(M._MMA_DECODE['float16'](b)).half() for b in bits[:3])
+    do = torch.from_numpy(M._MMA_DECODE['float16'](bits[3]))
+    assert not M._mma_bwd_fits(q, v, do) and M._mma_bwd_fits(q.bfloat16(), v.bfloat16(), do)
+    assert M._mma_bwd_fits(q, v / 700, do / 1000)
+    calls = []
+    monkeypatch.setattr(M, '_cuda_mode', lambda: 'gpu')
+    monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda device=None: (9, 0))
+    monkeypatch.setattr(M, '_TENSOR_CORES', 'always')
+    monkeypatch.setattr(M, '_backward_mma', lambda *a: (calls.append('mma'), (None,) * 3)[1])
+    monkeypatch.setattr(M, '_backward_tiled', lambda *a: (calls.append('tiled'), (None,) * 3)[1])
+    ml = torch.from_numpy(np.stack([r['mrow'], r['lrow']]))
+    o = torch.zeros(1, 64, 64)
+    for scale_ in (1.0, 1e-5):                         # the second: 2·D·max|dO|·max|V| ≈ 1.4·10⁴
+        M._backward_impl(q, k, v, o, ml, do * scale_, None, 0.125, M._Mask('full'), 'cuda')
+    assert calls == ['tiled', 'mma']
+
+
+def test_backward_first_call_check_wants_three_gradients_of_the_right_shapes():
+    "Referee ch5n: a backward that returns (dq, dk) only, or a dq of the wrong shape, is refused (it used to pass)."
+    def short(*a): return _bwd_stand_in()(*a)[:2]
+    def bad_shape(*a):
+        g = _bwd_stand_in()(*a)
+        return g[0][..., :-1], g[1], g[2]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        for f in (short, bad_shape):
+            why = M._mma_bwd_first_call_check('cpu', torch.bfloat16, f, _bwd_stand_in(), False)
+            assert isinstance(why, str) and 'failed' in why, why
+    assert len(caught) == 2

@@ -81,8 +81,8 @@ def test_helper_inlined_and_mma_in_sass(facts, name):
     # forwards: PV unrolled (8 n-tiles × B_k/8 k-steps) and QKᵀ a multiple of B_k/8 (its loop over the 8 k-steps of
     # head dimensions may stay a loop); 3xTF32: three of each
     if kind.startswith('bwd'):      # per k-step of 16 keys (dQ: S, dP, dS K) or queries (dK/dV: Sᵀ, dPᵀ, dV, dK), 8 each
-        step = {'bwd_dq': 24, 'bwd_dkdv': 32}[kind]
-        assert f['ptx_mma'] >= step and f['ptx_mma'] % step == 0, f
+        step = {'bwd_dq': 24, 'bwd_dkdv': 32}[kind]          # the k-step loop kept (1 step) or unrolled over the tile
+        assert f['ptx_mma'] in (step, step * {'bwd_dq': A._MMA_BK, 'bwd_dkdv': A._BWD_BQ}[kind] // 16), f
     elif kind == 'gemm' or dt in ('bfloat16', 'float16'):
         per_tile = x3 * (1 if kind == 'gemm' else 64)
         assert f['ptx_mma'] >= per_tile and f['ptx_mma'] % per_tile == 0, f
