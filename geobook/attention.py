@@ -3101,7 +3101,8 @@ def _mma_bwd_fits(q, v, do) -> bool:
     """Whether dS = P∘(dP − Δ) fits q's 16-bit dtype before the tensor-core backward rounds it: always for bfloat16
     (float32's exponent range); for float16 where |dS| ≤ 2·D·max|dO|·max|V| ≤ 65504 (one reduction, read back)."""
     if q.dtype != torch.float16: return True
-    return 2 * v.shape[-1] * float(do.abs().max()) * float(v.abs().max()) <= 65504.0
+    mdo, mv = torch.stack([do.detach().abs().max().float(), v.detach().abs().max().float()]).tolist()   # one read-back
+    return 2 * v.shape[-1] * mdo * mv <= 65504.0
 
 def _use_mma_bwd(q, mask) -> bool:
     """Whether this backward runs on tensor cores: bfloat16 or float16 inputs with D_p = 64, the full or causal mask,
