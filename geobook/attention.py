@@ -15,6 +15,10 @@ import torch
 import torch.nn.functional as F
 import numba
 from numba import njit, cuda, float32, int32
+from numba.core import types as nbtypes, cgutils
+from numba.extending import intrinsic, register_model, models
+from llvmlite import ir
+import llvmlite.binding as llvm_binding
 from .core import as_tensor, check_int, check_positive, check_choice
 
 # %% auto #0
@@ -117,35 +121,6 @@ _SCORE_MAX = float(np.finfo(np.float32).max) / 4   # |τ q·k| bound: a differen
 _LN2 = math.log(2.0)                       # ln 2 = 1/log₂ e
 _BQ_CPU, _BK_CPU = 256, 128                # query rows per work item, keys per tile
 
-@njit(inline='always', fastmath=True)
-def _exp2_row(s, p, eb, r, jl, mx, w):
-    """p[r, :jl] = w·2**(s[r, :jl] − mx) with a vectorisable polynomial; returns the row sum. The forward passes w = 1;
-    the backward passes w = 2^(−log₂ ℓ) = 1/ℓ, so that P = 2^(s − m)/ℓ never forms the rounded m + log₂ ℓ. (Not
-    2^((s − m) − log₂ ℓ): under fastmath LLVM may reassociate that to s − (m + log₂ ℓ), which is the rounding we avoid.)"""
-    for j in range(jl):
-        x = max(s[r, j] - mx, np.float32(-125.0))               # x = s − m, clamped: 2ˣ ≥ 2⁻¹²⁵ (negligible)
-        xf = np.floor(x + np.float32(0.5))
-        f = x - xf                                                # x = n + f, |f| ≤ ½
-        eb[j] = (np.int32(xf) + np.int32(127)) << 23             # 2ⁿ: n + 127 in the exponent bits
-        p[r, j] = np.float32(1.0) + f * (                        # 2ᶠ = Σₖ (f ln 2)ᵏ/k!, k ≤ 6
-            np.float32(0.6931472) + f * (np.float32(0.2402265) + f * (
-            np.float32(0.05550411) + f * (np.float32(0.009618129) + f * (np.float32(0.001333355)
-            + f * np.float32(0.0001540353))))))
-    ef = eb.view(np.float32)
-    tot = np.float32(0.0)
-    for j in range(jl):
-        p[r, j] *= ef[j] * w                                      # p = w·2ⁿ·2ᶠ
-        tot += p[r, j]                                            # Σⱼ pⱼ
-    return tot
-
-@njit(inline='always')
-def _load_kv_tile(k, v, bh, k0, nc, c, kt, vt):
-    "Copy keys k0..k0+nc of head `bh` transposed into kt (times c) and vt: (D, keys), contiguous over keys."
-    for j in range(nc):
-        for d in range(k.shape[2]):
-            kt[d, j] = k[bh, k0 + j, d] * c
-            vt[d, j] = v[bh, k0 + j, d]
-
 @njit(inline='always')
 def _row_key_limits(jlr, i0, i_end, nc, causal, off, k0):
     "For query rows i0..i0+3 (rows >= i_end absent), how many of the tile's nc keys each sees; returns the largest."
@@ -159,193 +134,441 @@ def _row_key_limits(jlr, i0, i_end, nc, causal, off, k0):
         jmax = max(jmax, jl)
     return jmax
 
+# %% ../nbs/05_fused_attention.ipynb #b06f5a29
+def _simd_width() -> int:
+    """Lanes W of the CPU kernels' float32 vectors: 16 (512 bits) where the host has AVX-512F, else 8 (256 bits; LLVM
+    splits them where the machine's registers are narrower). A named target CPU (NUMBA_CPU_NAME, e.g. for a portable
+    cache) gets 8."""
+    name = numba.config.CPU_NAME
+    if name and name != 'host': return 8
+    return 16 if llvm_binding.get_host_cpu_features().get('avx512f') else 8
+
+_W = _simd_width()                       # lanes per vector
+_VT = ir.VectorType(ir.FloatType(), _W)   # LLVM's <W x float>
+_IVT = ir.VectorType(ir.IntType(32), _W)
+
+class _F32xW(nbtypes.Type):
+    "Numba's type of an LLVM vector of W float32 lanes: a value in registers, never an array."
+    def __init__(self): super().__init__(name=f'float32x{_W}')
+
+_f32xw = _F32xW()
+
+@register_model(_F32xW)
+class _F32xWModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type): super().__init__(dmm, fe_type, _VT)
+
+def _llvm_fn(builder, name, args, ret=_VT):
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, args), name)
+
+def _splat_ir(builder, x, vt=_VT):
+    "x (a scalar LLVM value) in every lane of a vector"
+    v = builder.insert_element(ir.Constant(vt, ir.Undefined), x, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(v, ir.Constant(vt, ir.Undefined), ir.Constant(_IVT, [0] * _W))
+
+def _vptr(context, builder, aty, a, i):
+    "Address of a.flat[i] (a C-contiguous float32 array) as a vector pointer."
+    data = context.make_array(aty)(context, builder, a).data
+    return builder.bitcast(builder.gep(data, [i]), _VT.as_pointer())
+
+
+# %% ../nbs/05_fused_attention.ipynb #3f273e22
+@intrinsic
+def _vload(typingctx, a, i):
+    "a.flat[i : i + W] as a vector (a C-contiguous float32 array, i a flat index; no bounds check)"
+    def codegen(context, builder, sig, args):
+        return builder.load(_vptr(context, builder, sig.args[0], *args), align=4)
+    return _f32xw(a, i), codegen
+
+@intrinsic
+def _vstore(typingctx, a, i, x):
+    "a.flat[i : i + W] = x"
+    def codegen(context, builder, sig, args):
+        builder.store(args[2], _vptr(context, builder, sig.args[0], args[0], args[1]), align=4)
+        return context.get_dummy_value()
+    return nbtypes.none(a, i, x), codegen
+
+@intrinsic
+def _vsplat(typingctx, x):
+    "x (float32) in every lane"
+    def codegen(context, builder, sig, args): return _splat_ir(builder, args[0])
+    return _f32xw(nbtypes.float32), codegen
+
+@intrinsic
+def _vzero(typingctx):
+    def codegen(context, builder, sig, args): return ir.Constant(_VT, [0.0] * _W)
+    return _f32xw(), codegen
+
+@intrinsic
+def _vfma(typingctx, a, b, c):
+    "a·b + c, lane by lane, with one rounding (LLVM's fma)"
+    def codegen(context, builder, sig, args):
+        return builder.call(_llvm_fn(builder, f'llvm.fma.v{_W}f32', [_VT] * 3), args)
+    return _f32xw(_f32xw, _f32xw, _f32xw), codegen
+
+def _vbinary(op):
+    @intrinsic
+    def f(typingctx, a, b):
+        def codegen(context, builder, sig, args): return getattr(builder, op)(*args)
+        return _f32xw(_f32xw, _f32xw), codegen
+    return f
+
+_vsub, _vadd, _vmul = _vbinary('fsub'), _vbinary('fadd'), _vbinary('fmul')
+
+@intrinsic
+def _vmax(typingctx, a, b):
+    def codegen(context, builder, sig, args):
+        return builder.call(_llvm_fn(builder, f'llvm.maxnum.v{_W}f32', [_VT] * 2), args)
+    return _f32xw(_f32xw, _f32xw), codegen
+
+@intrinsic
+def _vhmax(typingctx, a):
+    "max over the lanes"
+    def codegen(context, builder, sig, args):
+        return builder.call(_llvm_fn(builder, f'llvm.vector.reduce.fmax.v{_W}f32', [_VT], ir.FloatType()), args)
+    return nbtypes.float32(_f32xw), codegen
+
+@intrinsic
+def _vhsum(typingctx, a):
+    "sum over the lanes (as a tree: the order is LLVM's, fixed per compiled kernel)"
+    def codegen(context, builder, sig, args):
+        fn = _llvm_fn(builder, f'llvm.vector.reduce.fadd.v{_W}f32', [ir.FloatType(), _VT], ir.FloatType())
+        return builder.call(fn, [ir.Constant(ir.FloatType(), -0.0), args[0]], fastmath=('reassoc',))
+    return nbtypes.float32(_f32xw), codegen
+
+@intrinsic
+def _vkeep(typingctx, x, n, fill):
+    "Lanes i < n of x, `fill` (float32) in the others: the mask of a row's last, partial vector."
+    def codegen(context, builder, sig, args):
+        n32 = builder.trunc(args[1], ir.IntType(32)) if args[1].type.width > 32 else args[1]
+        keep = builder.icmp_signed('<', ir.Constant(_IVT, list(range(_W))), _splat_ir(builder, n32, _IVT))
+        return builder.select(keep, args[0], _splat_ir(builder, args[2]))
+    return _f32xw(_f32xw, n, nbtypes.float32), codegen
+
+_EXP2_COEF = (0.6931472, 0.2402265, 0.05550411, 0.009618129, 0.001333355, 0.0001540353)   # (ln 2)ᵏ/k!, k = 1..6
+
+@intrinsic
+def _vexp2(typingctx, x):
+    """2^max(x, −125), lane by lane, as `_exp2_row` computes it: x = n + f (n = ⌊x + ½⌋, |f| ≤ ½), 2ᶠ by the degree-6
+    Taylor polynomial (Horner, one fma per degree), 2ⁿ by writing n + 127 into the exponent bits."""
+    def codegen(context, builder, sig, args):
+        c = lambda v: ir.Constant(_VT, [v] * _W)
+        fma = _llvm_fn(builder, f'llvm.fma.v{_W}f32', [_VT] * 3)
+        x = builder.call(_llvm_fn(builder, f'llvm.maxnum.v{_W}f32', [_VT] * 2), [args[0], c(-125.0)])
+        n = builder.call(_llvm_fn(builder, f'llvm.floor.v{_W}f32', [_VT]), [builder.fadd(x, c(0.5))])
+        f = builder.fsub(x, n)
+        p = c(_EXP2_COEF[-1])
+        for a in _EXP2_COEF[-2::-1] + (1.0,): p = builder.call(fma, [p, f, c(a)])
+        bits = builder.shl(builder.add(builder.fptosi(n, _IVT), ir.Constant(_IVT, [127] * _W)), ir.Constant(_IVT, [23] * _W))
+        return builder.fmul(p, builder.bitcast(bits, _VT))
+    return _f32xw(_f32xw), codegen
+
+
+# %% ../nbs/05_fused_attention.ipynb #c6889f58
+@njit(inline='always')
+def _pad(D):
+    "D rounded up to a multiple of the vector width W: the padded head dimension D_p of the CPU tiles"
+    return (D + _W - 1) // _W * _W
+
+@njit(inline='always', fastmath=True)
+def _st4(x, i, stride, a0, a1, a2, a3):
+    "x.flat[i + t·stride : … + W] = a_t, t = 0..3"
+    _vstore(x, i, a0); _vstore(x, i + stride, a1); _vstore(x, i + 2 * stride, a2); _vstore(x, i + 3 * stride, a3)
+
+@njit(inline='always', fastmath=True)
+def _ld4(x, i, stride, c):
+    "c·x.flat[i + t·stride : … + W], t = 0..3"
+    return (_vmul(c, _vload(x, i)), _vmul(c, _vload(x, i + stride)), _vmul(c, _vload(x, i + 2 * stride)),
+            _vmul(c, _vload(x, i + 3 * stride)))
+
+@njit(nogil=True, fastmath=True)
+def _scores4(a, r0, bt, s, j0):
+    """s[0:4, j0 : j0 + 4W] = a[r0 : r0 + 4] · bt[:, j0 : j0 + 4W] (a: rows × D_p, bt: D_p × keys, transposed): a 4 × 4W
+    register tile, sixteen W-lane accumulators; each step of Σ_d loads four vectors of bt and broadcasts four a[r, d]."""
+    Dp, B, S = bt.shape[0], bt.shape[1], s.shape[1]
+    x00 = _vzero(); x01 = _vzero(); x02 = _vzero(); x03 = _vzero()
+    x10 = _vzero(); x11 = _vzero(); x12 = _vzero(); x13 = _vzero()
+    x20 = _vzero(); x21 = _vzero(); x22 = _vzero(); x23 = _vzero()
+    x30 = _vzero(); x31 = _vzero(); x32 = _vzero(); x33 = _vzero()
+    for d in range(Dp):
+        i = d * B + j0
+        b0 = _vload(bt, i); b1 = _vload(bt, i + _W); b2 = _vload(bt, i + 2 * _W); b3 = _vload(bt, i + 3 * _W)
+        c = _vsplat(a[r0, d])
+        x00 = _vfma(c, b0, x00); x01 = _vfma(c, b1, x01); x02 = _vfma(c, b2, x02); x03 = _vfma(c, b3, x03)
+        c = _vsplat(a[r0 + 1, d])
+        x10 = _vfma(c, b0, x10); x11 = _vfma(c, b1, x11); x12 = _vfma(c, b2, x12); x13 = _vfma(c, b3, x13)
+        c = _vsplat(a[r0 + 2, d])
+        x20 = _vfma(c, b0, x20); x21 = _vfma(c, b1, x21); x22 = _vfma(c, b2, x22); x23 = _vfma(c, b3, x23)
+        c = _vsplat(a[r0 + 3, d])
+        x30 = _vfma(c, b0, x30); x31 = _vfma(c, b1, x31); x32 = _vfma(c, b2, x32); x33 = _vfma(c, b3, x33)
+    _st4(s, j0, S, x00, x10, x20, x30); _st4(s, j0 + _W, S, x01, x11, x21, x31)
+    _st4(s, j0 + 2 * _W, S, x02, x12, x22, x32); _st4(s, j0 + 3 * _W, S, x03, x13, x23, x33)
+
+@njit(nogil=True, fastmath=True)
+def _scores1(a, r0, bt, s, j0):
+    "As `_scores4` for one vector of keys, s[0:4, j0 : j0 + W]."
+    Dp, B, S = bt.shape[0], bt.shape[1], s.shape[1]
+    x0 = _vzero(); x1 = _vzero(); x2 = _vzero(); x3 = _vzero()
+    for d in range(Dp):
+        b = _vload(bt, d * B + j0)
+        x0 = _vfma(_vsplat(a[r0, d]), b, x0); x1 = _vfma(_vsplat(a[r0 + 1, d]), b, x1)
+        x2 = _vfma(_vsplat(a[r0 + 2, d]), b, x2); x3 = _vfma(_vsplat(a[r0 + 3, d]), b, x3)
+    _st4(s, j0, S, x0, x1, x2, x3)
+
+@njit(inline='always', fastmath=True)
+def _scores(a, r0, bt, s, jmax):
+    "s[0:4, :J] = a[r0 : r0 + 4] · bt[:, :J], J = jmax rounded up to a multiple of W: 4W keys per pass, then W."
+    J = (jmax + _W - 1) // _W * _W
+    j0 = 0
+    while j0 + 4 * _W <= J:
+        _scores4(a, r0, bt, s, j0); j0 += 4 * _W
+    while j0 < J:
+        _scores1(a, r0, bt, s, j0); j0 += _W
+
+@njit(nogil=True, fastmath=True)
+def _acc4(p, br, acc, r0, d0, jmax, c0, c1, c2, c3):
+    """acc[r0 + t, d0 : d0 + 4W] ← c_t·acc[r0 + t, d0 : …] + Σⱼ p[t, j]·br[j, d0 : …] (j < jmax), t = 0..3 (br: keys × D_p,
+    row-major): the 4 × 4W tile of acc stays in sixteen registers while j runs."""
+    A, B = acc.shape[1], br.shape[1]
+    i = r0 * A + d0
+    x00, x01, x02, x03 = _ld4(acc, i, _W, _vsplat(c0))
+    x10, x11, x12, x13 = _ld4(acc, i + A, _W, _vsplat(c1))
+    x20, x21, x22, x23 = _ld4(acc, i + 2 * A, _W, _vsplat(c2))
+    x30, x31, x32, x33 = _ld4(acc, i + 3 * A, _W, _vsplat(c3))
+    for j in range(jmax):
+        k = j * B + d0
+        b0 = _vload(br, k); b1 = _vload(br, k + _W); b2 = _vload(br, k + 2 * _W); b3 = _vload(br, k + 3 * _W)
+        c = _vsplat(p[0, j])
+        x00 = _vfma(c, b0, x00); x01 = _vfma(c, b1, x01); x02 = _vfma(c, b2, x02); x03 = _vfma(c, b3, x03)
+        c = _vsplat(p[1, j])
+        x10 = _vfma(c, b0, x10); x11 = _vfma(c, b1, x11); x12 = _vfma(c, b2, x12); x13 = _vfma(c, b3, x13)
+        c = _vsplat(p[2, j])
+        x20 = _vfma(c, b0, x20); x21 = _vfma(c, b1, x21); x22 = _vfma(c, b2, x22); x23 = _vfma(c, b3, x23)
+        c = _vsplat(p[3, j])
+        x30 = _vfma(c, b0, x30); x31 = _vfma(c, b1, x31); x32 = _vfma(c, b2, x32); x33 = _vfma(c, b3, x33)
+    _st4(acc, i, _W, x00, x01, x02, x03); _st4(acc, i + A, _W, x10, x11, x12, x13)
+    _st4(acc, i + 2 * A, _W, x20, x21, x22, x23); _st4(acc, i + 3 * A, _W, x30, x31, x32, x33)
+
+@njit(nogil=True, fastmath=True)
+def _acc1(p, br, acc, r0, d0, jmax, c0, c1, c2, c3):
+    "As `_acc4` for one vector of columns, acc[r0 : r0 + 4, d0 : d0 + W]."
+    A, B = acc.shape[1], br.shape[1]
+    i = r0 * A + d0
+    x0 = _vmul(_vsplat(c0), _vload(acc, i)); x1 = _vmul(_vsplat(c1), _vload(acc, i + A))
+    x2 = _vmul(_vsplat(c2), _vload(acc, i + 2 * A)); x3 = _vmul(_vsplat(c3), _vload(acc, i + 3 * A))
+    for j in range(jmax):
+        b = _vload(br, j * B + d0)
+        x0 = _vfma(_vsplat(p[0, j]), b, x0); x1 = _vfma(_vsplat(p[1, j]), b, x1)
+        x2 = _vfma(_vsplat(p[2, j]), b, x2); x3 = _vfma(_vsplat(p[3, j]), b, x3)
+    _st4(acc, i, A, x0, x1, x2, x3)
+
+@njit(inline='always', fastmath=True)
+def _accumulate(p, br, acc, r0, jmax, c0, c1, c2, c3):
+    "acc[r0 + t, :] ← c_t·acc[r0 + t, :] + p[t, :jmax]·br[:jmax, :] for the four rows t: 4W columns per pass, then W."
+    Dp = acc.shape[1]
+    d0 = 0
+    while d0 + 4 * _W <= Dp:
+        _acc4(p, br, acc, r0, d0, jmax, c0, c1, c2, c3); d0 += 4 * _W
+    while d0 < Dp:
+        _acc1(p, br, acc, r0, d0, jmax, c0, c1, c2, c3); d0 += _W
+
+@njit(nogil=True, fastmath=True)
+def _rank4_4(p, g, out, jmax, d0):
+    """out[j, d0 : d0 + 4W] += Σ_t p[t, j]·g[t, d0 : …] for j < jmax (dV += Pᵀ dO, dK += dSᵀ Q for four query rows t):
+    the four rows of g stay in sixteen registers while j runs."""
+    O, G = out.shape[1], g.shape[1]
+    g00, g01, g02, g03 = _ld4(g, d0, _W, _vsplat(np.float32(1.0)))
+    g10, g11, g12, g13 = _ld4(g, G + d0, _W, _vsplat(np.float32(1.0)))
+    g20, g21, g22, g23 = _ld4(g, 2 * G + d0, _W, _vsplat(np.float32(1.0)))
+    g30, g31, g32, g33 = _ld4(g, 3 * G + d0, _W, _vsplat(np.float32(1.0)))
+    for j in range(jmax):
+        i = j * O + d0
+        c0 = _vsplat(p[0, j]); c1 = _vsplat(p[1, j]); c2 = _vsplat(p[2, j]); c3 = _vsplat(p[3, j])
+        _st4(out, i, _W,
+             _vfma(c3, g30, _vfma(c2, g20, _vfma(c1, g10, _vfma(c0, g00, _vload(out, i))))),
+             _vfma(c3, g31, _vfma(c2, g21, _vfma(c1, g11, _vfma(c0, g01, _vload(out, i + _W))))),
+             _vfma(c3, g32, _vfma(c2, g22, _vfma(c1, g12, _vfma(c0, g02, _vload(out, i + 2 * _W))))),
+             _vfma(c3, g33, _vfma(c2, g23, _vfma(c1, g13, _vfma(c0, g03, _vload(out, i + 3 * _W))))))
+
+@njit(nogil=True, fastmath=True)
+def _rank4_1(p, g, out, jmax, d0):
+    "As `_rank4_4` for one vector of columns."
+    O, G = out.shape[1], g.shape[1]
+    g0 = _vload(g, d0); g1 = _vload(g, G + d0); g2 = _vload(g, 2 * G + d0); g3 = _vload(g, 3 * G + d0)
+    for j in range(jmax):
+        i = j * O + d0
+        _vstore(out, i, _vfma(_vsplat(p[3, j]), g3, _vfma(_vsplat(p[2, j]), g2, _vfma(_vsplat(p[1, j]), g1,
+                        _vfma(_vsplat(p[0, j]), g0, _vload(out, i))))))
+
+@njit(inline='always', fastmath=True)
+def _rank4(p, g, out, jmax):
+    "out[:jmax] += p[:, :jmax]ᵀ · g (p: 4 × keys, g: 4 × D_p): 4W columns per pass, then W."
+    Dp = out.shape[1]
+    d0 = 0
+    while d0 + 4 * _W <= Dp:
+        _rank4_4(p, g, out, jmax, d0); d0 += 4 * _W
+    while d0 < Dp:
+        _rank4_1(p, g, out, jmax, d0); d0 += _W
+
+@njit(nogil=True, fastmath=True)
+def _softmax_row(s, r, jl, jmax, m):
+    """Row r of the score strip s: the new running maximum m_new = max(m, maxⱼ s[r, j]) over j < jl,
+    s[r, :jl] ← 2^(s − m_new), s[r, jl:jmax] ← 0; returns (m_new, Σⱼ 2^(s[r, j] − m_new))."""
+    i0, nv = r * s.shape[1], (jl + _W - 1) // _W
+    mv = _vsplat(m)
+    for u in range(nv):
+        mv = _vmax(mv, _vkeep(_vload(s, i0 + u * _W), jl - u * _W, np.float32(_NEG)))
+    mx = _vhmax(mv)
+    mb, tot = _vsplat(mx), _vzero()
+    for u in range(nv):
+        p = _vkeep(_vexp2(_vsub(_vload(s, i0 + u * _W), mb)), jl - u * _W, np.float32(0.0))
+        _vstore(s, i0 + u * _W, p)
+        tot = _vadd(tot, p)
+    for j in range(nv * _W, jmax):
+        s[r, j] = 0.0
+    return mx, _vhsum(tot)
+
+@njit(nogil=True, fastmath=True)
+def _p_ds_row(s, dp, r, jl, jmax, m, w, delta):
+    """Row r of the backward's strips: s[r, :jl] ← P = w·2^(s − m) and dp[r, :jl] ← dS = P∘(dP − Δ), both 0 from jl to
+    jmax (w = 2^(−log₂ ℓ) = 1/ℓ, so that m + log₂ ℓ is never formed)."""
+    i0, nv = r * s.shape[1], (jl + _W - 1) // _W
+    mb, wb, db = _vsplat(m), _vsplat(w), _vsplat(delta)
+    for u in range(nv):
+        i = i0 + u * _W
+        p = _vkeep(_vmul(wb, _vexp2(_vsub(_vload(s, i), mb))), jl - u * _W, np.float32(0.0))
+        _vstore(s, i, p)
+        _vstore(dp, i, _vmul(p, _vsub(_vload(dp, i), db)))
+    for j in range(nv * _W, jmax):
+        s[r, j] = 0.0; dp[r, j] = 0.0
+
+
 # %% ../nbs/05_fused_attention.ipynb #80932113
+@njit(inline='always')
+def _copy_rows(x, bh, i0, n, c, out):
+    "out[:n, :D] = c·x[bh, i0 : i0 + n] (out: rows × D_p, its padding columns left as they are)"
+    for i in range(n):
+        for d in range(x.shape[2]):
+            out[i, d] = x[bh, i0 + i, d] * c
+
+@njit(inline='always')
+def _copy_cols(x, bh, k0, n, out):
+    "out[:D, :n] = x[bh, k0 : k0 + n]ᵀ and zeros in the columns n..B (out: D_p × B, a transposed key tile)"
+    for j in range(n):
+        for d in range(x.shape[2]):
+            out[d, j] = x[bh, k0 + j, d]
+    out[:, n:] = 0.0
+
 @njit(nogil=True, fastmath=True, cache=True)
 def _flash_fwd_cpu(q, k, v, scale, causal, off, o, mrow, lrow, w0, nw):
     """O and the row statistics for q (BH, Nq, D), k, v (BH, Nk, D): online softmax over key blocks, one work item per
     query block; mrow = m (the row max of the base-2 scores S·log₂e) and lrow = log₂ ℓ (L = (m + log₂ ℓ)·ln 2)."""
     BH, Nq, D = q.shape
-    Nk = k.shape[1]
+    Nk, Dp = k.shape[1], _pad(D)
     nqb = (Nq + _BQ_CPU - 1) // _BQ_CPU
     c = np.float32(scale * _LOG2E)
+    qs, acc = np.zeros((_BQ_CPU, Dp), np.float32), np.empty((_BQ_CPU, Dp), np.float32)
+    kt, vr = np.zeros((Dp, _BK_CPU), np.float32), np.zeros((_BK_CPU, Dp), np.float32)
+    s = np.empty((4, _BK_CPU), np.float32)
+    m, l = np.empty(_BQ_CPU, np.float32), np.empty(_BQ_CPU, np.float32)
+    jlr, al = np.empty(4, np.int64), np.empty(4, np.float32)
     for t in range(w0, BH * nqb, nw):
-        bh = t // nqb
-        q0 = (t % nqb) * _BQ_CPU
+        bh, q0 = t // nqb, (t % nqb) * _BQ_CPU
         nr = min(_BQ_CPU, Nq - q0)
-        qs = np.zeros((_BQ_CPU, D + 3), np.float32)
-        for i in range(nr):
-            for d in range(D):
-                qs[i, d] = q[bh, q0 + i, d] * c                      # q·τ·log₂e: scores in base-2 units
-        acc = np.zeros((_BQ_CPU, D), np.float32)
-        m = np.full(_BQ_CPU, np.float32(_NEG))                      # m ← −∞ (running max)
-        l = np.zeros(_BQ_CPU, np.float32)                           # ℓ ← 0 (running sum)
-        s = np.empty((4, _BK_CPU), np.float32)
-        eb = np.empty(_BK_CPU, np.int32)
-        kt = np.zeros((D + 3, _BK_CPU), np.float32)
-        vt = np.empty((D, _BK_CPU), np.float32)
-        jlr = np.empty(4, np.int64)
-        al = np.empty(4, np.float32)
+        _copy_rows(q, bh, q0, nr, c, qs)                                 # q·τ·log₂e: scores in base-2 units
+        qs[nr:] = 0.0
+        acc[:] = 0.0
+        m[:] = np.float32(_NEG)                                          # m ← −∞ (running max)
+        l[:] = 0.0                                                       # ℓ ← 0 (running sum)
         kend = min(Nk, q0 + nr + off) if causal else Nk
         for k0 in range(0, max(kend, 0), _BK_CPU):
             nc = min(_BK_CPU, kend - k0)
-            _load_kv_tile(k, v, bh, k0, nc, np.float32(1.0), kt, vt)
+            _copy_cols(k, bh, k0, nc, kt)                                # Kᵀ (D_p × B_k)
+            _copy_rows(v, bh, k0, nc, np.float32(1.0), vr)               # V (B_k × D_p)
             for g0 in range(0, nr, 4):
                 jmax = _row_key_limits(jlr, q0 + g0, q0 + nr, nc, causal, off, k0)
                 if jmax <= 0:
                     continue
-                for r in range(4):
-                    for j in range(jmax):
-                        s[r, j] = 0.0
-                for d0 in range(0, D, 4):
-                    for j in range(jmax):
-                        x0 = s[0, j]; x1 = s[1, j]; x2 = s[2, j]; x3 = s[3, j]
-                        for dd in range(4):
-                            kd = kt[d0 + dd, j]
-                            x0 += qs[g0, d0 + dd] * kd; x1 += qs[g0 + 1, d0 + dd] * kd
-                            x2 += qs[g0 + 2, d0 + dd] * kd; x3 += qs[g0 + 3, d0 + dd] * kd
-                        s[0, j] = x0; s[1, j] = x1; s[2, j] = x2; s[3, j] = x3   # S = τ·Q Kᵀ
+                _scores(qs, g0, kt, s, jmax)                             # S = τ·Q Kᵀ (base 2), four rows
                 for r in range(4):
                     i = g0 + r
-                    jl = jlr[r]
                     al[r] = 1.0
-                    if jl > 0:
-                        mx = m[i]
-                        for j in range(jl):
-                            mx = max(mx, s[r, j])                    # m_new = max(m, maxⱼ sⱼ)
-                        al[r] = np.exp2(m[i] - mx) if m[i] > np.float32(_NEG) else np.float32(0.0)  # α = 2^(m − m_new)
-                        l[i] = l[i] * al[r] + _exp2_row(s, s, eb, r, jl, mx, np.float32(1.0))  # ℓ ← αℓ + ΣP, P = 2^(S − m_new)
+                    if jlr[r] > 0:
+                        mx, tot = _softmax_row(s, r, jlr[r], jmax, m[i])   # P = 2^(S − m_new), ΣP
+                        al[r] = np.exp2(m[i] - mx) if m[i] > np.float32(_NEG) else np.float32(0.0)   # α = 2^(m − m_new)
+                        l[i] = l[i] * al[r] + tot                         # ℓ ← αℓ + ΣP
                         m[i] = mx
-                    for j in range(max(jl, 0), jmax):
-                        s[r, j] = 0.0
-                b0 = al[0]; b1 = al[1]; b2 = al[2]; b3 = al[3]
-                for d in range(D):
-                    x0 = np.float32(0.0); x1 = np.float32(0.0); x2 = np.float32(0.0); x3 = np.float32(0.0)
-                    for j in range(jmax):
-                        vd = vt[d, j]
-                        x0 += s[0, j] * vd; x1 += s[1, j] * vd; x2 += s[2, j] * vd; x3 += s[3, j] * vd
-                    acc[g0, d] = acc[g0, d] * b0 + x0; acc[g0 + 1, d] = acc[g0 + 1, d] * b1 + x1   # acc ← α·acc + PV
-                    acc[g0 + 2, d] = acc[g0 + 2, d] * b2 + x2; acc[g0 + 3, d] = acc[g0 + 3, d] * b3 + x3
+                    else:
+                        s[r, :jmax] = 0.0
+                _accumulate(s, vr, acc, g0, jmax, al[0], al[1], al[2], al[3])   # acc ← α·acc + PV
         for i in range(nr):
             if l[i] > 0:
                 inv = np.float32(1.0) / l[i]
                 for d in range(D):
-                    o[bh, q0 + i, d] = acc[i, d] * inv                # O = acc/ℓ
-                mrow[bh, q0 + i] = m[i]                                 # m and log₂ ℓ, kept apart
+                    o[bh, q0 + i, d] = acc[i, d] * inv                    # O = acc/ℓ
+                mrow[bh, q0 + i] = m[i]                                   # m and log₂ ℓ, kept apart
                 lrow[bh, q0 + i] = np.log2(l[i])
             else:
                 for d in range(D):
                     o[bh, q0 + i, d] = 0.0
-                mrow[bh, q0 + i] = _NEG                                 # no key: O = 0, L = −∞
+                mrow[bh, q0 + i] = _NEG                                   # no key: O = 0, L = −∞
                 lrow[bh, q0 + i] = 0.0
+
 
 # %% ../nbs/05_fused_attention.ipynb #f463ef05
 @njit(inline='always', fastmath=True)
-def _s_dp_tile(a, b, r0, kt, vt, s, dp, jmax, D):
-    """S = a Kᵀ and dP = b Vᵀ for the four rows r0..r0+3 of a (Q·τ log₂e) and b (dO), keys 0..jmax of the transposed
-    tiles kt, vt, into s and dp (4, ·): four terms of Σ_d per pass, in the forward's order. Both backward kernels call
-    it, so the S they recompute is formed the same way."""
-    for r in range(4):
-        for j in range(jmax):
-            s[r, j] = 0.0; dp[r, j] = 0.0
-    for d0 in range(0, D, 4):
-        for j in range(jmax):
-            x0 = s[0, j]; x1 = s[1, j]; x2 = s[2, j]; x3 = s[3, j]
-            y0 = dp[0, j]; y1 = dp[1, j]; y2 = dp[2, j]; y3 = dp[3, j]
-            for dd in range(4):
-                kd = kt[d0 + dd, j]; vd = vt[d0 + dd, j]
-                x0 += a[r0, d0 + dd] * kd; x1 += a[r0 + 1, d0 + dd] * kd
-                x2 += a[r0 + 2, d0 + dd] * kd; x3 += a[r0 + 3, d0 + dd] * kd
-                y0 += b[r0, d0 + dd] * vd; y1 += b[r0 + 1, d0 + dd] * vd
-                y2 += b[r0 + 2, d0 + dd] * vd; y3 += b[r0 + 3, d0 + dd] * vd
-            s[0, j] = x0; s[1, j] = x1; s[2, j] = x2; s[3, j] = x3
-            dp[0, j] = y0; dp[1, j] = y1; dp[2, j] = y2; dp[3, j] = y3
-
-@njit(inline='always', fastmath=True)
-def _ds_k_pair(dp, kt, d, jmax):
-    """Σⱼ dS[r, j]·K[j, d] and Σⱼ dS[r, j]·K[j, d + 1] for the four rows r of a group (K from the transposed tile `kt`,
-    whose zero padding rows make d + 1 = D harmless): two columns of dQ per pass, each dS loaded once for both. Both dQ
-    kernels call it, so their sums are the same."""
-    x0 = np.float32(0.0); x1 = np.float32(0.0); x2 = np.float32(0.0); x3 = np.float32(0.0)
-    y0 = np.float32(0.0); y1 = np.float32(0.0); y2 = np.float32(0.0); y3 = np.float32(0.0)
-    for j in range(jmax):
-        kd = kt[d, j]; ke = kt[d + 1, j]
-        e0 = dp[0, j]; e1 = dp[1, j]; e2 = dp[2, j]; e3 = dp[3, j]
-        x0 += e0 * kd; x1 += e1 * kd; x2 += e2 * kd; x3 += e3 * kd
-        y0 += e0 * ke; y1 += e1 * ke; y2 += e2 * ke; y3 += e3 * ke
-    return x0, x1, x2, x3, y0, y1, y2, y3
-
-@njit(inline='always', fastmath=True)
 def _bwd_key_blocks(q, k, v, do, mrow, lrow, delta, scale, causal, off, dk, dv, dq, fused, w0, nw):
     """The body of both kernels below (inlined into each, where `fused` is a constant): dK, dV per (batch·head, key
-    block), dV = Pᵀ dO, dK = τ dSᵀ Q, P = 2^((S − m) − log₂ ℓ) recomputed with S formed as the forward forms it
-    (τ·log₂e folded into Q, the same loops). `fused`: one work item per batch·head, its key blocks in order, and also
-    dQ = τ dS K, accumulated into dq from the same dS. Query rows go in the groups of four of `_flash_bwd_dq_cpu`
-    (aligned to multiples of 4), so dQ's sums have the same terms in the same order as that kernel's."""
+    block), dV = Pᵀ dO, dK = τ dSᵀ Q, P = 2^(S − m)/ℓ recomputed with S formed as the forward forms it (τ·log₂e folded
+    into Q, the same micro-kernel). `fused`: one work item per batch·head, its key blocks in order, and also dQ = τ dS K,
+    accumulated from the same dS. Query rows go in the groups of four of `_flash_bwd_dq_cpu` (aligned to multiples of
+    4), so dQ's sums have the same terms in the same order as that kernel's."""
     BH, Nq, D = q.shape
-    Nk = k.shape[1]
+    Nk, Dp = k.shape[1], _pad(D)
     nkb = (Nk + _BK_CPU - 1) // _BK_CPU
     c = np.float32(scale * _LOG2E)
-    kt = np.zeros((D + 3, _BK_CPU), np.float32)
-    vt = np.zeros((D + 3, _BK_CPU), np.float32)
-    dka = np.empty((_BK_CPU, D), np.float32)
-    dva = np.empty((_BK_CPU, D), np.float32)
-    s = np.empty((4, _BK_CPU), np.float32)
-    dp = np.empty((4, _BK_CPU), np.float32)
-    p = np.empty((4, _BK_CPU), np.float32)
-    eb = np.empty(_BK_CPU, np.int32)
-    qr = np.zeros((4, D + 3), np.float32)
-    gr = np.zeros((4, D + 3), np.float32)
+    kt, vt = np.zeros((Dp, _BK_CPU), np.float32), np.zeros((Dp, _BK_CPU), np.float32)
+    kr = np.zeros((_BK_CPU, Dp), np.float32)
+    dka, dva = np.empty((_BK_CPU, Dp), np.float32), np.empty((_BK_CPU, Dp), np.float32)
+    dqa = np.empty((Nq if fused else 0, Dp), np.float32)
+    s, dp = np.empty((4, _BK_CPU), np.float32), np.empty((4, _BK_CPU), np.float32)
+    qr, gr = np.zeros((4, Dp), np.float32), np.zeros((4, Dp), np.float32)
     jlr = np.empty(4, np.int64)
     for t in range(w0, BH if fused else BH * nkb, nw):
         bh = t if fused else t // nkb
         kb0 = 0 if fused else t % nkb
         if fused:
-            dq[bh] = 0.0
+            dqa[:] = 0.0
         for kb in range(kb0, nkb if fused else kb0 + 1):
             k0 = kb * _BK_CPU
             nc = min(_BK_CPU, Nk - k0)
-            _load_kv_tile(k, v, bh, k0, nc, np.float32(1.0), kt, vt)    # Kᵀ, Vᵀ
+            _copy_cols(k, bh, k0, nc, kt)                                    # Kᵀ, Vᵀ
+            _copy_cols(v, bh, k0, nc, vt)
+            if fused:
+                _copy_rows(k, bh, k0, nc, np.float32(1.0), kr)               # K, for dQ
             dka[:] = 0.0
             dva[:] = 0.0
-            i0 = max(0, k0 - off) // 4 * 4 if causal else 0           # groups of 4 rows aligned as in dQ's kernel
+            i0 = max(0, k0 - off) // 4 * 4 if causal else 0               # groups of 4 rows aligned as in dQ's kernel
             for g0 in range(i0, Nq, 4):
                 jmax = _row_key_limits(jlr, g0, Nq, nc, causal, off, k0)
-                for r in range(4):
-                    i = g0 + r
-                    for d in range(D):
-                        qr[r, d] = q[bh, i, d] * c if jlr[r] > 0 else np.float32(0.0)   # q·τ·log₂e, as in the forward
-                        gr[r, d] = do[bh, i, d] if jlr[r] > 0 else np.float32(0.0)
                 if jmax <= 0:
                     continue
-                _s_dp_tile(qr, gr, 0, kt, vt, s, dp, jmax, D)                 # S = τ·Q Kᵀ, dP = dO Vᵀ
                 for r in range(4):
-                    jl = jlr[r]
-                    if jl > 0:
-                        _exp2_row(s, p, eb, r, jl, mrow[bh, g0 + r], np.exp2(-lrow[bh, g0 + r]))   # P = 2^(S − m)/ℓ
-                        di = delta[bh, g0 + r]
-                        for j in range(jl):
-                            dp[r, j] = p[r, j] * (dp[r, j] - di)              # dS = P∘(dP − Δ), in place
-                    for j in range(max(jl, 0), jmax):
-                        p[r, j] = 0.0; dp[r, j] = 0.0
-                for j in range(jmax):
-                    p0 = p[0, j]; p1 = p[1, j]; p2 = p[2, j]; p3 = p[3, j]
-                    e0 = dp[0, j]; e1 = dp[1, j]; e2 = dp[2, j]; e3 = dp[3, j]
                     for d in range(D):
-                        dva[j, d] += p0 * gr[0, d] + p1 * gr[1, d] + p2 * gr[2, d] + p3 * gr[3, d]   # dV += Pᵀ dO
-                        dka[j, d] += e0 * qr[0, d] + e1 * qr[1, d] + e2 * qr[2, d] + e3 * qr[3, d]   # dK += dSᵀ Q·τ log₂e
+                        qr[r, d] = q[bh, g0 + r, d] * c if jlr[r] > 0 else np.float32(0.0)   # q·τ·log₂e
+                        gr[r, d] = do[bh, g0 + r, d] if jlr[r] > 0 else np.float32(0.0)
+                _scores(qr, 0, kt, s, jmax)                                   # S = τ·Q Kᵀ (base 2)
+                _scores(gr, 0, vt, dp, jmax)                                  # dP = dO Vᵀ
+                for r in range(4):
+                    if jlr[r] > 0:
+                        _p_ds_row(s, dp, r, jlr[r], jmax, mrow[bh, g0 + r], np.exp2(-lrow[bh, g0 + r]),
+                                  delta[bh, g0 + r])                          # P = 2^(S − m)/ℓ, dS = P∘(dP − Δ)
+                    else:
+                        s[r, :jmax] = 0.0; dp[r, :jmax] = 0.0
+                _rank4(s, gr, dva, jmax)                                      # dV += Pᵀ dO
+                _rank4(dp, qr, dka, jmax)                                     # dK += dSᵀ Q·τ log₂e
                 if fused:
-                    nr = min(4, Nq - g0)
-                    for d in range(0, D, 2):                                   # dQ += dS K (this key block)
-                        x0, x1, x2, x3, y0, y1, y2, y3 = _ds_k_pair(dp, kt, d, jmax)
-                        dq[bh, g0, d] += x0
-                        if nr > 1: dq[bh, g0 + 1, d] += x1
-                        if nr > 2: dq[bh, g0 + 2, d] += x2
-                        if nr > 3: dq[bh, g0 + 3, d] += x3
-                        if d + 1 < D:
-                            dq[bh, g0, d + 1] += y0
-                            if nr > 1: dq[bh, g0 + 1, d + 1] += y1
-                            if nr > 2: dq[bh, g0 + 2, d + 1] += y2
-                            if nr > 3: dq[bh, g0 + 3, d + 1] += y3
+                    _accumulate(dp, kr, dqa, g0, jmax, np.float32(1.0), np.float32(1.0), np.float32(1.0),
+                                np.float32(1.0))                              # dQ += dS K (this key block)
             for j in range(nc):
                 for d in range(D):
                     dk[bh, k0 + j, d] = dka[j, d] * np.float32(_LN2)       # dK = τ·dSᵀ Q = ln 2·dSᵀ (Q·τ log₂e)
@@ -353,7 +576,7 @@ def _bwd_key_blocks(q, k, v, do, mrow, lrow, delta, scale, causal, off, dk, dv, 
         if fused:
             for i in range(Nq):
                 for d in range(D):
-                    dq[bh, i, d] *= scale                                  # dQ = τ·dS K
+                    dq[bh, i, d] = dqa[i, d] * scale                       # dQ = τ·dS K
 
 @njit(nogil=True, fastmath=True, cache=True)
 def _flash_bwd_dkdv_cpu(q, k, v, do, mrow, lrow, delta, scale, causal, off, dk, dv, w0, nw):
@@ -367,54 +590,45 @@ def _flash_bwd_fused_cpu(q, k, v, do, mrow, lrow, delta, scale, causal, off, dk,
 
 @njit(nogil=True, fastmath=True, cache=True)
 def _flash_bwd_dq_cpu(q, k, v, do, mrow, lrow, delta, scale, causal, off, dq, w0, nw):
-    "dQ = τ dS K for one (batch·head, query block) per work item, P = 2^((S − m) − log₂ ℓ) and dP recomputed."
+    "dQ = τ dS K for one (batch·head, query block) per work item, P = 2^(S − m)/ℓ and dP recomputed."
     BH, Nq, D = q.shape
-    Nk = k.shape[1]
+    Nk, Dp = k.shape[1], _pad(D)
     nqb = (Nq + _BQ_CPU - 1) // _BQ_CPU
     c = np.float32(scale * _LOG2E)
+    qs, gs = np.zeros((_BQ_CPU, Dp), np.float32), np.zeros((_BQ_CPU, Dp), np.float32)
+    kt, vt = np.zeros((Dp, _BK_CPU), np.float32), np.zeros((Dp, _BK_CPU), np.float32)
+    kr, dqa = np.zeros((_BK_CPU, Dp), np.float32), np.empty((_BQ_CPU, Dp), np.float32)
+    s, dp = np.empty((4, _BK_CPU), np.float32), np.empty((4, _BK_CPU), np.float32)
+    jlr = np.empty(4, np.int64)
+    one = np.float32(1.0)
     for t in range(w0, BH * nqb, nw):
-        bh = t // nqb
-        q0 = (t % nqb) * _BQ_CPU
+        bh, q0 = t // nqb, (t % nqb) * _BQ_CPU
         nr = min(_BQ_CPU, Nq - q0)
-        qs = np.zeros((_BQ_CPU, D + 3), np.float32)
-        gs = np.zeros((_BQ_CPU, D + 3), np.float32)
-        for i in range(nr):
-            for d in range(D):
-                qs[i, d] = q[bh, q0 + i, d] * c; gs[i, d] = do[bh, q0 + i, d]
-        kt = np.zeros((D + 3, _BK_CPU), np.float32)
-        vt = np.zeros((D + 3, _BK_CPU), np.float32)
-        dqa = np.zeros((_BQ_CPU, D), np.float32)
-        s = np.empty((4, _BK_CPU), np.float32)
-        dp = np.empty((4, _BK_CPU), np.float32)
-        p = np.empty((4, _BK_CPU), np.float32)
-        eb = np.empty(_BK_CPU, np.int32)
-        jlr = np.empty(4, np.int64)
+        _copy_rows(q, bh, q0, nr, c, qs); _copy_rows(do, bh, q0, nr, one, gs)
+        qs[nr:] = 0.0; gs[nr:] = 0.0
+        dqa[:] = 0.0
         kend = min(Nk, q0 + nr + off) if causal else Nk
         for k0 in range(0, max(kend, 0), _BK_CPU):
             nc = min(_BK_CPU, kend - k0)
-            _load_kv_tile(k, v, bh, k0, nc, np.float32(1.0), kt, vt)
+            _copy_cols(k, bh, k0, nc, kt); _copy_cols(v, bh, k0, nc, vt)
+            _copy_rows(k, bh, k0, nc, one, kr)
             for g0 in range(0, nr, 4):
                 jmax = _row_key_limits(jlr, q0 + g0, q0 + nr, nc, causal, off, k0)
                 if jmax <= 0:
                     continue
-                _s_dp_tile(qs, gs, g0, kt, vt, s, dp, jmax, D)                # S = τ·Q Kᵀ, dP = dO Vᵀ
+                _scores(qs, g0, kt, s, jmax)                                  # S = τ·Q Kᵀ (base 2)
+                _scores(gs, g0, vt, dp, jmax)                                 # dP = dO Vᵀ
                 for r in range(4):
-                    jl = jlr[r]
-                    if jl > 0:
-                        _exp2_row(s, p, eb, r, jl, mrow[bh, q0 + g0 + r], np.exp2(-lrow[bh, q0 + g0 + r]))   # P = 2^(S − m)/ℓ
-                        di = delta[bh, q0 + g0 + r]
-                        for j in range(jl):
-                            dp[r, j] = p[r, j] * (dp[r, j] - di)          # dS = P∘(dP − Δ)
-                    for j in range(max(jl, 0), jmax):
-                        dp[r, j] = 0.0
-                for d in range(0, D, 2):
-                    x0, x1, x2, x3, y0, y1, y2, y3 = _ds_k_pair(dp, kt, d, jmax)
-                    dqa[g0, d] += x0; dqa[g0 + 1, d] += x1; dqa[g0 + 2, d] += x2; dqa[g0 + 3, d] += x3   # dQ += dS K
-                    if d + 1 < D:
-                        dqa[g0, d + 1] += y0; dqa[g0 + 1, d + 1] += y1; dqa[g0 + 2, d + 1] += y2; dqa[g0 + 3, d + 1] += y3
+                    i = q0 + g0 + r
+                    if jlr[r] > 0:
+                        _p_ds_row(s, dp, r, jlr[r], jmax, mrow[bh, i], np.exp2(-lrow[bh, i]), delta[bh, i])
+                    else:
+                        s[r, :jmax] = 0.0; dp[r, :jmax] = 0.0
+                _accumulate(dp, kr, dqa, g0, jmax, one, one, one, one)        # dQ += dS K
         for r in range(nr):
             for d in range(D):
-                dq[bh, q0 + r, d] = dqa[r, d] * scale                  # dQ = τ·dS K
+                dq[bh, q0 + r, d] = dqa[r, d] * scale                      # dQ = τ·dS K
+
 
 # %% ../nbs/05_fused_attention.ipynb #86734ccc
 def _window_py(a, L, ks, dil, causal):

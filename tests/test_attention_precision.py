@@ -14,7 +14,7 @@
    and simple CUDA kernels.
 
 Tolerance (derived, u = 2⁻²⁴): every entry of P̂ carries a relative error ρ ≤ ε_exp + (N_k + 4)u: ε_exp ≤ 2.3·10⁻⁷ ≈ 4u
-for the polynomial 2ˣ (chapter, cell on `_exp2_row`; the GPU's exp2 is within 2 ulp), (N_k + 2)u from ℓ summed in
+for the polynomial 2ˣ (chapter, cell on `_vexp2`; the GPU's exp2 is within 2 ulp), (N_k + 2)u from ℓ summed in
 float32 and its log₂, 2u for (s − m) − λ (s − m is exact: S is the forward's). The sums over ≤ N terms add γ_N ≈ N·u. So
   |dV̂ − dV|ⱼ ≤ tol·Σᵢ Pᵢⱼ|dOᵢ|,   |dQ̂ − dQ|ᵢ ≤ tol·τ·Σⱼ Pᵢⱼ Mᵢ|kⱼ|,   |dK̂ − dK|ⱼ ≤ tol·τ·Σᵢ Pᵢⱼ Mᵢ|qᵢ|,
 with Mᵢ = maxⱼ Σ_d |dOᵢ_d||vⱼ_d| + |Δᵢ| (the size of dP − Δ and of its rounding, Δ's included) and
