@@ -280,7 +280,7 @@ def _ld4(x, i, stride, c):
     return (_vmul(c, _vload(x, i)), _vmul(c, _vload(x, i + stride)), _vmul(c, _vload(x, i + 2 * stride)),
             _vmul(c, _vload(x, i + 3 * stride)))
 
-@njit(nogil=True, fastmath=True)
+@njit(inline='always', fastmath=True)
 def _scores4(a, r0, bt, s, j0):
     """s[0:4, j0 : j0 + 4W] = a[r0 : r0 + 4] · bt[:, j0 : j0 + 4W] (a: rows × D_p, bt: D_p × keys, transposed): a 4 × 4W
     register tile, sixteen W-lane accumulators; each step of Σ_d loads four vectors of bt and broadcasts four a[r, d]."""
@@ -303,7 +303,7 @@ def _scores4(a, r0, bt, s, j0):
     _st4(s, j0, S, x00, x10, x20, x30); _st4(s, j0 + _W, S, x01, x11, x21, x31)
     _st4(s, j0 + 2 * _W, S, x02, x12, x22, x32); _st4(s, j0 + 3 * _W, S, x03, x13, x23, x33)
 
-@njit(nogil=True, fastmath=True)
+@njit(inline='always', fastmath=True)
 def _scores1(a, r0, bt, s, j0):
     "As `_scores4` for one vector of keys, s[0:4, j0 : j0 + W]."
     Dp, B, S = bt.shape[0], bt.shape[1], s.shape[1]
@@ -324,7 +324,7 @@ def _scores(a, r0, bt, s, jmax):
     while j0 < J:
         _scores1(a, r0, bt, s, j0); j0 += _W
 
-@njit(nogil=True, fastmath=True)
+@njit(inline='always', fastmath=True)
 def _acc4(p, br, acc, r0, d0, jmax, c0, c1, c2, c3):
     """acc[r0 + t, d0 : d0 + 4W] ← c_t·acc[r0 + t, d0 : …] + Σⱼ p[t, j]·br[j, d0 : …] (j < jmax), t = 0..3 (br: keys × D_p,
     row-major): the 4 × 4W tile of acc stays in sixteen registers while j runs."""
@@ -348,7 +348,7 @@ def _acc4(p, br, acc, r0, d0, jmax, c0, c1, c2, c3):
     _st4(acc, i, _W, x00, x01, x02, x03); _st4(acc, i + A, _W, x10, x11, x12, x13)
     _st4(acc, i + 2 * A, _W, x20, x21, x22, x23); _st4(acc, i + 3 * A, _W, x30, x31, x32, x33)
 
-@njit(nogil=True, fastmath=True)
+@njit(inline='always', fastmath=True)
 def _acc1(p, br, acc, r0, d0, jmax, c0, c1, c2, c3):
     "As `_acc4` for one vector of columns, acc[r0 : r0 + 4, d0 : d0 + W]."
     A, B = acc.shape[1], br.shape[1]
@@ -371,7 +371,7 @@ def _accumulate(p, br, acc, r0, jmax, c0, c1, c2, c3):
     while d0 < Dp:
         _acc1(p, br, acc, r0, d0, jmax, c0, c1, c2, c3); d0 += _W
 
-@njit(nogil=True, fastmath=True)
+@njit(inline='always', fastmath=True)
 def _rank4_4(p, g, out, jmax, d0):
     """out[j, d0 : d0 + 4W] += Σ_t p[t, j]·g[t, d0 : …] for j < jmax (dV += Pᵀ dO, dK += dSᵀ Q for four query rows t):
     the four rows of g stay in sixteen registers while j runs."""
@@ -389,7 +389,7 @@ def _rank4_4(p, g, out, jmax, d0):
              _vfma(c3, g32, _vfma(c2, g22, _vfma(c1, g12, _vfma(c0, g02, _vload(out, i + 2 * _W))))),
              _vfma(c3, g33, _vfma(c2, g23, _vfma(c1, g13, _vfma(c0, g03, _vload(out, i + 3 * _W))))))
 
-@njit(nogil=True, fastmath=True)
+@njit(inline='always', fastmath=True)
 def _rank4_1(p, g, out, jmax, d0):
     "As `_rank4_4` for one vector of columns."
     O, G = out.shape[1], g.shape[1]
@@ -409,7 +409,7 @@ def _rank4(p, g, out, jmax):
     while d0 < Dp:
         _rank4_1(p, g, out, jmax, d0); d0 += _W
 
-@njit(nogil=True, fastmath=True)
+@njit(inline='always', fastmath=True)
 def _softmax_row(s, r, jl, jmax, m):
     """Row r of the score strip s: the new running maximum m_new = max(m, maxⱼ s[r, j]) over j < jl,
     s[r, :jl] ← 2^(s − m_new), s[r, jl:jmax] ← 0; returns (m_new, Σⱼ 2^(s[r, j] − m_new))."""
@@ -427,7 +427,7 @@ def _softmax_row(s, r, jl, jmax, m):
         s[r, j] = 0.0
     return mx, _vhsum(tot)
 
-@njit(nogil=True, fastmath=True)
+@njit(inline='always', fastmath=True)
 def _p_ds_row(s, dp, r, jl, jmax, m, w, delta):
     """Row r of the backward's strips: s[r, :jl] ← P = w·2^(s − m) and dp[r, :jl] ← dS = P∘(dP − Δ), both 0 from jl to
     jmax (w = 2^(−log₂ ℓ) = 1/ℓ, so that m + log₂ ℓ is never formed)."""

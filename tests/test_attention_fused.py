@@ -104,3 +104,64 @@ def test_unvalidated_nan_poisons_its_heads_gradients():
         finite = [(0, 0), (0, 2), (1, 0), (1, 1), (1, 2)]
         assert all(torch.equal(bad[b, h], checked[b, h]) for b, h in finite)    # the other heads: bit for bit
         assert torch.equal(checked, unchecked)                                  # finite inputs: the same either way
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the same bits whether a kernel is compiled or loaded from Numba's cache, and the 8-lane vectors of a CPU without
+# AVX-512 (a referee's point on the SIMD micro-kernels: the kernels' bits must not depend on how they were obtained)
+_RUN = r'''
+import sys, numpy as np, torch
+import geobook.attention as A
+g = torch.Generator().manual_seed(0)
+q, k, v = (torch.randn(2, 3, n, 40, generator=g, requires_grad=True) for n in (300, 257, 257))
+o = A.flash_attention(q, k, v, causal=True, backend='cpu'); o.square().sum().backward()
+np.save(sys.argv[1], np.concatenate([t.detach().numpy().ravel() for t in (o, q.grad, k.grad, v.grad)]))
+hits = sum(sum(f.stats.cache_hits.values()) for f in (A._flash_fwd_cpu, A._flash_bwd_fused_cpu, A._flash_bwd_dq_cpu,
+                                                    A._flash_bwd_dkdv_cpu))
+print(A._W, hits)
+'''
+
+
+def _run(tmp_path, name, **env):
+    import os, subprocess, sys
+    script = tmp_path / 'run.py'; script.write_text(_RUN)
+    out = tmp_path / f'{name}.npy'
+    res = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, 'NUMBA_CACHE_DIR': str(tmp_path / 'cache'), **env})
+    assert res.returncode == 0, res.stderr[-2000:]
+    width, hits = map(int, res.stdout.split()[-2:])
+    return np.load(out), width, hits
+
+
+def test_cached_kernels_give_the_compiled_bits(tmp_path):
+    fresh, _, hits0 = _run(tmp_path, 'fresh')                   # compiles, writes the cache
+    cached, _, hits1 = _run(tmp_path, 'cached')                 # loads from it
+    assert hits0 == 0 and hits1 >= 2                            # forward and fused backward were loaded the second time
+    assert np.array_equal(fresh, cached)
+
+
+def _float64_reference():
+    "O, dQ, dK, dV of the _RUN case in float64 (plain formula, bottom-right causal mask), flattened as _RUN saves them."
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, n, 40, generator=g).double().requires_grad_() for n in (300, 257, 257))
+    s = q @ k.transpose(-1, -2) / 40 ** 0.5
+    keep = torch.arange(257)[None, :] <= torch.arange(300)[:, None] + (257 - 300)
+    o = (torch.softmax(s.masked_fill(~keep, float('-inf')), -1).nan_to_num(0.0) @ v)
+    o.square().sum().backward()
+    return np.concatenate([t.detach().numpy().ravel() for t in (o, q.grad, k.grad, v.grad)])
+
+
+@pytest.mark.skipif(__import__('platform').machine() not in ('x86_64', 'AMD64'), reason='x86 target names')
+def test_eight_lane_vectors(tmp_path):
+    """NUMBA_CPU_NAME=haswell (AVX2, no AVX-512): W = 8 lanes; both widths within float32 accuracy of float64, the
+    worst-case relative tolerance of tests/test_attention_precision.py, (2N_k + N_q + D + 16)u with N_k = 257,
+    N_q = 300, D = 40, u = 2⁻²⁴, taken against the largest entry of each output."""
+    ref64, tol = _float64_reference(), (2 * 257 + 300 + 40 + 16) * 2.0 ** -24
+    n = 2 * 3 * 300 * 40
+    sizes = [n, n, 2 * 3 * 257 * 40, 2 * 3 * 257 * 40]
+    for name, env in (('host', {}), ('haswell', {'NUMBA_CPU_NAME': 'haswell'})):
+        got, w, _ = _run(tmp_path, name, **env)
+        assert w == (8 if name == 'haswell' else A._W)
+        for part, r in zip(np.split(got, np.cumsum(sizes)[:-1]), np.split(ref64, np.cumsum(sizes)[:-1])):
+            err = np.abs(part - r).max() / np.abs(r).max()
+            assert err <= tol, (name, err, tol)
