@@ -9,7 +9,8 @@
    float32 and bfloat16, causal and not, forward and forward+backward (B = 1, H = 8); every row also times the simple
    one-thread-per-row kernels up to N = 4096 (`simple_s`, with geobook.attention._TILED_FORWARD = _TILED_BACKWARD =
    False) beside the tiled FlashAttention-2 kernels that backend='cuda' dispatches (`flash_s`); then 2-D neighborhood attention
-   (64×64 grid, 7×7 window) against full attention over the same 4096 tokens. Configurations run from small to large
+   (64×64 grid, 7×7 window; the tiled kernels on 2-D patches, `na2d_64x64_k7_s`, and the simple kernel, `na2d_simple_s`)
+   against full attention over the same 4096 tokens. Configurations run from small to large
    until the time budget (--budget-s) is spent; the rest are listed under `skipped`.
    These rows run with geobook.attention._TENSOR_CORES = 'never' (the tiled kernels of part 1).
 4. Registers, local memory (stack/spills) and shared memory per compiled kernel, from numba-cuda.
@@ -243,10 +244,15 @@ def neighborhood(run: Run):
     g = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(1, H, side * side, D, generator=g).to(run.device) for _ in range(3))
     r = lambda t: t.reshape(1, H, side, side, D)
-    na = run.time(lambda: neighborhood_attention(r(q), r(k), r(v), 7, backend='cuda'))
+    na = run.time(lambda: neighborhood_attention(r(q), r(k), r(v), 7, backend='cuda'))      # tiled, 2-D patches
+    A._TILED_FORWARD = False                                     # the simple kernel (one thread per query), for comparison
+    try: simple = run.time(lambda: neighborhood_attention(r(q), r(k), r(v), 7, backend='cuda'))
+    finally: A._TILED_FORWARD = True
     full = run.time(lambda: flash_attention(q, k, v, backend='cuda'))
-    run.result.update(na2d_64x64_k7_s=na['median_s'], flash_full_4096_s=full['median_s'], na2d_grid=side)
-    print('NA 2-D', side, 'x', side, 'k=7:', na['median_s'], 's; full attention:', full['median_s'], 's', flush=True)
+    run.result.update(na2d_64x64_k7_s=na['median_s'], na2d_simple_s=simple['median_s'], flash_full_4096_s=full['median_s'],
+                      na2d_grid=side, na2d_kernel='tiled, 2-D patches')
+    print('NA 2-D', side, 'x', side, 'k=7: tiled', na['median_s'], 's, simple', simple['median_s'],
+          's; full attention:', full['median_s'], 's', flush=True)
 
 
 # ---------------------------------------------------------------- tensor cores (issue 18, part 2)
@@ -706,6 +712,8 @@ def kernel_resources(run: Run) -> dict:
     kernels = [(name, getattr(A, name)) for name in ('_fwd_cuda', '_bwd_dkdv_cuda', '_bwd_dq_cuda')]
     kernels += [(f'_flash_fwd_tiled{key}', kern) for key, kern in A._TILED.items()]       # key: (D, causal, shuffle, dtype)
     kernels += [(f'_flash_bwd_tiled{key}', kern) for key, kern in A._TILED_BWD.items()]
+    kernels += [(f'_na_fwd_tiled{key}', kern) for key, kern in A._NA_TILED.items()]      # key: (D, shuffle, dtype)
+    kernels += [(f'_na_bwd_tiled{key}', kern) for key, kern in A._NA_TILED_BWD.items()]  # key: (D, keys, dtype)
     for name, kern in kernels:
         for sig in list(kern.overloads):
             out[f'{name}{sig}'] = _resources(kern, sig)

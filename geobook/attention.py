@@ -269,6 +269,11 @@ def _pad(D):
     "D rounded up to a multiple of the vector width W: the padded head dimension D_p of the CPU tiles"
     return (D + _W - 1) // _W * _W
 
+@njit(inline='always')
+def _wide_end(n):
+    "n rounded down to a multiple of 4W: where a micro-kernel's 4W-wide passes stop and its W-wide ones take over"
+    return n // (4 * _W) * (4 * _W)
+
 @njit(inline='always', fastmath=True)
 def _st4(x, i, stride, a0, a1, a2, a3):
     "x.flat[i + t·stride : … + W] = a_t, t = 0..3"
@@ -317,12 +322,9 @@ def _scores1(a, r0, bt, s, j0):
 @njit(inline='always', fastmath=True)
 def _scores(a, r0, bt, s, jmax):
     "s[0:4, :J] = a[r0 : r0 + 4] · bt[:, :J], J = jmax rounded up to a multiple of W: 4W keys per pass, then W."
-    J = (jmax + _W - 1) // _W * _W
-    j0 = 0
-    while j0 + 4 * _W <= J:
-        _scores4(a, r0, bt, s, j0); j0 += 4 * _W
-    while j0 < J:
-        _scores1(a, r0, bt, s, j0); j0 += _W
+    J = _pad(jmax)
+    for j0 in range(0, _wide_end(J), 4 * _W): _scores4(a, r0, bt, s, j0)
+    for j0 in range(_wide_end(J), J, _W): _scores1(a, r0, bt, s, j0)
 
 @njit(inline='always', fastmath=True)
 def _acc4(p, br, acc, r0, d0, jmax, c0, c1, c2, c3):
@@ -365,11 +367,8 @@ def _acc1(p, br, acc, r0, d0, jmax, c0, c1, c2, c3):
 def _accumulate(p, br, acc, r0, jmax, c0, c1, c2, c3):
     "acc[r0 + t, :] ← c_t·acc[r0 + t, :] + p[t, :jmax]·br[:jmax, :] for the four rows t: 4W columns per pass, then W."
     Dp = acc.shape[1]
-    d0 = 0
-    while d0 + 4 * _W <= Dp:
-        _acc4(p, br, acc, r0, d0, jmax, c0, c1, c2, c3); d0 += 4 * _W
-    while d0 < Dp:
-        _acc1(p, br, acc, r0, d0, jmax, c0, c1, c2, c3); d0 += _W
+    for d0 in range(0, _wide_end(Dp), 4 * _W): _acc4(p, br, acc, r0, d0, jmax, c0, c1, c2, c3)
+    for d0 in range(_wide_end(Dp), Dp, _W): _acc1(p, br, acc, r0, d0, jmax, c0, c1, c2, c3)
 
 @njit(inline='always', fastmath=True)
 def _rank4_4(p, g, out, jmax, d0):
@@ -403,11 +402,8 @@ def _rank4_1(p, g, out, jmax, d0):
 def _rank4(p, g, out, jmax):
     "out[:jmax] += p[:, :jmax]ᵀ · g (p: 4 × keys, g: 4 × D_p): 4W columns per pass, then W."
     Dp = out.shape[1]
-    d0 = 0
-    while d0 + 4 * _W <= Dp:
-        _rank4_4(p, g, out, jmax, d0); d0 += 4 * _W
-    while d0 < Dp:
-        _rank4_1(p, g, out, jmax, d0); d0 += _W
+    for d0 in range(0, _wide_end(Dp), 4 * _W): _rank4_4(p, g, out, jmax, d0)
+    for d0 in range(_wide_end(Dp), Dp, _W): _rank4_1(p, g, out, jmax, d0)
 
 @njit(inline='always', fastmath=True)
 def _softmax_row(s, r, jl, jmax, m):
@@ -2836,6 +2832,441 @@ def _tile_ranges(mask: _Mask, Nq, Nk, bq=_TQ, bk=_TKB):
     c = lambda a: np.ascontiguousarray(a, dtype=np.int32)
     return c(kv_lo), c(kv_hi), c(q_lo), c(q_hi)
 
+# %% ../nbs/05_fused_attention.ipynb #edbff0df
+_FAR = 1 << 30            # rectangle coordinate of a tile slot past the rectangle: outside every window
+
+
+def _axis_tables(L, ks, dil, causal) -> np.ndarray:
+    """(4, L) int32 for one axis, in group indices g = a // δ of the residue class a % δ: row 0 the first group of the
+    window of position a and row 1 its count (from `_window_bounds_np`); rows 2, 3 the first group and count of the
+    queries whose window holds key position b (contiguous: a window's first and last group never decrease along g)."""
+    first, last = _window_bounds_np(L, ks, dil, causal)
+    a = np.arange(L)
+    t = np.zeros((4, L), np.int64)
+    t[0], t[1] = first // dil, (last - first) // dil + 1
+    for r in range(dil):
+        sel = a[a % dil == r]                                   # the residue class r, in group order
+        s, e = first[sel] // dil, last[sel] // dil              # window of group g: [s_g, e_g], both non-decreasing
+        gb = sel // dil
+        lo = np.searchsorted(e, gb, 'left')                     # first g with e_g ≥ g_b
+        hi = np.searchsorted(s, gb, 'right')                    # one past the last g with s_g ≤ g_b
+        t[2, sel], t[3, sel] = lo, hi - lo
+    return t.astype(np.int32)
+
+def _patch_shape(grid, bq) -> tuple:
+    "(p_x, p_y) of a patch of B_q queries: 8×8 for 64, 4×8 for 32, 2×8 for 16; 1×B_q on a 1-D problem (X = 1)."
+    return (1, bq) if grid[0] == 1 else (bq // 8, 8)
+
+def _axis_blocks(L, dil, p, tab, inverse) -> list:
+    """Blocks of ≤ p consecutive groups of each residue class of one axis, as (residue r, first group s, count n,
+    first group and count of the union of their windows (inverse=False) or of their queries' (inverse=True))."""
+    out = []
+    for r in range(dil):
+        Lg = (L - r + dil - 1) // dil
+        for s in range(0, Lg, p):
+            n = min(p, Lg - s)
+            a0, a1 = r + dil * s, r + dil * (s + n - 1)          # first and last position of the block
+            f0, f1 = tab[2 * inverse, a0], tab[2 * inverse, a1] + tab[2 * inverse + 1, a1] - 1
+            out.append((r, s, n, f0, f1 - f0 + 1))
+    return out
+
+class _NaPlan(NamedTuple):
+    """Patches of one mask and patch size B_q. qplan, kplan (P, 10) int32, one row per patch: per axis (x, then y) the
+    residue r, first group s and count n of the patch, then the first group and count of its rectangle (qplan: the keys
+    of its queries' windows; kplan: the queries whose windows hold its keys); tabx (4, X), taby (4, Y): `_axis_tables`;
+    py: the patch's row width p_y (its points are enumerated row-major, u = a·p_y + b)."""
+    qplan: np.ndarray
+    kplan: np.ndarray
+    tabx: np.ndarray
+    taby: np.ndarray
+    py: int
+
+@lru_cache(maxsize=64)
+def _na_plan(mask: _Mask, bq: int) -> _NaPlan:
+    "The patch plan of a 'window' mask for patches of `bq` queries (or keys): numpy, int32, made once per (mask, bq)."
+    (X, Y), (kx, ky), (dx, dy), (cx, cy) = mask.grid, mask.kernel, mask.dilation, mask.causal
+    px, py = _patch_shape(mask.grid, bq)
+    tabx, taby = _axis_tables(X, kx, dx, cx), _axis_tables(Y, ky, dy, cy)
+    plans = []
+    for inverse in (False, True):
+        bx, by = _axis_blocks(X, dx, px, tabx, inverse), _axis_blocks(Y, dy, py, taby, inverse)
+        plans.append(np.array([(*a, *b) for a in bx for b in by], np.int32).reshape(-1, 10))
+    return _NaPlan(*plans, tabx, taby, py)
+
+
+# %% ../nbs/05_fused_attention.ipynb #b1fb2810
+def _na_pairs_visited(mask: _Mask, bq: int = 64) -> tuple:
+    """(pairs the patch kernel visits, pairs the 1-D-range kernels visit, allowed pairs) of one forward: Σ over patches
+    of (its queries)·(its rectangle's keys); Σ over blocks of bq flattened queries of (its queries)·(kv_hi − kv_lo)
+    (`_tile_ranges`); Σ over queries of the window's size."""
+    (X, Y), N = mask.grid, mask.grid[0] * mask.grid[1]
+    P = _na_plan(mask, bq)
+    patch = int(np.sum(P.qplan[:, 2].astype(np.int64) * P.qplan[:, 7] * P.qplan[:, 4] * P.qplan[:, 9]))
+    kv_lo, kv_hi, _, _ = _tile_ranges(mask, N, N, bq, bq)
+    nq = np.minimum(np.arange(len(kv_lo)) * bq + bq, N) - np.arange(len(kv_lo)) * bq
+    ranges = int(np.sum(nq * (kv_hi.astype(np.int64) - kv_lo)))
+    allowed = int(np.sum(P.tabx[1].astype(np.int64)[:, None] * P.taby[1][None, :]))
+    return patch, ranges, allowed
+
+
+# %% ../nbs/05_fused_attention.ipynb #eb0bb0a5
+def _point_py(u, w, g0, s0, n0, g1, s1, n1, d0, d1, Y):
+    """Point u of a block of group indices [s₀, s₀ + n₀) × [s₁, s₁ + n₁) (residues g₀, g₁, dilations δ₀, δ₁) laid out
+    row-major with row width w: (a, b) = (u // w, u mod w), position (g₀ + δ₀(s₀ + a), g₁ + δ₁(s₁ + b)). Returns
+    (flat index x·Y + y, x, y, a, b), the flat index −1 for a slot past the block's edge."""
+    a = u // w
+    b = u - a * w
+    if a < n0 and b < n1:
+        x = g0 + d0 * (s0 + a)
+        y = g1 + d1 * (s1 + b)
+        return x * Y + y, x, y, a, b
+    return -1, 0, 0, _FAR, _FAR
+
+_point_dev = cuda.jit(device=True, inline=True)(_point_py)
+
+def _na_fwd_tiled_py(D: int, shuffle: bool, dtype: str = 'float32'):
+    """The Python function of the tiled neighborhood-attention forward for head dimension D (a multiple of _TX), row
+    reductions by warp shuffles (shuffle=True) or shared memory; tiles as `_flash_fwd_tiled_py` (`_tiled_shape`).
+    A block owns the B_q queries of one patch (`_na_plan`: qplan row blockIdx.x) and streams B_k keys at a time of its
+    rectangle (row-major over the rectangle's group indices, key (a, b) at flat index x·Y + y). Arguments: q (BH, N, D),
+    k, v (BH, N, D), o (BH, N, D) float32, mrow, lrow (BH, N) float32 (m and log₂ ℓ), scale2 = τ·log₂e, plan (P, 10),
+    tabx (4, X), taby (4, Y) int32, Y, δ_x, δ_y, p_y. A query sees key (a, b) of the rectangle iff
+    w₀ ≤ a < w₁ and w₂ ≤ b < w₃, its window in rectangle coordinates: 4 integers per query, computed once per block and
+    kept in shared memory (in registers, 4·B_q/_TY = 16 of them at B_q = 64, ptxas spilled: 176-byte stack at D = 64)."""
+    BQ, BK, _ = _tiled_shape(D)
+    RQ, RK, RD = BQ // _TY, BK // _TX, D // _TX
+    RB = max(RK, RD)
+    DS, BS = D + 1, BK + 1
+    NR = RQ if not shuffle else 1
+    NEG = float32(_NEG)
+    rowmax = cuda.jit(device=True)(_rowmax_shfl_py if shuffle else _rowmax_smem_py)
+    rowsum = cuda.jit(device=True)(_rowsum_shfl_py if shuffle else _rowsum_smem_py)
+    load = cuda.jit(device=True)(_LOADERS[dtype])
+    point = _point_dev
+
+    def kernel(q, k, v, o, mrow, lrow, scale2, plan, tabx, taby, Y, dx, dy, py):
+        pt = cuda.blockIdx.x
+        bh = cuda.blockIdx.y
+        t = cuda.threadIdx.x
+        tx = t % _TX
+        ty = t // _TX
+        gx, sx, nx, fx, mx = plan[pt, 0], plan[pt, 1], plan[pt, 2], plan[pt, 3], plan[pt, 4]
+        gy, sy, ny, fy, my = plan[pt, 5], plan[pt, 6], plan[pt, 7], plan[pt, 8], plan[pt, 9]
+        qs = cuda.shared.array((BQ, DS), float32)     # Q patch, pre-scaled by τ log₂e
+        kvs = cuda.shared.array((BK, DS), float32)    # K tile, then V tile
+        ps = cuda.shared.array((BQ, BS), float32)     # P tile
+        red = cuda.shared.array((NR, _NT), float32)
+        qi = cuda.shared.array(BQ, int32)             # flat index of the patch's queries (−1 past the grid's edge)
+        kj = cuda.shared.array((3, BK), int32)        # flat index, rectangle coordinates (a, b) of the tile's keys
+        s = cuda.local.array((RQ, RK), float32)
+        acc = cuda.local.array((RQ, RD), float32)
+        m = cuda.local.array(RQ, float32)
+        l = cuda.local.array(RQ, float32)
+        b = cuda.local.array(RB, float32)
+        wq = cuda.shared.array((4, BQ), int32)        # window of each query, rectangle coordinates: [w₀, w₁) × [w₂, w₃)
+        for u in range(t, BQ, _NT):
+            i, x, y, _, _ = point(u, py, gx, sx, nx, gy, sy, ny, dx, dy, Y)
+            qi[u] = i
+            wq[0, u] = tabx[0, x] - fx if i >= 0 else 0             # first window group − first rectangle group
+            wq[1, u] = tabx[0, x] - fx + tabx[1, x] if i >= 0 else 0
+            wq[2, u] = taby[0, y] - fy if i >= 0 else 0
+            wq[3, u] = taby[0, y] - fy + taby[1, y] if i >= 0 else 0
+        for r in range(RQ):
+            m[r] = NEG
+            l[r] = float32(0.0)
+            for c in range(RD):
+                acc[r, c] = float32(0.0)
+        cuda.syncthreads()
+        for idx in range(t, BQ * D, _NT):
+            r = idx // D
+            c = idx - r * D
+            qs[r, c] = load(q[bh, qi[r], c]) * scale2 if qi[r] >= 0 else float32(0.0)
+        for k0 in range(0, mx * my, BK):
+            cuda.syncthreads()
+            for u in range(t, BK, _NT):                     # the tile's keys: slots k0.. of the rectangle, row-major
+                j, _, _, a, bb = point(k0 + u, my, gx, fx, mx, gy, fy, my, dx, dy, Y)
+                kj[0, u] = j
+                kj[1, u] = a
+                kj[2, u] = bb
+            cuda.syncthreads()
+            for idx in range(t, BK * D, _NT):
+                r = idx // D
+                c = idx - r * D
+                kvs[r, c] = load(k[bh, kj[0, r], c]) if kj[0, r] >= 0 else float32(0.0)
+            cuda.syncthreads()
+            for r in range(RQ):
+                for c in range(RK):
+                    s[r, c] = float32(0.0)
+            for d in range(D):                              # S = (τ log₂e Q) Kᵀ on the micro-tile
+                for c in range(RK):
+                    b[c] = kvs[tx + _TX * c, d]
+                for r in range(RQ):
+                    a = qs[ty * RQ + r, d]
+                    for c in range(RK):
+                        s[r, c] += a * b[c]
+            for r in range(RQ):                             # the window mask: four integer comparisons
+                row = ty * RQ + r
+                w0, w1, w2, w3 = wq[0, row], wq[1, row], wq[2, row], wq[3, row]
+                for c in range(RK):
+                    a = kj[1, tx + _TX * c]
+                    bb = kj[2, tx + _TX * c]
+                    if not (w0 <= a and a < w1 and w2 <= bb and bb < w3):
+                        s[r, c] = NEG
+            for r in range(RQ):
+                mxs = s[r, 0]
+                for c in range(1, RK):
+                    mxs = max(mxs, s[r, c])
+                mn = max(m[r], rowmax(mxs, red, r, t))      # m_new = max(m, rowmax S)
+                mu = mn if mn > NEG else float32(0.0)       # a row with no key yet: P = 2^(−FLT_MAX) = 0
+                alpha = math.exp2(m[r] - mu)                # α = 2^(m − m_new)
+                m[r] = mn
+                ls = float32(0.0)
+                for c in range(RK):
+                    p = math.exp2(s[r, c] - mu)             # P = 2^(s − m_new)
+                    ps[ty * RQ + r, tx + _TX * c] = p
+                    ls += p
+                l[r] = alpha * l[r] + ls                    # ℓ ← αℓ + Σ P (this thread's columns)
+                for c in range(RD):
+                    acc[r, c] *= alpha                      # O ← α O
+            cuda.syncthreads()
+            for idx in range(t, BK * D, _NT):
+                r = idx // D
+                c = idx - r * D
+                kvs[r, c] = load(v[bh, kj[0, r], c]) if kj[0, r] >= 0 else float32(0.0)
+            cuda.syncthreads()
+            for j in range(BK):                             # O ← O + P V on the micro-tile
+                for c in range(RD):
+                    b[c] = kvs[j, tx + _TX * c]
+                for r in range(RQ):
+                    p = ps[ty * RQ + r, j]
+                    for c in range(RD):
+                        acc[r, c] += p * b[c]
+        for r in range(RQ):
+            i = qi[ty * RQ + r]
+            lr = rowsum(l[r], red, r, t)                    # ℓ = Σ over the row's _TX threads
+            if i >= 0:
+                inv = float32(1.0) / lr if lr > float32(0.0) else float32(0.0)
+                for c in range(RD):
+                    o[bh, i, tx + _TX * c] = acc[r, c] * inv                 # O = acc/ℓ (0 on a row with no key)
+                if tx == 0:
+                    mrow[bh, i] = m[r] if lr > float32(0.0) else NEG
+                    lrow[bh, i] = math.log2(lr) if lr > float32(0.0) else float32(0.0)
+    return kernel
+
+_NA_TILED = {}            # (D, shuffle, dtype) → compiled tiled neighborhood forward
+
+def _na_fwd_tiled(D: int, shuffle: bool, dtype: str = 'float32'):
+    "The compiled tiled neighborhood forward for (D, shuffle, dtype), made once; launch bounds on a GPU."
+    key = (D, bool(shuffle), dtype)
+    if key not in _NA_TILED:
+        fn = _na_fwd_tiled_py(*key)
+        _NA_TILED[key] = (cuda.jit(fn) if numba.core.config.ENABLE_CUDASIM
+                          else cuda.jit(fn, launch_bounds=_LAUNCH_BOUNDS))
+    return _NA_TILED[key]
+
+@lru_cache(maxsize=64)
+def _na_plans(mask: _Mask, bq: int, device: str):
+    "The plan's arrays (qplan, kplan, tabx, taby) for one launch: numpy under the simulator, else device tensors, kept."
+    P = _na_plan(mask, bq)
+    arrays = (P.qplan, P.kplan, P.tabx, P.taby)
+    return arrays if device == 'sim' else tuple(torch.from_numpy(a).to(device) for a in arrays)
+
+def _geometry(mask: _Mask, bq: int) -> tuple:
+    "(Y, δ_x, δ_y, p_y) as the kernels' int32 scalars."
+    return (np.int32(mask.grid[1]), np.int32(mask.dilation[0]), np.int32(mask.dilation[1]),
+            np.int32(_na_plan(mask, bq).py))
+
+def _na_forward_tiled(q, k, v, scale, mask):
+    """The tiled neighborhood forward ('window' mask), a drop-in for `_forward_tiled`: q, k, v (BH, N, D) contiguous,
+    float32, float16 or bfloat16, D padded to D_p. Returns O (BH, N, D) float32 and ml (2, BH, N) = (m, log₂ ℓ)."""
+    BH, Nq, D = q.shape
+    bq, _, Dp = _tiled_shape(D)
+    if Dp != D: q, k, v = (F.pad(t, (0, Dp - D)) for t in (q, k, v))
+    o = torch.empty(q.shape, dtype=torch.float32, device=q.device)
+    ml = torch.empty((2, BH, Nq), dtype=torch.float32, device=q.device)
+    qplan, _, tabx, taby = _na_plans(mask, bq, _device_key(q))
+    kernel = _na_fwd_tiled(Dp, _cuda_mode() == 'gpu', _KERNEL_DTYPES[q.dtype])
+    _launch_cuda(kernel, (len(qplan), BH), _NT, *map(_kernel_view, (q, k, v)), o, ml[0], ml[1],
+                 np.float32(scale * _LOG2E), qplan, tabx, taby, *_geometry(mask, bq))
+    return (o if Dp == D else o[..., :D].contiguous()), ml
+
+
+# %% ../nbs/05_fused_attention.ipynb #8a81bf70
+def _na_bwd_tiled_py(D: int, keys: bool, dtype: str = 'float32'):
+    """The Python function of the tiled neighborhood backward for head dimension D (a multiple of _TX), tiles as
+    `_flash_bwd_tiled_py` (`_bwd_shape`). keys=False: dQ, a block owns a query patch (qplan) and streams its key
+    rectangle; keys=True: dK and dV, a block owns a key patch (kplan) and streams the rectangle of queries whose windows
+    meet it. Arguments: q, k, v, do (BH, N, D), mrow, lrow, delta (BH, N), out1, out2 (dq and an unused array, or dk and
+    dv), scale τ, scale2 τ log₂e, plan, tabx, taby, Y, δ_x, δ_y, p_y. S is formed as in the forward, so
+    P = 2^((S − m) − log₂ ℓ); a pair is kept iff the streamed point's rectangle coordinates (a, b) lie in the row's
+    window (dQ) or in the row's range of queries (dK, dV: `_axis_tables` rows 2, 3): four integer comparisons."""
+    RW, CL, _ = _bwd_shape(D)
+    RR, RC, RD = RW // _TY, CL // _TX, D // _TX
+    DS, CS = D + 1, CL + 1
+    LN2 = float32(_LN2)
+    T0 = 2 if keys else 0                                  # table rows: window of a query, or queries of a key
+    load = cuda.jit(device=True)(_LOADERS[dtype])
+    point = _point_dev
+
+    def kernel(q, k, v, do, mrow, lrow, delta, out1, out2, scale, scale2, plan, tabx, taby, Y, dx, dy, py):
+        pt = cuda.blockIdx.x
+        bh = cuda.blockIdx.y
+        t = cuda.threadIdx.x
+        tx = t % _TX
+        ty = t // _TX
+        gx, sx, nx, fx, mx = plan[pt, 0], plan[pt, 1], plan[pt, 2], plan[pt, 3], plan[pt, 4]
+        gy, sy, ny, fy, my = plan[pt, 5], plan[pt, 6], plan[pt, 7], plan[pt, 8], plan[pt, 9]
+        a_s = cuda.shared.array((RW, DS), float32)    # rows: K and V (keys) or τ log₂e·Q and dO (queries)
+        b_s = cuda.shared.array((RW, DS), float32)
+        c_s = cuda.shared.array((CL, DS), float32)    # streamed: τ log₂e·Q and dO (keys) or K and V (queries)
+        e_s = cuda.shared.array((CL, DS), float32)
+        p_s = cuda.shared.array((RW, CS), float32)    # P (dK, dV only)
+        d_s = cuda.shared.array((RW, CS), float32)    # dS
+        st = cuda.shared.array((3, CL), float32)      # m, log₂ ℓ and Δ of the streamed queries (dK, dV)
+        ri = cuda.shared.array(RW, int32)             # flat index of the patch's points (−1 past the grid's edge)
+        cj = cuda.shared.array((3, CL), int32)        # flat index, rectangle coordinates (a, b) of the streamed points
+        sv = cuda.local.array((RR, RC), float32)
+        dp = cuda.local.array((RR, RC), float32)
+        acc1 = cuda.local.array((RR, RD), float32)
+        acc2 = cuda.local.array((RR, RD), float32)
+        mr = cuda.local.array(RR, float32)
+        lr = cuda.local.array(RR, float32)
+        dr = cuda.local.array(RR, float32)
+        b1 = cuda.local.array(RC, float32)
+        b2 = cuda.local.array(RC, float32)
+        w = cuda.local.array((RR, 4), int32)          # the row's range of streamed points: [w₀, w₁) × [w₂, w₃)
+        for u in range(t, RW, _NT):
+            ri[u] = point(u, py, gx, sx, nx, gy, sy, ny, dx, dy, Y)[0]
+        for r in range(RR):
+            i, x, y, _, _ = point(ty * RR + r, py, gx, sx, nx, gy, sy, ny, dx, dy, Y)
+            w[r, 0] = tabx[T0, x] - fx if i >= 0 else 0
+            w[r, 1] = w[r, 0] + tabx[T0 + 1, x] if i >= 0 else 0
+            w[r, 2] = taby[T0, y] - fy if i >= 0 else 0
+            w[r, 3] = w[r, 2] + taby[T0 + 1, y] if i >= 0 else 0
+            mr[r] = mrow[bh, i] if (not keys and i >= 0) else float32(0.0)
+            lr[r] = lrow[bh, i] if (not keys and i >= 0) else float32(0.0)
+            dr[r] = delta[bh, i] if (not keys and i >= 0) else float32(0.0)
+            for c in range(RD):
+                acc1[r, c] = float32(0.0)
+                acc2[r, c] = float32(0.0)
+        cuda.syncthreads()
+        for idx in range(t, RW * D, _NT):
+            r = idx // D
+            c = idx - r * D
+            i = ri[r]
+            if keys:
+                a_s[r, c] = load(k[bh, i, c]) if i >= 0 else float32(0.0)
+                b_s[r, c] = load(v[bh, i, c]) if i >= 0 else float32(0.0)
+            else:
+                a_s[r, c] = load(q[bh, i, c]) * scale2 if i >= 0 else float32(0.0)
+                b_s[r, c] = do[bh, i, c] if i >= 0 else float32(0.0)
+        for c0 in range(0, mx * my, CL):
+            cuda.syncthreads()
+            for u in range(t, CL, _NT):                      # the streamed points: slots c0.. of the rectangle
+                j, _, _, a, bb = point(c0 + u, my, gx, fx, mx, gy, fy, my, dx, dy, Y)
+                cj[0, u] = j
+                cj[1, u] = a
+                cj[2, u] = bb
+                if keys:
+                    st[0, u] = mrow[bh, j] if j >= 0 else float32(0.0)
+                    st[1, u] = lrow[bh, j] if j >= 0 else float32(0.0)
+                    st[2, u] = delta[bh, j] if j >= 0 else float32(0.0)
+            cuda.syncthreads()
+            for idx in range(t, CL * D, _NT):
+                r = idx // D
+                c = idx - r * D
+                j = cj[0, r]
+                if keys:
+                    c_s[r, c] = load(q[bh, j, c]) * scale2 if j >= 0 else float32(0.0)
+                    e_s[r, c] = do[bh, j, c] if j >= 0 else float32(0.0)
+                else:
+                    c_s[r, c] = load(k[bh, j, c]) if j >= 0 else float32(0.0)
+                    e_s[r, c] = load(v[bh, j, c]) if j >= 0 else float32(0.0)
+            cuda.syncthreads()
+            for r in range(RR):
+                for c in range(RC):
+                    sv[r, c] = float32(0.0)
+                    dp[r, c] = float32(0.0)
+            for d in range(D):                        # S = (τ log₂e Q)·K (either order: fma is symmetric), dP = dO·V
+                for c in range(RC):
+                    b1[c] = c_s[tx + _TX * c, d]
+                    b2[c] = e_s[tx + _TX * c, d]
+                for r in range(RR):
+                    a1 = a_s[ty * RR + r, d]
+                    a2 = b_s[ty * RR + r, d]
+                    for c in range(RC):
+                        sv[r, c] += a1 * b1[c]
+                        dp[r, c] += a2 * b2[c]
+            for c in range(RC):
+                col = tx + _TX * c
+                a = cj[1, col]
+                bb = cj[2, col]
+                for r in range(RR):
+                    row = ty * RR + r
+                    if keys:
+                        mi = st[0, col]
+                        li = st[1, col]
+                        di = st[2, col]
+                    else:
+                        mi = mr[r]
+                        li = lr[r]
+                        di = dr[r]
+                    allowed = w[r, 0] <= a and a < w[r, 1] and w[r, 2] <= bb and bb < w[r, 3]
+                    p = math.exp2((sv[r, c] - mi) - li) if allowed else float32(0.0)   # P = 2^((s − m) − log₂ ℓ)
+                    d_s[row, col] = p * (dp[r, c] - di)   # dS = P(dP − Δ)
+                    if keys:
+                        p_s[row, col] = p
+            cuda.syncthreads()
+            for j in range(CL):                        # dQ += dS K, or dV += Pᵀ dO and dK += dSᵀ Q
+                for r in range(RR):
+                    g = d_s[ty * RR + r, j]
+                    if keys:
+                        pp = p_s[ty * RR + r, j]
+                        for c in range(RD):
+                            acc1[r, c] += g * c_s[j, tx + _TX * c]
+                            acc2[r, c] += pp * e_s[j, tx + _TX * c]
+                    else:
+                        for c in range(RD):
+                            acc1[r, c] += g * c_s[j, tx + _TX * c]
+        for r in range(RR):
+            i = ri[ty * RR + r]
+            if i >= 0:
+                for c in range(RD):
+                    out1[bh, i, tx + _TX * c] = acc1[r, c] * (LN2 if keys else scale)   # dK = ln 2·Σ dS (τ log₂e q), dQ = τ Σ dS k
+                    if keys:
+                        out2[bh, i, tx + _TX * c] = acc2[r, c]        # dV = Σ P dO
+    return kernel
+
+_NA_TILED_BWD = {}
+
+def _na_bwd_tiled(D: int, keys: bool, dtype: str = 'float32'):
+    "The compiled tiled neighborhood backward for (D, keys, dtype), made once; launch bounds on a GPU."
+    key = (D, bool(keys), dtype)
+    if key not in _NA_TILED_BWD:
+        fn = _na_bwd_tiled_py(*key)
+        _NA_TILED_BWD[key] = (cuda.jit(fn) if numba.core.config.ENABLE_CUDASIM
+                              else cuda.jit(fn, launch_bounds=_LAUNCH_BOUNDS))
+    return _NA_TILED_BWD[key]
+
+def _na_backward_tiled(q, k, v, do, ml, delta, scale, mask):
+    """dQ, dK, dV by the tiled neighborhood kernels ('window' mask), a drop-in for `_backward_tiled`; D padded to D_p."""
+    BH, Nq, D = q.shape
+    rows, _, Dp = _bwd_shape(D)
+    if Dp != D: q, k, v, do = (F.pad(t, (0, Dp - D)) for t in (q, k, v, do))
+    dq, dk, dv = (torch.empty(t.shape, dtype=torch.float32, device=t.device) for t in (q, k, v))
+    unused = torch.empty((1, 1, 1), dtype=torch.float32, device=q.device)
+    qplan, kplan, tabx, taby = _na_plans(mask, rows, _device_key(q))
+    consts = (np.float32(scale), np.float32(scale * _LOG2E))
+    geo = _geometry(mask, rows)
+    dt, qkv = _KERNEL_DTYPES[q.dtype], tuple(map(_kernel_view, (q, k, v)))
+    _launch_cuda(_na_bwd_tiled(Dp, False, dt), (len(qplan), BH), _NT, *qkv, do, ml[0], ml[1], delta, dq, unused,
+                 *consts, qplan, tabx, taby, *geo)
+    _launch_cuda(_na_bwd_tiled(Dp, True, dt), (len(kplan), BH), _NT, *qkv, do, ml[0], ml[1], delta, dk, dv,
+                 *consts, kplan, tabx, taby, *geo)
+    if Dp != D: dq, dk, dv = (t[..., :D].contiguous() for t in (dq, dk, dv))
+    return dq, dk, dv
+
+
 # %% ../nbs/05_fused_attention.ipynb #4737d192
 def _cuda_mode() -> str:
     "'sim' under NUMBA_ENABLE_CUDASIM=1, 'gpu' when a CUDA GPU is usable, else raise RuntimeError explaining both."
@@ -2924,6 +3355,7 @@ def _forward_impl(q, k, v, scale, mask, backend, precision: str = 'ieee'):
         else:
             _on_threads(_flash_fwd_cpu, qn, kn, vn, np.float32(scale), mask.kind == 'causal', mask.off, o, ml[0], ml[1])
         return torch.from_numpy(o), torch.from_numpy(ml)
+    if _TILED_FORWARD and mask.kind == 'window': return _na_forward_tiled(q, k, v, scale, mask)   # 2-D patches
     if _TILED_FORWARD and mask.kind != 'window':
         if _use_mma(q, mask, precision): return _forward_mma(q, k, v, scale, precision, mask)   # tensor cores: below
         return _forward_tiled(q, k, v, scale, mask)
@@ -2989,6 +3421,7 @@ def _backward_impl(q, k, v, o, ml, do, dlse, scale, mask, backend):
                 _on_threads(_flash_bwd_dkdv_cpu, *args, dk, dv)
                 _on_threads(_flash_bwd_dq_cpu, *args, dq)
         return torch.from_numpy(dq), torch.from_numpy(dk), torch.from_numpy(dv)
+    if _TILED_BACKWARD and mask.kind == 'window': return _na_backward_tiled(q, k, v, do, ml, delta, scale, mask)
     if _TILED_BACKWARD and mask.kind != 'window':
         if _use_mma_bwd(q, mask) and _mma_bwd_fits(q, v, do):                            # tensor cores: below
             return _backward_mma(q, k, v, do, ml, delta, scale, mask)
