@@ -1142,7 +1142,7 @@ def _flash_fwd_tiled_py(D: int, causal: bool, shuffle: bool, dtype: str = 'float
 
 
 _TILED = {}               # (D, causal, shuffle, dtype) → compiled tiled forward kernel, made on first use and kept
-_TILED_FORWARD = True     # dispatch backend='cuda' full/causal forwards to the tiled kernel (False: the simple one)
+_TILED_FORWARD = True     # dispatch backend='cuda' forwards to the tiled kernels, full/causal and window (False: the simple one)
 _TILED_BACKWARD = True    # the same for the backward pass
 
 def _flash_fwd_tiled(D: int, causal: bool, shuffle: bool, dtype: str = 'float32'):
@@ -2853,9 +2853,13 @@ def _axis_tables(L, ks, dil, causal) -> np.ndarray:
         t[2, sel], t[3, sel] = lo, hi - lo
     return t.astype(np.int32)
 
-def _patch_shape(grid, bq) -> tuple:
-    "(p_x, p_y) of a patch of B_q queries: 8×8 for 64, 4×8 for 32, 2×8 for 16; 1×B_q on a 1-D problem (X = 1)."
-    return (1, bq) if grid[0] == 1 else (bq // 8, 8)
+def _patch_shape(grid, dil, bq) -> tuple:
+    """(p_x, p_y) of a patch of B_q queries, p_x·p_y = B_q: p_y the largest power of two ≤ the groups along y
+    (⌈Y/δ_y⌉), at most 8 on a 2-D grid (8×8 for 64, 4×8 for 32, 2×8 for 16) and at most B_q on a 1-D problem (X = 1),
+    so that a narrow grid (Y/δ_y < 8, an N×1 grid) does not leave most of a patch empty."""
+    ly = -(-grid[1] // dil[1])
+    py = min(1 << (ly.bit_length() - 1), bq if grid[0] == 1 else 8)
+    return bq // py, py
 
 def _axis_blocks(L, dil, p, tab, inverse) -> list:
     """Blocks of ≤ p consecutive groups of each residue class of one axis, as (residue r, first group s, count n,
@@ -2885,7 +2889,7 @@ class _NaPlan(NamedTuple):
 def _na_plan(mask: _Mask, bq: int) -> _NaPlan:
     "The patch plan of a 'window' mask for patches of `bq` queries (or keys): numpy, int32, made once per (mask, bq)."
     (X, Y), (kx, ky), (dx, dy), (cx, cy) = mask.grid, mask.kernel, mask.dilation, mask.causal
-    px, py = _patch_shape(mask.grid, bq)
+    px, py = _patch_shape(mask.grid, mask.dilation, bq)
     tabx, taby = _axis_tables(X, kx, dx, cx), _axis_tables(Y, ky, dy, cy)
     plans = []
     for inverse in (False, True):
@@ -2895,10 +2899,11 @@ def _na_plan(mask: _Mask, bq: int) -> _NaPlan:
 
 
 # %% ../nbs/05_fused_attention.ipynb #b1fb2810
-def _na_pairs_visited(mask: _Mask, bq: int = 64) -> tuple:
-    """(pairs the patch kernel visits, pairs the 1-D-range kernels visit, allowed pairs) of one forward: Σ over patches
-    of (its queries)·(its rectangle's keys); Σ over blocks of bq flattened queries of (its queries)·(kv_hi − kv_lo)
-    (`_tile_ranges`); Σ over queries of the window's size."""
+def _na_pairs_visited(mask: _Mask, bq: int = 64, bk: int = 32) -> tuple:
+    """(pairs the patch kernel visits, pairs the 1-D-range kernels visit, allowed pairs, score slots the patch kernel
+    computes) of one forward: Σ over patches of (its queries)·(its rectangle's keys); Σ over blocks of bq flattened
+    queries of (its queries)·(kv_hi − kv_lo) (`_tile_ranges`); Σ over queries of the window's size; Σ over patches of
+    B_q·(its rectangle's keys rounded up to whole tiles of B_k), empty query slots and padded key slots included."""
     (X, Y), N = mask.grid, mask.grid[0] * mask.grid[1]
     P = _na_plan(mask, bq)
     patch = int(np.sum(P.qplan[:, 2].astype(np.int64) * P.qplan[:, 7] * P.qplan[:, 4] * P.qplan[:, 9]))
@@ -2906,7 +2911,8 @@ def _na_pairs_visited(mask: _Mask, bq: int = 64) -> tuple:
     nq = np.minimum(np.arange(len(kv_lo)) * bq + bq, N) - np.arange(len(kv_lo)) * bq
     ranges = int(np.sum(nq * (kv_hi.astype(np.int64) - kv_lo)))
     allowed = int(np.sum(P.tabx[1].astype(np.int64)[:, None] * P.taby[1][None, :]))
-    return patch, ranges, allowed
+    slots = int(np.sum(bq * (-(-(P.qplan[:, 4].astype(np.int64) * P.qplan[:, 9]) // bk) * bk)))
+    return patch, ranges, allowed, slots
 
 
 # %% ../nbs/05_fused_attention.ipynb #eb0bb0a5
@@ -3856,7 +3862,7 @@ def neighborhood_attention(q, k, v, kernel_size, dilation=1, causal=False, scale
     1-D: q, k (B, H, N, D), v (B, H, N, D_v); 2-D: (B, H, X, Y, D). kernel_size k (odd), dilation δ and causal: one
     value or one per axis, with k·δ ≤ axis length. Windows are shifted (not truncated) at the borders. Same dtype,
     device and backend rules as `flash_attention`, and its `validate_inputs` (False: no device→host sync, NaN/inf
-    propagate); differentiable once. Returns O (q's shape with D_v) [and L]."""
+    propagate, scores beyond float32's range are not detected and the result is then undefined); differentiable once. Returns O (q's shape with D_v) [and L]."""
     q, k, v, dims, ks, dil, cz, scale, return_lse = _check_na(q, k, v, kernel_size, dilation, causal, scale, return_lse,
                                                               finite=False)   # NaN/inf: tested in _fit_float32
     validate_inputs = _check_flag(validate_inputs, 'validate_inputs')

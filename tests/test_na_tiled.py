@@ -88,11 +88,17 @@ def test_tables_brute_force():
 
 def test_pair_counts():
     """64×64 grid, 7×7 window, B_q = 64: allowed pairs 64²·49; 8×8 patches with 14×14 key rectangles in the interior
-    visit (8 + 6)²/49 = 4× the allowed pairs there, fewer at the borders; 1-D ranges (7 grid rows of 64 keys) ≥ 9×."""
+    visit (8 + 6)²/49 = 4× the allowed pairs there, fewer at the borders, also counting whole tiles of B_k = 32 score
+    slots; 1-D ranges (7 grid rows of 64 keys) ≥ 9×. A narrow grid (a referee's finding): on a 4096×1 grid the
+    patches follow the axis (64×1, not 8×8 with 8 of 64 slots used): a line of 64 queries and its 70 keys, 10× the
+    allowed pairs like the 1-D ranges, in 64·96 score slots, 13.7× (36.6× with 8×8 patches)."""
     for d in (1, 2):
-        patch, ranges, allowed = _na_pairs_visited(_Mask('window', 0, (64, 64), (7, 7), (d, d), (False, False)), 64)
+        patch, ranges, allowed, slots = _na_pairs_visited(_Mask('window', 0, (64, 64), (7, 7), (d, d), (False, False)), 64)
         assert allowed == 64 * 64 * 49
-        assert patch <= 4 * allowed and ranges >= 9 * allowed
+        assert patch <= slots <= 4 * allowed and ranges >= 9 * allowed
+    patch, ranges, allowed, slots = _na_pairs_visited(_Mask('window', 0, (4096, 1), (7, 1), (1, 1), (False, False)), 64)
+    assert _na_plan(_Mask('window', 0, (4096, 1), (7, 1), (1, 1), (False, False)), 64).py == 1
+    assert allowed == 4096 * 7 and patch <= 10 * allowed and slots <= 96 / 7 * allowed   # 70 keys in 3 tiles of 32
 
 
 def test_kernels_under_the_simulator():
@@ -101,7 +107,7 @@ def test_kernels_under_the_simulator():
     p = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', str(ROOT / 'tests' / 'sim_na_tiled.py')],
                        capture_output=True, text=True, env=env, cwd=ROOT, timeout=1800)
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-2000:]
-    assert re.search(r'(\d+) passed', p.stdout) and int(re.search(r'(\d+) passed', p.stdout).group(1)) >= 14, p.stdout[-500:]
+    assert re.search(r'(\d+) passed', p.stdout) and int(re.search(r'(\d+) passed', p.stdout).group(1)) >= 17, p.stdout[-500:]
     assert 'failed' not in p.stdout and 'skipped' not in p.stdout, p.stdout[-500:]
 
 
