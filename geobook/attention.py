@@ -248,8 +248,8 @@ _EXP2_COEF = (0.6931472, 0.2402265, 0.05550411, 0.009618129, 0.001333355, 0.0001
 
 @intrinsic
 def _vexp2(typingctx, x):
-    """2^max(x, −125), lane by lane, as `_exp2_row` computes it: x = n + f (n = ⌊x + ½⌋, |f| ≤ ½), 2ᶠ by the degree-6
-    Taylor polynomial (Horner, one fma per degree), 2ⁿ by writing n + 127 into the exponent bits."""
+    """2^max(x, −125) for x ≤ 127, lane by lane (the kernels pass x ≤ 0): x = n + f (n = ⌊x + ½⌋, |f| ≤ ½), 2ᶠ by the
+    degree-6 Taylor polynomial (Horner, one fma per degree), 2ⁿ by writing n + 127 into the exponent bits."""
     def codegen(context, builder, sig, args):
         c = lambda v: ir.Constant(_VT, [v] * _W)
         fma = _llvm_fn(builder, f'llvm.fma.v{_W}f32', [_VT] * 3)
@@ -525,7 +525,7 @@ def _bwd_key_blocks(q, k, v, do, mrow, lrow, delta, scale, causal, off, dk, dv, 
     kt, vt = np.zeros((Dp, _BK_CPU), np.float32), np.zeros((Dp, _BK_CPU), np.float32)
     kr = np.zeros((_BK_CPU, Dp), np.float32)
     dka, dva = np.empty((_BK_CPU, Dp), np.float32), np.empty((_BK_CPU, Dp), np.float32)
-    dqa = np.empty((Nq if fused else 0, Dp), np.float32)
+    dqa = np.empty(((Nq + 3) // 4 * 4 if fused else 0, Dp), np.float32)   # whole groups of 4 rows: _accumulate writes 4
     s, dp = np.empty((4, _BK_CPU), np.float32), np.empty((4, _BK_CPU), np.float32)
     qr, gr = np.zeros((4, Dp), np.float32), np.zeros((4, Dp), np.float32)
     jlr = np.empty(4, np.int64)
@@ -3794,7 +3794,9 @@ def flash_attention(q, k, v, causal: bool = False, scale: float | None = None, r
     TF32). The backward is float32 arithmetic on the forward's O and L, so after a 'tf32' forward the gradients inherit
     its error (of the order of O's). Empty inputs give empty (or all-masked) results.
     validate_inputs: True (default) refuses NaN/inf and scores beyond float32's range (ValueError) and rescales float64
-    inputs outside it exactly, from one reduction over q, k, v read back to the host: on a GPU the call's only
+    inputs outside it exactly for the forward (their gradients can over- or underflow in the float32 backward when v
+    lies outside float32's range or q and k are both far below it: NaN or 0, a known limitation), from one reduction
+    over q, k, v read back to the host: on a GPU the call's only
     device→host synchronisation. False skips it (a GPU call then never waits for the device, as SDPA): a batch·head
     whose q, k or v holds NaN or ±inf gets NaN in all its O and L and in the gradients of its q, k and v (SDPA: only the
     rows or columns they reach), scores
