@@ -3345,6 +3345,12 @@ def _forward_tiled(q, k, v, scale, mask):
                  np.float32(scale * _LOG2E), np.int32(mask.off))
     return (o if Dp == D else o[..., :D].contiguous()), ml
 
+_GRID_Y = 65535      # CUDA's largest gridDim.y: every CUDA kernel here runs on a grid (tiles, batch·heads)
+
+def _by_heads(BH: int):
+    "Slices of at most _GRID_Y batch·heads covering range(BH): one CUDA launch each."
+    return [slice(s, min(BH, s + _GRID_Y)) for s in range(0, BH, _GRID_Y)]
+
 def _forward_impl(q, k, v, scale, mask, backend, precision: str = 'ieee'):
     """O (BH, N_q, D) float32 and the row statistics ml (2, BH, N_q) float32: ml[0] = m, the row max of the base-2
     scores S·log₂e (_NEG for rows with no key), ml[1] = log₂ ℓ (0 there); L = (m + log₂ ℓ)·ln 2 (`_lse`). Every kernel
@@ -3352,6 +3358,9 @@ def _forward_impl(q, k, v, scale, mask, backend, precision: str = 'ieee'):
     the tiled CUDA kernels, which read them as they are). precision: flash_attention's fp32_precision ('ieee', 'tf32',
     '3xtf32'), used where the float32 tensor-core forward applies."""
     BH, Nq, D = q.shape
+    if backend == 'cuda' and BH > _GRID_Y:              # more batch·heads than a grid's y dimension holds
+        parts = [_forward_impl(q[h], k[h], v[h], scale, mask, backend, precision) for h in _by_heads(BH)]
+        return torch.cat([o for o, _ in parts]), torch.cat([ml for _, ml in parts], 1)
     if backend == 'cpu':
         qn, kn, vn = (t.detach().numpy() for t in (q, k, v))
         o = np.empty_like(qn); ml = np.empty((2, BH, Nq), np.float32)
@@ -3406,6 +3415,10 @@ def _fuse_backward(BH: int, threads: int) -> bool:
 def _backward_impl(q, k, v, o, ml, do, dlse, scale, mask, backend):
     "dQ, dK, dV by recomputation from the forward's row statistics ml = (m, log₂ ℓ); Δ = rowsum(dO∘O) − dL."
     BH, Nq, D = q.shape
+    if backend == 'cuda' and BH > _GRID_Y:              # as in _forward_impl: one launch per slice of batch·heads
+        parts = [_backward_impl(q[h], k[h], v[h], o[h], ml[:, h], do[h], None if dlse is None else dlse[h], scale,
+                                mask, backend) for h in _by_heads(BH)]
+        return tuple(torch.cat(g) for g in zip(*parts))
     has_key = ml[0] > _NEG / 2
     ml = ml.contiguous()
     delta = (do * o).sum(-1)                                             # Δ = rowsum(dO∘O) − dL
@@ -3485,19 +3498,38 @@ def _ldexp(t, e: int):
         t, e = t * 2.0 ** step, e - step
     return t
 
-def _fit_float32(q, k, v, scale):
-    """Bring q, k, v into the float32 kernels' range exactly, or raise. One device reduction, read back once (the only
-    device→host sync of a call): a = (max|q|, max|k|, max|v|), NaN or inf when a tensor holds one.
+class _Fit(NamedTuple):
+    """The exact powers of two `_fit_float32` chose (all 0: none). The kernels read q·2ᵉ, k·2⁻ᵉ and v·2^(−e_v) and the
+    output is O·2^(e_v); the backward's kernels read q·2^(e+a) and k·2^(b−e) instead, with a, b ≠ 0 only where q·2ᵉ
+    or k·2⁻ᵉ lies below 2⁻⁶⁴ (float32 would lose it: then every score is negligible, see `_fit_float32`)."""
+    e: int = 0
+    ev: int = 0
+    a: int = 0
+    b: int = 0
+
+def _top(x: float) -> int:
+    "⌊log₂ x⌋ for a finite x > 0."
+    return math.frexp(x)[1] - 1
+
+def _fit_float32(q, k, v, scale) -> _Fit:
+    """Find exact powers of two that bring q, k, v into the float32 kernels' range, or raise. One device reduction,
+    read back once (the only device→host sync of a call): a = (max|q|, max|k|, max|v|), NaN or inf when a tensor holds
+    one.
     - Finite: raise a ValueError naming the tensor holding NaN or inf.
     - Scores: raise unless |τ q·k| ≤ τ·D·max|q|·max|k| ≤ FLT_MAX/4 (the difference of two scores stays finite).
     - q, k: when τ·max|q| or max|k| lies outside [2⁻⁶⁴, 2⁶⁴] (float64 inputs can hold q = 10³⁰⁰, k = 10⁻³⁰⁰ whose
       scores fit float32 though neither does), q·2ᵉ and k·2⁻ᵉ with e = round(½ log₂(max|k|/(τ max|q|))): every product
       qₐkₐ, hence every score, is unchanged and both factors are near √(τ·max|q|·max|k|).
     - v: when max|v| > FLT_MAX/(2N_k) (the sum Σⱼ 2^(sⱼ−m) vⱼ of up to N_k terms would overflow) or max|v| < 2⁻⁶⁴,
-      v·2^(−e_v) with e_v = ⌊log₂ max|v|⌋, and the output is scaled back by 2^(e_v) in the caller.
+      v·2^(−e_v) with e_v = ⌊log₂ max|v|⌋, and the output is scaled back by 2^(e_v).
+    - The backward's q and k: if q·2ᵉ or k·2⁻ᵉ still has its largest |entry| below 2⁻⁶⁴ (float32 would flush it to 0
+      or keep few of its bits) while every score is negligible, |s| ≤ τ·D·max|q|·max|k| < 2⁻⁶⁰ (q and k both far below
+      float32's range, or one zero and the other tiny), P is uniform to float32 precision whatever the scores' exact
+      values. The backward then reads q·2^(e+a), k·2^(b−e) with largest |entries| 2ᶜ, τ·D·2^(2c) ≤ 2⁻⁴⁰ (c ≤ −20): the
+      scores stay negligible, so P is unchanged, and dQ = τ·dS·k, dK = τ·dSᵀq come out as dQ̂·2⁻ᵇ, dK̂·2⁻ᵃ instead of
+      underflowing to 0 (a = b = 0 if no c ≥ −100 fits, i.e. τ·D > 2¹⁶⁰).
     Powers of two scale exactly, so inside [2⁻⁶⁴, 2⁶⁴] nothing is done and outside the kernels see the same scores.
-    Returns q, k, v (rescaled; autograd carries the factors into the gradients) and e_v. The public functions skip it
-    with validate_inputs=False (then q, k, v go on as they are and e_v = 0)."""
+    The public functions skip it with validate_inputs=False (then q, k, v go on as they are: `_Fit()`)."""
     # max|t| from aminmax: one pass and no temporary the size of t (|t| would be one); NaN propagates through it
     a = torch.stack([torch.stack(torch.aminmax(t.detach())).abs().max() for t in (q, k, v)]).tolist()   # one sync
     aq, ak, av = (float(x) for x in a)
@@ -3507,8 +3539,8 @@ def _fit_float32(q, k, v, scale):
     if not bound <= _SCORE_MAX:
         raise ValueError(f'`q`, `k` and `scale` allow scores up to {bound:.3g}, beyond float32 range (≤ {_SCORE_MAX:.3g}):'
                          ' rescale them')
-    ev = 0
-    if q.dtype in (torch.float16, torch.bfloat16): return q, k, v, ev       # within float32's range already
+    if q.dtype in (torch.float16, torch.bfloat16): return _Fit()       # within float32's range already
+    e = ev = a = b = 0
     tq, box = scale * aq, lambda x: 2.0 ** -64 <= x <= 2.0 ** 64
     if tq > 0 and ak > 0 and not (box(tq) and box(ak)):
         e = round((math.log2(ak) - math.log2(tq)) / 2)
@@ -3516,11 +3548,14 @@ def _fit_float32(q, k, v, scale):
         if lo > hi:                 # (a tiny τ with huge q and k): no exact rescaling brings both into float32
             raise ValueError(f'`q` and `k` hold values (max {aq:.3g}, {ak:.3g}) that no rescaling brings into float32')
         e = min(max(e, lo), hi)     # q·2ᵉ ≤ 2¹²⁶ and k·2⁻ᵉ ≤ 2¹²⁶ in float32
-        q, k = _ldexp(q, e), _ldexp(k, -e)
     if av > 0 and not 2.0 ** -64 <= av <= -_NEG / (2 * k.shape[-2]):
-        ev = math.floor(math.log2(av))
-        v = _ldexp(v, -ev)
-    return q, k, v, ev
+        ev = _top(av)
+    mq, mk = math.ldexp(aq, e), math.ldexp(ak, -e)          # the largest |entries| the kernels read
+    if (0 < mq < 2.0 ** -64 or 0 < mk < 2.0 ** -64) and scale * q.shape[-1] * mq * mk < 2.0 ** -60:
+        c = min(-20, math.floor((-40 - math.log2(scale * q.shape[-1])) / 2))
+        if c >= -100:
+            a, b = (c - _top(mq) if mq > 0 else 0), (c - _top(mk) if mk > 0 else 0)
+    return _Fit(e, ev, a, b)
 
 def _poison(q, k, v):
     """(BH, 1, 1) float32: +0 where the batch·head's q, k and v are all finite, NaN where one holds NaN or ±inf
@@ -3545,16 +3580,72 @@ class _PoisonGrad(torch.autograd.Function):
         (nan,) = ctx.saved_tensors
         return g - nan.to(g.dtype), None
 
-def _fused(q, k, v, scale, mask, backend, precision: str = 'ieee', validate: bool = True):
+def _exponent(t) -> int | None:
+    """⌊log₂ max|t|⌋ of an incoming gradient (one reduction, read back): None where t is None or all zero (no part of
+    the backward), 0 where it holds NaN or ±inf (passed on unscaled: they propagate as on the plain path)."""
+    if t is None or t.numel() == 0: return None
+    m = float(t.detach().abs().max())
+    if not math.isfinite(m): return 0
+    return _top(m) if m > 0 else None
+
+def _gradient_parts(eo: int | None, el: int | None) -> list:
+    """The backward passes (s, uses dO, uses dL) of the rescaled attention: its kernels are linear in (dO', dL) jointly,
+    so one pass scales both by 2⁻ˢ, s the larger exponent, unless they lie more than 2⁶⁴ apart (float32 could not hold
+    both): then one pass each, summed."""
+    if eo is None and el is None: return []
+    if el is None: return [(eo, True, False)]
+    if eo is None: return [(el, False, True)]
+    if abs(eo - el) <= 64: return [(max(eo, el), True, True)]
+    return [(eo, True, False), (el, False, True)]
+
+class _RescaledAttentionFn(torch.autograd.Function):
+    """The fused attention of float32 or float64 inputs that `_fit_float32` found outside the kernels' range, with its
+    powers of two `fit` applied here and nowhere else: O = 2^(e_v)·Ô in the inputs' dtype, Ô from the kernels on
+    q·2ᵉ, k·2⁻ᵉ, v·2^(−e_v), and L (exact scores: unchanged) in `_lse_dtype`. Letting autograd carry the factors
+    multiplied dO by 2^(e_v) before the cast to float32 (v = 10³⁰⁰: inf, hence NaN gradients; v = 10⁻³⁰⁰: 0). The
+    backward instead scales the incoming gradients to a largest |entry| in [1, 2): dO' = dO·2^(e_v) (the gradient of Ô)
+    and dL, both by 2⁻ˢ (`_gradient_parts`); the kernels' results are linear in them, so dQ = dQ̂·2^(s+e−b),
+    dK = dK̂·2^(s−e−a), dV = dV̂·2^(s−e_v), each one exact multiplication in the inputs' dtype (a, b: `_Fit`). It reads
+    max|dO| and max|dL| back from the device: one sync per backward, on these rare inputs only."""
+    @staticmethod
+    def forward(ctx, q, k, v, fit, scale, mask, backend, precision='ieee'):
+        f = lambda t, e: _ldexp(t, e).float().contiguous()
+        q32, k32, v32 = f(q, fit.e), f(k, -fit.e), f(v, -fit.ev)
+        o, ml = _forward_impl(q32, k32, v32, scale, mask, backend, precision)
+        if fit.a or fit.b: q32, k32 = f(q, fit.e + fit.a), f(k, fit.b - fit.e)   # negligible scores: P unchanged
+        ctx.save_for_backward(q32, k32, v32, o, ml)
+        ctx.fit, ctx.scale, ctx.mask, ctx.backend, ctx.dtype = fit, scale, mask, backend, q.dtype
+        return _ldexp(o.to(q.dtype), fit.ev), _lse(ml).to(_lse_dtype(q.dtype))
+
+    @staticmethod
+    @_differentiable_once
+    def backward(ctx, do, dlse):
+        q, k, v, o, ml = ctx.saved_tensors
+        fit, dt = ctx.fit, ctx.dtype
+        eo, el = _exponent(do), _exponent(dlse)
+        grads = [torch.zeros(t.shape, dtype=dt, device=t.device) for t in (q, k, v)]
+        for s, with_o, with_l in _gradient_parts(None if eo is None else eo + fit.ev, el):
+            do32 = _ldexp(do.to(dt), fit.ev - s).float().contiguous() if with_o else torch.zeros_like(o)
+            dl32 = _ldexp(dlse, -s).float() if with_l else None
+            dq, dk, dv = _backward_impl(q, k, v, o, ml, do32, dl32, ctx.scale, ctx.mask, ctx.backend)
+            for g, d, x in zip(grads, (dq, dk, dv), (s + fit.e - fit.b, s - fit.e - fit.a, s - fit.ev)):
+                g += _ldexp(d.to(dt), x)
+        return (*grads, None, None, None, None, None)
+
+def _fused(q, k, v, scale, mask, backend, precision: str = 'ieee', validate: bool = True, fit: _Fit = _Fit()):
     """q (BH, N_q, D), k (BH, N_k, D), v (BH, N_k, D_v) in any float dtype → O (BH, N_q, D_v) and L (BH, N_q) in float32
     (L = −∞ on rows with no key), differentiable. D ≠ D_v: the shorter of q, k or v is padded with zeros (padding q and
     k leaves every score unchanged; padding v adds output columns, dropped). validate=False (inputs not checked by
     `_fit_float32`): O and L of a batch·head whose q, k or v (as the kernels read them) holds NaN or ±inf are NaN
     (`_poison`), and so are the gradients of its q, k and v (`_PoisonGrad`); on the CPU such values are zeroed before
-    the kernels, which are compiled with fastmath (no NaN/inf)."""
+    the kernels, which are compiled with fastmath (no NaN/inf). fit: the powers of two of `_fit_float32`; when it
+    found any, `_RescaledAttentionFn` applies them and O comes back in q's dtype, scaled back, with L in `_lse_dtype`."""
     D, Dv = q.shape[-1], v.shape[-1]
     if Dv < D: v = F.pad(v, (0, D - Dv))
     elif Dv > D: q, k = F.pad(q, (0, Dv - D)), F.pad(k, (0, Dv - D))
+    if fit != _Fit():
+        o, lse = _RescaledAttentionFn.apply(q, k, v, fit, scale, mask, backend, precision)
+        return o[..., :Dv], lse
     half = backend == 'cuda' and q.dtype in (torch.float16, torch.bfloat16)   # read as is by the tiled CUDA kernels
     f = lambda t: (t if half else t.float()).contiguous()
     q, k, v = f(q), f(k), f(v)
@@ -3793,10 +3884,10 @@ def flash_attention(q, k, v, causal: bool = False, scale: float | None = None, r
     float32 arithmetic as with 'ieee'; for float64, float16 and bfloat16 inputs it is ignored (float64 never runs on
     TF32). The backward is float32 arithmetic on the forward's O and L, so after a 'tf32' forward the gradients inherit
     its error (of the order of O's). Empty inputs give empty (or all-masked) results.
-    validate_inputs: True (default) refuses NaN/inf and scores beyond float32's range (ValueError) and rescales float64
-    inputs outside it exactly for the forward (their gradients can over- or underflow in the float32 backward when v
-    lies outside float32's range or q and k are both far below it: NaN or 0, a known limitation), from one reduction
-    over q, k, v read back to the host: on a GPU the call's only
+    validate_inputs: True (default) refuses NaN/inf and scores beyond float32's range (ValueError) and rescales
+    float32 and float64 inputs outside the kernels' range by exact powers of two, forward and backward (the backward
+    scales dO and dL into float32's range itself, reading their largest entries back: one more synchronisation, for
+    such inputs only), from one reduction over q, k, v read back to the host: on a GPU the call's only
     device→host synchronisation. False skips it (a GPU call then never waits for the device, as SDPA): a batch·head
     whose q, k or v holds NaN or ±inf gets NaN in all its O and L and in the gradients of its q, k and v (SDPA: only the
     rows or columns they reach), scores
@@ -3820,11 +3911,11 @@ def flash_attention(q, k, v, causal: bool = False, scale: float | None = None, r
         return attention_reference(q, k, v, causal, scale, return_lse)
     dtype = q.dtype
     precision = fp32_precision if dtype == torch.float32 else 'ieee'   # decided before the cast to float32 below
-    q, k, v, ev = _fit_float32(q, k, v, scale) if validate_inputs else (q, k, v, 0)   # False: no device→host sync
+    fit = _fit_float32(q, k, v, scale) if validate_inputs else _Fit()   # False: no device→host sync
     flat = lambda t: t.expand(*batch, *t.shape[-2:]).reshape(BH, *t.shape[-2:])
     o, lse = _fused(flat(q), flat(k), flat(v), scale, _Mask('causal' if causal else 'full', off=Nk - Nq), backend,
-                    precision, validate_inputs)
-    o = _ldexp(o.reshape(*batch, Nq, Dv).to(dtype), ev)
+                    precision, validate_inputs, fit)
+    o = o.reshape(*batch, Nq, Dv).to(dtype)
     return (o, lse.reshape(*batch, Nq).to(_lse_dtype(dtype))) if return_lse else o
 
 # %% ../nbs/05_fused_attention.ipynb #d0546c18
@@ -3873,16 +3964,15 @@ def neighborhood_attention(q, k, v, kernel_size, dilation=1, causal=False, scale
     if backend == 'cuda' and max(D, Dv) > _DMAX:
         raise ValueError(f"`q`/`v` head dimensions {D}/{Dv} exceed {_DMAX}, the CUDA kernels' limit; backend='cpu' has none")
     B, H, N = q.shape[0], q.shape[1], math.prod(dims)
-    if B * H == 0:
-        o, lse = v.new_zeros(v.shape), q.new_zeros(q.shape[:-1])
-        return (o, lse) if return_lse else o
+    if B * H == 0:                     # nothing to fuse: the dense reference gives the empty answer, differentiable
+        return neighborhood_attention_reference(q, k, v, kernel_size, dilation, causal, scale, return_lse)
     dtype = q.dtype
-    q, k, v, ev = _fit_float32(q, k, v, scale) if validate_inputs else (q, k, v, 0)   # False: no device→host sync
+    fit = _fit_float32(q, k, v, scale) if validate_inputs else _Fit()   # False: no device→host sync
     if len(dims) == 1: dims, ks, dil, cz = (1,) + dims, (1,) + ks, (1,) + dil, (False,) + cz
     flat = lambda t: t.reshape(B * H, N, t.shape[-1])
     o, lse = _fused(flat(q), flat(k), flat(v), scale, _Mask('window', 0, dims, ks, dil, cz), backend,
-                    validate=validate_inputs)
-    o = _ldexp(o.reshape(v.shape).to(dtype), ev)
+                    validate=validate_inputs, fit=fit)
+    o = o.reshape(v.shape).to(dtype)
     return (o, lse.reshape(q.shape[:-1]).to(_lse_dtype(dtype))) if return_lse else o
 
 def neighborhood_attention_reference(q, k, v, kernel_size, dilation=1, causal=False, scale: float | None = None,
@@ -3892,7 +3982,7 @@ def neighborhood_attention_reference(q, k, v, kernel_size, dilation=1, causal=Fa
     q, k, v, dims, ks, dil, cz, scale, return_lse = _check_na(q, k, v, kernel_size, dilation, causal, scale, return_lse)
     masks = [torch.from_numpy(_dense_mask_axis(L, kk, dd, cc)) for L, kk, dd, cc in zip(dims, ks, dil, cz)]
     M = masks[0] if len(dims) == 1 else (masks[0][:, None, :, None] & masks[1][None, :, None, :]).reshape(math.prod(dims), -1)
-    f = lambda t: t.reshape(*t.shape[:2], -1, t.shape[-1])
+    f = lambda t: t.reshape(*t.shape[:2], math.prod(dims), t.shape[-1])   # (not −1: ambiguous for an empty batch)
     o, lse = _masked_attention(f(q), f(k), f(v), M.to(q.device), scale)
     o = o.reshape(v.shape)
     return (o, lse.reshape(q.shape[:-1])) if return_lse else o

@@ -1,0 +1,207 @@
+"""Chapter 5: gradients of inputs outside float32's range, launches of more batch·heads than a CUDA grid holds, and the
+empty batch of neighborhood attention (referee ch5o's and ch5p's open findings).
+
+1. `_fit_float32` scales float64 (and float32) inputs outside the kernels' range by exact powers of two. The forward was
+   exact, but autograd multiplied dO by 2^(e_v) before the cast to float32, so v = 2¹⁰⁰⁰ gave NaN gradients, v = 2⁻¹⁰⁰⁰
+   and q, k = 2⁻⁶⁰⁰ gave zeros. `_RescaledAttentionFn` now scales the incoming gradients itself. Every gradient is
+   checked against float64 autograd of the dense reference with the bound derived in tests/test_attention_precision.py:
+     |dV̂ − dV| ≤ tol·Σᵢ Pᵢⱼ|dOᵢ|,  |dQ̂ − dQ| ≤ tol·τ·Σⱼ Pᵢⱼ Mᵢ|kⱼ|,  |dK̂ − dK| ≤ tol·τ·Σᵢ Pᵢⱼ Mᵢ|qᵢ|,
+   tol = (2N_k + N_q + D + 16)·u, u = 2⁻²⁴, with Mᵢ = maxⱼ Σ_d|dOᵢ_d||vⱼ_d| + |rowsum(dO∘O)ᵢ| + |dLᵢ| (the triangle
+   inequality covers one pass over (dO, dL) and two passes summed). The inputs are float32 numbers times powers of two,
+   so the kernels read them exactly and the bound is the kernels' own. For q, k both tiny every float64 score underflows
+   (P uniform in the reference too).
+2. BH > 65535 (CUDA's gridDim.y): `_forward_impl` and `_backward_impl` launch slices of at most `_GRID_Y` batch·heads.
+   Under the simulator (a subprocess) with `_GRID_Y` = 2, BH = 3: the same bits as one launch.
+3. `neighborhood_attention` of an empty batch is differentiable (it returned tensors without a graph).
+"""
+import math, os, subprocess, sys, textwrap
+from pathlib import Path
+import pytest
+import torch
+import geobook.attention as A
+from geobook.attention import flash_attention, neighborhood_attention
+
+ROOT = Path(__file__).resolve().parents[1]
+U = 2.0 ** -24
+P2 = 2.0 ** 1000
+
+
+def _inputs(sq, sk, sv, seed, N=12, D=4, dtype=torch.float64):
+    "q, k, v, dO (1, 2, N, D) and dL (1, 2, N): float32 draws times powers of two, in `dtype`."
+    g = torch.Generator().manual_seed(seed)
+    draw = lambda *s: torch.randn(*s, generator=g).to(dtype)
+    return draw(1, 2, N, D) * sq, draw(1, 2, N, D) * sk, draw(1, 2, N, D) * sv, draw(1, 2, N, D), draw(1, 2, N)
+
+
+def _mask(na: bool, causal: bool, N: int):
+    if na: return torch.from_numpy(A._dense_mask_axis(N, 5, 1, causal))
+    return torch.ones(N, N, dtype=torch.bool).tril() if causal else torch.ones(N, N, dtype=torch.bool)
+
+
+def _reference(q, k, v, mask, scale):
+    "O, L and P in float64 (masked softmax), differentiable."
+    s = scale * q @ k.transpose(-1, -2)
+    s = s.masked_fill(~mask, float('-inf'))
+    L = torch.logsumexp(s, -1)
+    P = torch.exp(s - L[..., None])
+    return P @ v, L, P
+
+
+def _check(q, k, v, do, dl, na=False, causal=False, with_lse=False, scale=None):
+    """Ratios |ĝ − g|/(tol·bound) (≤ 1 passes) of dQ, dK, dV from the kernels (CPU) against float64 autograd."""
+    N, D = q.shape[-2], q.shape[-1]
+    tau = 1 / math.sqrt(D) if scale is None else scale
+    x = [t.clone().requires_grad_() for t in (q, k, v)]
+    if na: o, lse = neighborhood_attention(*x, 5, causal=causal, scale=scale, backend='cpu', return_lse=True)
+    else: o, lse = flash_attention(*x, causal=causal, scale=scale, backend='cpu', return_lse=True)
+    ((o * do).sum() + ((lse * dl).sum() if with_lse else 0)).backward()
+    r = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    o2, L2, P = _reference(*r, _mask(na, causal, N), tau)
+    ((o2 * do.double()).sum() + ((L2 * dl.double()).sum() if with_lse else 0)).backward()
+    qd, kd, vd, dod = (t.double() for t in (q, k, v, do))
+    M = ((dod.abs() @ vd.abs().transpose(-1, -2)).amax(-1) + (dod * o2.detach()).sum(-1).abs()
+         + (dl.double().abs() if with_lse else 0))[..., None]
+    P = P.detach()
+    bounds = (tau * (P * M) @ kd.abs(), tau * (P * M).transpose(-1, -2) @ qd.abs(), P.transpose(-1, -2) @ dod.abs())
+    tol = (2 * N + N + D + 16) * U
+    for t in x: assert torch.isfinite(t.grad).all()
+    return [float(((t.grad.double() - r_.grad).abs() / (tol * b)).nan_to_num(0.0).max())   # 0/0: both exactly 0
+            for t, r_, b in zip(x, r, bounds)]
+
+
+CASES = {                                   # (scale of q, k, v)
+    'v_huge': (1.0, 1.0, P2),               # e_v = 1000: dO·2¹⁰⁰⁰ overflowed float32 (NaN gradients)
+    'v_tiny': (1.0, 1.0, 1 / P2),           # e_v = −1000: dO·2⁻¹⁰⁰⁰ underflowed (zero gradients)
+    'qk_tiny': (2.0 ** -600, 2.0 ** -600, 1.0),   # q, k read as 0 by float32: zero dQ, dK
+    'q_zero_k_tiny': (0.0, 2.0 ** -600, 1.0),     # dQ = τ·dS·k ≈ 2⁻⁶⁰⁰ (was 0), dK = 0 exactly
+    'qk_apart': (P2, 1 / P2, 1.0),          # e = −1000 (the case that always worked)
+    'all_apart': (P2, 1 / P2, 2.0 ** 20),   # e and e_v together
+}
+
+
+@pytest.mark.parametrize('with_lse', [False, True])
+@pytest.mark.parametrize('kind', ['flash', 'flash_causal', 'na'])
+@pytest.mark.parametrize('case', list(CASES))
+def test_rescaled_inputs_have_float64_gradients(case, kind, with_lse):
+    q, k, v, do, dl = _inputs(*CASES[case], seed=len(case) + len(kind))
+    ratios = _check(q, k, v, do, dl, na=kind == 'na', causal=kind == 'flash_causal', with_lse=with_lse)
+    assert max(ratios) <= 1.0, ratios
+
+
+def test_two_passes_when_dO_and_dL_lie_apart():
+    "v = 2¹⁰⁰⁰ with dL: dO' = dO·2¹⁰⁰⁰ and dL ~ 1 lie 2¹⁰⁰⁰ apart, so the backward runs twice (counted), within the bound."
+    calls, impl = [], A._backward_impl
+    def counted(*a, **kw):
+        calls.append(1)
+        return impl(*a, **kw)
+    q, k, v, do, dl = _inputs(1.0, 1.0, P2, seed=3)
+    A._backward_impl = counted
+    try: ratios = _check(q, k, v, do, dl, with_lse=True)
+    finally: A._backward_impl = impl
+    assert len(calls) == 2 and max(ratios) <= 1.0, (calls, ratios)
+    assert A._gradient_parts(5, 5 - 64) == [(5, True, True)] and len(A._gradient_parts(5, 5 - 65)) == 2
+    assert A._gradient_parts(None, 3) == [(3, False, True)] and A._gradient_parts(None, None) == []
+
+
+def test_float32_inputs_rescaled():
+    """float32 v = 2⁻¹⁰⁰ (below 2⁻⁶⁴: e_v = −100) and v near FLT_MAX (2¹²⁴·N_k > FLT_MAX/2: e_v > 0), gradients within
+    the bound; dO·2^(e_v) is no longer formed (it was 2⁻¹⁰⁰·dO: subnormal for |dO| < 2⁻²⁶)."""
+    for sv in (2.0 ** -100, 2.0 ** 124):
+        q, k, v, do, dl = _inputs(1.0, 1.0, sv, seed=5, dtype=torch.float32)
+        assert A._fit_float32(q, k, v, 0.5).ev != 0
+        assert max(_check(q, k, v, do, dl, with_lse=True)) <= 1.0
+
+
+def test_fit_float32_exponents():
+    """The powers of two against their definitions: e_v = ⌊log₂ max|v|⌋; for q, k both tiny, a and b bring max|q·2^(e+a)|
+    and max|k·2^(b−e)| to 2ᶜ with τ·D·2^(2c) ≤ 2⁻⁴⁰; inside [2⁻⁶⁴, 2⁶⁴] nothing; scores not negligible: no a, b."""
+    q, k, v, _, _ = _inputs(1.0, 1.0, 1.0, seed=7)
+    assert A._fit_float32(q, k, v, 0.5) == A._Fit()
+    assert A._fit_float32(q, k, v * 2.0 ** 700, 0.5).ev == A._top(float(v.abs().max())) + 700
+    qt, kt = q * 2.0 ** -600, k * 2.0 ** -600
+    f = A._fit_float32(qt, kt, v, 0.5)
+    mq, mk = (float(t.abs().max()) for t in (A._ldexp(qt, f.e + f.a), A._ldexp(kt, f.b - f.e)))
+    c = A._top(mq)
+    assert f.a > 0 and f.b > 0 and A._top(mk) == c and 0.5 * 4 * 2.0 ** (2 * (c + 1)) <= 2.0 ** -38
+    # τ = 2⁶⁰ with q ~ 2⁻⁷⁰, k ~ 1: q lies below 2⁻⁶⁴ but the scores are of order 2⁻¹⁰·D, not negligible
+    assert A._fit_float32(q * 2.0 ** -70, k, v, 2.0 ** 60) == A._Fit()
+
+
+def test_huge_scale_tiny_q_gradients():
+    "The last case end to end: τ = 2⁶⁰, q ~ 2⁻⁷⁰: scores of order 1, gradients within the bound (no backward rescaling)."
+    q, k, v, do, dl = _inputs(2.0 ** -70, 1.0, 1.0, seed=9)
+    assert max(_check(q, k, v, do, dl, with_lse=True, scale=2.0 ** 60)) <= 1.0
+
+
+def test_plain_inputs_keep_the_plain_path():
+    "Inputs inside [2⁻⁶⁴, 2⁶⁴]: no rescaling, no extra read-back in the backward (`_exponent` is never called)."
+    q, k, v, do, _ = _inputs(1.0, 1.0, 1.0, seed=11)
+    x = [t.clone().requires_grad_() for t in (q, k, v)]
+    called, exponent = [], A._exponent
+    A._exponent = lambda t: called.append(1) or exponent(t)
+    try: flash_attention(*x, backend='cpu').backward(do)
+    finally: A._exponent = exponent
+    assert not called and all(torch.isfinite(t.grad).all() for t in x)
+
+
+def test_nonfinite_incoming_gradient_propagates():
+    "A NaN in dO reaches the gradients on the rescaled path as on the plain one (it is not mistaken for a zero dO)."
+    q, k, v, do, _ = _inputs(1.0, 1.0, 1.0, seed=13)
+    do[0, 0, 3, 1] = float('nan')
+    counts = []
+    for sv in (1.0, P2):
+        x = [q.clone().requires_grad_(), k.clone().requires_grad_(), (v * sv).requires_grad_()]
+        flash_attention(*x, backend='cpu').backward(do)
+        counts.append([int(t.grad.isnan().sum()) for t in x])
+    assert counts[0] == counts[1] and min(counts[0]) > 0, counts
+
+
+@pytest.mark.parametrize('shape', [(0, 2, 6, 6, 4), (2, 0, 6, 6, 4), (0, 3, 7, 4)])
+def test_neighborhood_attention_empty_batch_is_differentiable(shape):
+    q = torch.zeros(*shape, dtype=torch.float64, requires_grad=True)
+    o, lse = neighborhood_attention(q, q, q, 3, backend='cpu', return_lse=True)
+    (o.sum() + lse.sum()).backward()
+    assert o.shape == shape and lse.shape == shape[:-1] and q.grad.shape == shape and o.dtype == torch.float64
+
+
+def test_heads_are_sliced_to_the_grid_limit():
+    "`_by_heads` covers range(BH) in order with slices of at most _GRID_Y = 65535 (CUDA's gridDim.y)."
+    assert A._GRID_Y == 65535
+    s = A._by_heads(2 * 65535 + 3)
+    assert [(x.start, x.stop) for x in s] == [(0, 65535), (65535, 131070), (131070, 131073)]
+    assert A._by_heads(1) == [slice(0, 1)]
+
+
+SIM = textwrap.dedent(r'''
+    import os, torch
+    assert os.environ.get('NUMBA_ENABLE_CUDASIM') == '1'
+    import geobook.attention as A
+    g = torch.Generator().manual_seed(0)
+    q, k, v, do = (torch.randn(1, 3, 16, 8, generator=g) for _ in range(4))
+    def run(fn):
+        x = [t.clone().requires_grad_() for t in (q, k, v)]
+        o, lse = fn(*x)
+        (o * do).sum().backward()
+        return [o, lse] + [t.grad for t in x]
+    fns = {'flash_causal': lambda *x: A.flash_attention(*x, causal=True, backend='cuda', return_lse=True),
+           'na': lambda *x: A.neighborhood_attention(*x, 5, backend='cuda', return_lse=True)}
+    calls, fwd, bwd = [], A._forward_impl, A._backward_impl
+    A._forward_impl = lambda *a: calls.append(a[0].shape[0]) or fwd(*a)
+    A._backward_impl = lambda *a: calls.append(a[0].shape[0]) or bwd(*a)
+    for name, fn in fns.items():
+        whole = run(fn)
+        A._GRID_Y = 2                        # BH = 3: launches of 2 and 1 batch·heads
+        sliced = run(fn)
+        A._GRID_Y = 65535
+        assert all(torch.equal(a, b) for a, b in zip(whole, sliced)), name
+        print(name, 'equal', calls)
+        calls.clear()
+''')
+
+
+def test_sliced_launches_give_the_same_bits_under_the_simulator():
+    env = {**os.environ, 'NUMBA_ENABLE_CUDASIM': '1'}
+    p = subprocess.run([sys.executable, '-c', SIM], capture_output=True, text=True, env=env, cwd=ROOT, timeout=1800)
+    assert p.returncode == 0, p.stdout + p.stderr
+    # BH per call: one forward and one backward of 3, then each again as 3 → 2 + 1
+    assert p.stdout.splitlines() == [f'{n} equal [3, 3, 3, 2, 1, 3, 2, 1]' for n in ('flash_causal', 'na')], p.stdout
