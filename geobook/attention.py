@@ -3499,35 +3499,39 @@ def _ldexp(t, e: int):
     return t
 
 class _Fit(NamedTuple):
-    """The exact powers of two `_fit_float32` chose (all 0: none). The kernels read q·2ᵉ, k·2⁻ᵉ and v·2^(−e_v) and the
-    output is O·2^(e_v); the backward's kernels read q·2^(e+a) and k·2^(b−e) instead, with a, b ≠ 0 only where q·2ᵉ
-    or k·2⁻ᵉ lies below 2⁻⁶⁴ (float32 would lose it: then every score is negligible, see `_fit_float32`)."""
+    """The exact powers of two `_fit_float32` chose (all 0: none). The kernels read q·2^(e+t), k·2⁻ᵉ and v·2^(−e_v) with
+    the scale τ·2⁻ᵗ, and the output is O·2^(e_v); the backward's kernels read q·2^(e+t+a) and k·2^(b−e) instead, with
+    a, b ≠ 0 only where the scores are negligible and a product of q and k would underflow float32 (`_fit_float32`)."""
     e: int = 0
     ev: int = 0
     a: int = 0
     b: int = 0
+    t: int = 0
 
 def _top(x: float) -> int:
     "⌊log₂ x⌋ for a finite x > 0."
     return math.frexp(x)[1] - 1
 
 def _fit_float32(q, k, v, scale) -> _Fit:
-    """Find exact powers of two that bring q, k, v into the float32 kernels' range, or raise. One device reduction,
-    read back once (the only device→host sync of a call): a = (max|q|, max|k|, max|v|), NaN or inf when a tensor holds
-    one.
+    """Find exact powers of two that bring q, k, v and τ into the float32 kernels' range, or raise. One device
+    reduction, read back once (the only device→host sync of a call): a = (max|q|, max|k|, max|v|), NaN or inf when a
+    tensor holds one.
     - Finite: raise a ValueError naming the tensor holding NaN or inf.
     - Scores: raise unless |τ q·k| ≤ τ·D·max|q|·max|k| ≤ FLT_MAX/4 (the difference of two scores stays finite).
+    - τ: outside [2⁻⁶⁴, 2⁶⁴] (where float32 products with τ, such as dQ = τ·dS·k, would under- or overflow, and a
+      float64 τ may not be a float32 at all) the kernels get τ·2⁻ᵗ ∈ [1, 2), t = ⌊log₂ τ⌋, and q·2ᵗ.
     - q, k: when τ·max|q| or max|k| lies outside [2⁻⁶⁴, 2⁶⁴] (float64 inputs can hold q = 10³⁰⁰, k = 10⁻³⁰⁰ whose
-      scores fit float32 though neither does), q·2ᵉ and k·2⁻ᵉ with e = round(½ log₂(max|k|/(τ max|q|))): every product
-      qₐkₐ, hence every score, is unchanged and both factors are near √(τ·max|q|·max|k|).
+      scores fit float32 though neither does), or τ was rescaled, q·2ᵉ and k·2⁻ᵉ with
+      e = round(½ log₂(max|k|/(τ max|q|))): every product qₐkₐ, hence every score, is unchanged and both factors are
+      near √(τ·max|q|·max|k|). When one of q, k is zero, every score is 0 and e brings the other to [1, 2).
     - v: when max|v| > FLT_MAX/(2N_k) (the sum Σⱼ 2^(sⱼ−m) vⱼ of up to N_k terms would overflow) or max|v| < 2⁻⁶⁴,
       v·2^(−e_v) with e_v = ⌊log₂ max|v|⌋, and the output is scaled back by 2^(e_v).
-    - The backward's q and k: if q·2ᵉ or k·2⁻ᵉ still has its largest |entry| below 2⁻⁶⁴ (float32 would flush it to 0
-      or keep few of its bits) while every score is negligible, |s| ≤ τ·D·max|q|·max|k| < 2⁻⁶⁰ (q and k both far below
-      float32's range, or one zero and the other tiny), P is uniform to float32 precision whatever the scores' exact
-      values. The backward then reads q·2^(e+a), k·2^(b−e) with largest |entries| 2ᶜ, τ·D·2^(2c) ≤ 2⁻⁴⁰ (c ≤ −20): the
-      scores stay negligible, so P is unchanged, and dQ = τ·dS·k, dK = τ·dSᵀq come out as dQ̂·2⁻ᵇ, dK̂·2⁻ᵃ instead of
-      underflowing to 0 (a = b = 0 if no c ≥ −100 fits, i.e. τ·D > 2¹⁶⁰).
+    - The backward's q and k: if the kernels' q or k still has its largest |entry| below 2⁻⁶⁴ while every score is
+      negligible, |s| ≤ τ·D·max|q|·max|k| < 2⁻⁶⁰ (both far below float32's range), products such as dK = τ·dSᵀq would
+      underflow, and P is uniform to float32 precision whatever the scores' exact values. The backward then reads
+      q·2^(e+t+a), k·2^(b−e) with largest |entries| 2ᶜ, τ₀·D·2^(2c) ≤ 2⁻⁴⁰ (c ≤ −20, τ₀ the kernels' scale): the scores
+      stay negligible, so P is unchanged, and dQ, dK come out as dQ̂·2⁻ᵇ, dK̂·2⁻ᵃ instead of underflowing to 0
+      (a = b = 0 if no c ≥ −100 fits, i.e. τ₀·D > 2¹⁶⁰).
     Powers of two scale exactly, so inside [2⁻⁶⁴, 2⁶⁴] nothing is done and outside the kernels see the same scores.
     The public functions skip it with validate_inputs=False (then q, k, v go on as they are: `_Fit()`)."""
     # max|t| from aminmax: one pass and no temporary the size of t (|t| would be one); NaN propagates through it
@@ -3541,21 +3545,26 @@ def _fit_float32(q, k, v, scale) -> _Fit:
                          ' rescale them')
     if q.dtype in (torch.float16, torch.bfloat16): return _Fit()       # within float32's range already
     e = ev = a = b = 0
-    tq, box = scale * aq, lambda x: 2.0 ** -64 <= x <= 2.0 ** 64
-    if tq > 0 and ak > 0 and not (box(tq) and box(ak)):
-        e = round((math.log2(ak) - math.log2(tq)) / 2)
-        lo, hi = math.ceil(math.log2(ak)) - 126, 126 - math.ceil(math.log2(aq))
-        if lo > hi:                 # (a tiny τ with huge q and k): no exact rescaling brings both into float32
-            raise ValueError(f'`q` and `k` hold values (max {aq:.3g}, {ak:.3g}) that no rescaling brings into float32')
-        e = min(max(e, lo), hi)     # q·2ᵉ ≤ 2¹²⁶ and k·2⁻ᵉ ≤ 2¹²⁶ in float32
+    t = 0 if 2.0 ** -64 <= scale <= 2.0 ** 64 else _top(scale)         # τ = τ₀·2ᵗ
+    tau0 = math.ldexp(scale, -t)
+    box = lambda lx: -64 <= lx <= 64                                    # on log₂ of a largest |entry|
+    if aq > 0 and ak > 0:
+        lq, lk = math.log2(aq) + t, math.log2(ak)                       # log₂ of max|q·2ᵗ| and max|k|
+        if t or not (box(lq + math.log2(tau0)) and box(lk)):
+            lo, hi = math.ceil(lk) - 126, 126 - math.ceil(lq)
+            if lo > hi:             # (a tiny τ with huge q and k): no exact rescaling brings both into float32
+                raise ValueError(f'`q` and `k` hold values (max {aq:.3g}, {ak:.3g}) that no rescaling brings into float32')
+            e = min(max(round((lk - lq) / 2), lo), hi)                   # q·2^(t+e) ≤ 2¹²⁶ and k·2⁻ᵉ ≤ 2¹²⁶ in float32
+    elif ak > 0: e = _top(ak)                                           # q = 0: every score is 0, k·2⁻ᵉ ∈ [1, 2)
+    elif aq > 0: e = -(_top(aq) + t)                                    # k = 0: q·2^(t+e) ∈ [1, 2)
     if av > 0 and not 2.0 ** -64 <= av <= -_NEG / (2 * k.shape[-2]):
         ev = _top(av)
-    mq, mk = math.ldexp(aq, e), math.ldexp(ak, -e)          # the largest |entries| the kernels read
-    if (0 < mq < 2.0 ** -64 or 0 < mk < 2.0 ** -64) and scale * q.shape[-1] * mq * mk < 2.0 ** -60:
-        c = min(-20, math.floor((-40 - math.log2(scale * q.shape[-1])) / 2))
-        if c >= -100:
-            a, b = (c - _top(mq) if mq > 0 else 0), (c - _top(mk) if mk > 0 else 0)
-    return _Fit(e, ev, a, b)
+    if aq > 0 and ak > 0:
+        tq, tk = _top(aq) + t + e, _top(ak) - e                          # ⌊log₂⌋ of the kernels' largest |q|, |k|
+        if min(tq, tk) < -64 and math.log2(tau0 * q.shape[-1]) + tq + tk + 2 < -60:
+            c = min(-20, math.floor((-40 - math.log2(tau0 * q.shape[-1])) / 2))
+            if c >= -100: a, b = c - tq, c - tk
+    return _Fit(e, ev, a, b, t)
 
 def _poison(q, k, v):
     """(BH, 1, 1) float32: +0 where the batch·head's q, k and v are all finite, NaN where one holds NaN or ±inf
@@ -3580,13 +3589,14 @@ class _PoisonGrad(torch.autograd.Function):
         (nan,) = ctx.saved_tensors
         return g - nan.to(g.dtype), None
 
-def _exponent(t) -> int | None:
-    """⌊log₂ max|t|⌋ of an incoming gradient (one reduction, read back): None where t is None or all zero (no part of
-    the backward), 0 where it holds NaN or ±inf (passed on unscaled: they propagate as on the plain path)."""
-    if t is None or t.numel() == 0: return None
-    m = float(t.detach().abs().max())
-    if not math.isfinite(m): return 0
-    return _top(m) if m > 0 else None
+def _exponents(do, dlse) -> tuple:
+    """⌊log₂ max|·|⌋ of the incoming gradients dO and dL, from one reduction read back: None for a gradient that is None,
+    empty or all zero (no part of the backward), 0 for one holding NaN or ±inf (passed on unscaled: they propagate as
+    on the plain path)."""
+    ts = [t for t in (do, dlse) if t is not None and t.numel()]
+    ms = torch.stack([torch.stack(torch.aminmax(t.detach())).abs().max().double() for t in ts]).tolist() if ts else []
+    out = iter([0 if not math.isfinite(m) else (_top(m) if m > 0 else None) for m in ms])
+    return tuple(next(out) if t is not None and t.numel() else None for t in (do, dlse))
 
 def _gradient_parts(eo: int | None, el: int | None) -> list:
     """The backward passes (s, uses dO, uses dL) of the rescaled attention: its kernels are linear in (dO', dL) jointly,
@@ -3599,20 +3609,23 @@ def _gradient_parts(eo: int | None, el: int | None) -> list:
     return [(eo, True, False), (el, False, True)]
 
 class _RescaledAttentionFn(torch.autograd.Function):
-    """The fused attention of float32 or float64 inputs that `_fit_float32` found outside the kernels' range, with its
-    powers of two `fit` applied here and nowhere else: O = 2^(e_v)·Ô in the inputs' dtype, Ô from the kernels on
-    q·2ᵉ, k·2⁻ᵉ, v·2^(−e_v), and L (exact scores: unchanged) in `_lse_dtype`. Letting autograd carry the factors
-    multiplied dO by 2^(e_v) before the cast to float32 (v = 10³⁰⁰: inf, hence NaN gradients; v = 10⁻³⁰⁰: 0). The
-    backward instead scales the incoming gradients to a largest |entry| in [1, 2): dO' = dO·2^(e_v) (the gradient of Ô)
-    and dL, both by 2⁻ˢ (`_gradient_parts`); the kernels' results are linear in them, so dQ = dQ̂·2^(s+e−b),
-    dK = dK̂·2^(s−e−a), dV = dV̂·2^(s−e_v), each one exact multiplication in the inputs' dtype (a, b: `_Fit`). It reads
-    max|dO| and max|dL| back from the device: one sync per backward, on these rare inputs only."""
+    """The fused attention of float64 inputs, and of float32 inputs that `_fit_float32` found outside the kernels'
+    range, with its powers of two `fit` applied here and nowhere else: O = 2^(e_v)·Ô in the inputs' dtype, Ô from the
+    kernels on q·2^(e+t), k·2⁻ᵉ, v·2^(−e_v) with the scale τ·2⁻ᵗ, and L (exact scores: unchanged) in `_lse_dtype`.
+    Letting autograd carry the factors multiplied dO by 2^(e_v) before the cast to float32 (v = 10³⁰⁰: inf, hence NaN
+    gradients; v = 10⁻³⁰⁰: 0), and a float64 dO beyond float32's range was cast to inf or 0. The backward instead scales
+    the incoming gradients to a largest |entry| in [1, 2): dO' = dO·2^(e_v) (the gradient of Ô) and dL, both by 2⁻ˢ
+    (`_gradient_parts`); the kernels' results are linear in them, so dQ = dQ̂·2^(s+e+t−b), dK = dK̂·2^(s−e−a),
+    dV = dV̂·2^(s−e_v), each one exact multiplication in the inputs' dtype (a, b: `_Fit`). It reads max|dO| and
+    max|dL| back from the device in one reduction: one sync per backward, for these inputs only."""
     @staticmethod
     def forward(ctx, q, k, v, fit, scale, mask, backend, precision='ieee'):
+        ctx.set_materialize_grads(False)          # an unused output's gradient stays None: nothing to reduce for it
         f = lambda t, e: _ldexp(t, e).float().contiguous()
-        q32, k32, v32 = f(q, fit.e), f(k, -fit.e), f(v, -fit.ev)
+        scale = math.ldexp(scale, -fit.t)         # τ₀ = τ·2⁻ᵗ; q carries 2ᵗ
+        q32, k32, v32 = f(q, fit.e + fit.t), f(k, -fit.e), f(v, -fit.ev)
         o, ml = _forward_impl(q32, k32, v32, scale, mask, backend, precision)
-        if fit.a or fit.b: q32, k32 = f(q, fit.e + fit.a), f(k, fit.b - fit.e)   # negligible scores: P unchanged
+        if fit.a or fit.b: q32, k32 = f(q, fit.e + fit.t + fit.a), f(k, fit.b - fit.e)   # negligible scores: P unchanged
         ctx.save_for_backward(q32, k32, v32, o, ml)
         ctx.fit, ctx.scale, ctx.mask, ctx.backend, ctx.dtype = fit, scale, mask, backend, q.dtype
         return _ldexp(o.to(q.dtype), fit.ev), _lse(ml).to(_lse_dtype(q.dtype))
@@ -3622,13 +3635,13 @@ class _RescaledAttentionFn(torch.autograd.Function):
     def backward(ctx, do, dlse):
         q, k, v, o, ml = ctx.saved_tensors
         fit, dt = ctx.fit, ctx.dtype
-        eo, el = _exponent(do), _exponent(dlse)
+        eo, el = _exponents(do, dlse)
         grads = [torch.zeros(t.shape, dtype=dt, device=t.device) for t in (q, k, v)]
         for s, with_o, with_l in _gradient_parts(None if eo is None else eo + fit.ev, el):
             do32 = _ldexp(do.to(dt), fit.ev - s).float().contiguous() if with_o else torch.zeros_like(o)
             dl32 = _ldexp(dlse, -s).float() if with_l else None
             dq, dk, dv = _backward_impl(q, k, v, o, ml, do32, dl32, ctx.scale, ctx.mask, ctx.backend)
-            for g, d, x in zip(grads, (dq, dk, dv), (s + fit.e - fit.b, s - fit.e - fit.a, s - fit.ev)):
+            for g, d, x in zip(grads, (dq, dk, dv), (s + fit.e + fit.t - fit.b, s - fit.e - fit.a, s - fit.ev)):
                 g += _ldexp(d.to(dt), x)
         return (*grads, None, None, None, None, None)
 
@@ -3639,11 +3652,12 @@ def _fused(q, k, v, scale, mask, backend, precision: str = 'ieee', validate: boo
     `_fit_float32`): O and L of a batch·head whose q, k or v (as the kernels read them) holds NaN or ±inf are NaN
     (`_poison`), and so are the gradients of its q, k and v (`_PoisonGrad`); on the CPU such values are zeroed before
     the kernels, which are compiled with fastmath (no NaN/inf). fit: the powers of two of `_fit_float32`; when it
-    found any, `_RescaledAttentionFn` applies them and O comes back in q's dtype, scaled back, with L in `_lse_dtype`."""
+    found any, and for every validated float64 call, `_RescaledAttentionFn` applies them and O comes back in q's dtype,
+    scaled back, with L in `_lse_dtype`."""
     D, Dv = q.shape[-1], v.shape[-1]
     if Dv < D: v = F.pad(v, (0, D - Dv))
     elif Dv > D: q, k = F.pad(q, (0, Dv - D)), F.pad(k, (0, Dv - D))
-    if fit != _Fit():
+    if fit != _Fit() or (validate and q.dtype == torch.float64):    # float64: its dO may lie outside float32's range
         o, lse = _RescaledAttentionFn.apply(q, k, v, fit, scale, mask, backend, precision)
         return o[..., :Dv], lse
     half = backend == 'cuda' and q.dtype in (torch.float16, torch.bfloat16)   # read as is by the tiled CUDA kernels
@@ -3885,10 +3899,12 @@ def flash_attention(q, k, v, causal: bool = False, scale: float | None = None, r
     TF32). The backward is float32 arithmetic on the forward's O and L, so after a 'tf32' forward the gradients inherit
     its error (of the order of O's). Empty inputs give empty (or all-masked) results.
     validate_inputs: True (default) refuses NaN/inf and scores beyond float32's range (ValueError) and rescales
-    float32 and float64 inputs outside the kernels' range by exact powers of two, forward and backward (the backward
-    scales dO and dL into float32's range itself, reading their largest entries back: one more synchronisation, for
-    such inputs only), from one reduction over q, k, v read back to the host: on a GPU the call's only
-    device→host synchronisation. False skips it (a GPU call then never waits for the device, as SDPA): a batch·head
+    float32 and float64 inputs and τ outside the kernels' range by exact powers of two, forward and backward, from one
+    reduction over q, k, v read back to the host: on a GPU the forward's only device→host synchronisation. The backward
+    of such inputs, and of every float64 call, scales dO and dL into float32's range itself, reading their largest
+    entries back (one more synchronisation); the incoming gradients of a float32 call go to the kernels as they are
+    (near FLT_MAX they overflow there, as in any float32 product). Accuracy is float32's relative to each tensor's
+    largest entry: entries more than 2¹²⁶ below it are flushed. False skips it (a GPU call then never waits for the device, as SDPA): a batch·head
     whose q, k or v holds NaN or ±inf gets NaN in all its O and L and in the gradients of its q, k and v (SDPA: only the
     rows or columns they reach), scores
     beyond float32's range are not detected (the result is then undefined), and float64 inputs are cast to float32 as
@@ -3908,7 +3924,8 @@ def flash_attention(q, k, v, causal: bool = False, scale: float | None = None, r
         raise ValueError(f"`q`/`v` head dimensions {D}/{Dv} exceed {_DMAX}, the CUDA kernels' limit; backend='cpu' has none")
     BH = math.prod(batch)
     if min(Nq, Nk, BH) == 0:           # nothing to fuse: the dense oracle gives the empty or all-masked answer
-        return attention_reference(q, k, v, causal, scale, return_lse)
+        out = attention_reference(q, k, v, causal, scale, return_lse)
+        return (out[0], out[1].to(_lse_dtype(q.dtype))) if return_lse else out
     dtype = q.dtype
     precision = fp32_precision if dtype == torch.float32 else 'ieee'   # decided before the cast to float32 below
     fit = _fit_float32(q, k, v, scale) if validate_inputs else _Fit()   # False: no device→host sync
@@ -3965,7 +3982,8 @@ def neighborhood_attention(q, k, v, kernel_size, dilation=1, causal=False, scale
         raise ValueError(f"`q`/`v` head dimensions {D}/{Dv} exceed {_DMAX}, the CUDA kernels' limit; backend='cpu' has none")
     B, H, N = q.shape[0], q.shape[1], math.prod(dims)
     if B * H == 0:                     # nothing to fuse: the dense reference gives the empty answer, differentiable
-        return neighborhood_attention_reference(q, k, v, kernel_size, dilation, causal, scale, return_lse)
+        out = neighborhood_attention_reference(q, k, v, kernel_size, dilation, causal, scale, return_lse)
+        return (out[0], out[1].to(_lse_dtype(q.dtype))) if return_lse else out
     dtype = q.dtype
     fit = _fit_float32(q, k, v, scale) if validate_inputs else _Fit()   # False: no device→host sync
     if len(dims) == 1: dims, ks, dil, cz = (1,) + dims, (1,) + ks, (1,) + dil, (False,) + cz

@@ -134,14 +134,80 @@ def test_huge_scale_tiny_q_gradients():
 
 
 def test_plain_inputs_keep_the_plain_path():
-    "Inputs inside [2⁻⁶⁴, 2⁶⁴]: no rescaling, no extra read-back in the backward (`_exponent` is never called)."
-    q, k, v, do, _ = _inputs(1.0, 1.0, 1.0, seed=11)
-    x = [t.clone().requires_grad_() for t in (q, k, v)]
-    called, exponent = [], A._exponent
-    A._exponent = lambda t: called.append(1) or exponent(t)
-    try: flash_attention(*x, backend='cpu').backward(do)
-    finally: A._exponent = exponent
-    assert not called and all(torch.isfinite(t.grad).all() for t in x)
+    """float32 inputs inside [2⁻⁶⁴, 2⁶⁴]: no rescaling, no extra read-back in the backward (`_exponents` is never
+    called); float64 inputs: one read-back of (max|dO|, max|dL|) per backward, one reduction even with return_lse."""
+    q, k, v, do, dl = _inputs(1.0, 1.0, 1.0, seed=11)
+    called, exponents = [], A._exponents
+    A._exponents = lambda *t: called.append([None if x is None else tuple(x.shape) for x in t]) or exponents(*t)
+    try:
+        x = [t.float().clone().requires_grad_() for t in (q, k, v)]
+        flash_attention(*x, backend='cpu').backward(do.float())
+        assert not called and all(torch.isfinite(t.grad).all() for t in x)
+        x = [t.clone().requires_grad_() for t in (q, k, v)]
+        flash_attention(*x, backend='cpu').backward(do)                   # L unused: its gradient stays None
+        o, lse = flash_attention(*x, backend='cpu', return_lse=True)
+        ((o * do).sum() + (lse * dl).sum()).backward()
+    finally: A._exponents = exponents
+    assert called == [[(2, 12, 4), None], [(2, 12, 4), (2, 12)]], called
+
+
+def test_float64_bits_unchanged_by_the_rescaling_function():
+    """Ordinary float64 inputs now run through `_RescaledAttentionFn` (all exponents 0 but the incoming gradients'):
+    scaling dO by a power of two before the kernels and back after changes no bit, so O, L and the gradients equal
+    those of the plain float32 path on the same (rounded) inputs, cast back."""
+    q, k, v, do, dl = _inputs(1.0, 1.0, 3.0, seed=17)
+    do = do * 1000.0
+    outs = []
+    for dt in (torch.float64, torch.float32):
+        x = [t.to(dt).clone().requires_grad_() for t in (q, k, v)]
+        o, lse = flash_attention(*x, causal=True, backend='cpu', return_lse=True)
+        ((o * do.to(dt)).sum() + (lse * dl.to(dt)).sum()).backward()
+        outs.append([o.double(), lse.double()] + [t.grad.double() for t in x])
+    assert all(torch.equal(a, b) for a, b in zip(*outs))
+
+
+@pytest.mark.parametrize('factor', [2.0 ** 200, 2.0 ** -1000, 1e39])
+@pytest.mark.parametrize('which', ['dO', 'dL'])
+def test_float64_incoming_gradients_outside_float32(factor, which):
+    """float64 dO or dL beyond float32's range with q, k, v inside it (they were cast to inf or 0 on the way to the
+    float32 kernels: NaN or zero gradients): within the bound."""
+    q, k, v, do, dl = _inputs(1.0, 1.0, 1.0, seed=19)
+    if which == 'dO': do = do * factor
+    else: dl = dl * factor
+    assert max(_check(q, k, v, do, dl, with_lse=True)) <= 1.0
+
+
+@pytest.mark.parametrize('scale', [2.0 ** -100, 2.0 ** -130, 2.0 ** 100, 1e40])
+def test_extreme_scale(scale):
+    """τ outside [2⁻⁶⁴, 2⁶⁴] (products with τ such as dQ = τ·dS·k under- or overflowed float32; 10⁴⁰ is no float32 at all):
+    the kernels get τ·2⁻ᵗ ∈ [1, 2) and q·2ᵗ. q, k scaled so that the scores are of order 1 (or negligible for 2⁻¹³⁰)."""
+    sq = 1.0 if scale < 1 else 1 / scale
+    if scale == 2.0 ** -100: sq = 2.0 ** 100
+    q, k, v, do, dl = _inputs(sq, 1.0, 1.0, seed=23)
+    f = A._fit_float32(q, k, v, scale)
+    assert f.t == A._top(scale) and 1 <= math.ldexp(scale, -f.t) < 2
+    assert max(_check(q, k, v, do, dl, with_lse=True, scale=scale)) <= 1.0
+    if scale != 1e40:                                      # float32 inputs too (τ a float32 number)
+        q32, k32, v32, do32, dl32 = (t.float() for t in (q, k, v, do, dl))
+        assert max(_check(q32, k32, v32, do32, dl32, with_lse=True, scale=scale)) <= 1.0
+
+
+@pytest.mark.parametrize('sq, sk', [(0.0, P2), (0.0, 1e39), (P2, 0.0), (0.0, 1 / P2)])
+def test_one_of_q_k_zero_and_the_other_beyond_float32(sq, sk):
+    "q ≡ 0 (or k ≡ 0): every score is 0, and e brings the other into [1, 2) (it was cast to inf: NaN gradients)."
+    q, k, v, do, dl = _inputs(sq, sk, 1.0, seed=29)
+    f = A._fit_float32(q, k, v, 0.5)
+    other = k * 2.0 ** -f.e if sq == 0 else q * 2.0 ** (f.e + f.t)
+    assert 1 <= float(other.abs().max()) < 2
+    assert max(_check(q, k, v, do, dl, with_lse=True)) <= 1.0
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16, torch.float32])
+def test_empty_batch_lse_dtype(dtype):
+    "An empty batch returns L in the dtype a non-empty call would (float32 for 16-bit inputs), for both functions."
+    x = torch.zeros(0, 2, 6, 4, dtype=dtype)
+    assert flash_attention(x, x, x, return_lse=True, backend='cpu')[1].dtype == torch.float32
+    assert neighborhood_attention(x, x, x, 3, return_lse=True, backend='cpu')[1].dtype == torch.float32
 
 
 def test_nonfinite_incoming_gradient_propagates():
