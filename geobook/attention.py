@@ -3501,12 +3501,14 @@ def _ldexp(t, e: int):
 class _Fit(NamedTuple):
     """The exact powers of two `_fit_float32` chose (all 0: none). The kernels read q·2^(e+t), k·2⁻ᵉ and v·2^(−e_v) with
     the scale τ·2⁻ᵗ, and the output is O·2^(e_v); the backward's kernels read q·2^(e+t+a) and k·2^(b−e) instead, with
-    a, b ≠ 0 only where the scores are negligible and a product of q and k would underflow float32 (`_fit_float32`)."""
+    a, b ≠ 0 only where the scores are negligible and a product of q and k would underflow float32 (`_fit_float32`).
+    grads: the backward scales dO and dL into float32's range (True for every float64 call, even with all powers 0)."""
     e: int = 0
     ev: int = 0
     a: int = 0
     b: int = 0
     t: int = 0
+    grads: bool = False
 
 def _top(x: float) -> int:
     "⌊log₂ x⌋ for a finite x > 0."
@@ -3518,21 +3520,23 @@ def _fit_float32(q, k, v, scale) -> _Fit:
     tensor holds one.
     - Finite: raise a ValueError naming the tensor holding NaN or inf.
     - Scores: raise unless |τ q·k| ≤ τ·D·max|q|·max|k| ≤ FLT_MAX/4 (the difference of two scores stays finite).
-    - τ: outside [2⁻⁶⁴, 2⁶⁴] (where float32 products with τ, such as dQ = τ·dS·k, would under- or overflow, and a
-      float64 τ may not be a float32 at all) the kernels get τ·2⁻ᵗ ∈ [1, 2), t = ⌊log₂ τ⌋, and q·2ᵗ.
-    - q, k: when τ·max|q| or max|k| lies outside [2⁻⁶⁴, 2⁶⁴] (float64 inputs can hold q = 10³⁰⁰, k = 10⁻³⁰⁰ whose
-      scores fit float32 though neither does), or τ was rescaled, q·2ᵉ and k·2⁻ᵉ with
-      e = round(½ log₂(max|k|/(τ max|q|))): every product qₐkₐ, hence every score, is unchanged and both factors are
-      near √(τ·max|q|·max|k|). When one of q, k is zero, every score is 0 and e brings the other to [1, 2).
-    - v: when max|v| > FLT_MAX/(2N_k) (the sum Σⱼ 2^(sⱼ−m) vⱼ of up to N_k terms would overflow) or max|v| < 2⁻⁶⁴,
-      v·2^(−e_v) with e_v = ⌊log₂ max|v|⌋, and the output is scaled back by 2^(e_v).
-    - The backward's q and k: if the kernels' q or k still has its largest |entry| below 2⁻⁶⁴ while every score is
-      negligible, |s| ≤ τ·D·max|q|·max|k| < 2⁻⁶⁰ (both far below float32's range), products such as dK = τ·dSᵀq would
-      underflow, and P is uniform to float32 precision whatever the scores' exact values. The backward then reads
-      q·2^(e+t+a), k·2^(b−e) with largest |entries| 2ᶜ, τ₀·D·2^(2c) ≤ 2⁻⁴⁰ (c ≤ −20, τ₀ the kernels' scale): the scores
-      stay negligible, so P is unchanged, and dQ, dK come out as dQ̂·2⁻ᵇ, dK̂·2⁻ᵃ instead of underflowing to 0
-      (a = b = 0 if no c ≥ −100 fits, i.e. τ₀·D > 2¹⁶⁰).
-    Powers of two scale exactly, so inside [2⁻⁶⁴, 2⁶⁴] nothing is done and outside the kernels see the same scores.
+    - float32 inputs with τ, τ·max|q|, max|k| in [2⁻⁶⁴, 2⁶⁴] and max|v| in [2⁻⁶⁴, FLT_MAX/(2N_k)] (v beyond it: the
+      sum Σⱼ 2^(sⱼ−m) vⱼ of N_k terms would overflow), and 16-bit inputs: nothing to do, `_Fit()` (the plain path).
+    - Otherwise, and for every float64 call (whose dO may lie outside float32's range: `_RescaledAttentionFn` scales
+      it, and for that needs v and τ near 1), normalise all of them:
+      - τ: the kernels get τ₀ = τ·2⁻ᵗ ∈ [1, 2), t = ⌊log₂ τ⌋, and q·2ᵗ (products with τ, such as dQ = τ·dS·k, would
+        under- or overflow float32 for τ far from 1, and a float64 τ may not be a float32 at all);
+      - q, k: q·2^(t+e) and k·2⁻ᵉ with e = round(½ log₂(max|k|/(τ max|q|))): every product qₐkₐ, hence every score, is
+        unchanged and both factors are near √(τ·max|q|·max|k|) (float64 q = 10³⁰⁰, k = 10⁻³⁰⁰ have scores that fit
+        float32 though neither does); when one of q, k is zero, every score is 0 and e brings the other to [1, 2);
+      - v: v·2^(−e_v) with e_v = ⌊log₂ max|v|⌋, so that the backward's dP = dO'·vᵀ stays near 1 with dO' scaled to 1.
+    - The backward's q and k: if the kernels' q or k still has its largest |entry| below 2⁻⁶⁴ (then both do, being
+      balanced, and every score is below τ₀·D·2⁻¹²⁶: negligible, |s| < 2⁻⁶⁰), products such as dK = τ·dSᵀq would
+      underflow, while P is uniform to float32 precision whatever the scores' exact values. The backward then reads
+      q·2^(e+t+a), k·2^(b−e) with largest |entries| in [2ᶜ, 2ᶜ⁺¹), τ₀·D·2^(2c+2) ≤ 2⁻³⁸ (c ≤ −20): the scores stay
+      negligible, so P is unchanged, and dQ, dK come out as dQ̂·2⁻ᵇ, dK̂·2⁻ᵃ instead of underflowing to 0 (a = b = 0 if
+      no c ≥ −100 fits, i.e. τ₀·D > 2¹⁶⁰).
+    Powers of two scale exactly (barring subnormal intermediates), so the kernels see the same scores.
     The public functions skip it with validate_inputs=False (then q, k, v go on as they are: `_Fit()`)."""
     # max|t| from aminmax: one pass and no temporary the size of t (|t| would be one); NaN propagates through it
     a = torch.stack([torch.stack(torch.aminmax(t.detach())).abs().max() for t in (q, k, v)]).tolist()   # one sync
@@ -3544,27 +3548,26 @@ def _fit_float32(q, k, v, scale) -> _Fit:
         raise ValueError(f'`q`, `k` and `scale` allow scores up to {bound:.3g}, beyond float32 range (≤ {_SCORE_MAX:.3g}):'
                          ' rescale them')
     if q.dtype in (torch.float16, torch.bfloat16): return _Fit()       # within float32's range already
-    e = ev = a = b = 0
-    t = 0 if 2.0 ** -64 <= scale <= 2.0 ** 64 else _top(scale)         # τ = τ₀·2ᵗ
+    box = lambda x: x == 0 or 2.0 ** -64 <= x <= 2.0 ** 64
+    if (q.dtype == torch.float32 and box(scale) and box(scale * aq) and box(ak)
+            and (av == 0 or 2.0 ** -64 <= av <= -_NEG / (2 * k.shape[-2]))):
+        return _Fit()
+    t = _top(scale)                                                     # τ = τ₀·2ᵗ, τ₀ ∈ [1, 2)
     tau0 = math.ldexp(scale, -t)
-    box = lambda lx: -64 <= lx <= 64                                    # on log₂ of a largest |entry|
+    e = ev = a = b = 0
     if aq > 0 and ak > 0:
         lq, lk = math.log2(aq) + t, math.log2(ak)                       # log₂ of max|q·2ᵗ| and max|k|
-        if t or not (box(lq + math.log2(tau0)) and box(lk)):
-            lo, hi = math.ceil(lk) - 126, 126 - math.ceil(lq)
-            if lo > hi:             # (a tiny τ with huge q and k): no exact rescaling brings both into float32
-                raise ValueError(f'`q` and `k` hold values (max {aq:.3g}, {ak:.3g}) that no rescaling brings into float32')
-            e = min(max(round((lk - lq) / 2), lo), hi)                   # q·2^(t+e) ≤ 2¹²⁶ and k·2⁻ᵉ ≤ 2¹²⁶ in float32
+        lo, hi = math.ceil(lk) - 126, 126 - math.ceil(lq)               # (lo ≤ hi: the score bound holds)
+        e = min(max(round((lk - lq - math.log2(tau0)) / 2), lo), hi)    # q·2^(t+e) ≤ 2¹²⁶ and k·2⁻ᵉ ≤ 2¹²⁶ in float32
     elif ak > 0: e = _top(ak)                                           # q = 0: every score is 0, k·2⁻ᵉ ∈ [1, 2)
     elif aq > 0: e = -(_top(aq) + t)                                    # k = 0: q·2^(t+e) ∈ [1, 2)
-    if av > 0 and not 2.0 ** -64 <= av <= -_NEG / (2 * k.shape[-2]):
-        ev = _top(av)
+    if av > 0: ev = _top(av)
     if aq > 0 and ak > 0:
         tq, tk = _top(aq) + t + e, _top(ak) - e                          # ⌊log₂⌋ of the kernels' largest |q|, |k|
         if min(tq, tk) < -64 and math.log2(tau0 * q.shape[-1]) + tq + tk + 2 < -60:
             c = min(-20, math.floor((-40 - math.log2(tau0 * q.shape[-1])) / 2))
             if c >= -100: a, b = c - tq, c - tk
-    return _Fit(e, ev, a, b, t)
+    return _Fit(e, ev, a, b, t, grads=True)
 
 def _poison(q, k, v):
     """(BH, 1, 1) float32: +0 where the batch·head's q, k and v are all finite, NaN where one holds NaN or ±inf
@@ -3652,12 +3655,12 @@ def _fused(q, k, v, scale, mask, backend, precision: str = 'ieee', validate: boo
     `_fit_float32`): O and L of a batch·head whose q, k or v (as the kernels read them) holds NaN or ±inf are NaN
     (`_poison`), and so are the gradients of its q, k and v (`_PoisonGrad`); on the CPU such values are zeroed before
     the kernels, which are compiled with fastmath (no NaN/inf). fit: the powers of two of `_fit_float32`; when it
-    found any, and for every validated float64 call, `_RescaledAttentionFn` applies them and O comes back in q's dtype,
-    scaled back, with L in `_lse_dtype`."""
+    found any (always for float64), `_RescaledAttentionFn` applies them and O comes back in q's dtype, scaled back,
+    with L in `_lse_dtype`."""
     D, Dv = q.shape[-1], v.shape[-1]
     if Dv < D: v = F.pad(v, (0, D - Dv))
     elif Dv > D: q, k = F.pad(q, (0, Dv - D)), F.pad(k, (0, Dv - D))
-    if fit != _Fit() or (validate and q.dtype == torch.float64):    # float64: its dO may lie outside float32's range
+    if fit != _Fit():                  # every validated float64 call, and float32 inputs outside the kernels' range
         o, lse = _RescaledAttentionFn.apply(q, k, v, fit, scale, mask, backend, precision)
         return o[..., :Dv], lse
     half = backend == 'cuda' and q.dtype in (torch.float16, torch.bfloat16)   # read as is by the tiled CUDA kernels

@@ -113,18 +113,25 @@ def test_float32_inputs_rescaled():
 
 
 def test_fit_float32_exponents():
-    """The powers of two against their definitions: e_v = ⌊log₂ max|v|⌋; for q, k both tiny, a and b bring max|q·2^(e+a)|
-    and max|k·2^(b−e)| to 2ᶜ with τ·D·2^(2c) ≤ 2⁻⁴⁰; inside [2⁻⁶⁴, 2⁶⁴] nothing; scores not negligible: no a, b."""
+    """The powers of two against their definitions. float32 inside the kernels' range: nothing (the plain path). float64:
+    always normalised, t = ⌊log₂ τ⌋, e_v = ⌊log₂ max|v|⌋, the kernels' q·2^(t+e) and k·2⁻ᵉ balanced (largest entries
+    within a factor 4 of each other, τ₀ ∈ [1, 2)); for q, k both tiny, a and b bring the backward's q·2^(e+t+a) and
+    k·2^(b−e) to [2ᶜ, 2ᶜ⁺¹) with τ₀·D·2^(2c+2) ≤ 2⁻³⁸; scores not negligible: no a, b."""
     q, k, v, _, _ = _inputs(1.0, 1.0, 1.0, seed=7)
-    assert A._fit_float32(q, k, v, 0.5) == A._Fit()
+    assert A._fit_float32(q.float(), k.float(), v.float(), 0.5) == A._Fit()
+    f = A._fit_float32(q, k, v, 0.5)
+    assert f.grads and f.t == -1 and f.ev == A._top(float(v.abs().max())) and f.a == f.b == 0
+    mq, mk = float(q.abs().max()) * 2.0 ** (f.t + f.e), float(k.abs().max()) * 2.0 ** -f.e
+    assert 0.25 <= mq / mk <= 4
     assert A._fit_float32(q, k, v * 2.0 ** 700, 0.5).ev == A._top(float(v.abs().max())) + 700
     qt, kt = q * 2.0 ** -600, k * 2.0 ** -600
     f = A._fit_float32(qt, kt, v, 0.5)
-    mq, mk = (float(t.abs().max()) for t in (A._ldexp(qt, f.e + f.a), A._ldexp(kt, f.b - f.e)))
+    mq, mk = (float(t.abs().max()) for t in (A._ldexp(qt, f.e + f.t + f.a), A._ldexp(kt, f.b - f.e)))
     c = A._top(mq)
-    assert f.a > 0 and f.b > 0 and A._top(mk) == c and 0.5 * 4 * 2.0 ** (2 * (c + 1)) <= 2.0 ** -38
+    assert f.a > 0 and f.b > 0 and A._top(mk) == c and 1 * 4 * 2.0 ** (2 * c + 2) <= 2.0 ** -38
     # τ = 2⁶⁰ with q ~ 2⁻⁷⁰, k ~ 1: q lies below 2⁻⁶⁴ but the scores are of order 2⁻¹⁰·D, not negligible
-    assert A._fit_float32(q * 2.0 ** -70, k, v, 2.0 ** 60) == A._Fit()
+    f = A._fit_float32(q * 2.0 ** -70, k, v, 2.0 ** 60)
+    assert f.a == f.b == 0 and A._fit_float32(q.float() * 2.0 ** -70, k.float(), v.float(), 2.0 ** 60) == A._Fit()
 
 
 def test_huge_scale_tiny_q_gradients():
@@ -152,9 +159,10 @@ def test_plain_inputs_keep_the_plain_path():
 
 
 def test_float64_bits_unchanged_by_the_rescaling_function():
-    """Ordinary float64 inputs now run through `_RescaledAttentionFn` (all exponents 0 but the incoming gradients'):
-    scaling dO by a power of two before the kernels and back after changes no bit, so O, L and the gradients equal
-    those of the plain float32 path on the same (rounded) inputs, cast back."""
+    """Ordinary float64 inputs now run through `_RescaledAttentionFn` (v, τ, dO and dL scaled to [1, 2)): scaling by
+    powers of two before the kernels and back after changes no bit while no float32 intermediate is subnormal and dO,
+    dL lie within 2⁶⁴ of each other (one pass), so here O, L and the gradients equal those of the plain float32 path
+    on the same (rounded) inputs, cast back."""
     q, k, v, do, dl = _inputs(1.0, 1.0, 3.0, seed=17)
     do = do * 1000.0
     outs = []
@@ -200,6 +208,33 @@ def test_one_of_q_k_zero_and_the_other_beyond_float32(sq, sk):
     other = k * 2.0 ** -f.e if sq == 0 else q * 2.0 ** (f.e + f.t)
     assert 1 <= float(other.abs().max()) < 2
     assert max(_check(q, k, v, do, dl, with_lse=True)) <= 1.0
+
+
+RECHECK = {                     # referee ch5r: (τ, scale of q, k, v, dO) where products in the kernels over- or underflowed
+    'v_large_dO_small': (None, 2.0 ** -10, 2.0 ** 10, 2.0 ** 120, 2.0 ** -120),   # dO scaled to 1 alone: dQ = inf
+    'tau_q_k_small': (2.0 ** -64, 2.0 ** -63, 2.0 ** -63, 2.0 ** -60, 1.0),       # e ignored τ: dQ, dK = 0
+    'tau_k_small': (2.0 ** -60, 1.0, 2.0 ** -60, 2.0 ** -60, 1.0),                # dQ = τ·dS·k = 0
+    'tau_k_v_small': (2.0 ** -30, 1.0, 2.0 ** -64, 2.0 ** -64, 1.0),
+    'tau_huge': (2.0 ** 64, 2.0 ** -128, 2.0 ** 62, 2.0 ** 60, 2.0 ** -100),
+}
+
+
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
+@pytest.mark.parametrize('case', list(RECHECK))
+def test_products_inside_the_kernels_stay_in_range(case, dtype):
+    """Every factor inside [2⁻⁶⁴, 2⁶⁴] but a product of them (τ·dS·k, dO·vᵀ) outside float32's range: the rescaled
+    path normalises τ, v and the balance of q and k, so the gradients are within the bound (float64; float32 inputs
+    where they are float32 numbers)."""
+    tau, sq, sk, sv, sd = RECHECK[case]
+    q, k, v, do, dl = _inputs(sq, sk, sv, seed=31)
+    do = do * sd
+    if dtype == torch.float32:
+        if max(float(t.abs().max()) for t in (q, k, v, do)) > 2.0 ** 127 or min(sq, sk, sv, sd) < 2.0 ** -100:
+            pytest.skip('not float32 numbers')
+        if case == 'tau_q_k_small':                   # dQ = τ·dS·k ~ 2⁻⁶⁴·2⁻⁶³/N: the float32 result itself is subnormal
+            pytest.skip('the gradients lie below float32\'s normal range')
+        q, k, v, do, dl = (t.float() for t in (q, k, v, do, dl))
+    assert max(_check(q, k, v, do, dl, with_lse=True, scale=tau)) <= 1.0
 
 
 @pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16, torch.float32])
