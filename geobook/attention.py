@@ -3907,7 +3907,8 @@ def flash_attention(q, k, v, causal: bool = False, scale: float | None = None, r
     of such inputs, and of every float64 call, scales dO and dL into float32's range itself, reading their largest
     entries back (one more synchronisation); the incoming gradients of a float32 call go to the kernels as they are
     (near FLT_MAX they overflow there, as in any float32 product). Accuracy is float32's relative to each tensor's
-    largest entry: entries more than 2¹²⁶ below it are flushed. False skips it (a GPU call then never waits for the device, as SDPA): a batch·head
+    largest entry: entries more than 2¹²⁶ below it are flushed. False skips it (a GPU call then never waits for the
+    device, as SDPA): a batch·head
     whose q, k or v holds NaN or ±inf gets NaN in all its O and L and in the gradients of its q, k and v (SDPA: only the
     rows or columns they reach), scores
     beyond float32's range are not detected (the result is then undefined), and float64 inputs are cast to float32 as
