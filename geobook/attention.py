@@ -3520,8 +3520,9 @@ def _fit_float32(q, k, v, scale) -> _Fit:
     tensor holds one.
     - Finite: raise a ValueError naming the tensor holding NaN or inf.
     - Scores: raise unless |τ q·k| ≤ τ·D·max|q|·max|k| ≤ FLT_MAX/4 (the difference of two scores stays finite).
-    - float32 inputs with τ, τ·max|q|, max|k| in [2⁻⁶⁴, 2⁶⁴] and max|v| in [2⁻⁶⁴, FLT_MAX/(2N_k)] (v beyond it: the
-      sum Σⱼ 2^(sⱼ−m) vⱼ of N_k terms would overflow), and 16-bit inputs: nothing to do, `_Fit()` (the plain path).
+    - float32 and 16-bit inputs with τ, τ·max|q|, max|k| and max|v| in [2⁻⁶⁴, 2⁶⁴] (or 0): nothing to do, `_Fit()` (the
+      plain path; a v up to FLT_MAX/(2N_k) would keep the forward's sums finite, but not the backward's dP = dO·vᵀ).
+      bfloat16 has float32's exponent range and τ is any float, so 16-bit inputs are checked too.
     - Otherwise, and for every float64 call (whose dO may lie outside float32's range: `_RescaledAttentionFn` scales
       it, and for that needs v and τ near 1), normalise all of them:
       - τ: the kernels get τ₀ = τ·2⁻ᵗ ∈ [1, 2), t = ⌊log₂ τ⌋, and q·2ᵗ (products with τ, such as dQ = τ·dS·k, would
@@ -3543,15 +3544,13 @@ def _fit_float32(q, k, v, scale) -> _Fit:
     aq, ak, av = (float(x) for x in a)
     for n, x in (('q', aq), ('k', ak), ('v', av)):
         if not math.isfinite(x): raise ValueError(f'`{n}` contains non-finite values (NaN or inf)')
-    bound = scale * q.shape[-1] * aq * ak
-    if not bound <= _SCORE_MAX:
-        raise ValueError(f'`q`, `k` and `scale` allow scores up to {bound:.3g}, beyond float32 range (≤ {_SCORE_MAX:.3g}):'
+    lb = None if not (aq > 0 and ak > 0 and q.shape[-1]) else sum(map(math.log2, (scale, q.shape[-1], aq, ak)))
+    if lb is not None and not lb <= math.log2(_SCORE_MAX):        # in logs: τ·D·max|q|·max|k| may overflow float64
+        raise ValueError(f'`q`, `k` and `scale` allow scores up to 2^{lb:.1f}, beyond float32 range (≤ {_SCORE_MAX:.3g}):'
                          ' rescale them')
-    if q.dtype in (torch.float16, torch.bfloat16): return _Fit()       # within float32's range already
     box = lambda x: x == 0 or 2.0 ** -64 <= x <= 2.0 ** 64
-    if (q.dtype == torch.float32 and box(scale) and box(scale * aq) and box(ak)
-            and (av == 0 or 2.0 ** -64 <= av <= -_NEG / (2 * k.shape[-2]))):
-        return _Fit()
+    if q.dtype != torch.float64 and box(scale) and box(scale * aq) and box(ak) and box(av):
+        return _Fit()               # the plain path: also dO·vᵀ, a sum of D_v products, stays in range for |dO| ≤ 2⁶⁴/D_v
     t = _top(scale)                                                     # τ = τ₀·2ᵗ, τ₀ ∈ [1, 2)
     tau0 = math.ldexp(scale, -t)
     e = ev = a = b = 0
@@ -3624,29 +3623,31 @@ class _RescaledAttentionFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, fit, scale, mask, backend, precision='ieee'):
         ctx.set_materialize_grads(False)          # an unused output's gradient stays None: nothing to reduce for it
-        f = lambda t, e: _ldexp(t, e).float().contiguous()
+        w = torch.promote_types(q.dtype, torch.float32)   # powers of two applied in float32 at least (16-bit inputs)
+        f = lambda t, e: _ldexp(t.to(w), e).float().contiguous()
         scale = math.ldexp(scale, -fit.t)         # τ₀ = τ·2⁻ᵗ; q carries 2ᵗ
         q32, k32, v32 = f(q, fit.e + fit.t), f(k, -fit.e), f(v, -fit.ev)
         o, ml = _forward_impl(q32, k32, v32, scale, mask, backend, precision)
         if fit.a or fit.b: q32, k32 = f(q, fit.e + fit.t + fit.a), f(k, fit.b - fit.e)   # negligible scores: P unchanged
         ctx.save_for_backward(q32, k32, v32, o, ml)
         ctx.fit, ctx.scale, ctx.mask, ctx.backend, ctx.dtype = fit, scale, mask, backend, q.dtype
-        return _ldexp(o.to(q.dtype), fit.ev), _lse(ml).to(_lse_dtype(q.dtype))
+        return _ldexp(o.to(w), fit.ev).to(q.dtype), _lse(ml).to(_lse_dtype(q.dtype))
 
     @staticmethod
     @_differentiable_once
     def backward(ctx, do, dlse):
         q, k, v, o, ml = ctx.saved_tensors
         fit, dt = ctx.fit, ctx.dtype
+        w = torch.promote_types(dt, torch.float32)
         eo, el = _exponents(do, dlse)
-        grads = [torch.zeros(t.shape, dtype=dt, device=t.device) for t in (q, k, v)]
+        grads = [torch.zeros(t.shape, dtype=w, device=t.device) for t in (q, k, v)]
         for s, with_o, with_l in _gradient_parts(None if eo is None else eo + fit.ev, el):
-            do32 = _ldexp(do.to(dt), fit.ev - s).float().contiguous() if with_o else torch.zeros_like(o)
+            do32 = _ldexp(do.to(w), fit.ev - s).float().contiguous() if with_o else torch.zeros_like(o)
             dl32 = _ldexp(dlse, -s).float() if with_l else None
             dq, dk, dv = _backward_impl(q, k, v, o, ml, do32, dl32, ctx.scale, ctx.mask, ctx.backend)
             for g, d, x in zip(grads, (dq, dk, dv), (s + fit.e + fit.t - fit.b, s - fit.e - fit.a, s - fit.ev)):
-                g += _ldexp(d.to(dt), x)
-        return (*grads, None, None, None, None, None)
+                g += _ldexp(d.to(w), x)
+        return (*(g.to(dt) for g in grads), None, None, None, None, None)
 
 def _fused(q, k, v, scale, mask, backend, precision: str = 'ieee', validate: bool = True, fit: _Fit = _Fit()):
     """q (BH, N_q, D), k (BH, N_k, D), v (BH, N_k, D_v) in any float dtype → O (BH, N_q, D_v) and L (BH, N_q) in float32
@@ -3902,18 +3903,20 @@ def flash_attention(q, k, v, causal: bool = False, scale: float | None = None, r
     TF32). The backward is float32 arithmetic on the forward's O and L, so after a 'tf32' forward the gradients inherit
     its error (of the order of O's). Empty inputs give empty (or all-masked) results.
     validate_inputs: True (default) refuses NaN/inf and scores beyond float32's range (ValueError) and rescales
-    float32 and float64 inputs and τ outside the kernels' range by exact powers of two, forward and backward, from one
+    inputs of every floating dtype and τ outside the kernels' range by exact powers of two, forward and backward, from one
     reduction over q, k, v read back to the host: on a GPU the forward's only device→host synchronisation. The backward
     of such inputs, and of every float64 call, scales dO and dL into float32's range itself, reading their largest
-    entries back (one more synchronisation); the incoming gradients of a float32 call go to the kernels as they are
-    (near FLT_MAX they overflow there, as in any float32 product). Accuracy is float32's relative to each tensor's
-    largest entry: entries more than 2¹²⁶ below it are flushed. False skips it (a GPU call then never waits for the
+    entries back (one more synchronisation); the incoming gradients of a float32 or 16-bit call on the plain path (every
+    input and τ in [2⁻⁶⁴, 2⁶⁴]) go to the kernels as they are (they overflow there where |dO|·D_v·max|v| exceeds
+    FLT_MAX, as in any float32 product). Accuracy is float32's relative to each tensor's largest entry (normwise):
+    entries far below it lose precision, those below 2⁻¹⁴⁹ of it (after the scaling) become 0. False skips it (a GPU call then never waits for the
     device, as SDPA): a batch·head
     whose q, k or v holds NaN or ±inf gets NaN in all its O and L and in the gradients of its q, k and v (SDPA: only the
     rows or columns they reach), scores
     beyond float32's range are not detected (the result is then undefined), and float64 inputs are cast to float32 as
     they are (beyond its range: ±inf, hence NaN out; below it: 0); for finite inputs with τ·max|q|, max|k|, max|v|
-    in [2⁻⁶⁴, 2⁶⁴] the result is the same as with True.
+    in [2⁻⁶⁴, 2⁶⁴], O and L are the same as with True (the gradients of float64 inputs too where no float32
+    intermediate is subnormal and dO, dL lie inside float32's range).
     Differentiable once (fused backward by recomputation). Returns O (…, N_q, D_v) [and the log-sum-exp L (…, N_q)]."""
     q, k, v, batch = _check_attention_inputs(q, k, v, finite=False)   # NaN/inf: tested in _fit_float32
     causal, return_lse = _check_flag(causal, 'causal'), _check_flag(return_lse, 'return_lse')

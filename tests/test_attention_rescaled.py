@@ -245,15 +245,17 @@ def test_empty_batch_lse_dtype(dtype):
 
 
 def test_nonfinite_incoming_gradient_propagates():
-    "A NaN in dO reaches the gradients on the rescaled path as on the plain one (it is not mistaken for a zero dO)."
+    """A NaN in dO reaches the gradients on the rescaled path as on the plain one (it is not mistaken for a zero dO):
+    float32 inputs in range (the plain path) against float64 ones, v as is and v·2¹⁰⁰⁰ (both rescaled)."""
     q, k, v, do, _ = _inputs(1.0, 1.0, 1.0, seed=13)
     do[0, 0, 3, 1] = float('nan')
     counts = []
-    for sv in (1.0, P2):
-        x = [q.clone().requires_grad_(), k.clone().requires_grad_(), (v * sv).requires_grad_()]
-        flash_attention(*x, backend='cpu').backward(do)
+    for dt, sv in ((torch.float32, 1.0), (torch.float64, 1.0), (torch.float64, P2)):
+        x = [q.to(dt).clone().requires_grad_(), k.to(dt).clone().requires_grad_(), (v.to(dt) * sv).requires_grad_()]
+        assert (A._fit_float32(*x, 0.5) == A._Fit()) == (dt == torch.float32)
+        flash_attention(*x, backend='cpu').backward(do.to(dt))
         counts.append([int(t.grad.isnan().sum()) for t in x])
-    assert counts[0] == counts[1] and min(counts[0]) > 0, counts
+    assert counts[0] == counts[1] == counts[2] and min(counts[0]) > 0, counts
 
 
 @pytest.mark.parametrize('shape', [(0, 2, 6, 6, 4), (2, 0, 6, 6, 4), (0, 3, 7, 4)])
@@ -305,3 +307,63 @@ def test_sliced_launches_give_the_same_bits_under_the_simulator():
     assert p.returncode == 0, p.stdout + p.stderr
     # BH per call: one forward and one backward of 3, then each again as 3 → 2 + 1
     assert p.stdout.splitlines() == [f'{n} equal [3, 3, 3, 2, 1, 3, 2, 1]' for n in ('flash_causal', 'na')], p.stdout
+
+
+SIXTEEN = {                     # referee ch5s: 16-bit inputs outside [2⁻⁶⁴, 2⁶⁴] skipped every range check (silent errors)
+    'bf16_tiny_tau': (torch.bfloat16, 1e25, 1e25, 1.0, 1e-50),    # τ read as float32 0: uniform attention, L = log N
+    'bf16_huge_tau': (torch.bfloat16, 1e-20, 1e-20, 1.0, 1e40),   # τ read as float32 inf: L = −inf
+    'bf16_huge_v': (torch.bfloat16, 1.0, 1.0, 2.0 ** 126, 0.5),   # Σ 2^(s−m) v overflowed: O = inf
+    'fp16_zero_q_huge_tau': (torch.float16, 0.0, 1.0, 1.0, 1e39),  # L = −inf (true: log N)
+}
+
+
+@pytest.mark.parametrize('case', list(SIXTEEN))
+def test_sixteen_bit_inputs_outside_the_range_are_rescaled(case):
+    """16-bit inputs go through the same exact rescaling as float32 ones outside the kernels' range. Against float64 on
+    the same (16-bit) inputs: O within its rounding to the dtype, u·|O| (u = 2⁻⁸ bfloat16, 2⁻¹¹ float16), plus the
+    float32 kernels' error, bounded by 10⁻⁵·max|v| (the chapter measures a few 10⁻⁷); L (float32) within 10⁻⁵·(1 + |L|);
+    each gradient entry within the float32 bound of `_check` (tol·bound) plus its rounding to the dtype, u·|g|, where
+    the true gradient fits the dtype, else ±inf as the dtype's rounding of it."""
+    dt, sq, sk, sv, tau = SIXTEEN[case]
+    q, k, v, do, dl = _inputs(sq, sk, sv, seed=37, dtype=torch.float32)
+    q, k, v = (t.to(dt) for t in (q, k, v))
+    do = do.to(dt).float()                  # the gradient reaching o (a 16-bit tensor) is rounded to its dtype
+    u = 2.0 ** -8 if dt == torch.bfloat16 else 2.0 ** -11
+    x = [t.clone().requires_grad_() for t in (q, k, v)]
+    o, lse = flash_attention(*x, scale=tau, backend='cpu', return_lse=True)
+    ((o.float() * do).sum() + (lse * dl).sum()).backward()
+    r = [t.double().requires_grad_() for t in (q, k, v)]
+    o2, L2, _ = _reference(*r, torch.ones(12, 12, dtype=torch.bool), tau)
+    ((o2 * do.double()).sum() + (L2 * dl.double()).sum()).backward()
+    assert o.dtype == dt and lse.dtype == torch.float32
+    assert ((o.double() - o2).abs() <= u * o2.abs() + 1e-5 * float(r[2].abs().max())).all()
+    assert ((lse.double() - L2).abs() <= 1e-5 * (1 + L2.abs())).all()
+    qd, kd, vd, dod, P = r[0].detach(), r[1].detach(), r[2].detach(), do.double(), torch.softmax(
+        tau * r[0].detach() @ r[1].detach().transpose(-1, -2), -1)
+    M = ((dod.abs() @ vd.abs().transpose(-1, -2)).amax(-1) + (dod * o2.detach()).sum(-1).abs() + dl.double().abs())[..., None]
+    bounds = (tau * (P * M) @ kd.abs(), tau * (P * M).transpose(-1, -2) @ qd.abs(), P.transpose(-1, -2) @ dod.abs())
+    tol = (2 * 12 + 12 + 4 + 16) * U
+    for t, r_, b in zip(x, r, bounds):
+        g = r_.grad
+        fits = g.abs() <= torch.finfo(dt).max
+        assert (t.grad.double()[~fits].abs() == float('inf')).all()
+        assert ((t.grad.double() - g).abs() <= tol * b + u * g.abs())[fits].all()
+
+
+def test_float32_large_v_takes_the_rescaled_path():
+    """float32 v = 2¹²⁴ with dO ~ 1: the forward's sums fit float32 but the backward's dP = dO·vᵀ (D_v = 64 products)
+    overflowed on the plain path (NaN dQ, dK: referee ch5s). max|v| > 2⁶⁴ now takes the rescaled path: within the bound."""
+    q, k, v, do, dl = _inputs(1.0, 1.0, 2.0 ** 124, seed=41, N=4, D=64, dtype=torch.float32)
+    assert A._fit_float32(q, k, v, 0.125).ev == A._top(float(v.abs().max()))
+    assert max(_check(q, k, v, do, dl)) <= 1.0
+
+
+def test_score_bound_in_logs():
+    """τ·D·max|q|·max|k| is compared in logs: τ = 10¹⁶⁰, q ~ 10¹⁶⁰, k ~ 10⁻³⁰⁰ (scores ~ 10²⁰) was refused because the
+    product overflowed float64 on the way; scores beyond float32 are still refused."""
+    q, k, v, _, _ = _inputs(1e160, 1e-300, 1.0, seed=43)
+    o = flash_attention(q, k, v, scale=1e160, backend='cpu')
+    o2, _, _ = _reference(q, k * 1e160, v, torch.ones(12, 12, dtype=torch.bool), 1.0)   # τ·q would overflow float64
+    assert float((o - o2).abs().max()) <= 1e-5 * float(v.abs().max())
+    with pytest.raises(ValueError, match='beyond float32 range'):
+        flash_attention(q, k * 1e300, v, scale=1e160, backend='cpu')
